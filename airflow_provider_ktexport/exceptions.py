@@ -1,0 +1,56 @@
+"""Errors of the provider: one root, few subclasses, no Airflow import.
+
+Each error says what happened and what to do; retry decisions are made on the
+class and ``retryable``, never on message text.
+"""
+
+from __future__ import annotations
+
+
+class KtExportError(Exception):
+    """Root of every error this provider raises."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class KtExportConfigError(KtExportError, ValueError):
+    """A setting is invalid (connection, operator argument); fix the configuration."""
+
+
+class KtExportAuthError(KtExportError):
+    """The server refused the API key (401/403). Retrying cannot help."""
+
+
+class KtExportTransientError(KtExportError):
+    """A failure a later attempt may not see: 429, 502-504, reset, timeout."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class KtExportHTTPError(KtExportError):
+    """An HTTP status the protocol does not expect (e.g. 404 on a wrong base URL)."""
+
+
+class KtExportProtocolError(KtExportError):
+    """A 200 whose body is not the expected JSON; keeps the raw body for quarantine."""
+
+    def __init__(self, message: str, *, body: bytes, batch_id: str | None = None) -> None:
+        super().__init__(message, status_code=200)
+        self.body = body
+        self.batch_id = batch_id
+
+
+class KtExportWriteError(KtExportError):
+    """Writing or verifying a file in the lake failed; nothing was acknowledged."""
+
+    def __init__(self, message: str, *, destination: str) -> None:
+        super().__init__(message)
+        self.destination = destination
