@@ -1,0 +1,645 @@
+"""HTTP client for a Key Telematics "HTTP Export Task" queue (no Airflow import).
+
+One :class:`KtExportClient` holds one ``requests.Session`` for its whole life, so
+keep-alive connections are reused, and speaks the export protocol: ``GET
+/v2/stream`` leases a batch, ``DELETE /v2/stream/{id}`` acknowledges it, an
+empty queue answers ``500`` after the long poll. It retries what a retry can
+fix (429, 502-504, resets, timeouts), fails at once on a refused key, and keeps
+the API key out of every message, log line, ``repr`` and exception chain.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import re
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+
+import msgspec
+import requests
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_ktexport import __version__
+from airflow_provider_ktexport.exceptions import (
+    KtExportAuthError,
+    KtExportConfigError,
+    KtExportError,
+    KtExportHTTPError,
+    KtExportProtocolError,
+    KtExportTransientError,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Batch", "KtExportClient", "normalize_base_url", "redact", "redact_secret"]
+
+STREAM_PATH = "/v2/stream"
+AUTH_HEADER = "x-access-token"
+AUTH_QUERY_PARAM = "token"
+AUTH_LOCATIONS = ("header", "query")
+DEFAULT_USER_AGENT = f"airflow-provider-ktexport/{__version__}"
+EXAMPLE_BASE_URL = "https://export.us1.kt1.io"
+
+# 408 and 429 say "later"; 502-504 are proxies/load balancers in front of the API.
+_TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
+_AUTH_STATUSES = frozenset({401, 403})
+_MASK = "***"
+# Any ``token=`` query value, whatever the key: a belt to the exact-key braces below.
+_TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&\s'\"<>)]*")
+# Finds the batch id in a body JSON could not decode, so the quarantine can name it.
+_ID_IN_BODY = re.compile(rb'"id"\s*:\s*"([^"\\\x00-\x1f]{1,256})"')
+_BODY_EXCERPT = 200
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Return ``text`` with ``secret`` (raw and URL-encoded) and any ``token=`` query value masked."""
+    if secret:
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            text = text.replace(form, _MASK)
+    return _TOKEN_IN_URL.sub(r"\1" + _MASK, text)
+
+
+#: Alias of :func:`redact` (the name some callers know it by).
+redact_secret = redact
+
+
+def normalize_base_url(url: str, port: int | None = None) -> str:
+    """Turn a full URL or a bare host (https assumed) into ``scheme://host[:port][/prefix]``.
+
+    Trailing slashes and a pasted ``/v2/stream`` endpoint are tolerated. Raises
+    :class:`KtExportConfigError` naming the problem and the fix.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise KtExportConfigError(f"the export API base URL is empty: set it, e.g. {EXAMPLE_BASE_URL}")
+    text = url.strip()
+    if "://" not in text:
+        text = "https://" + text
+    try:
+        parts = urlsplit(text)
+        url_port = parts.port
+    except ValueError as exc:
+        raise KtExportConfigError(
+            f"the export API base URL is not a valid URL ({exc}): use e.g. {EXAMPLE_BASE_URL}"
+        ) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise KtExportConfigError(
+            f"the export API base URL has scheme {scheme!r}: use https:// (or http:// for a local emulator)"
+        )
+    if parts.query or parts.fragment:
+        raise KtExportConfigError(
+            "the export API base URL must not carry a query or fragment: "
+            "remove it (put the API key in the connection password, not in the URL)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise KtExportConfigError(
+            "the export API base URL must not carry user info: put the API key in the connection password"
+        )
+    host = parts.hostname
+    if not host:
+        raise KtExportConfigError(f"the export API base URL has no host name: use e.g. {EXAMPLE_BASE_URL}")
+    if port is not None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise KtExportConfigError(f"the export API port {port!r} is not a TCP port (1-65535)")
+        if url_port is not None and url_port != port:
+            raise KtExportConfigError(
+                f"the export API base URL says port {url_port} but the port field says {port}: keep one"
+            )
+    final_port = url_port if url_port is not None else port
+    if url_port is not None and not 0 < url_port < 65536:
+        raise KtExportConfigError(f"the export API port {url_port} is not a TCP port (1-65535)")
+    netloc = f"[{host}]" if ":" in host else host
+    if final_port is not None:
+        netloc = f"{netloc}:{final_port}"
+    path = parts.path.rstrip("/")
+    for endpoint in (STREAM_PATH, "/v2"):
+        if path.endswith(endpoint):
+            path = path[: -len(endpoint)].rstrip("/")
+            break
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+class _Envelope(msgspec.Struct):
+    """The GET body; ``Raw`` keeps each record's own bytes without building dicts."""
+
+    id: str | int | None = None
+    items: list[msgspec.Raw] | None = None
+
+
+_ENVELOPE_DECODER = msgspec.json.Decoder(_Envelope)
+_RECORD_DECODER = msgspec.json.Decoder()
+
+
+@dataclass(eq=False)
+class Batch:
+    """One leased batch: acknowledge it with :meth:`KtExportClient.ack` within the lease (120 s).
+
+    :param id: the batch id to acknowledge
+    :param raw_items: each record's JSON bytes, exactly as sent
+    :param leased_at: ``time.monotonic()`` when the GET's response headers arrived (the lease clock)
+    :param body_size: bytes of the body after gzip decoding
+    """
+
+    id: str
+    raw_items: list[bytes] = field(repr=False)
+    leased_at: float
+    body_size: int
+
+    @cached_property
+    def items(self) -> list[dict[str, Any]]:
+        """The records decoded to dicts (on first use; the raw bytes stay the source of truth)."""
+        return [_RECORD_DECODER.decode(raw) for raw in self.raw_items]
+
+    def __len__(self) -> int:
+        return len(self.raw_items)
+
+    def __repr__(self) -> str:
+        return f"Batch(id={self.id!r}, records={len(self.raw_items)}, body_size={self.body_size})"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A response that is not retried: status, body, and when its headers arrived."""
+
+    status: int
+    body: bytes
+    received_at: float
+    headers: Mapping[str, str]
+
+
+class KtExportClient:
+    """Talks to one HTTP Export Task; thread-safe (``get_batch`` and ``ack`` may run concurrently).
+
+    :param base_url: full URL (``https://export.us1.kt1.io``) or bare host (https assumed)
+    :param api_key: the export task's API key; never logged, raised or shown in ``repr``
+    :param auth_location: ``"header"`` (``x-access-token``, default) or ``"query"`` (``?token=``)
+    :param verify: TLS verification: ``True``, ``False`` or a CA bundle path
+    :param connect_timeout: seconds to open a connection
+    :param read_timeout: seconds between bytes; default ``long_poll_seconds + 30``, must exceed the long poll
+    :param long_poll_seconds: how long the server holds an empty GET (45 s on the real API)
+    :param max_retries: retries of a transient failure before giving up (0 = one attempt)
+    :param backoff_base: first backoff in seconds (exponential, full jitter)
+    :param backoff_max: cap of one backoff, ``Retry-After`` included
+    :param pool_size: keep-alive connections kept for concurrent callers
+    :param user_agent: ``User-Agent`` header; default ``airflow-provider-ktexport/<version>``
+    :param conn_label: what to name in error messages, e.g. ``"connection 'ktexport_default'"``
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        auth_location: Literal["header", "query"] | str = "header",
+        verify: bool | str = True,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = None,
+        long_poll_seconds: float = 45.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        pool_size: int = 8,
+        user_agent: str | None = None,
+        conn_label: str | None = None,
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise KtExportConfigError(
+                f"no API key for {conn_label or 'the export API'}: set the key (the connection's password)"
+            )
+        self._api_key = api_key.strip()
+        location = str(auth_location or "header").strip().lower()
+        if location not in AUTH_LOCATIONS:
+            raise KtExportConfigError(
+                f"auth_location {auth_location!r} is not valid: use 'header' (x-access-token, "
+                "recommended) or 'query' (?token=)"
+            )
+        self.auth_location = location
+        self.conn_label = conn_label
+        self.verify = _check_verify(verify)
+        self.long_poll_seconds = _positive("long_poll_seconds", long_poll_seconds)
+        self.connect_timeout = _positive("connect_timeout", connect_timeout)
+        if read_timeout is None:
+            read_timeout = self.long_poll_seconds + 30.0
+        self.read_timeout = _positive("read_timeout", read_timeout)
+        if self.read_timeout <= self.long_poll_seconds:
+            raise KtExportConfigError(
+                f"read_timeout ({self.read_timeout:g} s) must be longer than long_poll_seconds "
+                f"({self.long_poll_seconds:g} s), or every empty long poll ends in a timeout: raise "
+                "read_timeout or leave it unset (long poll + 30 s)"
+            )
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise KtExportConfigError(f"max_retries must be an integer >= 0, not {max_retries!r}")
+        self.max_retries = max_retries
+        self.backoff_base = _positive("backoff_base", backoff_base, allow_zero=True)
+        self.backoff_max = _positive("backoff_max", backoff_max, allow_zero=True)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise KtExportConfigError(f"pool_size must be an integer >= 1, not {pool_size!r}")
+        self.pool_size = pool_size
+        self.user_agent = user_agent or DEFAULT_USER_AGENT
+
+        self._stream_url = self.base_url + STREAM_PATH
+        self._auth_headers = {AUTH_HEADER: self._api_key} if location == "header" else {}
+        self._auth_params = {AUTH_QUERY_PARAM: self._api_key} if location == "query" else None
+        self._session = self._new_session()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # Retries are ours (they know Retry-After, auth and the deadline): urllib3 must not retry too.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update(
+            {
+                "user-agent": self.user_agent,
+                "accept-encoding": "gzip",
+                "accept": "application/json",
+                "connection": "keep-alive",
+            }
+        )
+        session.verify = self.verify
+        return session
+
+    def __repr__(self) -> str:
+        return f"KtExportClient(base_url={self.base_url!r}, auth_location={self.auth_location!r})"
+
+    # ------------------------------------------------------------------ public API
+
+    def get_batch(self, *, deadline: float | None = None) -> Batch | None:
+        """Lease the next batch, or return ``None`` when the queue is empty.
+
+        Empty is: ``500`` after the long poll, a ``200`` without an id, or a
+        ``200`` whose items are ``[]``/missing (that id is acknowledged at once).
+
+        :param deadline: a ``time.monotonic()`` value. Each attempt's timeouts are
+            capped to reach it; when the cap ends a request, or the deadline has
+            already passed, ``None`` is returned (an abandoned lease is simply
+            redelivered later). A retry whose backoff would end past it is not
+            started: the transient error is raised instead.
+        :raises KtExportAuthError: 401/403 (never retried)
+        :raises KtExportTransientError: retries exhausted (or cut short by ``deadline``)
+        :raises KtExportHTTPError: any other unexpected status (404: wrong base URL)
+        :raises KtExportProtocolError: a 200 whose body cannot be decoded (``.body``, ``.batch_id``)
+        """
+        reply = self._send("GET", self._stream_url, deadline=deadline, max_retries=self.max_retries)
+        if reply is None:
+            return None
+        if reply.status == 500:
+            return None  # the documented "nothing within the long poll" answer
+        if reply.status == 204:
+            return None
+        if reply.status != 200:
+            raise self._http_error("GET", reply)
+        return self._decode_batch(reply)
+
+    def ack(self, batch_id: str) -> bool:
+        """Acknowledge (delete) a batch; ``True`` on 2xx, ``False`` when the id is unknown or expired.
+
+        The API answers ``500`` (sometimes ``404``) for an unknown id: the lease had
+        ended and the batch will be delivered again. Transient failures are retried.
+
+        :raises KtExportAuthError: 401/403
+        :raises KtExportTransientError: retries exhausted
+        :raises KtExportHTTPError: another unexpected status
+        """
+        if not isinstance(batch_id, str) or not batch_id:
+            raise ValueError(f"batch_id must be a non-empty string, not {batch_id!r}")
+        url = f"{self._stream_url}/{quote(batch_id, safe='')}"
+        reply = self._send("DELETE", url, deadline=None, max_retries=self.max_retries)
+        assert reply is not None  # no deadline, so _send always answers
+        if 200 <= reply.status < 300:
+            return True
+        if reply.status in (404, 500):
+            log.debug("ack of batch %s answered %d: unknown or expired id", batch_id, reply.status)
+            return False
+        raise self._http_error("DELETE", reply)
+
+    def check(self) -> None:
+        """Prove the key is accepted without leasing data (for ``test_connection``).
+
+        Deletes a random id that cannot exist: ``500``/``404`` (or 2xx) means the
+        server accepted the key. At most one retry, so a UI test answers quickly.
+
+        :raises KtExportAuthError: the key is refused
+        :raises KtExportError: the server cannot be reached or answers oddly
+        """
+        url = f"{self._stream_url}/ktexport-connection-test-{uuid.uuid4().hex}"
+        reply = self._send("DELETE", url, deadline=None, max_retries=min(self.max_retries, 1))
+        assert reply is not None  # no deadline, so _send always answers
+        if 200 <= reply.status < 300 or reply.status in (404, 500):
+            return
+        raise self._http_error("DELETE", reply)
+
+    def close(self) -> None:
+        """Close the pooled connections; the client cannot be used afterwards."""
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._session.close()
+
+    def __enter__(self) -> KtExportClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _send(self, method: str, url: str, *, deadline: float | None, max_retries: int) -> _Reply | None:
+        """Send with retries; return the first non-retryable reply, or ``None`` when the deadline cut it."""
+        failures = 0
+        while True:
+            timeout, capped = self._timeouts(deadline)
+            if timeout is None:
+                return None
+            failure: KtExportError | None = None
+            reply: _Reply | None = None
+            try:
+                reply = self._attempt(method, url, timeout)
+            except requests.RequestException as exc:
+                if capped and deadline is not None and time.monotonic() >= deadline - 0.05:
+                    # Our own cap ended it: not an error. A lease taken meanwhile is redelivered later.
+                    log.debug("%s %s stopped at the caller's deadline", method, self._safe(url))
+                    return None
+                failure = self._transport_error(method, exc)
+            # Raised outside the except block so the requests exception (its text holds the
+            # URL, with ?token= in query mode) is not chained as __context__.
+            if failure is not None and not failure.retryable:
+                raise failure
+            if reply is not None:
+                if reply.status in _AUTH_STATUSES:
+                    raise self._auth_error(reply)
+                if reply.status not in _TRANSIENT_STATUSES:
+                    return reply
+                failure = self._transient_status_error(method, reply)
+            assert isinstance(failure, KtExportTransientError)  # narrowed above
+            failures += 1
+            if failures > max_retries:
+                raise KtExportTransientError(
+                    f"{failure} (gave up after {failures} attempts: the server or network is still "
+                    "failing; the run can be retried later)",
+                    status_code=failure.status_code,
+                    retry_after=failure.retry_after,
+                )
+            delay = self._backoff(failures, failure.retry_after)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise KtExportTransientError(
+                    f"{failure} (no retry: the caller's deadline leaves no time for attempt {failures + 1})",
+                    status_code=failure.status_code,
+                    retry_after=failure.retry_after,
+                )
+            log.warning(
+                "%s %s failed (%s); retry %d of %d in %.1f s",
+                method,
+                self._safe(url),
+                failure,
+                failures,
+                max_retries,
+                delay,
+            )
+            time.sleep(delay)
+
+    def _attempt(self, method: str, url: str, timeout: tuple[float, float]) -> _Reply:
+        # stream=True returns as soon as the headers are in: that instant starts the lease clock.
+        response = self._session.request(
+            method,
+            url,
+            headers=self._auth_headers,
+            params=self._auth_params,
+            timeout=timeout,
+            stream=True,
+            # A redirect would carry x-access-token to wherever it points: never follow one.
+            allow_redirects=False,
+        )
+        received_at = time.monotonic()
+        try:
+            body = response.content  # gzip is undone here; reading it all returns the connection
+        finally:
+            response.close()
+        return _Reply(response.status_code, body, received_at, response.headers)
+
+    def _timeouts(self, deadline: float | None) -> tuple[tuple[float, float] | None, bool]:
+        """(connect, read) timeouts for one attempt, capped to reach ``deadline``; None if it has passed."""
+        if deadline is None:
+            return (self.connect_timeout, self.read_timeout), False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None, True
+        cap = max(0.1, remaining)
+        capped = cap < self.read_timeout
+        return (min(self.connect_timeout, cap), min(self.read_timeout, cap)), capped
+
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.backoff_max)
+        # Full jitter: concurrent callers spread out instead of retrying in lockstep.
+        return random.uniform(0.0, min(self.backoff_max, self.backoff_base * (2 ** (failures - 1))))
+
+    # ------------------------------------------------------------------ decoding
+
+    def _decode_batch(self, reply: _Reply) -> Batch | None:
+        body = reply.body
+        if not body.strip():
+            log.warning("GET %s answered 200 with an empty body; treating the queue as empty", self._safe())
+            return None
+        problem: str | None = None
+        envelope: _Envelope | None = None
+        try:
+            body.decode("utf-8")  # msgspec does not validate the UTF-8 inside Raw items
+        except UnicodeDecodeError as exc:
+            problem = f"the body is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        if problem is None:
+            try:
+                envelope = _ENVELOPE_DECODER.decode(body)
+            except msgspec.ValidationError as exc:
+                problem = f"the body is JSON but not a batch object ({exc})"
+            except msgspec.DecodeError as exc:
+                problem = f"the body is not valid JSON ({exc})"
+        if envelope is None:
+            match = _ID_IN_BODY.search(body)
+            batch_id = match.group(1).decode("utf-8", "replace") if match else None
+            raise self._protocol_error(problem or "undecodable body", body, batch_id)
+
+        batch_id = None if envelope.id is None else str(envelope.id)
+        if not batch_id:
+            if envelope.items:
+                log.warning(
+                    "GET %s answered 200 with %d items but no id (cannot be acknowledged); "
+                    "treating the queue as empty",
+                    self._safe(),
+                    len(envelope.items),
+                )
+            return None
+        raw_items = [bytes(raw) for raw in envelope.items or ()]
+        for index, raw in enumerate(raw_items):
+            if not raw.lstrip().startswith(b"{"):
+                raise self._protocol_error(
+                    f"item {index} of batch {batch_id} is not a JSON object", body, batch_id
+                )
+        if not raw_items:
+            self._ack_empty(batch_id)
+            return None
+        return Batch(id=batch_id, raw_items=raw_items, leased_at=reply.received_at, body_size=len(body))
+
+    def _ack_empty(self, batch_id: str) -> None:
+        # Nothing to write: acknowledge now, or it comes back forever and ends every run early.
+        try:
+            acked = self.ack(batch_id)
+        except KtExportTransientError as exc:
+            log.warning("could not acknowledge empty batch %s (%s); it will be redelivered", batch_id, exc)
+            return
+        if not acked:
+            log.warning("empty batch %s was unknown when acknowledged; its lease had ended", batch_id)
+
+    # ------------------------------------------------------------------ errors
+
+    def _safe(self, url: str | None = None) -> str:
+        """A URL fit for logs: no query string, no key."""
+        return redact(url or self._stream_url, self._api_key)
+
+    def _where(self) -> str:
+        return self.conn_label or "the connection"
+
+    def _excerpt(self, body: bytes) -> str:
+        text = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip()
+        return redact(text, self._api_key)
+
+    def _auth_error(self, reply: _Reply) -> KtExportAuthError:
+        detail = self._excerpt(reply.body)
+        return KtExportAuthError(
+            f"the export API refused the API key (HTTP {reply.status}): check the password (API key) "
+            f"of {self._where()} and that the export task is enabled"
+            + (f"; server said: {detail}" if detail else ""),
+            status_code=reply.status,
+        )
+
+    def _transient_status_error(self, method: str, reply: _Reply) -> KtExportTransientError:
+        retry_after = _parse_retry_after(reply.headers.get("retry-after"))
+        label = "rate limited" if reply.status == 429 else "temporarily unavailable"
+        return KtExportTransientError(
+            f"{method} {self._safe()} answered HTTP {reply.status} ({label})",
+            status_code=reply.status,
+            retry_after=retry_after,
+        )
+
+    def _transport_error(self, method: str, exc: requests.RequestException) -> KtExportError:
+        # Only the type name and a redacted text survive: the original holds the full URL.
+        text = redact(str(exc), self._api_key)
+        if _has_cause(exc, ssl.SSLCertVerificationError):
+            return KtExportConfigError(
+                f"TLS certificate verification failed for {self.base_url} ({text}): fix the server "
+                f"certificate, or set extra 'verify' of {self._where()} to a CA bundle path"
+            )
+        if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
+            return KtExportConfigError(
+                f"the export API URL is not usable ({type(exc).__name__}: {text}): check the host of "
+                f"{self._where()}"
+            )
+        if isinstance(exc, requests.Timeout):
+            what = "timed out"
+        elif isinstance(exc, requests.ConnectionError):
+            what = "lost the connection"
+        else:
+            what = "failed"
+        return KtExportTransientError(
+            f"{method} {self._safe()} {what} ({type(exc).__name__}: {text})",
+        )
+
+    def _http_error(self, method: str, reply: _Reply) -> KtExportHTTPError:
+        detail = self._excerpt(reply.body)
+        if reply.status == 404:
+            hint = (
+                f"check the base URL of {self._where()} (it is {self.base_url}; expected e.g. "
+                f"{EXAMPLE_BASE_URL})"
+            )
+        elif 300 <= reply.status < 400:
+            location = redact(reply.headers.get("location", "?"), self._api_key).split("?")[0]
+            hint = f"the API redirected to {location}: set the base URL of {self._where()} to it"
+        else:
+            hint = "the export API answered a status this provider does not expect; check the server"
+        return KtExportHTTPError(
+            f"{method} {self._safe()} answered HTTP {reply.status}: {hint}"
+            + (f"; server said: {detail}" if detail else ""),
+            status_code=reply.status,
+        )
+
+    def _protocol_error(self, problem: str, body: bytes, batch_id: str | None) -> KtExportProtocolError:
+        return KtExportProtocolError(
+            f"GET {self._safe()} answered 200 but {problem}"
+            + (f" (batch id {batch_id})" if batch_id else "")
+            + f"; {len(body)} bytes kept for quarantine",
+            body=body,
+            batch_id=batch_id,
+        )
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise KtExportConfigError(f"{name} must be a number of seconds {bound}, not {value!r}")
+    return number
+
+
+def _check_verify(verify: bool | str) -> bool | str:
+    if isinstance(verify, bool):
+        return verify
+    if isinstance(verify, str) and verify:
+        if not os.path.exists(verify):
+            raise KtExportConfigError(
+                f"verify={verify!r} is neither true/false nor an existing CA bundle path: fix the path"
+            )
+        return verify
+    raise KtExportConfigError(f"verify must be true, false or a CA bundle path, not {verify!r}")
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _has_cause(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` appears in the chain requests/urllib3 build (cause, context, args, reason)."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind):
+            return True
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
+    return False

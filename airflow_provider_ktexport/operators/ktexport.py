@@ -1,0 +1,200 @@
+"""KtExportToParquetOperator: drain the export queue into Parquet files on object storage."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator, ObjectStoragePath
+
+from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
+from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+from airflow_provider_ktexport.lake.writer import LakeWriter
+
+try:  # Airflow 3.2+ exposes it from the Task SDK
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Alias every drain adds its lake Asset to, unless told otherwise; downstream DAGs schedule on it.
+DEFAULT_ASSET_ALIAS = "ktexport_lake"
+
+
+def lake_uri(path: ObjectStoragePath) -> str:
+    """The destination as an Asset URI: no ``conn_id@`` part and no trailing slash."""
+    return f"{path.protocol or 'file'}://{str(path.path).rstrip('/') or '/'}"
+
+
+def _seconds(value: timedelta | float | int, name: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise KtExportConfigError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
+    return float(value)
+
+
+def parse_drain_until(value: Any) -> float | None:
+    """``drain_until`` as epoch seconds: ISO-8601 text, epoch seconds, a datetime, or empty."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise KtExportConfigError(f"drain_until={value!r} has no time zone; give it in UTC")
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict) and "lease_ends_at" in value:  # the sensor's whole XCom
+        return parse_drain_until(value["lease_ends_at"])
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise KtExportConfigError(
+            f"drain_until={text!r} is neither ISO-8601 nor epoch seconds; pass the sensor's lease_ends_at, "
+            "e.g. \"{{ ti.xcom_pull(task_ids='wait_for_data')['lease_ends_at'] }}\""
+        ) from None
+    if parsed.tzinfo is None:
+        raise KtExportConfigError(f"drain_until={text!r} has no time zone; give it in UTC (…Z or +00:00)")
+    return parsed.timestamp()
+
+
+class KtExportToParquetOperator(BaseOperator):
+    """
+    Drain a KT HTTP Export Task queue into Parquet files, acknowledging only what has landed.
+
+    Each batch is acknowledged only after every one of its records is in a Parquet
+    file that was written and verified, and before its lease runs out. See
+    docs/delivery-semantics.md.
+
+    :param destination: the lake root as an ObjectStoragePath URL, e.g.
+        ``s3://aws_default@bucket/ktexport`` or ``file:///data/lake/ktexport`` (templated)
+    :param ktexport_conn_id: the ``ktexport`` connection holding the base URL and API key
+    :param max_runtime: stop leasing new batches after this long (timedelta or seconds), then
+        flush and acknowledge what is held; size ``execution_timeout`` above it
+    :param flush_records: flush when this many records are buffered
+    :param flush_seconds: flush when the oldest unacknowledged lease is this old; must leave a
+        margin under ``lease_seconds`` (the larger of 2 s and a quarter of the lease)
+    :param lease_seconds: the server's lease (120 s on the real API)
+    :param stop_when_empty: end the run at the first empty answer (after a final flush)
+    :param drain_until: keep polling through empty answers until this time plus one long poll
+        (ISO-8601 or epoch seconds; the sensor's ``lease_ends_at``) (templated)
+    :param partition_by: partition keys, from ``record_type``, ``event_date``, ``ingest_date``
+    :param compression: Parquet compression codec
+    :param include_raw: add a ``_raw`` column with each record's original JSON
+    :param ack_quarantined: acknowledge batches whose body cannot be decoded once their raw copy
+        is stored under ``_quarantine/`` (default: leave them to be redelivered)
+    :param max_in_flight: GET requests kept outstanding while earlier batches are written
+    :param asset: an Asset to emit an event on when files land (in addition to the alias)
+    :param asset_alias: name of the AssetAlias the lake Asset is added to when files land
+        (``None`` to emit none)
+    """
+
+    template_fields: Sequence[str] = ("destination", "drain_until")
+    ui_color = "#d4ecf7"
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        ktexport_conn_id: str = KtExportHook.default_conn_name,
+        max_runtime: timedelta | float = timedelta(minutes=10),
+        flush_records: int = 50_000,
+        flush_seconds: float = 60.0,
+        lease_seconds: float = 120.0,
+        stop_when_empty: bool = True,
+        drain_until: str | float | None = None,
+        partition_by: Sequence[str] = ("record_type", "event_date"),
+        compression: str = "zstd",
+        include_raw: bool = False,
+        ack_quarantined: bool = False,
+        max_in_flight: int = 4,
+        asset: Asset | None = None,
+        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        **kwargs: Any,
+    ) -> None:
+        outlets = list(kwargs.pop("outlets", None) or [])
+        if asset is not None:
+            outlets.append(asset)
+        if asset_alias:
+            outlets.append(AssetAlias(asset_alias))
+        super().__init__(outlets=outlets, **kwargs)
+        self.destination = destination
+        self.ktexport_conn_id = ktexport_conn_id
+        self.max_runtime = max_runtime
+        self.flush_records = flush_records
+        self.flush_seconds = flush_seconds
+        self.lease_seconds = lease_seconds
+        self.stop_when_empty = stop_when_empty
+        self.drain_until = drain_until
+        self.partition_by = tuple(partition_by)
+        self.compression = compression
+        self.include_raw = include_raw
+        self.ack_quarantined = ack_quarantined
+        self.max_in_flight = max_in_flight
+        self.asset = asset
+        self.asset_alias = asset_alias
+        self._stop = threading.Event()
+        # Validate the numbers now so a bad DAG fails at parse time, not after leasing data.
+        self._config(drain_until=None)
+
+    def _config(self, *, drain_until: float | None) -> DrainConfig:
+        return DrainConfig(
+            max_runtime=_seconds(self.max_runtime, "max_runtime"),
+            flush_records=self.flush_records,
+            flush_seconds=_seconds(self.flush_seconds, "flush_seconds"),
+            lease_seconds=_seconds(self.lease_seconds, "lease_seconds"),
+            stop_when_empty=self.stop_when_empty,
+            drain_until=drain_until,
+            max_in_flight=self.max_in_flight,
+            ack_quarantined=self.ack_quarantined,
+            include_raw=self.include_raw,
+            partition_by=self.partition_by,
+            source=self.ktexport_conn_id,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self._config(drain_until=parse_drain_until(self.drain_until))
+        root = ObjectStoragePath(self.destination)
+        uri = lake_uri(root)
+        writer = LakeWriter(root.fs, str(root.path), compression=self.compression, uri_prefix=uri)
+        removed = writer.cleanup_temp()
+        if removed:
+            self.log.info("Removed %d temporary files left by an earlier, interrupted run", removed)
+        hook = KtExportHook(ktexport_conn_id=self.ktexport_conn_id)
+        self.log.info("Draining connection %r into %s", self.ktexport_conn_id, uri)
+        try:
+            result = Drain(hook.client, writer, config, should_stop=self._stop.is_set, logger=self.log).run()
+        except KtExportAuthError as exc:
+            # A wrong key does not fix itself: fail now instead of retrying into the same wall.
+            raise AirflowFailException(str(exc)) from None
+        finally:
+            hook.close()
+        summary = result.summary()
+        summary["destination"] = uri
+        if result.files:
+            self._emit_asset_events(context, uri, summary)
+        return summary
+
+    def _emit_asset_events(self, context: Context, uri: str, summary: dict[str, Any]) -> None:
+        extra = {k: summary[k] for k in ("records", "bytes", "stopped")}
+        extra["files"] = len(summary["files"])
+        events = context["outlet_events"]
+        lake = Asset(uri)
+        if self.asset_alias:
+            events[AssetAlias(self.asset_alias)].add(lake, extra=extra)
+        if self.asset is not None:
+            events[self.asset].extra.update(extra)
+
+    def on_kill(self) -> None:
+        # Stop leasing at once; the drain lands what it holds only if the leases leave time.
+        self._stop.set()
