@@ -177,7 +177,9 @@ class RecordGenerator:
         if drift:
             io["ain3"] = round(rng.uniform(0, 5), 3)
             io["can_fuel_level"] = rng.randrange(0, 101)
-        zones = [dict(self._zones[i]) for i in sorted(rng.sample(range(len(self._zones)), rng.randrange(0, 3)))]
+        zones = [
+            dict(self._zones[i]) for i in sorted(rng.sample(range(len(self._zones)), rng.randrange(0, 3)))
+        ]
         received = ms + rng.randrange(200, 90_000)
         return {
             "type": "telemetry",
@@ -189,7 +191,10 @@ class RecordGenerator:
             "telemetry": {
                 "ignition": rng.random() < 0.7,
                 "odo_counter": odo,
-                "voltages": {"main": round(rng.uniform(11.5, 28.4), 2), "backup": round(rng.uniform(3.6, 4.2), 2)},
+                "voltages": {
+                    "main": round(rng.uniform(11.5, 28.4), 2),
+                    "backup": round(rng.uniform(3.6, 4.2), 2),
+                },
                 "gps_sats": rng.randrange(0, 16),
                 "hdop": round(rng.uniform(0.5, 4.0), 1),
                 "rssi": -rng.randrange(50, 110),
@@ -301,7 +306,11 @@ class RecordGenerator:
             "date": self._when(rng, ms),
             "owner": dict(asset["owner"]),
             "asset": {"id": asset["id"], "name": asset["name"]},
-            "driver": {"id": rng.randrange(1, 900), "name": f"Driver {rng.randrange(900)}", "tag": _hex_id(rng, 32)},
+            "driver": {
+                "id": rng.randrange(1, 900),
+                "name": f"Driver {rng.randrange(900)}",
+                "tag": _hex_id(rng, 32),
+            },
             "status": rng.choice(("driving", "on-duty", "off-duty", "rest")),
             "duration": rng.randrange(60, 36_000),
             "received": iso_utc(ms + rng.randrange(100, 5000)),

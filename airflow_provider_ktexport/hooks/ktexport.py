@@ -1,0 +1,303 @@
+"""Airflow hook for a Key Telematics HTTP Export Task: builds a :class:`KtExportClient` from a connection."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_ktexport.client import Batch, KtExportClient, normalize_base_url, redact
+from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError
+
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # pragma: no cover - Airflow without the task SDK's public BaseHook
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+#: Extras read from the connection, with the parser of each.
+_FLOAT_EXTRAS = ("connect_timeout", "read_timeout", "long_poll_seconds")
+_INT_EXTRAS = ("max_retries",)
+_KNOWN_EXTRAS = frozenset({"auth_location", "verify", *_FLOAT_EXTRAS, *_INT_EXTRAS})
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+#: Keyword arguments of KtExportClient a caller may override (everything but the connection's own).
+_CLIENT_KWARGS = frozenset(inspect.signature(KtExportClient.__init__).parameters) - {
+    "self",
+    "base_url",
+    "api_key",
+}
+
+
+def _mask_secret(secret: str) -> None:
+    """Register ``secret`` with Airflow's log masker (task and supervisor), across 3.1-3.3 layouts."""
+    mask: Callable[[str], None]
+    try:
+        from airflow.sdk.log import mask_secret as mask
+    except ImportError:  # pragma: no cover - older task SDK layout
+        try:
+            from airflow.sdk.execution_time.secrets_masker import mask_secret as mask
+        except ImportError:
+            from airflow.utils.log.secrets_masker import mask_secret as mask
+    mask(secret)
+
+
+class KtExportHook(BaseHook):
+    """Connect to a Key Telematics HTTP Export Task.
+
+    The connection (type ``ktexport``): host = base URL or bare host (https
+    assumed), port (optional), password = API key; extras ``auth_location``
+    (``header``/``query``), ``verify`` (true/false/CA path), ``connect_timeout``,
+    ``read_timeout``, ``long_poll_seconds``, ``max_retries``.
+
+    Nothing is read or sent until the client is first used.
+
+    :param ktexport_conn_id: the connection id (default ``ktexport_default``)
+    :param client_overrides: :class:`KtExportClient` keyword arguments that win over the connection
+        (e.g. ``pool_size=16``, ``max_retries=2``)
+    """
+
+    conn_name_attr = "ktexport_conn_id"
+    default_conn_name = "ktexport_default"
+    conn_type = "ktexport"
+    hook_name = "KT Export"
+
+    def __init__(self, ktexport_conn_id: str = default_conn_name, **client_overrides: Any) -> None:
+        super().__init__()
+        unknown = sorted(set(client_overrides) - _CLIENT_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"KtExportHook got unknown client settings {unknown}; allowed: {sorted(_CLIENT_KWARGS)}"
+            )
+        self.ktexport_conn_id = ktexport_conn_id
+        self.client_overrides = client_overrides
+
+    # ------------------------------------------------------------------ client
+
+    def client_settings(self) -> dict[str, Any]:
+        """Everything needed to rebuild the client elsewhere (e.g. the triggerer); holds the key, never log it."""
+        return self._settings_from(self._get_connection())
+
+    async def aclient_settings(self) -> dict[str, Any]:
+        """Async :meth:`client_settings`, for triggers (does not block the event loop)."""
+        getter = getattr(self, "aget_connection", None)
+        if getter is not None:
+            try:
+                conn = await getter(self.ktexport_conn_id)
+            except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException differs between versions
+                raise self._not_found(exc) from None
+        else:  # pragma: no cover - Airflow without async connection access
+            from asgiref.sync import sync_to_async
+
+            conn = await sync_to_async(self._get_connection)()
+        return self._settings_from(conn)
+
+    @cached_property
+    def client(self) -> KtExportClient:
+        """The client, built on first use and kept (with its keep-alive connections) for the hook's life."""
+        return KtExportClient(**self.client_settings())
+
+    def get_conn(self) -> KtExportClient:
+        """Return the :class:`KtExportClient` (Airflow's conventional accessor)."""
+        return self.client
+
+    def get_batch(self, **kwargs: Any) -> Batch | None:
+        """Lease the next batch; see :meth:`KtExportClient.get_batch`."""
+        return self.client.get_batch(**kwargs)
+
+    def ack(self, batch_id: str) -> bool:
+        """Acknowledge a batch; see :meth:`KtExportClient.ack`."""
+        return self.client.ack(batch_id)
+
+    def close(self) -> None:
+        """Close the client's connections, if a client was built."""
+        client = self.__dict__.pop("client", None)
+        if client is not None:
+            client.close()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check that the server is reachable and accepts the key, without leasing any data."""
+        try:
+            client = self.client
+            client.check()
+        except KtExportError as exc:
+            return False, str(exc)
+        except Exception as exc:  # noqa: BLE001 - the UI shows the message instead of a traceback
+            return False, self._redacted(f"{type(exc).__name__}: {exc}")
+        return True, (
+            f"Connection successfully tested: the export API at {client.base_url} accepted the API key "
+            f"({client.auth_location})"
+        )
+
+    # ------------------------------------------------------------------ connection parsing
+
+    def _get_connection(self) -> Connection:
+        try:
+            return self.get_connection(self.ktexport_conn_id)
+        except Exception as exc:
+            error = self._not_found(exc)
+            if error is exc:
+                raise
+        raise error  # outside the except block: the lookup failure needs no chained traceback
+
+    def _not_found(self, exc: Exception) -> Exception:
+        # Matched by name: the class moved between airflow.exceptions and airflow.sdk.exceptions.
+        if type(exc).__name__ != "AirflowNotFoundException":
+            return exc
+        return KtExportConfigError(
+            f"connection {self.ktexport_conn_id!r} is not defined: create it, e.g. {self._example()}"
+        )
+
+    def _example(self) -> str:
+        env = "AIRFLOW_CONN_" + self.ktexport_conn_id.upper()
+        return (
+            f'{env}=\'{{"conn_type": "ktexport", "host": "https://export.us1.kt1.io", '
+            f'"password": "<API key>"}}\''
+        )
+
+    def _settings_from(self, conn: Connection) -> dict[str, Any]:
+        label = f"connection {self.ktexport_conn_id!r}"
+        password = (conn.password or "").strip()
+        if password:
+            # Before any check can fail, so even an error path cannot print it unmasked.
+            _mask_secret(password)
+        host = (conn.host or "").strip()
+        if not host:
+            raise KtExportConfigError(
+                f"{label} has no host: set it to the export API base URL, e.g. {self._example()}"
+            )
+        if not password:
+            raise KtExportConfigError(
+                f"{label} has no password: set it to the export task's API key, e.g. {self._example()}"
+            )
+        try:
+            base_url = normalize_base_url(host, conn.port)
+        except KtExportConfigError as exc:
+            raise KtExportConfigError(f"{label}: {exc}") from None
+        settings: dict[str, Any] = {"base_url": base_url, "api_key": password, "conn_label": label}
+        settings.update(self._extras(conn, label))
+        settings.update(self.client_overrides)
+        return settings
+
+    def _extras(self, conn: Connection, label: str) -> dict[str, Any]:
+        try:
+            extra = conn.extra_dejson
+        except Exception:  # noqa: BLE001 - malformed extra JSON
+            raise KtExportConfigError(f"{label} has an extra that is not valid JSON: fix it") from None
+        if not isinstance(extra, dict):
+            raise KtExportConfigError(f"{label} has an extra that is not a JSON object: fix it")
+        # The 3.1 form stores fields as extra__ktexport__<name>; 3.2+ and JSON use the bare name.
+        prefix = f"extra__{self.conn_type}__"
+        values = {key.removeprefix(prefix): value for key, value in extra.items()}
+        unknown = sorted(set(values) - _KNOWN_EXTRAS)
+        if unknown:
+            self.log.warning("%s: ignoring unknown extras %s", label, unknown)
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in _KNOWN_EXTRAS or value is None or value == "":
+                continue
+            if key == "auth_location":
+                out[key] = str(value)
+            elif key == "verify":
+                out[key] = _parse_verify(value, label)
+            elif key in _FLOAT_EXTRAS:
+                out[key] = _parse_number(key, value, label, float)
+            else:
+                out[key] = _parse_number(key, value, label, int)
+        return out
+
+    def _redacted(self, text: str) -> str:
+        try:
+            return redact(text, self.client_settings()["api_key"])
+        except Exception:  # noqa: BLE001 - the connection itself may be the problem
+            return redact(text, None)
+
+    # ------------------------------------------------------------------ UI (Airflow 3.1)
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Field labels for the Airflow 3.1 connection form (3.2+ read provider info instead)."""
+        return {
+            "hidden_fields": ["schema", "login", "extra"],
+            "relabeling": {"host": "Base URL", "password": "API key"},
+            "placeholders": {
+                "host": "https://export.us1.kt1.io",
+                "password": "the export task's API key",
+                "auth_location": "header",
+                "verify": "true",
+                "long_poll_seconds": "45",
+                "connect_timeout": "10",
+                "read_timeout": "75",
+                "max_retries": "5",
+            },
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields for the Airflow 3.1 connection form (imports the web stack lazily)."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import NumberRange, Optional
+
+        return {
+            "auth_location": StringField(
+                lazy_gettext("Send the key as"),
+                widget=BS3TextFieldWidget(),
+                description="header (x-access-token, default) or query (?token=)",
+            ),
+            "verify": StringField(
+                lazy_gettext("Verify TLS"),
+                widget=BS3TextFieldWidget(),
+                description="true (default), false, or a CA bundle path",
+            ),
+            "long_poll_seconds": StringField(
+                lazy_gettext("Long poll (s)"),
+                widget=BS3TextFieldWidget(),
+                description="how long the server holds an empty GET (45 s on the real API)",
+            ),
+            "connect_timeout": StringField(lazy_gettext("Connect timeout (s)"), widget=BS3TextFieldWidget()),
+            "read_timeout": StringField(
+                lazy_gettext("Read timeout (s)"),
+                widget=BS3TextFieldWidget(),
+                description="must exceed the long poll; default long poll + 30 s",
+            ),
+            "max_retries": IntegerField(
+                lazy_gettext("Max retries"),
+                widget=BS3TextFieldWidget(),
+                validators=[Optional(), NumberRange(min=0)],
+                description="retries of a transient failure (429, 5xx, reset); default 5",
+            ),
+        }
+
+
+def _parse_verify(value: Any, label: str) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        return text  # a CA bundle path; the client checks that it exists
+    raise KtExportConfigError(
+        f"{label}: extra 'verify' must be true, false or a CA bundle path, not {json.dumps(value)}"
+    )
+
+
+def _parse_number(key: str, value: Any, label: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        noun = "an integer" if kind is int else "a number of seconds"
+        raise KtExportConfigError(f"{label}: extra {key!r} must be {noun}, not {value!r}") from None
+    return number

@@ -1,0 +1,829 @@
+"""A local emulator of the Key Telematics HTTP Export Task API, with fault injection.
+
+Standard library only, and nothing imported from the rest of the package: the
+client and the emulator must not share code, or a shared bug would pass every
+test. Behaviour follows design.md section 1: ``GET /v2/stream`` leases a batch,
+``DELETE /v2/stream/{id}`` acknowledges it, an unacknowledged lease goes back
+to the front of the queue, an empty queue is long-polled and then answered 500.
+
+Use it in tests::
+
+    with Emulator(lease_seconds=1, long_poll_seconds=0.5) as emu:
+        emu.generate(100)
+        requests.get(emu.url + "/v2/stream", headers={"x-access-token": emu.api_key})
+
+or as the ``ktexport-emulator`` command (see :func:`main`). The control plane
+under ``/_emulator/`` (stats, records, generate, faults, seqs, script) needs no
+key and answers loopback clients only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from airflow_provider_ktexport.testing.records import RecordGenerator
+
+log = logging.getLogger(__name__)
+
+#: Fault rates (0..1 per API request), in the order they are rolled.
+FAULT_NAMES: tuple[str, ...] = (
+    "reset",
+    "status_429",
+    "status_502",
+    "status_503",
+    "status_504",
+    "html_error",
+    "truncated",
+    "invalid_utf8",
+    "slow",
+    "reset_after_ack",
+)
+#: Fault settings that are not rates.
+FAULT_SETTINGS: dict[str, float] = {"retry_after": 1.0, "slow_seconds": 2.0}
+_PRE_LEASE = ("reset", "status_429", "status_502", "status_503", "status_504", "html_error")
+_HTML_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+_JSON = "application/json; charset=utf-8"
+#: In a scripted body this placeholder is replaced by the leased batch id.
+ID_PLACEHOLDER = b"$ID"
+
+
+@dataclass
+class Response:
+    """One HTTP answer; ``reset`` means close the socket without answering."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False
+
+
+@dataclass
+class _Script:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    times: int
+    lease: bool
+    method: str
+
+
+class _Entry:
+    __slots__ = ("seq", "raw", "deliveries")
+
+    def __init__(self, seq: int, raw: bytes) -> None:
+        self.seq = seq
+        self.raw = raw
+        self.deliveries = 0
+
+
+class _Lease:
+    __slots__ = ("id", "entries", "expires")
+
+    def __init__(self, lease_id: str, entries: list[_Entry], expires: float) -> None:
+        self.id = lease_id
+        self.entries = entries
+        self.expires = expires
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    return Response(status, _json({"error": message}), {"Content-Type": _JSON, **headers})
+
+
+class Emulator:
+    """In-process export API server with leases, long poll, faults and accounting.
+
+    :param host: interface to bind.
+    :param port: port to bind, 0 for any free one (see :attr:`url`).
+    :param api_key: the key GETs and DELETEs must carry (header ``x-access-token`` or ``?token=``).
+    :param lease_seconds: how long a batch stays leased before it is redelivered (120 on the real API).
+    :param long_poll_seconds: how long an empty GET is held before the 500 (45 on the real API).
+    :param batch_size: records per batch at most.
+    :param latency_ms: added to every API request.
+    :param seed: makes generated records and faults reproducible.
+    :param faults: fault rates and settings, see :data:`FAULT_NAMES` and :data:`FAULT_SETTINGS`.
+    :param certfile: PEM certificate; with ``keyfile`` the server speaks HTTPS.
+    :param keyfile: PEM private key.
+    :param rate: records per second generated in the background once started.
+    :param drift_after: generated records show schema drift after this ``emulator_seq``.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = "test-key",
+        lease_seconds: float = 120.0,
+        long_poll_seconds: float = 45.0,
+        batch_size: int = 500,
+        latency_ms: float = 0,
+        seed: int = 0,
+        faults: dict[str, float] | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        rate: float = 0.0,
+        drift_after: int = 200,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.lease_seconds = lease_seconds
+        self.long_poll_seconds = long_poll_seconds
+        self.batch_size = batch_size
+        self.latency_ms = latency_ms
+        self.seed = seed
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.rate = rate
+        #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
+        self.on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
+        self.generator = RecordGenerator(seed, drift_after=drift_after)
+        self._faults: dict[str, float] = dict.fromkeys(FAULT_NAMES, 0.0) | FAULT_SETTINGS
+        self._fault_rng = random.Random(seed)
+        self._group_rng = random.Random(seed + 1)
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[_Entry] = deque()
+        self._pending_gen = 0  # records owed by feed(): built only when a GET needs them
+        self._next_seq = 1
+        self._leases: dict[str, _Lease] = {}
+        self._scripts: list[_Script] = []
+        self._delivered: list[int] = []
+        self._acked: list[int] = []
+        self._counts: dict[str, int] = dict.fromkeys(
+            (
+                "served",
+                "emitted",
+                "acked",
+                "acked_records",
+                "delivered_records",
+                "redelivered",
+                "expired",
+                "ack_unknown",
+                "ack_vetoed",
+                "requests",
+                "connections",
+                "gzip_responses",
+                "empty_polls",
+                "unauthorized",
+            ),
+            0,
+        )
+        self._fault_counts: dict[str, int] = dict.fromkeys(FAULT_NAMES, 0)
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+        if faults:
+            self.set_faults(**faults)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (the bound port once started)."""
+        scheme = "https" if self.certfile else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def start(self) -> Emulator:
+        """Bind and serve in daemon threads; returns self."""
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        server = _Server((self.host, self.port), _Handler)
+        server.emulator = self
+        if self.certfile:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.certfile, self.keyfile)
+            server.tls = ctx
+        self._server = server
+        self.port = server.server_address[1]
+        self._spawn(server.serve_forever, "serve", 0.05)
+        self._spawn(self._sweep_loop, "sweeper")
+        if self.rate > 0:
+            self._spawn(self._feed_loop, "feeder")
+        log.info("ktexport emulator listening on %s", self.url)
+        return self
+
+    def _spawn(self, target: Callable[..., Any], name: str, *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, name=f"ktexport-emulator-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop serving, drop open connections and wake held long polls."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        server.shutdown()
+        server.server_close()
+        server.drop_connections()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- data -----------------------------------------------------------------
+
+    def enqueue(self, records: Sequence[dict[str, Any]]) -> list[int]:
+        """Append records to the queue; those without ``emulator_seq`` get the next one. Returns the seqs."""
+        entries = []
+        with self._cond:
+            for rec in records:
+                if "emulator_seq" not in rec:
+                    rec = {**rec, "emulator_seq": self._next_seq}
+                seq = rec["emulator_seq"]
+                if isinstance(seq, int) and seq >= self._next_seq:
+                    self._next_seq = seq + 1
+                entries.append(_Entry(seq, _json(rec)))
+            self._queue.extend(entries)
+            self._counts["emitted"] += len(entries)
+            self._cond.notify_all()
+        return [e.seq for e in entries]
+
+    def generate(self, n: int) -> list[dict[str, Any]]:
+        """Generate ``n`` realistic records, enqueue them and return them."""
+        with self._cond:
+            start = self._next_seq
+            self._next_seq += n
+        records = self.generator.records(start, n)
+        self.enqueue(records)
+        return records
+
+    def feed(self, n: int) -> None:
+        """Add ``n`` generated records without building them now (bounded memory for big benchmarks).
+
+        They are built when a GET needs them and queue behind any records already built.
+        """
+        with self._cond:
+            self._pending_gen += n
+            self._counts["emitted"] += n
+            self._cond.notify_all()
+
+    def _materialise(self, n: int) -> None:
+        # Caller holds the lock.
+        for _ in range(n):
+            seq = self._next_seq
+            self._next_seq += 1
+            self._queue.append(_Entry(seq, _json(self.generator.record(seq))))
+        self._pending_gen -= n
+
+    # -- faults and scripts ---------------------------------------------------
+
+    def set_faults(self, **rates: float) -> dict[str, float]:
+        """Set fault rates (0..1) and settings by name; others keep their value. Returns all of them."""
+        unknown = set(rates) - set(self._faults) - {"latency_ms"}
+        if unknown:
+            raise ValueError(f"unknown fault(s): {sorted(unknown)}; known: {sorted(self._faults)}")
+        with self._cond:
+            for name, value in rates.items():
+                if name == "latency_ms":
+                    self.latency_ms = float(value)
+                    continue
+                value = float(value)
+                if name in FAULT_NAMES and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"fault rate {name}={value} is not within 0..1")
+                self._faults[name] = value
+            return dict(self._faults)
+
+    def clear_faults(self) -> None:
+        """Set every fault rate to zero and forget scripted responses."""
+        with self._cond:
+            self._faults.update(dict.fromkeys(FAULT_NAMES, 0.0))
+            self._scripts.clear()
+
+    def script(
+        self,
+        status: int,
+        body: bytes | str = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        times: int = 1,
+        lease: bool = False,
+        method: str = "GET",
+    ) -> None:
+        """Answer the next ``times`` API requests of ``method`` with this hand-made response.
+
+        With ``lease=True`` (GET) a batch is leased as a normal GET would, and ``$ID`` in the body
+        is replaced by its id (or a fresh id when the queue is empty). No fault is rolled for them.
+        """
+        raw = body.encode() if isinstance(body, str) else body
+        hdrs = {"Content-Type": _JSON} if headers is None else dict(headers)
+        with self._cond:
+            self._scripts.append(_Script(status, raw, hdrs, times, lease, method.upper()))
+
+    def _take_script(self, method: str) -> _Script | None:
+        for s in self._scripts:
+            if s.method == method:
+                s.times -= 1
+                if s.times <= 0:
+                    self._scripts.remove(s)
+                return s
+        return None
+
+    def _roll(self, names: Sequence[str]) -> str | None:
+        # Caller holds the lock; draws only for active faults so a fault-free run consumes nothing.
+        for name in names:
+            rate = self._faults[name]
+            if rate > 0 and self._fault_rng.random() < rate:
+                self._fault_counts[name] += 1
+                return name
+        return None
+
+    def _fault_response(self, name: str) -> Response:
+        if name == "reset":
+            return Response(0, reset=True)
+        if name == "status_429":
+            return _error(429, "Too Many Requests", **{"Retry-After": f"{self._faults['retry_after']:g}"})
+        if name == "html_error":
+            return Response(502, _HTML_502, {"Content-Type": "text/html"})
+        status = int(name.rsplit("_", 1)[1])
+        return _error(
+            status, {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}[status]
+        )
+
+    # -- the API --------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        # Caller holds the lock. Expired records go back to the front, oldest lease first.
+        expired = [lease for lease in self._leases.values() if lease.expires <= now]
+        if not expired:
+            return
+        back: list[_Entry] = []
+        for lease in expired:
+            del self._leases[lease.id]
+            back.extend(lease.entries)
+        self._queue.extendleft(reversed(back))
+        self._counts["expired"] += len(expired)
+        self._cond.notify_all()
+
+    def _lease(self) -> _Lease | None:
+        # Caller holds the lock.
+        n = self.batch_size
+        if self._queue and self._queue[0].deliveries:
+            # A redelivery need not keep the old grouping, so clients must not rely on it.
+            n = self._group_rng.randint(max(1, n // 2), n)
+        short = n - len(self._queue)
+        if short > 0 and self._pending_gen:
+            self._materialise(min(short, self._pending_gen))
+        if not self._queue:
+            return None
+        q = self._queue
+        entries = [q.popleft() for _ in range(min(n, len(q)))]
+        lease = _Lease(uuid.uuid4().hex, entries, time.monotonic() + self.lease_seconds)
+        self._leases[lease.id] = lease
+        redelivered = 0
+        for e in entries:
+            if e.deliveries:
+                redelivered += 1
+            e.deliveries += 1
+            self._delivered.append(e.seq)
+        self._counts["served"] += 1
+        self._counts["delivered_records"] += len(entries)
+        self._counts["redelivered"] += redelivered
+        return lease
+
+    def _has_data(self) -> bool:
+        return bool(self._queue) or self._pending_gen > 0
+
+    def handle_get(self) -> Response:
+        """Serve ``GET /v2/stream`` (authentication already checked)."""
+        with self._cond:
+            self._expire(time.monotonic())
+            scripted = self._take_script("GET")
+            if scripted is not None:
+                return self._scripted(scripted)
+            fault = self._roll(_PRE_LEASE)
+            if fault:
+                return self._fault_response(fault)
+            deadline = time.monotonic() + self.long_poll_seconds
+            while not self._has_data() and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+                self._expire(time.monotonic())
+            lease = self._lease()
+            if lease is None:
+                self._counts["empty_polls"] += 1
+                return _error(500, "No data available")
+            post = self._roll(("truncated", "invalid_utf8"))
+            slow = self._roll(("slow",))
+        body = b"".join(
+            (b'{"id":"', lease.id.encode(), b'","items":[', b",".join(e.raw for e in lease.entries), b"]}")
+        )
+        if post == "truncated":
+            body = body[: len(body) // 2]
+        elif post == "invalid_utf8":
+            # Bad bytes inside the first record's first key: valid JSON shape, invalid UTF-8.
+            cut = body.index(b'"items":[') + len(b'"items":[') + 2
+            body = body[:cut] + b"\xff\xfe\xc3" + body[cut:]
+        if slow:
+            time.sleep(self._faults["slow_seconds"])
+        return Response(200, body, {"Content-Type": _JSON})
+
+    def _scripted(self, s: _Script) -> Response:
+        # Caller holds the lock.
+        body = s.body
+        if s.lease:
+            lease = self._lease()
+            body = body.replace(ID_PLACEHOLDER, (lease.id if lease else uuid.uuid4().hex).encode())
+        return Response(s.status, body, dict(s.headers))
+
+    def handle_delete(self, batch_id: str) -> Response:
+        """Serve ``DELETE /v2/stream/{id}`` (authentication already checked)."""
+        with self._cond:
+            self._expire(time.monotonic())
+            scripted = self._take_script("DELETE")
+            if scripted is not None:
+                return Response(scripted.status, scripted.body, dict(scripted.headers))
+            fault = self._roll(_PRE_LEASE)
+            if fault:
+                return self._fault_response(fault)
+            lease = self._leases.get(batch_id)
+            if lease is None:
+                self._counts["ack_unknown"] += 1
+                return _error(500, "Unknown or expired id")
+            entries = lease.entries
+        if self.on_ack is not None:
+            try:
+                self.on_ack(batch_id, [json.loads(e.raw) for e in entries])
+            except Exception as exc:  # the veto: a test asserting the lake refused this ack
+                log.info("on_ack vetoed batch %s: %r", batch_id, exc)
+                with self._cond:
+                    self._counts["ack_vetoed"] += 1
+                return _error(500, "ack vetoed by on_ack")
+        with self._cond:
+            # The lease may have expired (or been acked) while on_ack ran.
+            if self._leases.pop(batch_id, None) is None:
+                self._counts["ack_unknown"] += 1
+                return _error(500, "Unknown or expired id")
+            self._counts["acked"] += 1
+            self._counts["acked_records"] += len(entries)
+            self._acked.extend(e.seq for e in entries)
+            after = self._roll(("reset_after_ack",))
+        if after:
+            return Response(0, reset=True)
+        return Response(200, b"{}", {"Content-Type": _JSON})
+
+    def authorised(self, header_key: str | None, query_key: str | None) -> bool:
+        """True when either placement carries the right key."""
+        expected = self.api_key.encode()
+        return any(
+            k is not None and hmac.compare_digest(k.encode(), expected) for k in (header_key, query_key)
+        )
+
+    # -- accounting -----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: served, leased, queued, emitted, acked, acked_records, redelivered, ack_unknown,
+        requests, connections, gzip_responses, ... and ``faults`` (injections per fault name)."""
+        with self._cond:
+            self._expire(time.monotonic())
+            out: dict[str, Any] = dict(self._counts)
+            out["leased"] = len(self._leases)
+            out["leased_records"] = sum(len(x.entries) for x in self._leases.values())
+            out["queued"] = len(self._queue) + self._pending_gen
+            out["faults"] = dict(self._fault_counts)
+            return out
+
+    def delivered_seqs(self) -> list[int]:
+        """``emulator_seq`` of every record sent in a leased batch, repeats included."""
+        with self._cond:
+            return list(self._delivered)
+
+    def acked_seqs(self) -> list[int]:
+        """``emulator_seq`` of every record acknowledged, repeats included (there should be none)."""
+        with self._cond:
+            return list(self._acked)
+
+    def _count(self, name: str) -> None:
+        with self._cond:
+            self._counts[name] += 1
+
+    # -- background -----------------------------------------------------------
+
+    def _sweep_loop(self) -> None:
+        # Leases also expire while nobody asks, so a waiting long poll sees the records come back.
+        while not self._stopping.wait(min(0.2, max(0.01, self.lease_seconds / 4))):
+            with self._cond:
+                self._expire(time.monotonic())
+
+    def _feed_loop(self) -> None:
+        owed = 0.0
+        last = time.monotonic()
+        while not self._stopping.wait(0.1):
+            now = time.monotonic()
+            owed += (now - last) * self.rate
+            last = now
+            if owed >= 1:
+                self.feed(int(owed))
+                owed -= int(owed)
+
+    # -- control plane --------------------------------------------------------
+
+    def control(self, method: str, path: str, body: bytes) -> Response:
+        """Serve ``/_emulator/*``: stats, seqs, records, generate, faults, script."""
+        name = path[len("/_emulator/") :].strip("/")
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            return _error(400, "body is not JSON")
+        if method == "GET" and name == "stats":
+            return Response(200, _json(self.stats()), {"Content-Type": _JSON})
+        if method == "GET" and name == "seqs":
+            return Response(
+                200,
+                _json({"delivered": self.delivered_seqs(), "acked": self.acked_seqs()}),
+                {"Content-Type": _JSON},
+            )
+        if method == "GET" and name == "faults":
+            with self._cond:
+                return Response(200, _json(self._faults), {"Content-Type": _JSON})
+        if method != "POST":
+            return _error(404, f"no control endpoint {method} {path}")
+        try:
+            if name == "records":
+                if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
+                    return _error(400, "expected a JSON list of objects")
+                return Response(200, _json({"enqueued": len(self.enqueue(payload))}), {"Content-Type": _JSON})
+            if name == "generate":
+                n = int((payload or {}).get("n", 0))
+                self.feed(n)
+                return Response(200, _json({"generated": n}), {"Content-Type": _JSON})
+            if name == "faults":
+                if not isinstance(payload, dict):
+                    return _error(400, "expected a JSON object of fault rates")
+                if payload.pop("clear", False):
+                    self.clear_faults()
+                return Response(200, _json(self.set_faults(**payload)), {"Content-Type": _JSON})
+            if name == "script":
+                if not isinstance(payload, dict):
+                    return _error(400, "expected a JSON object")
+                self.script(
+                    int(payload["status"]),
+                    str(payload.get("body", "")),
+                    payload.get("headers"),
+                    times=int(payload.get("times", 1)),
+                    lease=bool(payload.get("lease", False)),
+                    method=str(payload.get("method", "GET")),
+                )
+                return Response(200, b"{}", {"Content-Type": _JSON})
+        except (ValueError, TypeError, KeyError) as exc:
+            return _error(400, str(exc))
+        return _error(404, f"no control endpoint {method} {path}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    emulator: Emulator
+    tls: ssl.SSLContext | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conns: set[socket.socket] = set()
+        self._resets: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            # The handshake runs in the connection's own thread (see _Handler.setup), not the acceptor.
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def track(self, sock: socket.socket, add: bool) -> None:
+        with self._conn_lock:
+            if add:
+                self._conns.add(sock)
+            else:
+                self._conns.discard(sock)
+
+    def mark_reset(self, sock: socket.socket) -> None:
+        with self._conn_lock:
+            self._resets.add(sock)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            reset = request in self._resets
+            self._resets.discard(request)
+        if reset:
+            # No FIN first: SO_LINGER 0 makes close() send an RST, like a dropped connection.
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self._conn_lock:
+            conns = list(self._conns)
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ktexport-emulator/1"
+    server: _Server
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
+        self.server.track(self.request, True)
+        self.server.emulator._count("connections")
+
+    def finish(self) -> None:
+        self.server.track(self.request, False)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def _dispatch(self, method: str) -> None:
+        emu = self.server.emulator
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path.startswith("/_emulator/"):
+            if not ipaddress.ip_address(self.client_address[0].split("%")[0]).is_loopback:
+                self._send(_error(403, "control plane answers loopback clients only"))
+            else:
+                self._send(emu.control(method, path, body))
+            return
+        emu._count("requests")
+        if emu.latency_ms:
+            time.sleep(emu.latency_ms / 1000)
+        if not path.startswith("/v2/stream"):
+            self._send(_error(404, f"no such resource {path}"))
+            return
+        token = parse_qs(parts.query).get("token", [None])[0]
+        if not emu.authorised(self.headers.get("x-access-token"), token):
+            emu._count("unauthorized")
+            self._send(_error(401, "Unauthorized: missing or invalid access token"))
+            return
+        rest = path[len("/v2/stream") :].strip("/")
+        if method == "GET" and not rest:
+            self._send(emu.handle_get())
+        elif method == "DELETE" and rest:
+            self._send(emu.handle_delete(unquote(rest)))
+        else:
+            status = 404 if method == "GET" else 405
+            self._send(_error(status, f"{method} {path} is not part of the API"))
+
+    def _send(self, resp: Response) -> None:
+        if resp.reset:
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.server.mark_reset(self.request)
+            self.close_connection = True
+            return
+        body = resp.body
+        headers = dict(resp.headers)
+        if (
+            body
+            and "content-encoding" not in {h.lower() for h in headers}
+            and "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+        ):
+            # Level 1: the emulator's CPU should not dominate a drain benchmark.
+            body = gzip.compress(body, compresslevel=1, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+            self.server.emulator._count("gzip_responses")
+        self.send_response(resp.status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ktexport-emulator``: serve the emulator until SIGTERM or SIGINT, then exit 0."""
+    parser = argparse.ArgumentParser(prog="ktexport-emulator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8045, help="0 picks a free port (see --port-file)")
+    parser.add_argument("--port-file", help="write the bound port to this file once listening")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("KTEXPORT_EMULATOR_KEY", "emulator-key"),
+        help="default: $KTEXPORT_EMULATOR_KEY or 'emulator-key'",
+    )
+    parser.add_argument("--lease-seconds", type=float, default=120.0)
+    parser.add_argument("--long-poll-seconds", type=float, default=45.0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--records", type=int, default=0, help="records queued at start")
+    parser.add_argument("--rate", type=float, default=0.0, help="records per second arriving over time")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
+    for name in FAULT_NAMES:
+        parser.add_argument(f"--fault-{name.replace('_', '-')}", type=float, default=0.0, metavar="RATE")
+    for name, default in FAULT_SETTINGS.items():
+        parser.add_argument(
+            f"--fault-{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS"
+        )
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    faults = {name: getattr(args, f"fault_{name}") for name in (*FAULT_NAMES, *FAULT_SETTINGS)}
+    emu = Emulator(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        lease_seconds=args.lease_seconds,
+        long_poll_seconds=args.long_poll_seconds,
+        batch_size=args.batch_size,
+        latency_ms=args.latency_ms,
+        seed=args.seed,
+        faults=faults,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        rate=args.rate,
+    )
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    emu.start()
+    if args.records:
+        emu.feed(args.records)
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{emu.port}\n")
+        os.replace(tmp, args.port_file)  # a watcher never reads a half-written file
+    print(f"ktexport-emulator listening on {emu.url}", flush=True)
+    while not done.wait(0.2):
+        pass
+    emu.stop()
+    print("ktexport-emulator stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

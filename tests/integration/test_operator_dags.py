@@ -1,0 +1,181 @@
+"""KtExportToParquetOperator through real parts: `airflow dags test`, the emulator, Parquet, moto S3."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_ktexport.lake.writer import read_lake
+from airflow_provider_ktexport.testing.emulator import Emulator
+from tests.integration.conftest import aws_conn, ktexport_conn, s3_filesystem
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def lake_seqs(lake: Path) -> list[int]:
+    """Every emulator_seq in the lake, one per row (duplicates kept)."""
+    files = list(lake.rglob("*.parquet"))
+    if not files:
+        return []
+    return [
+        r[0]
+        for r in duckdb.sql(
+            f"SELECT emulator_seq FROM read_parquet('{lake}/**/*.parquet', hive_partitioning=true, "
+            "union_by_name=true)"
+        ).fetchall()
+    ]
+
+
+@pytest.fixture
+def emulator():
+    with Emulator(api_key="it-key-5ecret", lease_seconds=120, long_poll_seconds=1, batch_size=250, seed=3) as emu:
+        yield emu
+
+
+def test_example_dag_lands_every_record_once_and_acks_only_after_the_write(emulator, run_dag, tmp_path):
+    lake = tmp_path / "lake"
+    emulator.generate(3000)
+    checked: list[str] = []
+    violations: list[str] = []
+
+    def on_ack(batch_id: str, records: list[dict]) -> None:
+        # Runs in the emulator, before the ack is applied: the batch must already be in the lake.
+        landed = set(lake_seqs(lake))
+        missing = [r["emulator_seq"] for r in records if r["emulator_seq"] not in landed]
+        checked.append(batch_id)
+        if missing:
+            violations.append(f"{batch_id}: {len(missing)} records not in the lake at ack time")
+
+    emulator.on_ack = on_ack
+    result = run_dag(
+        "ktexport_drain",
+        connections={"ktexport_default": ktexport_conn(emulator)},
+        variables={"ktexport_lake": lake.as_uri()},
+        dags_folder=REPO / "dags",
+    )
+    assert result.returncode == 0, result.output[-5000:]
+    assert violations == []
+    stats = emulator.stats()
+    assert stats["queued"] == 0 and stats["leased"] == 0
+    assert len(checked) == stats["acked"] > 0
+    seqs = lake_seqs(lake)
+    assert sorted(seqs) == list(range(1, 3001))  # every record, exactly once
+
+    summary = result.xcom("drain_to_lake")
+    assert summary["records"] == 3000
+    assert summary["batches"] == stats["acked"] == summary["acked"]
+    assert summary["ack_failed"] == 0 and summary["quarantined"] == 0
+    assert summary["stopped"] == "empty"
+    assert summary["destination"] == lake.as_uri()
+    assert summary["oldest_record_age_s"] > 0
+    assert all(f.startswith("file://") and f.endswith(".parquet") for f in summary["files"])
+    assert sum(pq.read_metadata(f.removeprefix("file://")).num_rows for f in summary["files"]) == 3000
+    # The key never reaches Airflow's logs or XCom.
+    assert emulator.api_key not in result.output
+    assert emulator.api_key not in str(summary)
+
+
+def test_drain_to_s3_over_http(emulator, run_dag, s3_endpoint, s3_bucket):
+    emulator.generate(1200)
+    result = run_dag(
+        "ktexport_it_drain",
+        connections={"ktexport_default": ktexport_conn(emulator), "aws_default": aws_conn(s3_endpoint)},
+        variables={"ktexport_lake": f"s3://aws_default@{s3_bucket}/ktexport"},
+    )
+    assert result.returncode == 0, result.output[-5000:]
+    fs = s3_filesystem(s3_endpoint)
+    table = read_lake(fs, f"{s3_bucket}/ktexport")
+    assert sorted(table.column("emulator_seq").to_pylist()) == list(range(1, 1201))
+    summary = result.xcom("drain")
+    assert summary["destination"] == f"s3://{s3_bucket}/ktexport"  # no conn_id@ in the Asset URI
+    assert all(f.startswith(f"s3://{s3_bucket}/ktexport/record_type=") for f in summary["files"])
+    assert not [p for p in fs.find(s3_bucket) if ".tmp" in p]
+
+
+def test_short_leases_are_respected_while_data_trickles_in(run_dag, tmp_path):
+    """Records keep arriving for longer than a lease; every batch is acked inside its 8 s lease."""
+    lake = tmp_path / "lake"
+    with Emulator(api_key="k", lease_seconds=8, long_poll_seconds=1, batch_size=50, seed=5) as emu:
+        emu.generate(100)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for _ in range(12):
+                if stop.wait(1.0):
+                    return
+                emu.generate(60)
+
+        feeder = threading.Thread(target=trickle, daemon=True)
+        feeder.start()
+        result = run_dag(
+            "ktexport_it_drain",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            variables={"ktexport_lake": lake.as_uri()},
+            options={
+                "lease_seconds": 8,
+                "flush_seconds": 3,
+                "flush_records": 100_000,
+                "stop_when_empty": True,
+                "drain_until": datetime.fromtimestamp(time.time() + 14, UTC).isoformat(),
+            },
+        )
+        stop.set()
+        feeder.join()
+        stats = emu.stats()
+    assert result.returncode == 0, result.output[-5000:]
+    assert stats["expired"] == 0 and stats["redelivered"] == 0, stats
+    assert stats["ack_unknown"] == 0
+    emitted = stats["emitted"]
+    assert sorted(lake_seqs(lake)) == list(range(1, emitted + 1))
+    summary = result.xcom("drain")
+    assert summary["flushes"] >= 3  # flushed on lease age, not only at the end
+    assert summary["max_ack_lease_age_s"] < 8
+
+
+def test_undecodable_body_is_quarantined_not_acked_and_lands_after_redelivery(run_dag, tmp_path):
+    lake = tmp_path / "lake"
+    with Emulator(api_key="k", lease_seconds=3, long_poll_seconds=1, batch_size=100, seed=9) as emu:
+        emu.generate(300)
+        emu.set_faults(truncated=1.0)
+        faults_off = threading.Timer(0.5, emu.clear_faults)
+        faults_off.start()
+        result = run_dag(
+            "ktexport_it_drain",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            variables={"ktexport_lake": lake.as_uri()},
+            options={
+                "lease_seconds": 3,
+                "flush_seconds": 1,
+                "drain_until": datetime.fromtimestamp(time.time() + 6, UTC).isoformat(),
+            },
+        )
+        faults_off.cancel()
+        stats = emu.stats()
+    assert result.returncode == 0, result.output[-5000:]
+    summary = result.xcom("drain")
+    assert summary["quarantined"] >= 1
+    quarantined = list((lake / "_quarantine").iterdir())
+    assert quarantined, "the raw body must be kept"
+    # The truncated batch was not acknowledged: it came back and every record landed.
+    assert stats["redelivered"] >= 1
+    assert set(lake_seqs(lake)) == set(range(1, 301))
+
+
+def test_bad_drain_until_fails_with_a_clear_message(emulator, run_dag, tmp_path):
+    result = run_dag(
+        "ktexport_it_drain",
+        connections={"ktexport_default": ktexport_conn(emulator)},
+        variables={"ktexport_lake": (tmp_path / "lake").as_uri()},
+        options={"drain_until": "next tuesday"},
+    )
+    assert result.returncode != 0
+    assert "drain_until='next tuesday' is neither ISO-8601 nor epoch seconds" in result.output
+    assert emulator.stats()["served"] == 0  # nothing leased before the error

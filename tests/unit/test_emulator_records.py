@@ -1,0 +1,93 @@
+"""The emulator's record generator: realistic, deterministic, drifting."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from airflow_provider_ktexport.testing.records import KNOWN_TYPES, UNKNOWN_TYPES, RecordGenerator, iso_utc
+
+
+def _size(record: dict) -> int:
+    return len(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def test_all_types_present_in_a_realistic_mix() -> None:
+    records = RecordGenerator(seed=1).records(1, 2000)
+    counts = Counter(r["type"] for r in records)
+    assert set(counts) == KNOWN_TYPES | UNKNOWN_TYPES
+    assert counts["telemetry"] > len(records) / 2
+    unknown_share = sum(counts[t] for t in UNKNOWN_TYPES) / len(records)
+    assert 0.01 < unknown_share < 0.08
+
+
+def test_records_carry_the_documented_fields() -> None:
+    by_type = {r["type"]: r for r in RecordGenerator(seed=2).records(1, 500)}
+    tel = by_type["telemetry"]
+    assert {"date", "owner", "origin", "asset", "location", "telemetry", "counters", "io", "zones", "received"} <= set(tel)
+    assert {"lat", "lon", "speed", "heading", "age", "address", "gc"} <= set(tel["location"])
+    assert {"ignition", "odo_counter", "voltages"} <= set(tel["telemetry"])
+    assert {"odometer", "hours"} <= set(tel["counters"])
+    trip = by_type["trip"]
+    assert {"id", "tripType", "dateStart", "dateEnd", "start", "end"} <= set(trip)
+    event = by_type["event"]
+    assert {"id", "eventDate", "eventClass", "eventType", "origin", "details"} <= set(event)
+    assert "id" in event["details"]["asset"]
+    change = by_type["changenotification"]
+    assert change["operation"] in {"added", "modified", "deleted"}
+    assert {"id", "type", "ownerId"} <= set(change["doc"])
+
+
+def test_some_events_embed_a_whole_telemetry_record() -> None:
+    events = [r for r in RecordGenerator(seed=3).records(1, 2000) if r["type"] == "event"]
+    embedded = [e for e in events if "telemetry" in e["details"]]
+    assert embedded and len(embedded) < len(events)
+    assert embedded[0]["details"]["telemetry"]["type"] == "telemetry"
+
+
+def test_same_seed_same_records_whatever_the_order() -> None:
+    a = RecordGenerator(seed=7).records(1, 300)
+    b = RecordGenerator(seed=7)
+    assert [b.record(s) for s in range(300, 0, -1)][::-1] == a
+    assert RecordGenerator(seed=8).records(1, 300) != a
+
+
+def test_seqs_are_unique_and_consecutive() -> None:
+    records = RecordGenerator(seed=0).records(10, 1000)
+    assert [r["emulator_seq"] for r in records] == list(range(10, 1010))
+
+
+def test_records_are_realistically_sized() -> None:
+    sizes = [_size(r) for r in RecordGenerator(seed=4).records(1, 2000)]
+    mean = sum(sizes) / len(sizes)
+    assert 600 <= mean <= 1200
+    assert max(sizes) < 4096
+
+
+def test_timestamps_are_iso_utc_over_a_few_days() -> None:
+    records = RecordGenerator(seed=5).records(1, 2000)
+    dates = [r["date"] for r in records if "date" in r]
+    canonical = [d for d in dates if len(d) == 24 and d.endswith("Z") and d[19] == "."]
+    assert len(canonical) / len(dates) > 0.9
+    days = {d[:10] for d in dates}
+    assert 2 <= len(days) <= 5
+    assert iso_utc(1795392000123) == "2026-11-23T00:00:00.123Z"
+
+
+def test_fields_drift_after_some_records() -> None:
+    gen = RecordGenerator(seed=6, drift_after=500)
+    early = [r for r in gen.records(1, 500) if r["type"] == "telemetry"]
+    late = [r for r in gen.records(501, 500) if r["type"] == "telemetry"]
+    assert not any("can_fuel_level" in r["io"] for r in early)
+    assert all("can_fuel_level" in r["io"] for r in late)
+    # An int field later carries floats.
+    assert all(isinstance(r["counters"]["hours"], int) for r in early)
+    assert any(isinstance(r["counters"]["hours"], float) for r in late)
+
+
+def test_returned_records_do_not_share_nested_objects() -> None:
+    gen = RecordGenerator(seed=0)
+    a, b = gen.records(1, 2)
+    a["owner"]["name"] = "changed"
+    assert gen.record(2)["owner"]["name"] != "changed"
+    assert b["owner"]["name"] != "changed"
