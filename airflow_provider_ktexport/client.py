@@ -326,7 +326,7 @@ class KtExportClient:
         if reply.status in (404, 500):
             log.debug("ack of batch %s answered %d: unknown or expired id", batch_id, reply.status)
             return False
-        raise self._http_error("DELETE", reply)
+        raise self._http_error("DELETE", reply, url)
 
     def check(self) -> None:
         """Prove the key is accepted without leasing data (for ``test_connection``).
@@ -342,7 +342,7 @@ class KtExportClient:
         assert reply is not None  # no deadline, so _send always answers
         if 200 <= reply.status < 300 or reply.status in (404, 500):
             return
-        raise self._http_error("DELETE", reply)
+        raise self._http_error("DELETE", reply, url)
 
     def close(self) -> None:
         """Close the pooled connections; the client cannot be used afterwards."""
@@ -377,7 +377,7 @@ class KtExportClient:
                     # Our own cap ended it: not an error. A lease taken meanwhile is redelivered later.
                     log.debug("%s %s stopped at the caller's deadline", method, self._safe(url))
                     return None
-                failure = self._transport_error(method, exc)
+                failure = self._transport_error(method, url, exc)
             # Raised outside the except block so the requests exception (its text holds the
             # URL, with ?token= in query mode) is not chained as __context__.
             if failure is not None and not failure.retryable:
@@ -387,7 +387,7 @@ class KtExportClient:
                     raise self._auth_error(reply)
                 if reply.status not in _TRANSIENT_STATUSES:
                     return reply
-                failure = self._transient_status_error(method, reply)
+                failure = self._transient_status_error(method, url, reply)
             assert isinstance(failure, KtExportTransientError)  # narrowed above
             failures += 1
             if failures > max_retries:
@@ -404,15 +404,7 @@ class KtExportClient:
                     status_code=failure.status_code,
                     retry_after=failure.retry_after,
                 )
-            log.warning(
-                "%s %s failed (%s); retry %d of %d in %.1f s",
-                method,
-                self._safe(url),
-                failure,
-                failures,
-                max_retries,
-                delay,
-            )
+            log.warning("%s; retry %d of %d in %.1f s", failure, failures, max_retries, delay)
             time.sleep(delay)
 
     def _attempt(self, method: str, url: str, timeout: tuple[float, float]) -> _Reply:
@@ -529,16 +521,16 @@ class KtExportClient:
             status_code=reply.status,
         )
 
-    def _transient_status_error(self, method: str, reply: _Reply) -> KtExportTransientError:
+    def _transient_status_error(self, method: str, url: str, reply: _Reply) -> KtExportTransientError:
         retry_after = _parse_retry_after(reply.headers.get("retry-after"))
         label = "rate limited" if reply.status == 429 else "temporarily unavailable"
         return KtExportTransientError(
-            f"{method} {self._safe()} answered HTTP {reply.status} ({label})",
+            f"{method} {self._safe(url)} answered HTTP {reply.status} ({label})",
             status_code=reply.status,
             retry_after=retry_after,
         )
 
-    def _transport_error(self, method: str, exc: requests.RequestException) -> KtExportError:
+    def _transport_error(self, method: str, url: str, exc: requests.RequestException) -> KtExportError:
         # Only the type name and a redacted text survive: the original holds the full URL.
         text = redact(str(exc), self._api_key)
         if _has_cause(exc, ssl.SSLCertVerificationError):
@@ -558,10 +550,10 @@ class KtExportClient:
         else:
             what = "failed"
         return KtExportTransientError(
-            f"{method} {self._safe()} {what} ({type(exc).__name__}: {text})",
+            f"{method} {self._safe(url)} {what} ({type(exc).__name__}: {text})",
         )
 
-    def _http_error(self, method: str, reply: _Reply) -> KtExportHTTPError:
+    def _http_error(self, method: str, reply: _Reply, url: str | None = None) -> KtExportHTTPError:
         detail = self._excerpt(reply.body)
         if reply.status == 404:
             hint = (
@@ -574,7 +566,7 @@ class KtExportClient:
         else:
             hint = "the export API answered a status this provider does not expect; check the server"
         return KtExportHTTPError(
-            f"{method} {self._safe()} answered HTTP {reply.status}: {hint}"
+            f"{method} {self._safe(url)} answered HTTP {reply.status}: {hint}"
             + (f"; server said: {detail}" if detail else ""),
             status_code=reply.status,
         )

@@ -86,10 +86,15 @@ class KtExportHook(BaseHook):
         """Async :meth:`client_settings`, for triggers (does not block the event loop)."""
         getter = getattr(self, "aget_connection", None)
         if getter is not None:
+            error: Exception | None = None
             try:
                 conn = await getter(self.ktexport_conn_id)
-            except Exception as exc:  # noqa: BLE001 - AirflowNotFoundException differs between versions
-                raise self._not_found(exc) from None
+            except Exception as exc:
+                error = self._not_found(exc)
+                if error is exc:
+                    raise
+            if error is not None:
+                raise error
         else:  # pragma: no cover - Airflow without async connection access
             from asgiref.sync import sync_to_async
 

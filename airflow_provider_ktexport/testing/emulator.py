@@ -707,7 +707,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not ipaddress.ip_address(self.client_address[0].split("%")[0]).is_loopback:
                 self._send(_error(403, "control plane answers loopback clients only"))
             else:
-                self._send(emu.control(method, path, body))
+                self._send(emu.control(method, path, body), compress=False)
             return
         emu._count("requests")
         if emu.latency_ms:
@@ -729,7 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 404 if method == "GET" else 405
             self._send(_error(status, f"{method} {path} is not part of the API"))
 
-    def _send(self, resp: Response) -> None:
+    def _send(self, resp: Response, *, compress: bool = True) -> None:
         if resp.reset:
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.server.mark_reset(self.request)
@@ -738,7 +738,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = resp.body
         headers = dict(resp.headers)
         if (
-            body
+            compress
+            and body
             and "content-encoding" not in {h.lower() for h in headers}
             and "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
         ):

@@ -24,7 +24,18 @@ def test_all_types_present_in_a_realistic_mix() -> None:
 def test_records_carry_the_documented_fields() -> None:
     by_type = {r["type"]: r for r in RecordGenerator(seed=2).records(1, 500)}
     tel = by_type["telemetry"]
-    assert {"date", "owner", "origin", "asset", "location", "telemetry", "counters", "io", "zones", "received"} <= set(tel)
+    assert {
+        "date",
+        "owner",
+        "origin",
+        "asset",
+        "location",
+        "telemetry",
+        "counters",
+        "io",
+        "zones",
+        "received",
+    } <= set(tel)
     assert {"lat", "lon", "speed", "heading", "age", "address", "gc"} <= set(tel["location"])
     assert {"ignition", "odo_counter", "voltages"} <= set(tel["telemetry"])
     assert {"odometer", "hours"} <= set(tel["counters"])

@@ -1,0 +1,6 @@
+"""The lake: records -> typed Arrow tables (:mod:`.schema`) -> verified Parquet files (:mod:`.writer`).
+
+No Airflow import here: the drain engine and the benchmarks use it alone.
+"""
+
+from __future__ import annotations

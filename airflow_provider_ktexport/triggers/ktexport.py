@@ -1,0 +1,496 @@
+"""Triggers that wait, in the triggerer, until a KT export queue holds data.
+
+A probe cannot peek: the export API's ``GET /v2/stream`` *leases* the batch it
+returns, and the batch goes back to the queue only when the lease ends (120 s).
+So a probe never acknowledges what it found and reports when its lease ends;
+the drain that follows keeps polling until then (``drain_until``) and lands the
+probed batch in the same run. See docs/sensor.md.
+
+The HTTP work is async (``httpx.AsyncClient``): nothing here blocks the
+triggerer's event loop. URL building, Retry-After parsing and redaction come
+from :mod:`airflow_provider_ktexport.client`, so both paths follow one set of
+rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
+
+from airflow_provider_ktexport.client import (
+    AUTH_HEADER,
+    AUTH_LOCATIONS,
+    AUTH_QUERY_PARAM,
+    DEFAULT_USER_AGENT,
+    STREAM_PATH,
+    _parse_retry_after,
+    normalize_base_url,
+    redact,
+)
+from airflow_provider_ktexport.exceptions import (
+    KtExportAuthError,
+    KtExportConfigError,
+    KtExportError,
+    KtExportHTTPError,
+    KtExportProtocolError,
+    KtExportTransientError,
+)
+
+try:  # Airflow 3.2+ (the same class is re-exported by airflow.exceptions)
+    from airflow.sdk.exceptions import AirflowNotFoundException
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "KtExportEventTrigger",
+    "KtExportTrigger",
+    "Probe",
+    "error_from_event",
+    "lease_end_iso",
+]
+
+#: The server's lease (the API documents 120 s); the probed batch returns to the queue after it.
+DEFAULT_LEASE_SECONDS = 120.0
+
+_TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
+_AUTH_STATUSES = frozenset({401, 403})
+# An empty answer that came back faster than this (a server without long poll) is followed by
+# a pause, so an idle queue is never polled in a tight loop.
+_MIN_EMPTY_CYCLE = 1.0
+_BACKOFF_BASE = 0.5
+_BACKOFF_MAX = 30.0
+
+
+def lease_end_iso(epoch_seconds: float) -> str:
+    """ISO-8601 UTC text (``...+00:00``) of an epoch time: what ``drain_until`` accepts."""
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe that found data: the batch stays leased (not acknowledged) until ``lease_ends_at``.
+
+    :param lease_ends_at: epoch seconds (wall clock) when the batch returns to the queue
+    :param record_count: records in the probed batch; ``None`` when its body could not be decoded
+    :param batch_id: the leased batch's id, when known (for logs only)
+    """
+
+    lease_ends_at: float
+    record_count: int | None
+    batch_id: str | None = None
+
+    def as_xcom(self) -> dict[str, Any]:
+        """The sensor's XCom: metadata only, never records."""
+        return {"lease_ends_at": lease_end_iso(self.lease_ends_at), "record_count": self.record_count}
+
+    def as_event(self) -> dict[str, Any]:
+        """A success event payload (JSON-serialisable)."""
+        return {"status": "success", **self.as_xcom(), "batch_id": self.batch_id}
+
+
+# ---------------------------------------------------------------------------- errors <-> events
+
+_CAUSES: tuple[tuple[type[KtExportError], str], ...] = (
+    (KtExportAuthError, "auth"),
+    (KtExportConfigError, "config"),
+    (KtExportProtocolError, "protocol"),
+    (KtExportHTTPError, "http"),
+    (KtExportTransientError, "transient"),
+)
+
+
+def error_event(exc: BaseException) -> dict[str, Any]:
+    """An error event payload that keeps the cause (class, status) and the (redacted) message."""
+    cause = "error"
+    for kind, name in _CAUSES:
+        if isinstance(exc, kind):
+            cause = name
+            break
+    else:
+        if isinstance(exc, AirflowNotFoundException):  # the connection id is not defined
+            cause = "config"
+    return {
+        "status": "error",
+        "cause": cause,
+        "status_code": getattr(exc, "status_code", None),
+        "message": str(exc),
+    }
+
+
+def error_from_event(event: Mapping[str, Any]) -> KtExportError:
+    """Rebuild the exception an error event stands for (auth -> :class:`KtExportAuthError`, ...)."""
+    message = str(event.get("message") or "the KT export trigger failed without a message")
+    status_code = event.get("status_code")
+    cause = event.get("cause")
+    if cause == "protocol":
+        return KtExportProtocolError(message, body=b"")
+    kinds: dict[Any, type[KtExportError]] = {
+        "auth": KtExportAuthError,
+        "config": KtExportConfigError,
+        "http": KtExportHTTPError,
+        "transient": KtExportTransientError,
+    }
+    return kinds.get(cause, KtExportError)(message, status_code=status_code)
+
+
+# ---------------------------------------------------------------------------- connection settings
+
+
+async def aclient_settings(conn_id: str) -> dict[str, Any]:
+    """The hook's ``client_settings()`` for ``conn_id``, read without blocking the event loop.
+
+    The connection (and its key) is looked up here, in the triggerer: trigger
+    kwargs only ever carry the connection id.
+    """
+    from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+
+    hook = KtExportHook(ktexport_conn_id=conn_id)
+    asettings = getattr(hook, "aclient_settings", None)
+    if asettings is not None:
+        return await asettings()
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(hook.client_settings)()
+
+
+def _ssl_verify(verify: Any) -> bool | ssl.SSLContext:
+    if isinstance(verify, str):
+        # httpx wants a context for a CA bundle path (a bare path is deprecated there).
+        return ssl.create_default_context(cafile=verify)
+    return bool(verify)
+
+
+# ---------------------------------------------------------------------------- the async probe
+
+
+class AsyncProber:
+    """One async HTTP client that long-polls the queue; use as ``async with``.
+
+    :param settings: ``KtExportHook.client_settings()`` (base_url, api_key, auth_location, verify,
+        connect_timeout, read_timeout, long_poll_seconds)
+    :param lease_seconds: the server's lease, used for the lease end
+    :param logger: where warnings go (the trigger's own logger)
+    :param transport: an httpx transport to use instead of the network (tests)
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        logger: Any = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = normalize_base_url(settings.get("base_url") or "")
+        api_key = settings.get("api_key")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise KtExportConfigError("no API key: set the key (the connection's password)")
+        self._api_key = api_key.strip()
+        location = str(settings.get("auth_location") or "header").strip().lower()
+        if location not in AUTH_LOCATIONS:
+            raise KtExportConfigError(f"auth_location {location!r} is not valid: use 'header' or 'query'")
+        self.long_poll_seconds = float(settings.get("long_poll_seconds") or 45.0)
+        read_timeout = float(settings.get("read_timeout") or self.long_poll_seconds + 30.0)
+        if read_timeout <= self.long_poll_seconds:
+            raise KtExportConfigError(
+                f"read_timeout ({read_timeout:g} s) must be longer than long_poll_seconds "
+                f"({self.long_poll_seconds:g} s): raise it or leave it unset"
+            )
+        connect_timeout = float(settings.get("connect_timeout") or 10.0)
+        self.lease_seconds = float(lease_seconds)
+        self.log = logger or log
+        self._stream_url = self.base_url + STREAM_PATH
+        self._params = {AUTH_QUERY_PARAM: self._api_key} if location == "query" else None
+        headers = {"user-agent": DEFAULT_USER_AGENT, "accept-encoding": "gzip", "accept": "application/json"}
+        if location == "header":
+            headers[AUTH_HEADER] = self._api_key
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(connect_timeout, read=read_timeout),
+            verify=_ssl_verify(settings.get("verify", True)),
+            # A redirect would carry the key elsewhere; the environment's proxy must not see it.
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncProber:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._client.aclose()
+
+    def _safe(self, text: str) -> str:
+        return redact(text, self._api_key)
+
+    async def probe_once(self) -> Probe | None:
+        """One GET: a :class:`Probe` when it leased data, ``None`` when the queue answered empty.
+
+        :raises KtExportAuthError: 401/403
+        :raises KtExportTransientError: 429/408/502-504, network errors, timeouts
+        :raises KtExportHTTPError: any other unexpected status
+        """
+        failure: KtExportTransientError | None = None
+        try:
+            async with self._client.stream("GET", self._stream_url, params=self._params) as response:
+                # Headers are in: the lease clock has started.
+                headers_at = time.time()
+                body = await response.aread()
+        except httpx.TransportError as exc:
+            # httpx texts can hold the URL (with ?token= in query mode): redact, and raise outside
+            # the except block so the original is not chained as __context__.
+            failure = KtExportTransientError(
+                f"GET {self._stream_url} failed ({type(exc).__name__}: {self._safe(str(exc))})"
+            )
+        if failure is not None:
+            raise failure
+        status = response.status_code
+        if status in _AUTH_STATUSES:
+            raise KtExportAuthError(
+                f"the export API refused the API key (HTTP {status}): check the connection's password "
+                "(API key) and that the export task is enabled",
+                status_code=status,
+            )
+        if status in _TRANSIENT_STATUSES:
+            raise KtExportTransientError(
+                f"GET {self._stream_url} answered HTTP {status}",
+                status_code=status,
+                retry_after=_parse_retry_after(response.headers.get("retry-after")),
+            )
+        if status in (500, 204):
+            return None  # the documented "nothing within the long poll" answer
+        if status != 200:
+            raise KtExportHTTPError(
+                f"GET {self._stream_url} answered HTTP {status}: check the connection's base URL "
+                f"(it is {self.base_url})",
+                status_code=status,
+            )
+        return await self._classify(body, headers_at)
+
+    async def _classify(self, body: bytes, headers_at: float) -> Probe | None:
+        """Empty (no id; or an id with no items, acknowledged at once) or data."""
+        lease_end = headers_at + self.lease_seconds
+        if not body.strip():
+            return None
+        try:
+            envelope = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            envelope = None
+        if not isinstance(envelope, dict):
+            # Only a lease answers 200 (an empty queue answers 500): count it as data. The drain
+            # meets the same body, keeps it in quarantine and reports it, instead of a sensor
+            # waiting forever on a batch it cannot read.
+            self.log.warning(
+                "GET %s answered 200 with a body that is not a JSON object (%d bytes); counting it "
+                "as data: the drain will quarantine it",
+                self._stream_url,
+                len(body),
+            )
+            return Probe(lease_end, None, None)
+        raw_id = envelope.get("id")
+        batch_id = None if raw_id is None else str(raw_id)
+        if not batch_id:
+            return None  # the vendor's sample client reads a 200 without id as empty
+        items = envelope.get("items")
+        if isinstance(items, list) and items:
+            return Probe(lease_end, len(items), batch_id)
+        if items is None or items == []:
+            await self._ack_empty(batch_id)
+            return None
+        self.log.warning("batch %s has items that are not a list; counting it as data", batch_id)
+        return Probe(lease_end, None, batch_id)
+
+    async def _ack_empty(self, batch_id: str) -> None:
+        # Nothing to land: acknowledge now, as the drain does, or it keeps coming back.
+        url = f"{self._stream_url}/{quote(batch_id, safe='')}"
+        try:
+            response = await self._client.delete(url, params=self._params)
+        except httpx.TransportError as exc:
+            self.log.warning("could not acknowledge empty batch %s (%s)", batch_id, type(exc).__name__)
+            return
+        if response.status_code in _AUTH_STATUSES:
+            raise KtExportAuthError(
+                f"the export API refused the API key (HTTP {response.status_code}) on DELETE",
+                status_code=response.status_code,
+            )
+
+    async def wait_for_data(self, *, deadline: float | None = None) -> Probe | None:
+        """Long-poll until a batch is leased; ``None`` once ``deadline`` (epoch seconds) has passed.
+
+        Empty answers loop; transient failures back off (Retry-After honoured) and
+        keep waiting; auth, HTTP and configuration errors are raised at once. No GET
+        starts past the deadline (one already running may end up to a long poll later).
+        """
+        failures = 0
+        while deadline is None or time.time() < deadline:
+            started = time.monotonic()
+            try:
+                probe = await self.probe_once()
+            except KtExportTransientError as exc:
+                failures += 1
+                delay = self._backoff(failures, exc.retry_after)
+                self.log.warning(
+                    "%s; still waiting for data, next try in %.1f s", self._safe(str(exc)), delay
+                )
+                await asyncio.sleep(self._capped(delay, deadline))
+                continue
+            failures = 0
+            if probe is not None:
+                return probe
+            pause = _MIN_EMPTY_CYCLE - (time.monotonic() - started)
+            if pause > 0:
+                await asyncio.sleep(self._capped(pause, deadline))
+        return None
+
+    @staticmethod
+    def _backoff(failures: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), _BACKOFF_MAX)
+        # Full jitter, but never a tight loop.
+        return max(0.2, random.uniform(0.0, min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (failures - 1))))
+
+    @staticmethod
+    def _capped(delay: float, deadline: float | None) -> float:
+        if deadline is None:
+            return delay
+        return max(0.0, min(delay, deadline - time.time()))
+
+
+# ---------------------------------------------------------------------------- triggers
+
+
+class KtExportTrigger(BaseTrigger):
+    """Long-poll the queue from the triggerer until it holds data; used by ``KtExportSensor``.
+
+    Yields one event: ``{"status": "success", "lease_ends_at": ISO-8601, "record_count": n,
+    "batch_id": id}`` when a GET leased data (it is *not* acknowledged: it returns to the queue
+    at ``lease_ends_at``); ``{"status": "error", "cause": "auth" | "config" | "http" | "protocol"
+    | "error", "status_code": ..., "message": ...}`` on a failure waiting cannot fix; or
+    ``{"status": "timeout", ...}`` once ``timeout_at`` has passed. Empty answers (500, a 200
+    without id) loop; 429/5xx and network errors back off and keep waiting.
+
+    The API key never appears in the kwargs: the trigger reads the connection in the triggerer.
+
+    :param ktexport_conn_id: the KT Export connection
+    :param lease_seconds: the server's lease (120 s on the real API)
+    :param timeout_at: epoch seconds after which no new GET starts and a timeout event is sent
+        (the triggerer's own timeout applies too; this one also works in ``dag.test()``)
+    """
+
+    def __init__(
+        self,
+        *,
+        ktexport_conn_id: str = "ktexport_default",
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        timeout_at: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.ktexport_conn_id = ktexport_conn_id
+        self.lease_seconds = float(lease_seconds)
+        self.timeout_at = None if timeout_at is None else float(timeout_at)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and kwargs: the connection id, never the key."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "ktexport_conn_id": self.ktexport_conn_id,
+                "lease_seconds": self.lease_seconds,
+                "timeout_at": self.timeout_at,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait for data; yield exactly one event."""
+        try:
+            settings = await aclient_settings(self.ktexport_conn_id)
+            async with AsyncProber(settings, lease_seconds=self.lease_seconds, logger=self.log) as prober:
+                probe = await prober.wait_for_data(deadline=self.timeout_at)
+        except (KtExportError, AirflowNotFoundException) as exc:
+            # The cause travels in the event; execute_complete raises the matching error.
+            yield TriggerEvent(error_event(exc))
+            return
+        if probe is None:
+            yield TriggerEvent(
+                {"status": "timeout", "message": f"no data in the queue of {self.ktexport_conn_id!r} in time"}
+            )
+            return
+        self.log.info(
+            "batch %s leased (%s records); its lease ends at %s",
+            probe.batch_id,
+            probe.record_count,
+            lease_end_iso(probe.lease_ends_at),
+        )
+        yield TriggerEvent(probe.as_event())
+
+
+class KtExportEventTrigger(BaseEventTrigger):
+    """Fire an event each time the queue holds data, for ``AssetWatcher`` scheduling.
+
+    A probe leases the batch it finds, so firing and probing again at once would
+    keep the batch away from the drain the event starts (starvation). After each
+    event this trigger therefore sleeps past the probed lease *and* the drain's
+    grace long poll (``lease_ends_at + long_poll_seconds``, at least
+    ``lease_seconds`` from firing) before it probes again. The event payload
+    carries ``lease_ends_at`` for the drain's ``drain_until``, reachable in the
+    triggered DAG as ``triggering_asset_events`` ... ``.extra["payload"]["lease_ends_at"]``.
+
+    An auth or configuration failure is raised (the triggerer logs it and the
+    watcher stops): an asset event must not stand for "the key is wrong".
+
+    :param ktexport_conn_id: the KT Export connection
+    :param lease_seconds: the server's lease (120 s on the real API)
+    """
+
+    def __init__(
+        self, *, ktexport_conn_id: str = "ktexport_default", lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> None:
+        super().__init__()
+        self.ktexport_conn_id = ktexport_conn_id
+        self.lease_seconds = float(lease_seconds)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Class path and kwargs: the connection id, never the key."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"ktexport_conn_id": self.ktexport_conn_id, "lease_seconds": self.lease_seconds},
+        )
+
+    def quiet_until(self, probe: Probe, fired_at: float, long_poll_seconds: float) -> float:
+        """When the next probe may start: past the lease and the drain's grace long poll."""
+        return max(probe.lease_ends_at, fired_at + self.lease_seconds) + long_poll_seconds
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Yield an event per probed batch, pausing at least one lease after each."""
+        settings = await aclient_settings(self.ktexport_conn_id)
+        async with AsyncProber(settings, lease_seconds=self.lease_seconds, logger=self.log) as prober:
+            while True:
+                probe = await prober.wait_for_data()
+                if probe is None:  # pragma: no cover - no deadline, so wait_for_data returns a probe
+                    continue
+                fired_at = time.time()
+                resume_at = self.quiet_until(probe, fired_at, prober.long_poll_seconds)
+                self.log.info(
+                    "batch %s leased (%s records), lease ends at %s; next probe after %s",
+                    probe.batch_id,
+                    probe.record_count,
+                    lease_end_iso(probe.lease_ends_at),
+                    lease_end_iso(resume_at),
+                )
+                yield TriggerEvent(probe.as_event())
+                await asyncio.sleep(max(0.0, resume_at - time.time()))
