@@ -322,7 +322,9 @@ def test_latency_is_added(emu: Emulator) -> None:
 
 def test_faults_are_deterministic_with_a_seed() -> None:
     def statuses(seed: int) -> list[int]:
-        with Emulator(seed=seed, long_poll_seconds=0.05, faults={"status_503": 0.5, "status_429": 0.2}) as e:
+        with Emulator(
+            seed=seed, batch_size=1, long_poll_seconds=0.05, faults={"status_503": 0.5, "status_429": 0.2}
+        ) as e:
             e.generate(200)
             return [_get(e).status_code for _ in range(20)]
 
@@ -461,3 +463,27 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert f"ktexport-emulator listening on {url}" in out.splitlines()
+
+
+def test_distinct_pool_reuses_content_with_unique_seqs() -> None:
+    with Emulator(batch_size=50, distinct=10, long_poll_seconds=0.1) as e:
+        e.feed(30)
+        items = _get(e).json()["items"]
+        assert [i["emulator_seq"] for i in items] == list(range(1, 31))
+        assert {k: v for k, v in items[12].items() if k != "emulator_seq"} == {
+            k: v for k, v in e.generator.record(3).items() if k != "emulator_seq"
+        }
+
+
+def test_emulator_imports_nothing_else_from_the_package() -> None:
+    code = (
+        "import sys, airflow_provider_ktexport.testing.emulator as m; m.Emulator;"
+        "print(sorted(n for n in sys.modules if n.startswith(('airflow', 'requests'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == [
+        "airflow_provider_ktexport",
+        "airflow_provider_ktexport.testing",
+        "airflow_provider_ktexport.testing.emulator",
+        "airflow_provider_ktexport.testing.records",
+    ]
