@@ -80,6 +80,11 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Connect timeout (s)",
                         "schema": {"type": ["number", "null"]},
                     },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "description": "retries of a transient failure (429, 5xx, reset); default 5",
+                    },
                     "read_timeout": {
                         "label": "Read timeout (s)",
                         "schema": {"type": ["number", "null"]},

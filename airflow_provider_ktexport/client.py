@@ -43,7 +43,18 @@ from airflow_provider_ktexport.exceptions import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Batch", "KtExportClient", "normalize_base_url", "redact", "redact_secret"]
+__all__ = [
+    "AUTH_HEADER",
+    "AUTH_LOCATIONS",
+    "AUTH_QUERY_PARAM",
+    "DEFAULT_USER_AGENT",
+    "STREAM_PATH",
+    "Batch",
+    "KtExportClient",
+    "normalize_base_url",
+    "redact",
+    "redact_secret",
+]
 
 STREAM_PATH = "/v2/stream"
 AUTH_HEADER = "x-access-token"
@@ -129,6 +140,28 @@ def normalize_base_url(url: str, port: int | None = None) -> str:
             path = path[: -len(endpoint)].rstrip("/")
             break
     return urlunsplit((scheme, netloc, path, "", ""))
+
+
+class _RedactTokenFilter(logging.Filter):
+    """Masks ``token=`` values in urllib3's debug lines, which print each request's URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg, record.args = redact(message, None), None
+        return True
+
+
+_URLLIB3_FILTER = _RedactTokenFilter()
+_URLLIB3_FILTER_LOCK = threading.Lock()
+
+
+def _guard_urllib3_logs() -> None:
+    """Install the filter once, when a client first puts the key in the query string."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    with _URLLIB3_FILTER_LOCK:
+        if _URLLIB3_FILTER not in logger.filters:
+            logger.addFilter(_URLLIB3_FILTER)
 
 
 class _Envelope(msgspec.Struct):
@@ -253,6 +286,8 @@ class KtExportClient:
         self._stream_url = self.base_url + STREAM_PATH
         self._auth_headers = {AUTH_HEADER: self._api_key} if location == "header" else {}
         self._auth_params = {AUTH_QUERY_PARAM: self._api_key} if location == "query" else None
+        if location == "query":
+            _guard_urllib3_logs()
         self._session = self._new_session()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -546,7 +581,7 @@ class KtExportClient:
         if isinstance(exc, requests.Timeout):
             what = "timed out"
         elif isinstance(exc, requests.ConnectionError):
-            what = "lost the connection"
+            what = "connection failed"
         else:
             what = "failed"
         return KtExportTransientError(

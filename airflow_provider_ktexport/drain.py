@@ -143,9 +143,12 @@ class _Fetcher:
     writer: memory stays set by the flush size, not by the queue length.
     """
 
-    def __init__(self, client: BatchSource, n: int, run_deadline: float) -> None:
+    def __init__(
+        self, client: BatchSource, n: int, run_deadline: float, keep_polling: Callable[[], bool]
+    ) -> None:
         self._client = client
         self._deadline = run_deadline
+        self._keep_polling = keep_polling
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self.results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(2, n))
@@ -204,6 +207,9 @@ class _Fetcher:
                 if time.monotonic() >= self._deadline:
                     return  # the deadline cut the long poll short: not an empty answer
                 self._put(("empty", None))
+                if not self._keep_polling():
+                    self._stop.set()  # the run ends on this answer: lease nothing more
+                    return
                 continue
             self._put(("batch", batch))
 
@@ -248,7 +254,10 @@ class Drain:
         until_mono = None
         if cfg.drain_until is not None:
             until_mono = started + (cfg.drain_until - time.time()) + self.client.long_poll_seconds
-        fetcher = _Fetcher(self.client, cfg.max_in_flight, run_deadline)
+        def keep_polling() -> bool:
+            return not cfg.stop_when_empty or (until_mono is not None and time.monotonic() < until_mono)
+
+        fetcher = _Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
         fetcher.start()
         stopped = "max_runtime"
         try:
@@ -277,7 +286,7 @@ class Drain:
                         self._flush("flush_records")
                 elif kind == "empty":
                     self._flush("queue empty")
-                    if cfg.stop_when_empty and (until_mono is None or time.monotonic() >= until_mono):
+                    if not keep_polling():
                         stopped = "empty"
                         break
                 elif isinstance(item, KtExportProtocolError):

@@ -40,9 +40,9 @@ def _mask_secret(secret: str) -> None:
         from airflow.sdk.log import mask_secret as mask
     except ImportError:  # pragma: no cover - older task SDK layout
         try:
-            from airflow.sdk.execution_time.secrets_masker import mask_secret as mask
+            from airflow.sdk.execution_time.secrets_masker import mask_secret as mask  # type: ignore[no-redef]
         except ImportError:
-            from airflow.utils.log.secrets_masker import mask_secret as mask
+            from airflow.utils.log.secrets_masker import mask_secret as mask  # type: ignore[no-redef]
     mask(secret)
 
 

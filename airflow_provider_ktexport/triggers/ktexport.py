@@ -213,6 +213,7 @@ class AsyncProber:
             )
         connect_timeout = float(settings.get("connect_timeout") or 10.0)
         self.lease_seconds = float(lease_seconds)
+        self.conn_label = str(settings.get("conn_label") or "the connection")
         self.log = logger or log
         self._stream_url = self.base_url + STREAM_PATH
         self._params = {AUTH_QUERY_PARAM: self._api_key} if location == "query" else None
@@ -262,8 +263,8 @@ class AsyncProber:
         status = response.status_code
         if status in _AUTH_STATUSES:
             raise KtExportAuthError(
-                f"the export API refused the API key (HTTP {status}): check the connection's password "
-                "(API key) and that the export task is enabled",
+                f"the export API refused the API key (HTTP {status}): check the password (API key) "
+                f"of {self.conn_label} and that the export task is enabled",
                 status_code=status,
             )
         if status in _TRANSIENT_STATUSES:
@@ -276,7 +277,7 @@ class AsyncProber:
             return None  # the documented "nothing within the long poll" answer
         if status != 200:
             raise KtExportHTTPError(
-                f"GET {self._stream_url} answered HTTP {status}: check the connection's base URL "
+                f"GET {self._stream_url} answered HTTP {status}: check the base URL of {self.conn_label} "
                 f"(it is {self.base_url})",
                 status_code=status,
             )

@@ -203,9 +203,12 @@ def test_drain_until_keeps_polling_through_empty_answers(tmp_path):
 
 def test_without_drain_until_the_first_empty_answer_ends_the_run(tmp_path):
     lake = tmp_path / "lake"
-    client = FakeClient([EMPTY, make_batch("later", range(4))], lake=lake)
+    more = [make_batch(f"later{i}", range(i * 4, i * 4 + 4)) for i in range(5)]
+    client = FakeClient([EMPTY, *more], lake=lake)
     drain = run(client, lake, max_in_flight=1)
     assert drain.result.stopped == "empty"
+    # The empty answer ends leasing: no GET after it.
+    assert client.gets == 1
     assert client.acks == []
 
 

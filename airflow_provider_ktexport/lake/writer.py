@@ -1,0 +1,431 @@
+"""Parquet files in the lake: partition paths, atomic visibility, verification, schema store.
+
+fsspec only, no Airflow. A file becomes visible whole or not at all:
+
+- local filesystems: bytes go to a dot-named temporary file in the target directory (no
+  ``*.parquet`` glob matches it), are fsynced, then renamed (atomic on POSIX);
+- object stores: one ``pipe()`` of bytes built in memory (a single PUT; s3fs uses a multipart
+  upload for big bodies, completed only at the end). Never ``fs.open(path, "wb")``: its
+  ``close()`` runs even when the body raised and commits a truncated object.
+
+Every write is then verified (visible, size, footer readable, row count) before it is reported,
+because the drain acknowledges batches on the strength of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+import fsspec
+import fsspec.core
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.lake.schema import (
+    is_safe_partition_value,
+    sanitize_partition_value,
+    widen,
+)
+
+__all__ = ["LakeWriter", "WrittenFile", "read_lake", "read_lake_pandas"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_DIR = "_schema"
+QUARANTINE_DIR = "_quarantine"
+DEFAULT_ROW_GROUP_SIZE = 128 * 1024
+_TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A verified file: its filesystem path, user-facing URI, row count and size in bytes."""
+
+    path: str
+    uri: str
+    rows: int
+    bytes: int
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return isinstance(fs, LocalFileSystem) or "file" in protocols or "local" in protocols
+
+
+def _schema_to_json(schema: pa.Schema, record_type: str, writer_id: str) -> bytes:
+    doc = {
+        "format": 1,
+        "record_type": record_type,
+        "writer_id": writer_id,
+        # Readable summary for humans; the serialized schema (with field metadata) is authoritative.
+        "fields": {f.name: str(f.type) for f in schema},
+        "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+    }
+    return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+def _schema_from_json(data: bytes) -> pa.Schema:
+    doc = json.loads(data)
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["arrow_schema"])))
+
+
+class LakeWriter:
+    """Writes verified Parquet files under ``root`` of an fsspec filesystem.
+
+    :param fs: the filesystem (``ObjectStoragePath.fs``, ``s3fs.S3FileSystem``, local, ...)
+    :param root: the lake root on ``fs`` (protocol optional)
+    :param compression: Parquet compression codec
+    :param writer_id: names this writer's schema file; concurrent writers need distinct ids
+        (default: host, pid and a random part)
+    :param uri_prefix: user-facing URL of ``root``; returned URIs are this plus the relative path
+    :param row_group_size: rows per Parquet row group
+    """
+
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        *,
+        compression: str = "zstd",
+        writer_id: str | None = None,
+        uri_prefix: str | None = None,
+        row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    ) -> None:
+        self.fs = fs
+        self.root = fs._strip_protocol(root).rstrip("/") or "/"
+        self.compression = compression
+        self.writer_id = sanitize_partition_value(
+            writer_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        self.uri_prefix = uri_prefix
+        self.row_group_size = row_group_size
+        self.local = _is_local(fs)
+        # This writer's own published schema per record type (what its schema file holds).
+        self._own: dict[str, pa.Schema] = {}
+
+    def __repr__(self) -> str:
+        return f"LakeWriter(root={self.root!r}, writer_id={self.writer_id!r})"
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def _join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def uri_of(self, path: str) -> str:
+        """The user-facing URI of a path under the root."""
+        if self.uri_prefix is not None:
+            rel = path[len(self.root) :].lstrip("/")
+            return self.uri_prefix.rstrip("/") + "/" + rel
+        return self.fs.unstrip_protocol(path)
+
+    def partition_dir(self, partition: Mapping[str, str]) -> str:
+        """``<root>/k=v/...``; values must be sanitised (see ``sanitize_partition_value``)."""
+        parts = []
+        for key, value in partition.items():
+            if not (is_safe_partition_value(key) and is_safe_partition_value(value)):
+                raise KtExportWriteError(
+                    f"Refusing to write partition {key}={value!r} under {self.root}: the value is not "
+                    "sanitised (it could point outside the lake).",
+                    destination=self.root,
+                )
+            parts.append(f"{key}={value}")
+        return self._join(*parts)
+
+    # -- low-level atomic put ----------------------------------------------------------------------
+
+    def _put(self, path: str, data: bytes) -> None:
+        """Make ``data`` visible at ``path`` whole or not at all."""
+        if not self.local:
+            self.fs.pipe(path, data)
+            return
+        directory = posixpath.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = posixpath.join(directory, f".{posixpath.basename(path)}{_TMP_MARK}{uuid.uuid4().hex}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        try:  # make the rename itself durable
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+            pass
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except (OSError, FileNotFoundError):
+            pass
+        except Exception:  # noqa: BLE001 - cleanup must not mask the original error
+            log.warning("Could not remove %s after a failed write", path)
+
+    # -- data files --------------------------------------------------------------------------------
+
+    def write(self, table: pa.Table, partition: Mapping[str, str]) -> WrittenFile:
+        """Write ``table`` as one new Parquet file in ``partition``, atomically, then verify it.
+
+        The record type's schema is published first (when ``partition`` names a record type), so
+        no reader ever meets a file at types the schema store does not know.
+
+        :raises KtExportWriteError: writing or verification failed; names the destination and cause
+        """
+        directory = self.partition_dir(partition)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = posixpath.join(directory, f"part-{stamp}-{uuid.uuid4().hex}.parquet")
+        record_type = partition.get("record_type")
+        if record_type is not None:
+            self._publish(record_type, table.schema)
+        try:
+            buf = pa.BufferOutputStream()
+            pq.write_table(
+                table,
+                buf,
+                compression=self.compression,
+                row_group_size=self.row_group_size,
+            )
+            data = buf.getvalue().to_pybytes()
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise KtExportWriteError(
+                f"Could not encode Parquet for {self.uri_of(path)}: {exc}", destination=self.uri_of(path)
+            ) from exc
+        try:
+            self._put(path, data)
+        except Exception as exc:
+            raise KtExportWriteError(
+                f"Writing {self.uri_of(path)} failed: {type(exc).__name__}: {exc}",
+                destination=self.uri_of(path),
+            ) from exc
+        self._verify(path, len(data), table.num_rows)
+        log.debug("Wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
+        return WrittenFile(path=path, uri=self.uri_of(path), rows=table.num_rows, bytes=len(data))
+
+    def _verify(self, path: str, size: int, rows: int) -> None:
+        uri = self.uri_of(path)
+        try:
+            self.fs.invalidate_cache(posixpath.dirname(path))
+            info = self.fs.info(path)
+            if info.get("size") != size:
+                raise ValueError(f"size is {info.get('size')} bytes, wrote {size}")
+            with self.fs.open(path, "rb") as fh:
+                num_rows = pq.ParquetFile(fh).metadata.num_rows
+            if num_rows != rows:
+                raise ValueError(f"footer says {num_rows} rows, wrote {rows}")
+        except Exception as exc:
+            self._remove_quietly(path)
+            raise KtExportWriteError(
+                f"Verifying {uri} failed ({type(exc).__name__}: {exc}); the file was removed and nothing "
+                "is acknowledged.",
+                destination=uri,
+            ) from exc
+
+    # -- schema store ------------------------------------------------------------------------------
+
+    def _schema_dir(self, record_type: str) -> str:
+        return self._join(SCHEMA_DIR, sanitize_partition_value(record_type))
+
+    def load_schema(self, record_type: str) -> pa.Schema | None:
+        """The published schema of a record type: every writer's schema file merged by widening."""
+        directory = self._schema_dir(record_type)
+        self.fs.invalidate_cache(directory)
+        merged = self._own.get(record_type)
+        try:
+            paths = sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".json"))
+        except FileNotFoundError:
+            paths = []
+        for p in paths:
+            if posixpath.basename(p).startswith("."):
+                continue
+            try:
+                schema = _schema_from_json(self.fs.cat_file(p))
+            except FileNotFoundError:
+                continue
+            merged = schema if merged is None else widen(merged, schema)
+        return merged
+
+    def save_schema(self, record_type: str, schema: pa.Schema) -> None:
+        """Widen this writer's own schema file of ``record_type`` by ``schema`` (never narrows)."""
+        self._publish(record_type, schema)
+
+    def _publish(self, record_type: str, schema: pa.Schema) -> None:
+        own = self._own.get(record_type)
+        merged = schema if own is None else widen(own, schema)
+        if own is not None and merged.equals(own, check_metadata=True):
+            return
+        path = posixpath.join(self._schema_dir(record_type), f"{self.writer_id}.json")
+        try:
+            self._put(path, _schema_to_json(merged, record_type, self.writer_id))
+        except Exception as exc:
+            uri = self.uri_of(path)
+            raise KtExportWriteError(f"Writing schema file {uri} failed: {exc}", destination=uri) from exc
+        self._own[record_type] = merged
+
+    # -- quarantine and housekeeping ---------------------------------------------------------------
+
+    def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
+        """Store an undecodable body once: ``_quarantine/<sha256>.body`` plus a ``.json`` sidecar.
+
+        :return: the URI of the stored body
+        """
+        digest = hashlib.sha256(body).hexdigest()
+        body_path = self._join(QUARANTINE_DIR, f"{digest}.body")
+        meta_path = self._join(QUARANTINE_DIR, f"{digest}.json")
+        uri = self.uri_of(body_path)
+        try:
+            if not self.fs.exists(body_path):
+                self._put(body_path, bytes(body))
+            if not self.fs.exists(meta_path):
+                meta = {
+                    "reason": reason,
+                    "batch_id": batch_id,
+                    "first_seen": datetime.now(UTC).isoformat(),
+                    "size": len(body),
+                    "sha256": digest,
+                }
+                self._put(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
+        except Exception as exc:
+            raise KtExportWriteError(f"Quarantining a body to {uri} failed: {exc}", destination=uri) from exc
+        return uri
+
+    def cleanup_temp(self, older_than_seconds: float = 3600) -> int:
+        """Remove temporary files left by crashed writes (local filesystems only); returns how many."""
+        if not self.local or not os.path.isdir(self.root):
+            return 0
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and _TMP_MARK in name:
+                    full = os.path.join(directory, name)
+                    try:
+                        if os.stat(full).st_mtime < cutoff:
+                            os.unlink(full)
+                            removed += 1
+                    except FileNotFoundError:
+                        continue
+        if removed:
+            log.info("Removed %d leftover temporary files under %s", removed, self.root)
+        return removed
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+
+def _data_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    try:
+        found = fs.find(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in found if p.endswith(".parquet") and not posixpath.basename(p).startswith("."))
+
+
+def _partition_values(root: str, path: str) -> dict[str, str]:
+    rel = path[len(root) :].strip("/").split("/")[:-1]
+    return {k: unquote(v) for k, _, v in (seg.partition("=") for seg in rel) if _ == "="}
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast a file's table to the published schema (missing columns as nulls)."""
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            arrays.append(col if col.type == field.type else col.cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def read_lake(
+    fs_or_url: fsspec.AbstractFileSystem | str,
+    root: str | None = None,
+    *,
+    record_type: str | None = None,
+) -> pa.Table:
+    """Read every data file of the lake (or of one record type) through the published schema.
+
+    Files written before a widening are cast to the current types, so a lake whose types
+    changed reads as one table. Partition values come back as string columns (``record_type``,
+    ``event_date``...). ``_schema``, ``_quarantine`` and temporary files are skipped.
+
+    :param fs_or_url: an fsspec filesystem (then pass ``root``) or a URL such as ``s3://bucket/lake``
+    :param root: the lake root on the filesystem
+    :param record_type: read only this record type
+    """
+    if isinstance(fs_or_url, str):
+        fs, url_root = fsspec.core.url_to_fs(fs_or_url)
+        root = url_root if root is None else root
+    else:
+        fs = fs_or_url
+    if root is None:
+        raise ValueError("read_lake needs the lake root when given a filesystem")
+    writer = LakeWriter(fs, root, writer_id="reader")
+    base = writer.root
+    if record_type is not None:
+        type_dirs = [writer._join(f"record_type={sanitize_partition_value(record_type)}")]
+    else:
+        try:
+            entries = fs.ls(base, detail=False)
+        except FileNotFoundError:
+            entries = []
+        type_dirs = sorted(p for p in entries if posixpath.basename(p.rstrip("/")).startswith("record_type="))
+    pieces: list[tuple[pa.Schema, list[pa.Table]]] = []
+    for type_dir in type_dirs:
+        rtype = unquote(posixpath.basename(type_dir.rstrip("/")).partition("=")[2])
+        files = _data_files(fs, type_dir)
+        if not files:
+            continue
+        tables = []
+        for path in files:
+            with fs.open(path, "rb") as fh:
+                t = pq.read_table(fh)
+            for key, value in _partition_values(base, path).items():
+                t = t.append_column(
+                    pa.field(key, pa.string()), pa.repeat(pa.scalar(value, pa.string()), t.num_rows)
+                )
+            tables.append(t)
+        schema = writer.load_schema(rtype)
+        for t in tables:  # also covers files older than the schema store, and the partition columns
+            schema = t.schema if schema is None else widen(schema, t.schema)
+        pieces.append((schema, tables))
+    if not pieces:
+        return pa.table({})
+    union = pieces[0][0]
+    for schema, _ in pieces[1:]:
+        union = widen(union, schema)
+    return pa.concat_tables([_conform(t, union) for _, tables in pieces for t in tables])
+
+
+def read_lake_pandas(
+    fs_or_url: fsspec.AbstractFileSystem | str, root: str | None = None, *, record_type: str | None = None
+) -> Any:
+    """:func:`read_lake` as a pandas DataFrame."""
+    return read_lake(fs_or_url, root, record_type=record_type).to_pandas()

@@ -1,0 +1,672 @@
+"""KtExportClient against a tiny scripted HTTP server on loopback (no emulator)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import airflow_provider_ktexport.client as client_module
+from airflow_provider_ktexport import __version__
+from airflow_provider_ktexport.client import Batch, KtExportClient, normalize_base_url, redact
+from airflow_provider_ktexport.exceptions import (
+    KtExportAuthError,
+    KtExportConfigError,
+    KtExportError,
+    KtExportHTTPError,
+    KtExportProtocolError,
+    KtExportTransientError,
+)
+
+KEY = "Sup3r-Secret-Key/+=%42"  # characters that URL-encode differently, to catch partial redaction
+
+# ---------------------------------------------------------------------------- stub server
+
+
+@dataclass
+class Reply:
+    """What the stub answers: a status and body, or ``reset`` (RST), or ``hang`` seconds of silence first."""
+
+    status: int = 200
+    body: bytes | str | dict | list = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False
+    hang: float = 0.0
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+
+class Stub:
+    """Answers scripted replies in order, then ``default``; records every request."""
+
+    def __init__(self) -> None:
+        self.script: deque[Reply] = deque()
+        self.default: Callable[[Seen], Reply] = lambda seen: Reply(500, b"")
+        self.seen: list[Seen] = []
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def add(self, *replies: Reply) -> None:
+        self.script.extend(replies)
+
+    def hits(self, method: str | None = None) -> int:
+        return sum(1 for s in self.seen if method is None or s.method == method)
+
+    def _next(self, seen: Seen) -> Reply:
+        with self.lock:
+            self.seen.append(seen)
+            if self.script:
+                return self.script.popleft()
+        return self.default(seen)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+
+            def setup(self) -> None:
+                super().setup()
+                with stub.lock:
+                    stub.connections += 1
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_DELETE(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                parts = urlsplit(self.path)
+                seen = Seen(
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                )
+                reply = stub._next(seen)
+                if reply.hang:
+                    stub.release.wait(reply.hang)
+                if reply.reset:
+                    # SO_LINGER 0 makes close() send RST: a "connection reset by peer" for the client.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                body = reply.body
+                if isinstance(body, dict | list):
+                    body = json.dumps(body).encode()
+                elif isinstance(body, str):
+                    body = body.encode()
+                headers = dict(reply.headers)
+                if "gzip" in seen.headers.get("accept-encoding", "") and body:
+                    body = gzip.compress(body)
+                    headers["Content-Encoding"] = "gzip"
+                try:
+                    self.send_response(reply.status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    self.close_connection = True
+
+        return Handler
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    server = Stub()
+    server.thread.start()
+    yield server
+    server.release.set()
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def make_client(url: str, auth_location: str = "header", **kwargs: object) -> KtExportClient:
+    settings: dict[str, object] = {
+        "auth_location": auth_location,
+        "long_poll_seconds": 1.0,
+        "read_timeout": 5.0,
+        "connect_timeout": 2.0,
+        "max_retries": 3,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+    }
+    settings.update(kwargs)
+    return KtExportClient(url, KEY, **settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(stub: Stub) -> Iterator[KtExportClient]:
+    with make_client(stub.url) as c:
+        yield c
+
+
+def batch_body(batch_id: str = "b-1", n: int = 2) -> dict:
+    return {
+        "id": batch_id,
+        "items": [{"type": "telemetry", "n": i, "nested": {"a": [1, 2]}} for i in range(n)],
+    }
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the client's backoff sleeps instead of sleeping."""
+    recorded: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", recorded.append)
+    return recorded
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("given", "port", "expected"),
+    [
+        ("export.us1.kt1.io", None, "https://export.us1.kt1.io"),
+        ("https://export.eu1.kt1.io/", None, "https://export.eu1.kt1.io"),
+        ("  HTTPS://Export.UK1.kt1.io//  ", None, "https://export.uk1.kt1.io"),
+        ("http://127.0.0.1:8080", None, "http://127.0.0.1:8080"),
+        ("127.0.0.1", 8080, "https://127.0.0.1:8080"),
+        ("http://localhost", 9000, "http://localhost:9000"),
+        ("https://export.us1.kt1.io/v2/stream", None, "https://export.us1.kt1.io"),
+        ("https://proxy.example.com/kt/", None, "https://proxy.example.com/kt"),
+        ("http://[::1]:8080/", None, "http://[::1]:8080"),
+        ("[::1]", 8443, "https://[::1]:8443"),
+    ],
+)
+def test_base_url_is_normalised(given: str, port: int | None, expected: str) -> None:
+    assert normalize_base_url(given, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "port", "fragment"),
+    [
+        ("", None, "empty"),
+        ("ftp://export.us1.kt1.io", None, "scheme"),
+        ("https://export.us1.kt1.io/?token=abc", None, "query"),
+        ("https://user:pw@export.us1.kt1.io", None, "user info"),
+        ("https://export.us1.kt1.io:99999", None, "port"),
+        ("https://export.us1.kt1.io:8080", 9090, "port"),
+        ("https://", None, "host"),
+        ("export.us1.kt1.io", 0, "port"),
+    ],
+)
+def test_bad_base_url_says_what_is_wrong(given: str, port: int | None, fragment: str) -> None:
+    with pytest.raises(KtExportConfigError, match=fragment):
+        normalize_base_url(given, port)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"auth_location": "cookie"}, "auth_location"),
+        ({"read_timeout": 10.0, "long_poll_seconds": 45.0}, "read_timeout"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"verify": "/no/such/ca-bundle.pem"}, "CA bundle"),
+        ({"pool_size": 0}, "pool_size"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(KtExportConfigError, match=fragment):
+        KtExportClient("https://export.us1.kt1.io", KEY, **kwargs)
+
+
+def test_empty_key_is_refused() -> None:
+    with pytest.raises(KtExportConfigError, match="API key"):
+        KtExportClient("https://export.us1.kt1.io", "  ")
+
+
+def test_default_read_timeout_outlasts_long_poll() -> None:
+    c = KtExportClient("export.us1.kt1.io", KEY)
+    assert c.read_timeout == c.long_poll_seconds + 30
+    c.close()
+
+
+def test_repr_hides_key() -> None:
+    for location in ("header", "query"):
+        c = KtExportClient("export.us1.kt1.io", KEY, auth_location=location)
+        assert KEY not in repr(c) and KEY not in str(c)
+        assert "export.us1.kt1.io" in repr(c)
+        c.close()
+
+
+def test_redact_masks_raw_and_encoded_forms() -> None:
+    text = f"url /v2/stream?token=Sup3r-Secret-Key%2F%2B%3D%2542 and {KEY}"
+    out = redact(text, KEY)
+    assert "Sup3r" not in out and "***" in out
+    # An unknown token value is masked too.
+    assert redact("GET /v2/stream?token=abcdef&x=1", None) == "GET /v2/stream?token=***&x=1"
+
+
+# ---------------------------------------------------------------------------- requests on the wire
+
+
+def test_header_auth_and_default_headers(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(200, batch_body()))
+    batch = client.get_batch()
+    assert batch is not None
+    seen = stub.seen[0]
+    assert (seen.method, seen.path) == ("GET", "/v2/stream")
+    assert seen.headers["x-access-token"] == KEY
+    assert "token" not in seen.query
+    assert "gzip" in seen.headers["accept-encoding"]
+    assert seen.headers["user-agent"] == f"airflow-provider-ktexport/{__version__}"
+    assert seen.headers["connection"].lower() == "keep-alive"
+
+
+def test_query_auth(stub: Stub) -> None:
+    stub.add(Reply(200, batch_body()))
+    with make_client(stub.url, "query") as c:
+        assert c.get_batch() is not None
+    seen = stub.seen[0]
+    assert seen.query["token"] == [KEY]
+    assert "x-access-token" not in seen.headers
+
+
+def test_batch_keeps_each_record_raw(stub: Stub, client: KtExportClient) -> None:
+    body = (
+        b'{"id": "abc", "items": [ {"type":"telemetry","v":1} , {"type":"trip","u":"\\u00e9"}], "extra": 1}'
+    )
+    stub.add(Reply(200, body))
+    before = time.monotonic()
+    batch = client.get_batch()
+    assert isinstance(batch, Batch)
+    assert batch.id == "abc"
+    assert len(batch) == 2
+    assert batch.raw_items == [b'{"type":"telemetry","v":1}', b'{"type":"trip","u":"\\u00e9"}']
+    assert batch.items == [{"type": "telemetry", "v": 1}, {"type": "trip", "u": "é"}]
+    assert batch.leased_at >= before
+    assert batch.body_size == len(body)
+
+
+def test_gzip_body_is_decoded(stub: Stub, client: KtExportClient) -> None:
+    payload = batch_body("gz", n=200)
+    stub.add(Reply(200, payload))
+    batch = client.get_batch()
+    assert batch is not None and len(batch) == 200
+    # body_size is after decoding: the JSON itself, not the smaller gzip stream.
+    assert batch.body_size == len(json.dumps(payload).encode())
+
+
+def test_keep_alive_reuses_one_connection(stub: Stub, client: KtExportClient) -> None:
+    stub.default = lambda seen: Reply(200, batch_body()) if seen.method == "GET" else Reply(200)
+    for _ in range(5):
+        batch = client.get_batch()
+        assert batch is not None
+        assert client.ack(batch.id)
+    assert stub.connections == 1
+
+
+# ---------------------------------------------------------------------------- empty forms
+
+
+def test_500_is_empty(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(500, "no data"))
+    assert client.get_batch() is None
+    assert stub.hits() == 1
+
+
+@pytest.mark.parametrize("body", [{}, {"items": [{"a": 1}]}, {"id": None, "items": []}, "  "])
+def test_200_without_id_is_empty(stub: Stub, client: KtExportClient, body: object) -> None:
+    stub.add(Reply(200, body))
+    assert client.get_batch() is None
+    assert stub.hits("DELETE") == 0
+
+
+@pytest.mark.parametrize("body", [{"id": "empty-1", "items": []}, {"id": "empty-1"}])
+def test_id_without_items_is_acked_at_once(stub: Stub, client: KtExportClient, body: dict) -> None:
+    stub.add(Reply(200, body), Reply(200))
+    assert client.get_batch() is None
+    deletes = [s for s in stub.seen if s.method == "DELETE"]
+    assert [s.path for s in deletes] == ["/v2/stream/empty-1"]
+
+
+# ---------------------------------------------------------------------------- ack / check
+
+
+def test_ack_true_on_2xx_and_quotes_id(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(200), Reply(204))
+    assert client.ack("a/b c") is True
+    assert client.ack("plain") is True
+    assert stub.seen[0].path == "/v2/stream/a%2Fb%20c"
+    assert stub.seen[0].headers["x-access-token"] == KEY
+
+
+@pytest.mark.parametrize("status", [500, 404])
+def test_ack_false_on_unknown_id(stub: Stub, client: KtExportClient, status: int) -> None:
+    stub.add(Reply(status, "unknown id"))
+    assert client.ack("gone") is False
+    assert stub.hits() == 1
+
+
+def test_ack_retries_transient(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(503), Reply(reset=True), Reply(200))
+    assert client.ack("x") is True
+    assert stub.hits("DELETE") == 3
+
+
+def test_ack_raises_auth(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(401))
+    with pytest.raises(KtExportAuthError):
+        client.ack("x")
+    assert stub.hits() == 1
+
+
+@pytest.mark.parametrize("status", [500, 404, 200])
+def test_check_accepts_key(stub: Stub, client: KtExportClient, status: int) -> None:
+    stub.add(Reply(status))
+    client.check()
+    assert stub.hits("GET") == 0  # never leases data
+    assert stub.seen[0].method == "DELETE"
+    assert stub.seen[0].path.startswith("/v2/stream/ktexport-connection-test-")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_check_refused_key(stub: Stub, client: KtExportClient, status: int) -> None:
+    stub.add(Reply(status))
+    with pytest.raises(KtExportAuthError, match=f"HTTP {status}"):
+        client.check()
+    assert stub.hits() == 1
+
+
+# ---------------------------------------------------------------------------- retries
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [Reply(429), Reply(502), Reply(503), Reply(504), Reply(reset=True)],
+    ids=["429", "502", "503", "504", "reset"],
+)
+def test_transient_failure_then_success(stub: Stub, client: KtExportClient, failure: Reply) -> None:
+    stub.add(failure, failure, Reply(200, batch_body("ok")))
+    batch = client.get_batch()
+    assert batch is not None and batch.id == "ok"
+    assert stub.hits("GET") == 3
+
+
+def test_read_timeout_then_success(stub: Stub) -> None:
+    stub.add(Reply(200, batch_body("late"), hang=3.0), Reply(200, batch_body("ok")))
+    with make_client(stub.url, long_poll_seconds=0.2, read_timeout=0.5) as c:
+        batch = c.get_batch()
+    assert batch is not None and batch.id == "ok"
+
+
+def test_retry_after_seconds_is_honoured(stub: Stub, client: KtExportClient, sleeps: list[float]) -> None:
+    stub.add(Reply(429, headers={"Retry-After": "0.04"}), Reply(200, batch_body()))
+    assert client.get_batch() is not None
+    assert sleeps == [pytest.approx(0.04)]
+
+
+def test_retry_after_http_date_is_honoured(stub: Stub, sleeps: list[float]) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+    stub.add(Reply(503, headers={"Retry-After": when}), Reply(200, batch_body()))
+    with make_client(stub.url, backoff_max=60.0) as c:
+        assert c.get_batch() is not None
+    assert len(sleeps) == 1 and 10 < sleeps[0] <= 21
+
+
+def test_retry_after_is_capped_by_backoff_max(stub: Stub, sleeps: list[float]) -> None:
+    stub.add(Reply(429, headers={"Retry-After": "3600"}), Reply(200, batch_body()))
+    with make_client(stub.url, backoff_max=2.0) as c:
+        assert c.get_batch() is not None
+    assert sleeps == [2.0]
+
+
+def test_retries_are_bounded(stub: Stub, client: KtExportClient) -> None:
+    stub.default = lambda seen: Reply(503, "busy")
+    with pytest.raises(KtExportTransientError, match="gave up after 4 attempts") as info:
+        client.get_batch()
+    assert info.value.status_code == 503 and info.value.retryable
+    assert stub.hits() == 4  # 1 + max_retries
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_errors_are_never_retried(stub: Stub, client: KtExportClient, status: int) -> None:
+    stub.default = lambda seen: Reply(status, "bad key")
+    with pytest.raises(KtExportAuthError, match="refused the API key") as info:
+        client.get_batch()
+    assert info.value.status_code == status and not info.value.retryable
+    assert stub.hits() == 1
+
+
+def test_404_is_an_http_error_naming_the_url(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(404, "not found"))
+    with pytest.raises(KtExportHTTPError, match="base URL") as info:
+        client.get_batch()
+    assert info.value.status_code == 404
+    assert stub.hits() == 1
+
+
+def test_redirect_is_not_followed(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(302, headers={"Location": "https://elsewhere.example.com/v2/stream"}))
+    with pytest.raises(KtExportHTTPError, match="elsewhere.example.com"):
+        client.get_batch()
+    assert stub.hits() == 1
+
+
+def test_connection_refused_is_transient() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with make_client(f"http://127.0.0.1:{port}", max_retries=1) as c:
+        with pytest.raises(KtExportTransientError, match="connection failed"):
+            c.get_batch()
+
+
+# ---------------------------------------------------------------------------- protocol errors
+
+
+@pytest.mark.parametrize(
+    ("body", "batch_id", "fragment"),
+    [
+        (b'{"id": "p-1", "items": [{"a": 1}', "p-1", "not valid JSON"),
+        (b"<html>oops</html>", None, "not valid JSON"),
+        (b'{"id": "p-2", "items": [{"a": "\xff"}]}', "p-2", "UTF-8"),
+        (b'{"id": "p-3", "items": {"a": 1}}', "p-3", "not a batch object"),
+        (b'{"id": "p-4", "items": [{"a": 1}, 7]}', "p-4", "item 1"),
+        (b'{"id": "p-5", "items": [[1]]}', "p-5", "item 0"),
+        (b'[{"id": "p-6"}]', "p-6", "not a batch object"),
+    ],
+    ids=["truncated", "html", "utf8", "items-object", "item-int", "item-list", "body-list"],
+)
+def test_protocol_errors_keep_body_and_id(
+    stub: Stub, client: KtExportClient, body: bytes, batch_id: str | None, fragment: str
+) -> None:
+    stub.add(Reply(200, body))
+    with pytest.raises(KtExportProtocolError, match=fragment) as info:
+        client.get_batch()
+    assert info.value.body == body
+    assert info.value.batch_id == batch_id
+    assert not info.value.retryable
+    assert stub.hits() == 1  # not retried: the lease must come back, the body goes to quarantine
+
+
+# ---------------------------------------------------------------------------- deadline
+
+
+def test_deadline_cap_returns_none(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(500, hang=20.0))
+    start = time.monotonic()
+    assert client.get_batch(deadline=start + 0.5) is None
+    assert time.monotonic() - start < 10  # far before the 20 s hang or the 5 s read timeout
+
+
+def test_past_deadline_sends_nothing(stub: Stub, client: KtExportClient) -> None:
+    assert client.get_batch(deadline=time.monotonic() - 1) is None
+    assert stub.hits() == 0
+
+
+def test_no_retry_starts_past_the_deadline(stub: Stub) -> None:
+    stub.default = lambda seen: Reply(503, headers={"Retry-After": "5"})
+    with make_client(stub.url, backoff_max=10.0) as c:
+        start = time.monotonic()
+        with pytest.raises(KtExportTransientError, match="deadline"):
+            c.get_batch(deadline=start + 1.0)
+    assert stub.hits() == 1
+    assert time.monotonic() - start < 4
+
+
+def test_deadline_far_away_changes_nothing(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(200, batch_body("d")))
+    batch = client.get_batch(deadline=time.monotonic() + 60)
+    assert batch is not None and batch.id == "d"
+
+
+# ---------------------------------------------------------------------------- redaction
+
+
+def _texts(exc: BaseException) -> Iterator[str]:
+    """Everything a traceback or log could print about ``exc`` and its whole chain."""
+    yield "".join(traceback.format_exception(exc))
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield str(item)
+        yield repr(item)
+        yield from (repr(a) for a in item.args)
+        stack.extend([item.__cause__, item.__context__])
+
+
+def _assert_no_key(exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    encoded = "Sup3r-Secret-Key%2F"
+    for text in _texts(exc):
+        assert KEY not in text and encoded not in text
+    assert KEY not in caplog.text and encoded not in caplog.text
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SCENARIOS: dict[str, tuple[list[Reply], dict, type[KtExportError]]] = {
+    "401": ([Reply(401, f"bad token {KEY}")], {}, KtExportAuthError),
+    "404": ([Reply(404, f"no route /v2/stream?token={KEY}")], {}, KtExportHTTPError),
+    "503-exhausted": ([Reply(503)] * 4, {}, KtExportTransientError),
+    "reset-exhausted": ([Reply(reset=True)] * 4, {}, KtExportTransientError),
+    "read-timeout": (
+        [Reply(200, hang=3.0)] * 2,
+        {"long_poll_seconds": 0.1, "read_timeout": 0.3, "max_retries": 1},
+        KtExportTransientError,
+    ),
+    "protocol": ([Reply(200, b"not json")], {}, KtExportProtocolError),
+}
+
+
+@pytest.mark.parametrize("location", ["header", "query"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_key_never_leaks_from_errors(
+    stub: Stub, caplog: pytest.LogCaptureFixture, location: str, scenario: str
+) -> None:
+    replies, kwargs, expected = SCENARIOS[scenario]
+    stub.add(*replies)
+    caplog.set_level(logging.DEBUG)
+    with make_client(stub.url, location, **kwargs) as c:
+        with pytest.raises(expected) as info:
+            c.get_batch()
+        assert KEY not in repr(c)
+    _assert_no_key(info.value, caplog)
+
+
+@pytest.mark.parametrize("location", ["header", "query"])
+def test_key_never_leaks_from_connection_errors(caplog: pytest.LogCaptureFixture, location: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    with make_client(f"http://127.0.0.1:{_closed_port()}", location, max_retries=1) as c:
+        with pytest.raises(KtExportTransientError) as info:
+            c.ack("some-id")
+    # requests' own text would hold ".../v2/stream/some-id?token=<key>": it must be gone.
+    assert "connection failed" in str(info.value)
+    _assert_no_key(info.value, caplog)
+
+
+def test_transport_error_has_no_chained_requests_exception(stub: Stub) -> None:
+    stub.add(Reply(reset=True))
+    with make_client(stub.url, "query", max_retries=0) as c:
+        with pytest.raises(KtExportTransientError) as info:
+            c.get_batch()
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+# ---------------------------------------------------------------------------- threads
+
+
+def test_concurrent_get_batch_and_ack(stub: Stub) -> None:
+    counter = iter(range(10_000))
+    lock = threading.Lock()
+
+    def answer(seen: Seen) -> Reply:
+        if seen.method == "DELETE":
+            return Reply(200)
+        with lock:
+            n = next(counter)
+        return Reply(200, batch_body(f"b-{n}", n=3))
+
+    stub.default = answer
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(c: KtExportClient) -> None:
+        try:
+            for _ in range(10):
+                batch = c.get_batch()
+                assert batch is not None and len(batch) == 3
+                assert c.ack(batch.id)
+                with lock:
+                    ids.append(batch.id)
+        except BaseException as exc:  # collected: an assert in a thread would be lost
+            errors.append(exc)
+
+    with make_client(stub.url, pool_size=4) as c:
+        threads = [threading.Thread(target=worker, args=(c,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors
+    assert len(ids) == 40 and len(set(ids)) == 40
+    assert stub.hits("DELETE") == 40
+    assert stub.connections <= 4  # the pool is reused, not a connection per request

@@ -1,0 +1,293 @@
+"""KtExportHook: connection parsing, client building, test_connection and secret masking."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import threading
+import types
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from airflow_provider_ktexport import get_provider_info
+from airflow_provider_ktexport.client import KtExportClient
+from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
+from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+
+GOOD_KEY = "good-key-0123456789"
+
+
+class KeyCheckingServer:
+    """Answers like the export API: 401 for a wrong key, 500 for an unknown id, one batch on GET."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes = b"") -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorised(self) -> bool:
+                server.requests.append((self.command, self.path))
+                return self.headers.get("x-access-token") == GOOD_KEY
+
+            def do_GET(self) -> None:
+                if not self._authorised():
+                    return self._reply(401, b"invalid token")
+                self._reply(200, json.dumps({"id": "b1", "items": [{"type": "telemetry"}]}).encode())
+
+            def do_DELETE(self) -> None:
+                if not self._authorised():
+                    return self._reply(401, b"invalid token")
+                self._reply(200 if self.path == "/v2/stream/b1" else 500)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[KeyCheckingServer]:
+    s = KeyCheckingServer()
+    yield s
+    s.stop()
+
+
+def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = "ktexport_default", **conn: object) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "ktexport", **conn}))
+
+
+def test_hook_attributes() -> None:
+    assert KtExportHook.conn_name_attr == "ktexport_conn_id"
+    assert KtExportHook.default_conn_name == "ktexport_default"
+    assert KtExportHook.conn_type == "ktexport"
+    assert KtExportHook.hook_name == "KT Export"
+    assert KtExportHook().ktexport_conn_id == "ktexport_default"
+
+
+def test_init_does_no_io() -> None:
+    # The connection does not exist: only using the client may notice.
+    hook = KtExportHook("no_such_connection_anywhere")
+    with pytest.raises(KtExportConfigError, match="no_such_connection_anywhere.*not defined"):
+        hook.get_conn()
+
+
+def test_client_built_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(
+        monkeypatch,
+        host="https://export.eu1.kt1.io/",
+        password=GOOD_KEY,
+        extra={
+            "auth_location": "query",
+            "verify": "false",
+            "connect_timeout": "3",
+            "read_timeout": 50,
+            "long_poll_seconds": "20",
+            "max_retries": "2",
+        },
+    )
+    hook = KtExportHook()
+    client = hook.get_conn()
+    assert isinstance(client, KtExportClient)
+    assert client is hook.client  # built once, kept for the hook's life (keep-alive)
+    assert client.base_url == "https://export.eu1.kt1.io"
+    assert client.auth_location == "query"
+    assert client.verify is False
+    assert (client.connect_timeout, client.read_timeout, client.long_poll_seconds) == (3.0, 50.0, 20.0)
+    assert client.max_retries == 2
+    hook.close()
+
+
+def test_bare_host_port_and_31_style_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(
+        monkeypatch,
+        "kt_eu",
+        host="export.eu1.kt1.io",
+        port=8443,
+        password=GOOD_KEY,
+        extra={"extra__ktexport__auth_location": "header", "extra__ktexport__verify": True},
+    )
+    client = KtExportHook("kt_eu").client
+    assert client.base_url == "https://export.eu1.kt1.io:8443"
+    assert client.auth_location == "header"
+    assert client.verify is True
+    assert client.read_timeout == client.long_poll_seconds + 30
+
+
+def test_overrides_win_over_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, host="export.us1.kt1.io", password=GOOD_KEY, extra={"max_retries": 5})
+    client = KtExportHook(max_retries=1, pool_size=3).client
+    assert client.max_retries == 1 and client.pool_size == 3
+
+
+def test_unknown_override_is_refused() -> None:
+    with pytest.raises(TypeError, match="pool_sise"):
+        KtExportHook(pool_sise=3)
+
+
+@pytest.mark.parametrize(
+    ("conn", "fragment"),
+    [
+        ({"password": GOOD_KEY}, "no host"),
+        ({"host": "export.us1.kt1.io"}, "no password"),
+        ({"host": "ftp://export.us1.kt1.io", "password": GOOD_KEY}, "scheme"),
+        (
+            {"host": "export.us1.kt1.io", "password": GOOD_KEY, "extra": {"read_timeout": "soon"}},
+            "read_timeout",
+        ),
+        ({"host": "export.us1.kt1.io", "password": GOOD_KEY, "extra": {"max_retries": 1.5}}, "max_retries"),
+        ({"host": "export.us1.kt1.io", "password": GOOD_KEY, "extra": {"verify": 3}}, "verify"),
+        (
+            {"host": "export.us1.kt1.io", "password": GOOD_KEY, "extra": {"auth_location": "body"}},
+            "auth_location",
+        ),
+    ],
+)
+def test_bad_connection_is_explained(monkeypatch: pytest.MonkeyPatch, conn: dict, fragment: str) -> None:
+    set_conn(monkeypatch, "kt_bad", **conn)
+    with pytest.raises(KtExportConfigError, match=fragment) as info:
+        KtExportHook("kt_bad").get_conn()
+    if fragment in ("no host", "no password"):
+        message = str(info.value)
+        assert "'kt_bad'" in message and "AIRFLOW_CONN_KT_BAD=" in message
+    assert GOOD_KEY not in str(info.value)
+
+
+def test_client_settings_rebuild_the_same_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, host="http://127.0.0.1:9", password=GOOD_KEY, extra={"auth_location": "query"})
+    hook = KtExportHook(pool_size=2)
+    settings = hook.client_settings()
+    json.dumps(settings)  # crosses to the triggerer as plain data
+    rebuilt = KtExportClient(**settings)
+    assert (rebuilt.base_url, rebuilt.auth_location, rebuilt.pool_size) == ("http://127.0.0.1:9", "query", 2)
+    assert asyncio.run(hook.aclient_settings()) == settings
+
+
+def test_get_batch_and_ack_through_the_hook(
+    monkeypatch: pytest.MonkeyPatch, server: KeyCheckingServer
+) -> None:
+    set_conn(monkeypatch, host=server.url, password=GOOD_KEY, extra={"long_poll_seconds": 1})
+    hook = KtExportHook()
+    batch = hook.get_batch(deadline=None)
+    assert batch is not None and batch.items == [{"type": "telemetry"}]
+    assert hook.ack(batch.id) is True
+    hook.close()
+
+
+def test_auth_error_names_the_connection(monkeypatch: pytest.MonkeyPatch, server: KeyCheckingServer) -> None:
+    set_conn(monkeypatch, "kt_wrong", host=server.url, password="wrong-key-987654")
+    with pytest.raises(KtExportAuthError, match="connection 'kt_wrong'"):
+        KtExportHook("kt_wrong").get_batch()
+    assert len(server.requests) == 1
+
+
+def test_test_connection_good_key(monkeypatch: pytest.MonkeyPatch, server: KeyCheckingServer) -> None:
+    set_conn(monkeypatch, host=server.url, password=GOOD_KEY)
+    ok, message = KtExportHook().test_connection()
+    assert ok, message
+    assert server.url in message and GOOD_KEY not in message
+    # It must not lease data: only one DELETE of an id that cannot exist.
+    assert [method for method, _ in server.requests] == ["DELETE"]
+
+
+def test_test_connection_bad_key(monkeypatch: pytest.MonkeyPatch, server: KeyCheckingServer) -> None:
+    bad = "bad-key-" + uuid.uuid4().hex
+    set_conn(monkeypatch, host=server.url, password=bad, extra={"auth_location": "query"})
+    ok, message = KtExportHook().test_connection()
+    assert not ok
+    assert "401" in message and "'ktexport_default'" in message
+    assert bad not in message
+    assert len(server.requests) == 1  # no retry on a refused key
+
+
+def test_test_connection_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "unreachable-" + uuid.uuid4().hex
+    set_conn(monkeypatch, host="http://127.0.0.1:9", password=key, extra={"auth_location": "query"})
+    ok, message = KtExportHook(max_retries=0, backoff_base=0.0).test_connection()
+    assert not ok and "connection failed" in message
+    assert key not in message
+
+
+def test_test_connection_bad_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(monkeypatch, host="export.us1.kt1.io")
+    ok, message = KtExportHook().test_connection()
+    assert not ok and "no password" in message
+
+
+def test_key_is_registered_with_the_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.log import redact as airflow_redact
+
+    key = "mask-me-" + uuid.uuid4().hex
+    assert key in airflow_redact(f"value {key}")  # not masked before the hook saw it
+    set_conn(monkeypatch, host="export.us1.kt1.io", password=key)
+    KtExportHook().client_settings()
+    assert key not in airflow_redact(f"value {key}")
+
+
+def test_ui_field_behaviour_mirrors_provider_info() -> None:
+    (conn_type,) = get_provider_info()["connection-types"]
+    declared = conn_type["ui-field-behaviour"]
+    behaviour = KtExportHook.get_ui_field_behaviour()
+    assert behaviour["hidden_fields"] == declared["hidden-fields"]
+    assert behaviour["relabeling"] == declared["relabeling"]
+    assert declared["placeholders"].items() <= behaviour["placeholders"].items()
+
+
+def _fake_web_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for wtforms / flask_appbuilder / flask_babel (not installed with Airflow 3.3)."""
+
+    class Field:
+        def __init__(self, label: str, **kwargs: object) -> None:
+            self.label, self.kwargs = label, kwargs
+
+    class StringField(Field):
+        pass
+
+    class IntegerField(Field):
+        pass
+
+    modules = {
+        "wtforms": {"StringField": StringField, "IntegerField": IntegerField},
+        "wtforms.validators": {"Optional": lambda: "optional", "NumberRange": lambda **kw: kw},
+        "flask_appbuilder": {},
+        "flask_appbuilder.fieldwidgets": {"BS3TextFieldWidget": lambda: "widget"},
+        "flask_babel": {"lazy_gettext": str},
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_form_widgets_mirror_provider_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("wtforms") is None:
+        _fake_web_stack(monkeypatch)
+    (conn_type,) = get_provider_info()["connection-types"]
+    widgets = KtExportHook.get_connection_form_widgets()
+    assert set(conn_type["conn-fields"]) <= set(widgets)
+    for name, field in conn_type["conn-fields"].items():
+        assert (
+            str(widgets[name].args[0] if hasattr(widgets[name], "args") else widgets[name].label)
+            == field["label"]
+        )
+    # Only the field classes Airflow 3.1 accepts.
+    assert {type(w).__name__ for w in widgets.values()} <= {"StringField", "IntegerField", "UnboundField"}

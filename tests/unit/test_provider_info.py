@@ -1,0 +1,82 @@
+"""Registration: the entry point, the provider info, and what Airflow's ProvidersManager makes of it."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from importlib.metadata import entry_points
+
+import pytest
+
+import airflow_provider_ktexport
+from airflow_provider_ktexport import get_provider_info
+from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+
+
+def test_entry_point_resolves_to_get_provider_info() -> None:
+    ours = [
+        ep
+        for ep in entry_points(group="apache_airflow_provider")
+        if ep.value.startswith("airflow_provider_ktexport")
+    ]
+    assert len(ours) == 1
+    assert ours[0].load() is get_provider_info
+
+
+def test_package_name_is_the_distribution_name() -> None:
+    info = get_provider_info()
+    assert info["package-name"] == "airflow-provider-ktexport"
+    assert info["versions"][0] == airflow_provider_ktexport.__version__
+
+
+def test_connection_type_points_at_the_hook() -> None:
+    (conn_type,) = get_provider_info()["connection-types"]
+    module_name, _, class_name = conn_type["hook-class-name"].rpartition(".")
+    assert getattr(importlib.import_module(module_name), class_name) is KtExportHook
+    assert conn_type["connection-type"] == KtExportHook.conn_type
+    assert conn_type["hook-name"] == KtExportHook.hook_name
+
+
+def test_hook_modules_import() -> None:
+    for hook in get_provider_info()["hooks"]:
+        for module in hook["python-modules"]:
+            importlib.import_module(module)
+
+
+@pytest.fixture(scope="module")
+def providers_manager():
+    from airflow.providers_manager import ProvidersManager
+
+    return ProvidersManager()
+
+
+def test_providers_manager_lists_the_provider(providers_manager) -> None:
+    assert "airflow-provider-ktexport" in providers_manager.providers
+
+
+def test_providers_manager_knows_the_connection_type(providers_manager) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated in 3.3 for the task runtime, still what the UI uses
+        hook_info = providers_manager.hooks.get("ktexport")
+    assert hook_info is not None, "ProvidersManager dropped the ktexport hook (see its warnings)"
+    assert hook_info.hook_class_name == "airflow_provider_ktexport.hooks.ktexport.KtExportHook"
+    assert hook_info.connection_id_attribute_name == "ktexport_conn_id"
+    assert hook_info.hook_name == "KT Export"
+    assert hook_info.connection_testable
+
+
+def test_providers_manager_has_the_form(providers_manager) -> None:
+    behaviour = providers_manager.field_behaviours.get("ktexport")
+    assert behaviour is not None
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}
+    widgets = providers_manager.connection_form_widgets
+    for field in ("auth_location", "verify", "long_poll_seconds", "connect_timeout", "read_timeout"):
+        assert f"extra__ktexport__{field}" in widgets
+
+
+def test_task_runtime_finds_the_hook() -> None:
+    """Airflow 3.2+ resolves hooks in workers through the task SDK's own providers manager."""
+    runtime = pytest.importorskip("airflow.sdk.providers_manager_runtime")
+    hook_info = runtime.ProvidersManagerTaskRuntime().hooks.get("ktexport")
+    assert hook_info is not None
+    assert hook_info.hook_class_name == "airflow_provider_ktexport.hooks.ktexport.KtExportHook"

@@ -1,0 +1,410 @@
+"""Records -> Arrow: naming, type lattice, widening, record keys, partitions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_ktexport.lake.schema import (
+    META_COLUMNS,
+    TIMESTAMP,
+    PartitionTable,
+    build_tables,
+    canonical_json,
+    column_name,
+    column_path,
+    event_date,
+    field_path,
+    record_key,
+    sanitize_partition_value,
+    widen,
+)
+
+NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+
+
+def _raw(records: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]
+
+
+def build(
+    records: list[dict[str, Any]], known: dict[str, pa.Schema] | None = None, **kw: Any
+) -> list[PartitionTable]:
+    known = known or {}
+    return build_tables(
+        _raw(records),
+        [f"batch-{i // 2}" for i in range(len(records))],
+        source="conn",
+        ingested_at=NOW,
+        known_schema=known.get,
+        **kw,
+    )
+
+
+def one_table(records: list[dict[str, Any]], **kw: Any) -> pa.Table:
+    """All records share a type and a partition: the single table."""
+    parts = build(records, **kw)
+    assert len(parts) == 1, [p.partition for p in parts]
+    return parts[0].table
+
+
+def by_path(table: pa.Table) -> dict[tuple[str, ...], pa.Field]:
+    return {field_path(f): f for f in table.schema if f.name not in META_COLUMNS}
+
+
+# -- naming ------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(), min_size=1, max_size=5).map(tuple), st.sampled_from([0, 1, 2]))
+def test_column_name_round_trips_for_any_path(path: tuple[str, ...], fold: int) -> None:
+    name = column_name(path, fold=fold)
+    assert column_path(name) == path
+    assert name and not name.startswith("_")
+    assert name.lower() not in ("record_type", "event_date", "ingest_date")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.text(max_size=4), min_size=1, max_size=3).map(tuple), min_size=2, max_size=2, unique=True
+    )
+)
+def test_distinct_paths_never_share_a_name(paths: list[tuple[str, ...]]) -> None:
+    assert column_name(paths[0]) != column_name(paths[1])
+
+
+def test_naming_examples() -> None:
+    assert column_name(("location", "lat")) == "location__lat"
+    assert column_name(("a.b",)) == "a%2Eb"
+    assert column_name(("a__b",)) == "a%5F%5Fb"
+    assert column_name(("_record_key",)) == "%5Frecord_key"
+    assert column_name(("type",)) == "type"  # record fields keep their names...
+    assert column_name(("record_type",)) == "%72ecord_type"  # ...unless they equal a partition key
+    assert column_name(("",)) == "%-"
+    assert column_name(("a/b", "x%")) == "a%2Fb__x%25"
+
+
+def test_dotted_double_underscore_and_nested_keys_get_distinct_columns() -> None:
+    table = one_table([{"type": "t", "a.b": 1, "a__b": 2, "a": {"b": 3}}])
+    cols = by_path(table)
+    assert {p: table.column(f.name)[0].as_py() for p, f in cols.items() if p[0] != "type"} == {
+        ("a.b",): 1,
+        ("a__b",): 2,
+        ("a", "b"): 3,
+    }
+
+
+def test_keys_differing_in_case_stay_distinct_case_insensitively() -> None:
+    table = one_table([{"type": "t", "Speed": 1, "speed": 2, "SPEED": 3}])
+    data = [n for n in table.column_names if n not in META_COLUMNS]
+    assert len({n.lower() for n in data}) == len(data)
+    cols = by_path(table)
+    assert table.column(cols[("speed",)].name)[0].as_py() == 2
+    assert table.column(cols[("Speed",)].name)[0].as_py() == 1
+    assert table.column(cols[("SPEED",)].name)[0].as_py() == 3
+    assert cols[("speed",)].name == "speed"  # the lower-case spelling keeps its plain name
+    for path, field in cols.items():
+        assert column_path(field.name) == path
+
+
+def test_known_names_keep_theirs_when_a_new_case_variant_arrives() -> None:
+    first = one_table([{"type": "t", "Speed": 1}])
+    second = one_table([{"type": "t", "speed": 2}], known={"t": first.schema})
+    cols = by_path(second)
+    assert cols[("Speed",)].name == "Speed"
+    assert cols[("speed",)].name.lower() != "speed"
+    assert column_path(cols[("speed",)].name) == ("speed",)
+
+
+def test_record_fields_named_like_partitions_or_metadata_are_kept() -> None:
+    rec = {
+        "type": "t",
+        "date": "2026-01-02T03:04:05Z",
+        "record_type": "x",
+        "_record_key": "mine",
+        "event_date": 5,
+    }
+    table = one_table([rec])
+    cols = by_path(table)
+    assert table.column(cols[("type",)].name)[0].as_py() == "t"
+    assert table.column(cols[("record_type",)].name)[0].as_py() == "x"
+    assert table.column(cols[("_record_key",)].name)[0].as_py() == "mine"
+    assert table.column(cols[("event_date",)].name)[0].as_py() == 5
+    assert table.column("_record_key")[0].as_py() == record_key(rec)
+    assert cols[("date",)].name == "date"
+    assert table.column("date")[0].as_py() == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+# -- type lattice --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected_type", "expected"),
+    [
+        ([1, 2.5], pa.float64(), [1.0, 2.5]),
+        ([1, None, 3], pa.int64(), [1, None, 3]),
+        ([1, "x"], pa.string(), ["1", "x"]),
+        ([True, 1], pa.string(), ["true", "1"]),
+        ([2**53, -(2**53)], pa.int64(), [2**53, -(2**53)]),
+        ([2**53 + 1, 1], pa.string(), [str(2**53 + 1), "1"]),
+        ([2**64, 1.5], pa.string(), [str(2**64), "1.5"]),
+        ([None, None], pa.null(), [None, None]),
+        ([[1, 2], []], pa.string(), ["[1,2]", "[]"]),
+        ([{}, 3], pa.string(), ["{}", "3"]),
+        (["2026-11-25T10:11:12.345Z", "2026-11-25T12:00:00+02:00"], TIMESTAMP, None),
+        (["2026-11-25T10:11:12Z", "not a time"], pa.string(), ["2026-11-25T10:11:12Z", "not a time"]),
+        (["2026-11-25T10:11:12Z", "2026-13-01T00:00:00Z"], pa.string(), None),
+        (["2026-11-25T10:11:12"], pa.string(), ["2026-11-25T10:11:12"]),  # no zone: not an instant
+        (["2026-11-25T10:11:12Z", 5], pa.string(), ["2026-11-25T10:11:12Z", "5"]),
+    ],
+)
+def test_lattice(values: list[Any], expected_type: pa.DataType, expected: list[Any] | None) -> None:
+    table = one_table([{"type": "t", "v": v} for v in values])
+    assert table.schema.field("v").type == expected_type
+    if expected is not None:
+        assert table.column("v").to_pylist() == expected
+
+
+def test_iso_timestamps_are_converted_to_utc() -> None:
+    table = one_table(
+        [{"type": "t", "v": "2026-11-25T12:00:00.5+02:00"}, {"type": "t", "v": "2026-11-25T10:11:12Z"}]
+    )
+    assert table.column("v").to_pylist() == [
+        datetime(2026, 11, 25, 10, 0, 0, 500000, tzinfo=UTC),
+        datetime(2026, 11, 25, 10, 11, 12, tzinfo=UTC),
+    ]
+
+
+def test_object_and_scalar_at_the_same_key_both_land() -> None:
+    table = one_table([{"type": "t", "a": {"b": 1}}, {"type": "t", "a": 7}])
+    assert table.column("a__b").to_pylist() == [1, None]
+    assert table.column("a").to_pylist() == [None, 7]
+
+
+def test_deep_nesting_and_unicode() -> None:
+    deep: dict[str, Any] = {"leaf": "ü"}
+    for i in range(50):
+        deep = {f"k{i}": deep}
+    table = one_table([{"type": "t", "d": deep, "名前": "Zoë 🚚"}])
+    (path,) = [p for p in by_path(table) if p[0] == "d"]
+    assert len(path) == 52 and path[-1] == "leaf"
+    assert table.column(column_name(path))[0].as_py() == "ü"
+    assert table.column("名前")[0].as_py() == "Zoë 🚚"
+
+
+def test_all_rows_land_even_when_keys_appear_late() -> None:
+    # pa.Table.from_pylist would drop "late" (absent from the first row).
+    table = one_table([{"type": "t", "a": 1}] * 3 + [{"type": "t", "late": "x"}])
+    assert table.column("late").to_pylist() == [None, None, None, "x"]
+
+
+def test_widening_across_calls_via_known_schema() -> None:
+    t1 = one_table([{"type": "t", "n": 1, "s": 2, "ts": "2026-11-25T10:11:12Z", "gone": 1}])
+    t2 = one_table([{"type": "t", "n": 1.5, "s": "x", "ts": "later"}], known={"t": t1.schema})
+    assert t2.schema.field("n").type == pa.float64()
+    assert t2.schema.field("s").type == pa.string()
+    assert t2.schema.field("ts").type == pa.string()
+    assert t2.schema.field("gone").type == pa.int64()  # published columns stay, as nulls
+    assert t2.column("gone").to_pylist() == [None]
+    # A narrower batch after the widening is built at the wider types (the text kept as sent).
+    t3 = one_table([{"type": "t", "n": 2, "s": 3, "ts": "2026-11-25T10:11:12.000Z"}], known={"t": t2.schema})
+    assert t3.schema.field("n").type == pa.float64() and t3.column("n").to_pylist() == [2.0]
+    assert t3.column("s").to_pylist() == ["3"]
+    assert t3.column("ts").to_pylist() == ["2026-11-25T10:11:12.000Z"]
+    assert t3.schema.equals(widen(t2.schema, t3.schema))
+
+
+def test_widen_is_a_lattice_join() -> None:
+    a = pa.schema([("x", pa.int64()), ("y", pa.bool_()), ("z", pa.null())])
+    b = pa.schema([("x", pa.float64()), ("y", pa.int64()), ("z", TIMESTAMP), ("w", pa.string())])
+    assert widen(a, b) == pa.schema(
+        [("x", pa.float64()), ("y", pa.string()), ("z", TIMESTAMP), ("w", pa.string())]
+    )
+    assert widen(b, b) == b
+
+
+def test_one_schema_per_record_type_across_partitions() -> None:
+    parts = build(
+        [
+            {"type": "t", "date": "2026-11-01T00:00:00Z", "a": 1},
+            {"type": "t", "date": "2026-11-02T00:00:00Z", "b": "x"},
+            {"type": "u", "a": True},
+        ]
+    )
+    t_parts = [p for p in parts if p.record_type == "t"]
+    assert len(t_parts) == 2
+    assert t_parts[0].table.schema == t_parts[1].table.schema
+    assert {p.partition["event_date"] for p in t_parts} == {"2026-11-01", "2026-11-02"}
+    (u,) = [p for p in parts if p.record_type == "u"]
+    assert u.partition == {"record_type": "u", "event_date": "unknown"}
+    assert u.table.schema.field("a").type == pa.bool_()
+
+
+# -- nothing dropped --------------------------------------------------------------------------------------------
+
+
+def _leaves(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in obj.items():
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, (*prefix, k)))
+        else:
+            out[(*prefix, k)] = v
+    return out
+
+
+def _as_stored(value: Any, typ: pa.DataType) -> Any:
+    if pa.types.is_string(typ) and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if pa.types.is_timestamp(typ):
+        return datetime.fromisoformat(value).astimezone(UTC)
+    if pa.types.is_floating(typ):
+        return float(value)
+    return value
+
+
+def test_every_value_of_a_mixed_set_lands() -> None:
+    records = [
+        {
+            "type": "telemetry",
+            "date": "2026-11-25T10:11:12Z",
+            "owner": {"id": 1, "name": "A"},
+            "zones": [1, {"b": 2}],
+        },
+        {"type": "telemetry", "date": "2026-11-25T11:00:00Z", "owner": {"id": 2.5}, "io": {}, "x.y": None},
+        {"type": "telemetry", "date": "2026-11-25T12:00:00Z", "owner": "flat", "Speed": 1, "speed": True},
+        {
+            "type": "telemetry",
+            "date": "2026-11-25T13:00:00Z",
+            "big": 2**60,
+            "s": "2026-11-25T10:11:12Z",
+            "": "e",
+        },
+        {"type": "telemetry", "date": "2026-11-25T14:00:00Z", "s": "nope", "__": {"_": ["ü"]}},
+    ]
+    table = one_table(records)
+    fields = by_path(table)
+    rows = table.to_pylist()
+    for record, row in zip(records, rows, strict=True):
+        expected = {p: v for p, v in _leaves(record).items() if v is not None}
+        got = {p: row[f.name] for p, f in fields.items() if row[f.name] is not None}
+        assert set(got) == set(expected)
+        for path, value in expected.items():
+            assert got[path] == _as_stored(value, fields[path].type), path
+
+
+def test_raw_column_keeps_the_original_text() -> None:
+    raw = [b'{"type":"t","b":1,  "a":2.50}']
+    (part,) = build_tables(raw, ["b1"], source="s", ingested_at=NOW, include_raw=True)
+    assert part.table.column("_raw").to_pylist() == ['{"type":"t","b":1,  "a":2.50}']
+    assert part.table.column("_batch_id").to_pylist() == ["b1"]
+    assert part.table.column("_source").to_pylist() == ["s"]
+    assert part.table.column("_ingested_at").to_pylist() == [NOW]
+    assert part.batch_ids == frozenset({"b1"})
+
+
+def test_a_record_that_is_not_an_object_raises() -> None:
+    with pytest.raises(ValueError, match="not a JSON object"):
+        build_tables([b"[1,2]"], ["b"], source="s", ingested_at=NOW)
+    with pytest.raises(ValueError):
+        build_tables([b"{nope"], ["b"], source="s", ingested_at=NOW)
+
+
+# -- record keys ----------------------------------------------------------------------------------------------
+
+VECTORS = [
+    ({"type": "telemetry", "id": 1}, "8cb3b258eca6ae554461682544c25e18"),
+    (
+        {"type": "événement", "owner": {"name": "Zoë 🚚", "id": 7}, "b": [1, 2.5, {"y": None, "x": True}]},
+        "ff2784da6f40cf1811ed0e35662b4ace",
+    ),
+    ({"z": 1e-05, "a": 1e16, "m": 0.1, "n": -0.0}, "d720343467e6a2ae3661ce616ca894ed"),
+    ({}, "2afb9b83f9314e5d029766197f539792"),
+]
+
+
+@pytest.mark.parametrize(("record", "key"), VECTORS)
+def test_record_key_vectors(record: dict[str, Any], key: str) -> None:
+    assert record_key(record) == key
+    # build_tables takes a faster encoder when it can: the key must not change.
+    (part,) = build_tables(_raw([record]), ["b"], source="s", ingested_at=NOW)
+    assert part.table.column("_record_key").to_pylist() == [key]
+
+
+def test_canonical_json_is_sorted_compact_utf8() -> None:
+    assert (
+        canonical_json({"b": 1, "a": {"d": "é", "c": [1.0, 1e16]}})
+        == '{"a":{"c":[1.0,1e+16],"d":"é"},"b":1}'.encode()
+    )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), json_values, max_size=5))
+def test_fast_record_key_equals_the_reference(record: dict[str, Any]) -> None:
+    (part,) = build_tables(_raw([record]), ["b"], source="s", ingested_at=NOW)
+    assert part.table.column("_record_key")[0].as_py() == record_key(record)
+
+
+# -- partitions ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "day"),
+    [
+        ({"date": "2026-11-25T23:30:00-02:00", "received": "2020-01-01T00:00:00Z"}, "2026-11-26"),
+        ({"date": "garbage", "eventDate": "2026-11-24T10:00:00Z"}, "2026-11-24"),
+        ({"date": 12345, "dateEnd": "2026-11-23T10:00:00.123Z"}, "2026-11-23"),
+        ({"received": "2026-11-22"}, "2026-11-22"),
+        ({"received": "2026-02-30T00:00:00Z"}, "unknown"),
+        ({"type": "x"}, "unknown"),
+    ],
+)
+def test_event_date(record: dict[str, Any], day: str) -> None:
+    assert event_date(record) == day
+
+
+def test_ingest_date_partition() -> None:
+    parts = build(
+        [{"type": "t", "date": "2020-01-01T00:00:00Z"}], partition_by=("record_type", "ingest_date")
+    )
+    assert parts[0].partition == {"record_type": "t", "ingest_date": "2026-11-26"}
+
+
+@pytest.mark.parametrize(
+    "value", ["../../etc", "..", ".hidden", "a/b", "a\\b", "k=v", "x\x00y\n", "", None, "%2F"]
+)
+def test_sanitized_partition_values_cannot_escape(value: object) -> None:
+    safe = sanitize_partition_value(value)
+    assert safe and "/" not in safe and "\\" not in safe and "=" not in safe and ".." not in safe
+    assert not safe.startswith(".")
+    assert all(ord(c) >= 0x20 for c in safe)
+
+
+def test_sanitize_is_deterministic_distinct_and_bounded() -> None:
+    assert sanitize_partition_value("../../etc") == "%2E%2E%2F.%2E%2Fetc"
+    assert sanitize_partition_value("a/b") != sanitize_partition_value("a%2Fb")
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(sanitize_partition_value(long_a)) <= 120
+    assert sanitize_partition_value(long_a) != sanitize_partition_value(long_b)
+    assert sanitize_partition_value("telemetry") == "telemetry"
+
+
+def test_hostile_record_type_is_sanitized_in_the_partition() -> None:
+    parts = build([{"type": "../../etc"}, {"type": ""}, {"type": 5}])
+    assert {p.record_type for p in parts} == {"%2E%2E%2F.%2E%2Fetc", "unknown"}
+    for p in parts:
+        assert "/" not in p.partition["record_type"]

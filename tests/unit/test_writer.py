@@ -1,0 +1,235 @@
+"""LakeWriter on the local filesystem (and fsspec's memory filesystem as an object store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.lake.schema import build_tables
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_pandas
+
+NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+
+
+def land(writer: LakeWriter, records: list[dict[str, Any]]) -> list[str]:
+    """What the drain does: build against the published schema, then write every partition."""
+    parts = build_tables(
+        [json.dumps(r).encode() for r in records],
+        ["b1"] * len(records),
+        source="conn",
+        ingested_at=NOW,
+        known_schema=writer.load_schema,
+    )
+    return [writer.write(p.table, p.partition).path for p in parts]
+
+
+def parquet_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.parquet"))
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> LakeWriter:
+    return LakeWriter(LocalFileSystem(), str(tmp_path), writer_id="w1")
+
+
+def test_write_lays_out_hive_partitions_and_verifies(writer: LakeWriter, tmp_path: Path) -> None:
+    table = pa.table({"a": [1, 2, 3]})
+    written = writer.write(table, {"record_type": "telemetry", "event_date": "2026-11-25"})
+    path = Path(written.path)
+    assert path.parent == tmp_path / "record_type=telemetry" / "event_date=2026-11-25"
+    assert path.name.startswith("part-") and path.suffix == ".parquet"
+    assert written.rows == 3 and written.bytes == path.stat().st_size
+    assert written.uri == "file://" + written.path
+    assert pq.read_table(path).column("a").to_pylist() == [1, 2, 3]
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left behind
+
+
+def test_uri_prefix_is_the_user_facing_url(tmp_path: Path) -> None:
+    w = LakeWriter(LocalFileSystem(), str(tmp_path), uri_prefix="s3://bucket/lake/")
+    written = w.write(pa.table({"a": [1]}), {"record_type": "t", "event_date": "unknown"})
+    assert written.uri.startswith("s3://bucket/lake/record_type=t/event_date=unknown/part-")
+
+
+def test_file_names_never_collide(writer: LakeWriter, tmp_path: Path) -> None:
+    paths = {writer.write(pa.table({"a": [i]}), {"record_type": "t"}).path for i in range(60)}
+    assert len(paths) == 60 and len(parquet_files(tmp_path)) == 60
+
+
+def test_failing_write_leaves_no_visible_file(
+    writer: LakeWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    table = pa.table({"a": [1]})
+    writer.save_schema("t", table.schema)  # published already: the data file is what fails
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(KtExportWriteError) as err:
+        writer.write(table, {"record_type": "t", "event_date": "unknown"})
+    assert "No space left" in str(err.value)
+    assert "record_type=t/event_date=unknown" in err.value.destination
+    assert parquet_files(tmp_path) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and ".tmp-" in p.name] == []
+
+
+def test_temp_files_are_invisible_to_globs_and_cleaned_up(writer: LakeWriter, tmp_path: Path) -> None:
+    writer.write(pa.table({"a": [1]}), {"record_type": "t"})
+    part_dir = tmp_path / "record_type=t"
+    stale = part_dir / ".part-x.parquet.tmp-abc"
+    fresh = part_dir / ".part-y.parquet.tmp-def"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert [p.name for p in parquet_files(tmp_path)] == [p.name for p in part_dir.glob("*.parquet")]
+    assert len(parquet_files(tmp_path)) == 1
+    con = duckdb.connect()
+    assert con.sql(f"select count(*) from read_parquet('{tmp_path}/**/*.parquet')").fetchall() == [(1,)]
+    assert writer.cleanup_temp(older_than_seconds=3600) == 1
+    assert not stale.exists() and fresh.exists()
+
+
+class TruncatingFS(MemoryFileSystem):
+    """An object store that acknowledges a PUT but keeps a truncated body."""
+
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        super().pipe_file(path, value[: len(value) // 2], **kwargs)
+
+
+def test_verification_failure_raises_and_removes_the_bad_file() -> None:
+    fs = TruncatingFS()
+    w = LakeWriter(fs, "/lake-trunc", writer_id="w")
+    with pytest.raises(KtExportWriteError) as err:
+        w.write(pa.table({"a": list(range(1000))}), {"record_type": "t"})
+    assert "Verifying" in str(err.value) and "size" in str(err.value)
+    assert "record_type=t/part-" in err.value.destination
+    assert [p for p in fs.find("/lake-trunc") if p.endswith(".parquet")] == []
+
+
+def test_object_store_write_is_one_pipe_and_readable() -> None:
+    fs = MemoryFileSystem()
+    w = LakeWriter(fs, "memory://lake-ok", writer_id="w")
+    written = w.write(pa.table({"a": [1, 2]}), {"record_type": "t", "event_date": "2026-11-25"})
+    assert written.path.startswith("/lake-ok/record_type=t/event_date=2026-11-25/part-")
+    assert written.uri.startswith("memory://")
+    assert read_lake(fs, "/lake-ok").column("a").to_pylist() == [1, 2]
+
+
+def test_unsanitised_partition_is_refused(writer: LakeWriter, tmp_path: Path) -> None:
+    with pytest.raises(KtExportWriteError, match="sanitised"):
+        writer.write(pa.table({"a": [1]}), {"record_type": "../../etc"})
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_hostile_record_type_lands_inside_the_root(writer: LakeWriter, tmp_path: Path) -> None:
+    (path,) = land(writer, [{"type": "../../etc", "x": 1}])
+    assert Path(path).resolve().is_relative_to(tmp_path.resolve())
+    assert read_lake(str(tmp_path)).column("record_type").to_pylist() == ["../../etc"]
+
+
+def test_quarantine_once_per_body(writer: LakeWriter, tmp_path: Path) -> None:
+    first = writer.quarantine(b"\x1f\x8b garbage", reason="not JSON", batch_id="b1")
+    meta_path = tmp_path / "_quarantine" / (Path(first).stem + ".json")
+    meta = json.loads(meta_path.read_text())
+    again = writer.quarantine(b"\x1f\x8b garbage", reason="still not JSON", batch_id="b2")
+    assert first == again
+    assert json.loads(meta_path.read_text()) == meta  # first sighting kept
+    assert meta["reason"] == "not JSON" and meta["batch_id"] == "b1" and meta["first_seen"]
+    other = writer.quarantine(b"other", reason="r", batch_id=None)
+    assert other != first
+    assert sorted(p.suffix for p in (tmp_path / "_quarantine").iterdir()) == [
+        ".body",
+        ".body",
+        ".json",
+        ".json",
+    ]
+    assert (tmp_path / "_quarantine" / Path(first).name).read_bytes() == b"\x1f\x8b garbage"
+
+
+def test_schema_store_merges_two_writers(tmp_path: Path) -> None:
+    fs = LocalFileSystem()
+    w1 = LakeWriter(fs, str(tmp_path), writer_id="w1")
+    w2 = LakeWriter(fs, str(tmp_path), writer_id="w2")
+    w1.save_schema("t", pa.schema([("a", pa.int64()), ("b", pa.bool_())]))
+    w2.save_schema("t", pa.schema([("a", pa.float64()), ("c", pa.string())]))
+    # w1 narrower again: its file never narrows, and w2's widening is not lost.
+    w1.save_schema("t", pa.schema([("a", pa.int64())]))
+    merged = LakeWriter(fs, str(tmp_path), writer_id="reader").load_schema("t")
+    assert merged is not None
+    assert {f.name: f.type for f in merged} == {"a": pa.float64(), "b": pa.bool_(), "c": pa.string()}
+    assert sorted(p.name for p in (tmp_path / "_schema" / "t").iterdir()) == ["w1.json", "w2.json"]
+    assert LakeWriter(fs, str(tmp_path)).load_schema("nothing") is None
+
+
+def test_widened_lake_reads_through_published_schema(writer: LakeWriter, tmp_path: Path) -> None:
+    land(writer, [{"type": "telemetry", "telemetry": {"ignition": 1}, "n": 1}])
+    land(writer, [{"type": "telemetry", "telemetry": {"ignition": "on"}, "n": 2.5}])
+    land(writer, [{"type": "trip", "id": "t1", "dateEnd": "2026-11-25T10:00:00Z"}])
+    files = parquet_files(tmp_path / "record_type=telemetry")
+    assert {str(pq.read_schema(f).field("telemetry__ignition").type) for f in files} == {"int64", "string"}
+    table = read_lake(str(tmp_path))
+    assert table.num_rows == 3
+    assert table.schema.field("telemetry__ignition").type == pa.string()
+    assert table.schema.field("n").type == pa.float64()
+    rows = {r["_record_key"]: r for r in table.to_pylist()}
+    assert sorted(r["telemetry__ignition"] or "" for r in rows.values()) == ["", "1", "on"]
+    assert sorted(r["record_type"] for r in rows.values()) == ["telemetry", "telemetry", "trip"]
+    only_trip = read_lake(LocalFileSystem(), str(tmp_path), record_type="trip")
+    assert only_trip.column("id").to_pylist() == ["t1"]
+    assert only_trip.column("event_date").to_pylist() == ["2026-11-25"]
+    df = read_lake_pandas(str(tmp_path))
+    assert len(df) == 3 and "telemetry__ignition" in df.columns
+
+
+def test_duckdb_and_pandas_read_the_lake(writer: LakeWriter, tmp_path: Path) -> None:
+    records = [
+        {
+            "type": "telemetry",
+            "date": "2026-11-25T10:11:12.345Z",
+            "location": {"speed": 5},
+            "Speed": 1,
+            "nothing": None,
+        },
+        {
+            "type": "telemetry",
+            "date": "2026-11-25T11:00:00Z",
+            "location": {"speed": 7.5},
+            "speed": 2,
+            "nothing": None,
+        },
+        {"type": "event", "eventDate": "2026-11-24T10:00:00Z", "details": {"asset": {"id": 9}}},
+    ]
+    land(writer, records)
+    land(writer, [{"type": "telemetry", "date": "2026-11-25T12:00:00Z", "location": {"speed": "fast"}}])
+    con = duckdb.connect()
+    rel = con.sql(
+        f"select record_type, event_date, date, location__speed, speed, nothing, details__asset__id "
+        f"from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true, union_by_name=true) "
+        "order by _record_key"
+    )
+    rows = rel.fetchall()
+    assert len(rows) == 4
+    telemetry = sorted((r for r in rows if r[0] == "telemetry"), key=lambda r: str(r[3]))
+    assert [r[3] for r in telemetry] == ["5.0", "7.5", "fast"]  # DuckDB casts the older double file
+    # The record's own date survives next to the partition day.
+    assert {str(r[2])[:19] for r in telemetry} >= {"2026-11-25 10:11:12"}
+    assert {str(r[1]) for r in rows} == {"2026-11-25", "2026-11-24"}
+    assert sorted(r[4] for r in rows if r[4] is not None) == [2]
+    assert [r[6] for r in rows if r[0] == "event"] == [9]
+    import pandas as pd
+
+    df = pd.read_parquet(next(iter(parquet_files(tmp_path / "record_type=event"))))
+    assert df["details__asset__id"].tolist() == [9]
