@@ -13,7 +13,12 @@ from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperat
 OPTIONS = json.loads(os.environ.get("KTEXPORT_IT_OPTIONS", "{}"))
 
 
-@dag(dag_id="ktexport_it_drain", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False)
+@dag(
+    dag_id="ktexport_it_drain",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+)
 def ktexport_it_drain():
     KtExportToParquetOperator(
         task_id="drain",
