@@ -161,8 +161,11 @@ class KtExportSensor(BaseSensorOperator):
             )
             return {"lease_ends_at": event["lease_ends_at"], "record_count": event.get("record_count")}
         if status == "timeout":
+            message = f"Sensor has timed out: {event.get('message')}"
+            # Logged here because soft_fail replaces it with a generic skip message.
+            self.log.warning("%s", message)
             # An AirflowException: soft_fail turns it into a skip, as in poke mode.
-            raise AirflowSensorTimeout(f"Sensor has timed out: {event.get('message')}")
+            raise AirflowSensorTimeout(message)
         # auth -> KtExportAuthError (not an AirflowException, so soft_fail cannot hide it), ...
         raise error_from_event(event)
 
