@@ -76,6 +76,19 @@ def airflow(env: dict[str, str], *args: str, log: Path) -> None:
         raise SystemExit(f"`airflow {' '.join(args)}` failed with code {code}; full log: {log}")
 
 
+def show_emulator(url: str) -> None:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as resp:  # noqa: S310 - loopback
+        stats = json.load(resp)
+    print(
+        f"\nEmulator: emitted {stats['emitted']} records; acknowledged {stats['acked_records']} in "
+        f"{stats['acked']} batches; {stats['queued']} still queued, {stats['leased']} batches still leased, "
+        f"{stats['redelivered']} redelivered"
+    )
+
+
 def show_lake(lake: Path) -> None:
     import duckdb
 
@@ -86,7 +99,7 @@ def show_lake(lake: Path) -> None:
     glob = str(lake / "**" / "*.parquet")
     con = duckdb.connect()
     per_partition = con.execute(
-        "SELECT record_type, event_date, count(*) AS files_rows, count(DISTINCT filename) AS files "
+        "SELECT record_type, CAST(event_date AS VARCHAR), count(*) AS rows_, count(DISTINCT filename) AS files "
         f"FROM read_parquet('{glob}', hive_partitioning=true, union_by_name=true, filename=true) "
         "GROUP BY ALL ORDER BY ALL"
     ).fetchall()
@@ -122,6 +135,7 @@ def main() -> int:
         started = time.monotonic()
         airflow(env, "dags", "test", DAG_ID, log=log)
         print(f"DAG run finished in {time.monotonic() - started:.1f} s")
+        show_emulator(url)
         show_lake(lake)
     finally:
         emulator.send_signal(signal.SIGTERM)
