@@ -395,7 +395,10 @@ class Drain:
             include_raw=self.config.include_raw,
             known_schema=self._known_schema,
         )
-        self._save_schemas(tables)
+        for part in tables:
+            # Later flushes build at these (widened) types; the writer publishes a widening to the
+            # lake's schema store before any file written at the new types is visible.
+            self._schemas[part.record_type] = part.table.schema
         written_bytes = 0
         for part in tables:
             written = self.writer.write(part.table, part.partition)
@@ -449,15 +452,6 @@ class Drain:
         if record_type not in self._schemas:
             self._schemas[record_type] = self.writer.load_schema(record_type)
         return self._schemas[record_type]
-
-    def _save_schemas(self, tables: Sequence[PartitionTable]) -> None:
-        for part in tables:
-            schema = part.table.schema
-            known = self._schemas.get(part.record_type)
-            if known is None or not known.equals(schema):
-                # Publish a widening before any file written at the new types can be seen.
-                self.writer.save_schema(part.record_type, schema)
-                self._schemas[part.record_type] = schema
 
     def _note_lag(self, tables: Sequence[PartitionTable], now: datetime) -> None:
         import pyarrow.compute as pc
