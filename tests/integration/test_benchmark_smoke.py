@@ -1,0 +1,84 @@
+"""Smoke run of the drain benchmark with a few thousand records: it still runs and reports every figure.
+
+No timing assertions (a shared CI machine is noisy): the shape of the JSON, and that every case,
+the drain above all, landed and acknowledged every record it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDS = 3000
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "latest.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "benchmarks.drain_bench", "--records", str(RECORDS), "--skip-1m"),
+            *("--latency-ms", "20", "--latency-records", str(RECORDS), "--micro-records", "2000"),
+            *("--out", str(out)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == printed, "the printed JSON and the written file differ"
+    return printed
+
+
+def test_report_has_every_figure_ratio_and_target(report: dict) -> None:
+    assert {"machine", "settings", "micro", "figures", "ratios", "targets", "runs"} <= report.keys()
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["versions"]["pyarrow"]
+    figures = report["figures"]
+    for case in "abc":
+        assert figures["cpu_s_per_100k"][case] > 0
+        assert figures["records_per_s"]["0ms"][case] > 0
+        assert figures["records_per_s"]["20ms"][case] > 0
+    assert figures["peak_rss_mb"]["empty"] > 0 and figures["peak_rss_mb"]["n"] > 0
+    assert figures["peak_rss_mb"]["big"] is None  # --skip-1m
+    assert set(report["ratios"]) >= {
+        "cpu_c_over_a",
+        "cpu_b_over_c",
+        "wall_c_over_a_at_20ms",
+        "rss_big_over_n",
+    }
+    for name, target in report["targets"].items():
+        assert "met" in target, name
+        assert target["met"] in (True, False, None), name
+    assert report["targets"]["rss_big_over_n_max_1.2"]["met"] is None  # not measured, not claimed
+    assert report["micro"]["fastest_decoder"] in ("msgspec", "orjson", "json")
+
+
+def test_every_case_drained_the_whole_queue(report: dict) -> None:
+    runs = report["runs"]
+    assert {"a_0ms", "b_0ms", "c_0ms", "a_20ms", "b_20ms", "c_20ms", "c_empty"} <= runs.keys()
+    for name, run in runs.items():
+        expected = 0 if name == "c_empty" else RECORDS
+        assert run["records"] == expected, name
+        assert run["emulator"]["acked_records"] == expected, name
+        assert run["emulator"]["queued"] == 0 and run["emulator"]["leased"] == 0, name
+
+
+def test_the_drain_landed_every_record_once_and_acked_after_writing(report: dict) -> None:
+    for name in ("c_0ms", "c_20ms"):
+        checks = report["runs"][name]["checks"]
+        assert checks["landed_rows"] == RECORDS, name
+        assert checks["distinct_seqs"] == RECORDS, name
+        assert checks["early_acks"] == 0, name
+        assert report["runs"][name]["drain"]["ack_failed"] == 0, name
+    assert report["runs"]["b_0ms"]["checks"]["landed_rows"] == RECORDS
+    assert report["targets"]["semantics_ack_after_write_within_lease"]["met"] is True
