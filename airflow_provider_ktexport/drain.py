@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 #: Partition keys the provider knows how to derive.
 PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 
+#: Acknowledgements of one flush sent at once: a 50k-record flush is ~100 DELETEs, which must not
+#: eat the lease one round trip at a time when the server is far away.
+ACK_CONCURRENCY = 16
+
+#: Leased batches the fetchers may hand over while the main thread is busy flushing. The main
+#: thread moves them into the buffer (lease clock included) as soon as it is free, so this only
+#: keeps the network busy during a flush; it bounds memory at about this many batches' bytes.
+HANDOFF_BATCHES = 64
+
+
+def connections_needed(max_in_flight: int) -> int:
+    """HTTP connections a drain keeps busy at once: outstanding GETs plus concurrent acks."""
+    return max_in_flight + ACK_CONCURRENCY
+
+
 #: Columns holding a record's own time, in the order the partition uses them.
 _RECORD_TIME_COLUMNS = ("date", "eventDate", "dateEnd", "received")
 
@@ -151,7 +166,7 @@ class _Fetcher:
         self._keep_polling = keep_polling
         self._stop = threading.Event()
         self._abandon = threading.Event()
-        self.results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(2, n))
+        self.results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(n, HANDOFF_BATCHES))
         self._threads = [
             threading.Thread(target=self._loop, name=f"ktexport-fetch-{i}", daemon=True) for i in range(n)
         ]
@@ -242,7 +257,7 @@ class Drain:
         self._records: list[bytes] = []
         self._record_batch: list[str] = []
         self._schemas: dict[str, Any] = {}
-        self._ack_pool = ThreadPoolExecutor(max_workers=max(4, config.max_in_flight), thread_name_prefix="ktexport-ack")
+        self._ack_pool = ThreadPoolExecutor(max_workers=ACK_CONCURRENCY, thread_name_prefix="ktexport-ack")
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -254,6 +269,7 @@ class Drain:
         until_mono = None
         if cfg.drain_until is not None:
             until_mono = started + (cfg.drain_until - time.time()) + self.client.long_poll_seconds
+
         def keep_polling() -> bool:
             return not cfg.stop_when_empty or (until_mono is not None and time.monotonic() < until_mono)
 
@@ -268,12 +284,12 @@ class Drain:
                 now = time.monotonic()
                 if now >= run_deadline:
                     break
-                if self._held and now >= self._held[0].leased_at + cfg.flush_seconds:
+                if self._held and now >= self._oldest_lease() + cfg.flush_seconds:
                     self._flush("lease age")
                     continue
                 wait = run_deadline - now
                 if self._held:
-                    wait = min(wait, self._held[0].leased_at + cfg.flush_seconds - now)
+                    wait = min(wait, self._oldest_lease() + cfg.flush_seconds - now)
                 try:
                     kind, item = fetcher.results.get(timeout=max(0.01, min(wait, 1.0)))
                 except queue.Empty:
@@ -343,7 +359,7 @@ class Drain:
             return
         if killed:
             # Land what is held only while the oldest lease leaves room to write and acknowledge.
-            oldest_age = time.monotonic() - self._held[0].leased_at
+            oldest_age = time.monotonic() - self._oldest_lease()
             if oldest_age > self.config.flush_seconds:
                 self.log.warning(
                     "Stopping with %d leased batches too close to their lease end to land safely; "
@@ -360,6 +376,10 @@ class Drain:
         self._records.extend(batch.raw_items)
         self._record_batch.extend([batch.id] * len(batch.raw_items))
         self.result.batches += 1
+
+    def _oldest_lease(self) -> float:
+        # Fetchers hand batches over in completion order, not lease order.
+        return min(h.leased_at for h in self._held)
 
     def _quarantine(self, exc: KtExportProtocolError) -> None:
         path = self.writer.quarantine(exc.body, reason=str(exc), batch_id=exc.batch_id)
@@ -410,14 +430,15 @@ class Drain:
         t_written = time.monotonic()
         # Every file of this flush is verified: acknowledge all its batches, concurrently so a
         # large flush does not eat its lease one round trip at a time.
-        oldest_age = t_written - held[0].leased_at
+        oldest_lease = min(h.leased_at for h in held)
+        oldest_age = t_written - oldest_lease
         outcomes = list(self._ack_pool.map(self._ack_one, [h.id for h in held]))
         acked = sum(outcomes)
         self.result.acked += acked
         self.result.ack_failed += len(outcomes) - acked
         self.result.flushes += 1
         prev = self.result.max_ack_lease_age_s or 0.0
-        self.result.max_ack_lease_age_s = max(prev, time.monotonic() - held[0].leased_at)
+        self.result.max_ack_lease_age_s = max(prev, time.monotonic() - oldest_lease)
         elapsed = time.monotonic() - t0
         self.log.info(
             "Flush (%s): %d records from %d batches -> %d files, %d bytes in %.2f s (%.0f records/s); "

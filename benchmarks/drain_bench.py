@@ -316,7 +316,12 @@ def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
     split = _CpuSplit()
     # The drain calls the module-level name: wrapping it there times Arrow building without touching it.
     drain_mod.build_tables = split.wrap("build_tables", drain_mod.build_tables)
-    client = _CheckedClient(KtExportClient(url, API_KEY, long_poll_seconds=LONG_POLL_SECONDS), split)
+    client = _CheckedClient(
+        KtExportClient(
+            url, API_KEY, long_poll_seconds=LONG_POLL_SECONDS, pool_size=drain_mod.connections_needed(4)
+        ),
+        split,
+    )
     writer = _CheckedWriter(LakeWriter(fsspec.filesystem("file"), str(lake)), split, client)
     config = drain_mod.DrainConfig(
         max_runtime=CHILD_TIMEOUT / 2, lease_seconds=LEASE_SECONDS, source="benchmark"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, ObjectStoragePath
 
-from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.writer import LakeWriter
@@ -170,7 +170,10 @@ class KtExportToParquetOperator(BaseOperator):
         removed = writer.cleanup_temp()
         if removed:
             self.log.info("Removed %d temporary files left by an earlier, interrupted run", removed)
-        hook = KtExportHook(ktexport_conn_id=self.ktexport_conn_id)
+        # One keep-alive connection per outstanding GET and concurrent ack.
+        hook = KtExportHook(
+            ktexport_conn_id=self.ktexport_conn_id, pool_size=connections_needed(self.max_in_flight)
+        )
         self.log.info("Draining connection %r into %s", self.ktexport_conn_id, uri)
         try:
             result = Drain(hook.client, writer, config, should_stop=self._stop.is_set, logger=self.log).run()
