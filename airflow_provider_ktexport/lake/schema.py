@@ -3,19 +3,22 @@
 Pure functions, no I/O. The rules are documented for users in ``docs/schema-mapping.md``:
 
 - nested objects are flattened into columns joined by ``__``; every key is escaped by one
-  reversible percent rule (:func:`column_name` / :func:`column_path`), so no two paths share a
-  column and no data column can be mistaken for a partition key or a ``_`` metadata column;
-- column types come from a lattice (null < bool; null < int64 < float64; timestamp; string on
-  top), widened against the lake's published schema so types only ever widen;
+  reversible percent rule (:mod:`.naming`), so no two paths share a column and no data column
+  can be mistaken for a partition key or a ``_`` metadata column;
+- column types come from a lattice (:mod:`.types`), widened against the lake's published schema
+  so types only ever widen;
 - nothing is dropped or nulled: a value that does not fit its column's type is stored as its
   JSON text in a string column.
+
+Columns come from Arrow's JSON reader over the raw bytes when it provably gives the documented
+result (:mod:`.arrowjson`), else from the decoded dicts; both give the same table. Each record
+is decoded once for its key and dropped at once, so a flush never holds all its dicts.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,11 +29,35 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from airflow_provider_ktexport.lake import arrowjson
+from airflow_provider_ktexport.lake.naming import (
+    PARTITION_KEYS,
+    PATH_METADATA_KEY,
+    assign_names,
+    column_name,
+    column_path,
+    escape_segment,
+    field_path,
+    is_plain,
+    is_safe_partition_value,
+    path_metadata,
+    sanitize_partition_value,
+)
+from airflow_provider_ktexport.lake.types import (
+    SORTED_ENCODER,
+    TIMESTAMP,
+    build_column,
+    canonical_text,
+    widen,
+    widen_type,
+)
+
 __all__ = [
     "META_COLUMNS",
     "PARTITION_KEYS",
     "PATH_METADATA_KEY",
     "RECORD_KEY_HASH",
+    "TIMESTAMP",
     "PartitionTable",
     "build_tables",
     "canonical_json",
@@ -38,6 +65,7 @@ __all__ = [
     "column_path",
     "event_date",
     "field_path",
+    "is_safe_partition_value",
     "record_key",
     "sanitize_partition_value",
     "widen",
@@ -45,11 +73,6 @@ __all__ = [
 ]
 
 RECORD_KEY_HASH = "blake2b-128"
-#: Field metadata key holding the JSON list of the original key path of a data column.
-PATH_METADATA_KEY = b"ktexport.path"
-#: Hive partition keys the lake may use; a data column never takes one of these names.
-PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
-TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: Metadata columns added to every row, in table order (``_raw`` only when asked for).
 META_COLUMNS: dict[str, pa.DataType] = {
     "_record_key": pa.string(),
@@ -58,23 +81,14 @@ META_COLUMNS: dict[str, pa.DataType] = {
     "_source": pa.string(),
     "_raw": pa.string(),
 }
+_RESERVED = {m.lower() for m in META_COLUMNS}
 EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
-MAX_INT_EXACT = 2**53
-_PARTITION_MAX_LEN = 100
-_EMPTY_SEGMENT = "%-"
-_NoneType = type(None)
-
-# RFC 3339 shape: a date, a time with at least minutes, fraction up to microseconds (finer
-# would lose digits) and a zone (Z or offset). Arrow's cast then rejects impossible dates.
-_ISO_TS_RE = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})$"
-)
-_ISO_TS = re.compile(_ISO_TS_RE)
 # event_date is a partition choice, not a stored value: it also takes a bare date, or a time
 # without zone (read as UTC).
 _ISO_LOOSE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
 )
+_MISSING = object()
 
 
 # -- canonical JSON and record keys ----------------------------------------------------------------
@@ -85,7 +99,7 @@ def canonical_json(record: object) -> bytes:
 
     Floats are written as Python's ``json`` module writes them (``1e+16``, ``0.1``).
     """
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return canonical_text(record).encode("utf-8")
 
 
 def record_key(record: object) -> str:
@@ -93,197 +107,13 @@ def record_key(record: object) -> str:
     return hashlib.blake2b(canonical_json(record), digest_size=16).hexdigest()
 
 
-def _float_safe(v: float) -> bool:
-    # msgspec writes exactly what json.dumps writes for a float unless repr() uses an exponent,
-    # which Python does below 1e-4 and from 1e16 on.
-    return v == 0.0 or 1e-4 <= abs(v) < 1e16
-
-
-def _fast_safe(obj: Any) -> bool:
-    """True when msgspec's sorted encoding of ``obj`` equals :func:`canonical_json` (pinned by tests)."""
-    t = type(obj)
-    if t is float:
-        return _float_safe(obj)
-    if t is dict:
-        return all(_fast_safe(v) for v in obj.values())
-    if t is list:
-        return all(_fast_safe(v) for v in obj)
-    return True
-
-
-def _record_key_fast(record: dict[str, Any], safe: bool) -> str:
-    data = msgspec.json.encode(record, order="sorted") if safe else canonical_json(record)
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-# -- column naming -----------------------------------------------------------------------------------
-
-
-def _pct(c: str) -> str:
-    return "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
-
-
-def _must_escape(c: str) -> bool:
-    o = ord(c)
-    return c in "%./" or o < 0x20 or 0x7F <= o <= 0x9F
-
-
-def _escape_segment(seg: str, fold: int = 0) -> str:
-    """Escape one key. ``fold`` 1 also escapes upper-case letters, 2 every cased letter."""
-    if not seg:
-        return _EMPTY_SEGMENT
-    last = len(seg) - 1
-    out = []
-    for i, c in enumerate(seg):
-        if _must_escape(c):
-            out.append(_pct(c))
-        elif c == "_" and (i == 0 or i == last or seg[i - 1] == "_" or seg[i + 1] == "_"):
-            # Escaped segments never start/end with "_" nor hold "__": "__" is only ever a separator.
-            out.append("%5F")
-        elif fold and (c != c.lower() if fold == 1 else c.lower() != c.upper()):
-            out.append(_pct(c))
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _is_plain(seg: str) -> bool:
-    # Fast path: most keys need no escaping at all.
-    return (
-        bool(seg)
-        and seg.isprintable()
-        and "%" not in seg
-        and "." not in seg
-        and "/" not in seg
-        and ("_" not in seg or (seg[0] != "_" and seg[-1] != "_" and "__" not in seg))
-    )
-
-
-def column_name(path: tuple[str, ...], *, fold: int = 0) -> str:
-    """The column name of a key path: escaped keys joined by ``__`` (see docs/schema-mapping.md).
-
-    Reversible by :func:`column_path` for any non-empty tuple of strings. ``fold`` > 0 gives the
-    case-insensitively distinct spellings used when two keys differ only in case.
-    """
-    if not path:
-        raise ValueError("a column path needs at least one key")
-    name = "__".join(seg if (fold == 0 and _is_plain(seg)) else _escape_segment(seg, fold) for seg in path)
-    if len(path) == 1 and name.lower() in PARTITION_KEYS:
-        # A record field called e.g. "record_type" must not shadow the hive partition key.
-        name = _pct(name[0]) + name[1:]
-    return name
-
-
-_PCT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
-
-
-def _unescape_segment(seg: str) -> str:
-    if seg == _EMPTY_SEGMENT:
-        return ""
-    if "%" not in seg:
-        return seg
-    return _PCT_RUN.sub(
-        lambda m: bytes.fromhex(m.group(0).replace("%", "")).decode("utf-8", "surrogatepass"), seg
-    )
-
-
-def column_path(name: str) -> tuple[str, ...]:
-    """The key path a column name stands for (inverse of :func:`column_name`)."""
-    if not name:
-        raise ValueError("empty column name")
-    return tuple(_unescape_segment(seg) for seg in name.split("__"))
-
-
-def field_path(field: pa.Field) -> tuple[str, ...]:
-    """The original key path of a data column: from its metadata, else decoded from its name."""
-    meta = field.metadata or {}
-    raw = meta.get(PATH_METADATA_KEY)
-    if raw is not None:
-        return tuple(json.loads(raw))
-    return column_path(field.name)
-
-
-def _uppercase_count(path: tuple[str, ...]) -> int:
-    return sum(1 for seg in path for c in seg if c != c.lower())
-
-
-def _assign_names(paths: dict[str, tuple[str, ...]], known: dict[tuple[str, ...], str]) -> dict[str, str]:
-    """Map each canonical name to its final, case-insensitively unique column name.
-
-    Existing (known) names keep theirs; new ones are taken in order of (upper-case letters,
-    canonical name) and get the first free spelling of: canonical, upper-case letters
-    percent-encoded, every cased letter percent-encoded.
-    """
-    taken = {n.lower() for n in known.values()} | {m.lower() for m in META_COLUMNS}
-    result: dict[str, str] = {}
-    new: list[tuple[int, str, tuple[str, ...]]] = []
-    for canon, path in paths.items():
-        if path in known:
-            result[canon] = known[path]
-        else:
-            new.append((_uppercase_count(path), canon, path))
-    # Group by lower-case so names with no case clash keep their canonical spelling cheaply.
-    groups: dict[str, int] = {}
-    for _, canon, _p in new:
-        low = canon.lower()
-        groups[low] = groups.get(low, 0) + 1
-    for _, canon, path in sorted(new):
-        low = canon.lower()
-        if groups[low] == 1 and low not in taken:
-            name = canon
-        else:
-            for fold in (0, 1, 2):
-                name = column_name(path, fold=fold)
-                if name.lower() not in taken:
-                    break
-            else:  # pragma: no cover - fold 2 leaves no letter outside escapes, so it is always free
-                raise ValueError(f"cannot name column for key path {path!r}")
-        taken.add(name.lower())
-        result[canon] = name
-    return result
+def _fast_key(record: dict[str, Any]) -> str:
+    # msgspec's sorted encoding; rows where it differs from canonical_json (a float written with
+    # an exponent) are found while building the columns and keyed again by record_key.
+    return hashlib.blake2b(SORTED_ENCODER.encode(record), digest_size=16).hexdigest()
 
 
 # -- partitions ----------------------------------------------------------------------------------------
-
-_PARTITION_UNSAFE = set('/\\=%:*?"<>|#')
-
-
-def sanitize_partition_value(value: object) -> str:
-    """A safe hive partition value: never a path separator, ``..``, control character or ``=``.
-
-    Unsafe characters (``/ \\ = % : * ? " < > | #``, control characters, a leading ``.`` and a
-    ``.`` following another ``.``) are percent-encoded (readers decode them: DuckDB and pyarrow
-    both do); ``None``/empty becomes ``unknown``; values longer than 100 characters are cut and
-    get a hash suffix so distinct values stay distinct.
-    """
-    text = "" if value is None else str(value)
-    if not text:
-        return "unknown"
-    out = []
-    prev = ""
-    for i, c in enumerate(text):
-        o = ord(c)
-        if c in _PARTITION_UNSAFE or o < 0x20 or 0x7F <= o <= 0x9F or (c == "." and (i == 0 or prev == ".")):
-            out.append(_pct(c))
-        else:
-            out.append(c)
-        prev = c
-    safe = "".join(out)
-    if len(safe) > _PARTITION_MAX_LEN:
-        cut = safe[:_PARTITION_MAX_LEN]
-        pos = cut.rfind("%", len(cut) - 2)
-        if pos != -1:  # never cut an escape in half
-            cut = cut[:pos]
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        safe = f"{cut}~{digest}"
-    return safe
-
-
-def is_safe_partition_value(value: str) -> bool:
-    """True for a value :func:`sanitize_partition_value` could have produced (checked before writing)."""
-    if not value or len(value) > _PARTITION_MAX_LEN + 17 or value.startswith(".") or ".." in value:
-        return False
-    return not any(c in "/\\=" or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
 
 
 def _parse_loose(value: object) -> datetime | None:
@@ -291,11 +121,11 @@ def _parse_loose(value: object) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: the UTC instant is outside years 1-9999
         return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def event_date(record: dict[str, Any]) -> str:
@@ -316,100 +146,49 @@ def record_type_of(record: dict[str, Any]) -> str:
     return sanitize_partition_value(t) if type(t) is str and t else "unknown"
 
 
-# -- type lattice ----------------------------------------------------------------------------------------
+_YEAR_1000 = pa.scalar(datetime(1000, 1, 1, tzinfo=UTC), TIMESTAMP)
+_YEAR_1 = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
 
 
-def widen_type(a: pa.DataType, b: pa.DataType) -> pa.DataType:
-    """Join of two column types on the lattice (null < bool; null < int64 < float64; timestamp; string)."""
-    if a == b:
-        return a
-    if pa.types.is_null(a):
-        return b
-    if pa.types.is_null(b):
-        return a
-    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b):
-        return TIMESTAMP
-    if {a, b} == {pa.int64(), pa.float64()}:
-        return pa.float64()
-    return pa.string()
+def _days_of_times(arr: pa.Array) -> pa.Array:
+    """``event_date``'s day of each time of a timestamp column (null where Python could not say)."""
+    days = pc.strftime(arr, format="%Y-%m-%d")
+    # Python's strftime writes years below 1000 without zero padding, and a time whose UTC
+    # instant leaves years 1-9999 does not parse at all: such rare rows go through Python.
+    odd = pc.fill_null(pc.less(arr, _YEAR_1000), False)
+    if not pc.any(odd).as_py():
+        return days
+    out = days.to_pylist()
+    for j in pc.indices_nonzero(odd).to_pylist():
+        out[j] = None if pc.less(arr[j], _YEAR_1).as_py() else arr[j].as_py().strftime("%Y-%m-%d")
+    return pa.array(out, pa.string())
 
 
-def widen(a: pa.Schema, b: pa.Schema) -> pa.Schema:
-    """Per-column lattice join of two schemas; columns of ``a`` first, then those only in ``b``."""
-    fields = []
-    b_names = set(b.names)
-    for fa in a:
-        if fa.name in b_names:
-            fb = b.field(fa.name)
-            fields.append(
-                pa.field(fa.name, widen_type(fa.type, fb.type), metadata=fa.metadata or fb.metadata)
-            )
-        else:
-            fields.append(fa)
-    a_names = set(a.names)
-    fields.extend(fb for fb in b if fb.name not in a_names)
-    return pa.schema(fields, metadata=a.metadata or b.metadata)
+def _event_dates(columns: dict[tuple[str, ...], pa.Array], n: int) -> pa.Array:
+    """:func:`event_date` of every row, from the built columns (vectorised for timestamp columns)."""
+    days: pa.Array = pa.nulls(n, pa.string())
+    for name in EVENT_TIME_FIELDS:
+        arr = columns.get((name,))
+        if arr is None:
+            continue
+        if pa.types.is_timestamp(arr.type):
+            # Arrow's cast accepted these strict RFC 3339 texts; fromisoformat reads them alike.
+            days = pc.coalesce(days, _days_of_times(arr))
+        elif pa.types.is_string(arr.type):
+            todo = pc.indices_nonzero(pc.fill_null(pc.and_(days.is_null(), arr.is_valid()), False))
+            if len(todo):
+                out = days.to_pylist()
+                for j, value in zip(todo.to_pylist(), arr.take(todo).to_pylist(), strict=True):
+                    parsed = _parse_loose(value)
+                    if parsed is not None:
+                        out[j] = parsed.strftime("%Y-%m-%d")
+                days = pa.array(out, pa.string())
+        if days.null_count == 0:
+            break
+    return pc.fill_null(days, "unknown")
 
 
-def _json_text(v: Any) -> str | None:
-    if v is None or type(v) is str:
-        return v
-    return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _timestamps(values: list[Any]) -> pa.Array | None:
-    """The column as UTC timestamps when every non-null value is a strict ISO-8601 time, else None."""
-    first = next((v for v in values if v is not None), None)
-    if first is None or not _ISO_TS.match(first):
-        return None
-    arr = pa.array(values, pa.string())
-    if not pc.all(pc.match_substring_regex(arr, _ISO_TS_RE)).as_py():
-        return None
-    try:
-        return pc.cast(arr, TIMESTAMP)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-
-
-def _infer(values: list[Any]) -> tuple[pa.DataType, pa.Array | None, set[type]]:
-    """The lattice type of a column's values, the array when inference already built it, and the
-    Python types seen."""
-    kinds = set(map(type, values))
-    kinds.discard(_NoneType)
-    if not kinds:
-        return pa.null(), None, kinds
-    if kinds == {str}:
-        ts = _timestamps(values)
-        return (TIMESTAMP, ts, kinds) if ts is not None else (pa.string(), None, kinds)
-    if kinds == {bool}:
-        return pa.bool_(), None, kinds
-    if kinds <= {int, float}:
-        if int in kinds:
-            ints = [v for v in values if type(v) is int]
-            if min(ints) < -MAX_INT_EXACT or max(ints) > MAX_INT_EXACT:
-                return pa.string(), None, kinds  # never through float: it would round the value
-        return (pa.int64() if kinds == {int} else pa.float64()), None, kinds
-    return pa.string(), None, kinds
-
-
-def _build(
-    values: list[Any], target: pa.DataType, inferred: pa.DataType, built: pa.Array | None, kinds: set[type]
-) -> pa.Array:
-    if built is not None and target == inferred:
-        return built
-    if pa.types.is_null(target) or pa.types.is_null(inferred):
-        return pa.nulls(len(values), target)
-    if pa.types.is_string(target):
-        if kinds == {str}:
-            # Strings (also time strings going into a string column) keep their original text.
-            return pa.array(values, pa.string())
-        return pa.array([_json_text(v) for v in values], pa.string())
-    if pa.types.is_timestamp(target):
-        return built if built is not None else pc.cast(pa.array(values, pa.string()), TIMESTAMP)
-    return pa.array(values, target)
-
-
-# -- flattening -----------------------------------------------------------------------------------------
+# -- flattening (the dict path) -------------------------------------------------------------------------
 
 
 class _Columns:
@@ -430,7 +209,7 @@ class _Columns:
             name = column_name(path)
         else:
             path = (*parent[2], key)
-            name = parent[0] + "__" + (key if _is_plain(key) else _escape_segment(key))
+            name = parent[0] + "__" + (key if is_plain(key) else escape_segment(key))
         ent = [name, {}, path, None]  # name, children, path, values
         node[key] = ent
         return ent
@@ -460,12 +239,68 @@ class _Columns:
                 lst.extend([None] * (j - len(lst)))
             lst.append(v)
 
-    def finish(self, n: int) -> dict[str, list[Any]]:
-        """The columns, each padded to ``n`` rows."""
+    def finish(self, n: int) -> dict[tuple[str, ...], list[Any]]:
+        """The columns by key path, each padded to ``n`` rows."""
         for lst in self.cols.values():
             if len(lst) != n:
                 lst.extend([None] * (n - len(lst)))
-        return self.cols
+        return {self.paths[name]: lst for name, lst in self.cols.items()}
+
+
+def _decode(raw: Any) -> dict[str, Any]:
+    try:
+        record = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"record is not valid JSON: {exc}") from exc
+    if type(record) is not dict:
+        raise ValueError(f"record is not a JSON object but {type(record).__name__}")
+    return record
+
+
+def _dict_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], list[Any]], list[str]]:
+    """The dict path: decode, key and flatten record by record (each dict dropped at once)."""
+    flattener = _Columns()
+    keys: list[str] = []
+    for j, raw in enumerate(raws):
+        record = _decode(raw)
+        keys.append(_fast_key(record))
+        flattener.add(record, j)
+    return flattener.finish(len(raws)), keys
+
+
+def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for key in path:
+        if type(value) is not dict:
+            return _MISSING
+        value = value.get(key, _MISSING)
+    return value
+
+
+def _reader_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
+    """The reader path (see :mod:`.arrowjson`); None when it cannot give the dict path's table."""
+    found = arrowjson.read_columns(raws)
+    if found is None:
+        return None
+    leaves, probes = found
+    columns: dict[tuple[str, ...], Any] = dict(leaves)
+    probed = [(path, kind, []) for path, kind in probes.items()]
+    keys: list[str] = []
+    for raw in raws:
+        record = _decode(raw)
+        keys.append(_fast_key(record))
+        for path, kind, values in probed:
+            value = _probe(record, path)
+            if kind == arrowjson.LIST:
+                values.append(None if value is _MISSING else value)
+            else:  # an object path: the dict path makes a column of its null and {} values
+                values.append(value if value is None or value == {} else _MISSING)
+    for path, kind, values in probed:
+        if kind == arrowjson.LIST:
+            columns[path] = values
+        elif any(v is not _MISSING for v in values):
+            columns[path] = [None if v is _MISSING else v for v in values]
+    return columns, keys
 
 
 # -- building tables --------------------------------------------------------------------------------------
@@ -481,14 +316,26 @@ class PartitionTable:
     batch_ids: frozenset[str]
 
 
-def _decode(raw: Any) -> dict[str, Any]:
+class _Head(msgspec.Struct):
+    """Only the ``type`` of a record: grouping by type without building its dict."""
+
+    type: Any = None
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+
+
+def _type_of(raw: Any, cache: dict[str, str]) -> str:
     try:
-        record = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"record is not valid JSON: {exc}") from exc
-    if type(record) is not dict:
-        raise ValueError(f"record is not a JSON object but {type(record).__name__}")
-    return record
+        t = _HEAD.decode(raw).type
+    except msgspec.DecodeError:
+        t = _decode(raw).get("type")  # raises the dict path's error for a bad record
+    if type(t) is not str or not t:
+        return "unknown"
+    rtype = cache.get(t)
+    if rtype is None:
+        rtype = cache[t] = sanitize_partition_value(t)
+    return rtype
 
 
 def _known_paths(known: pa.Schema | None) -> dict[tuple[str, ...], str]:
@@ -556,98 +403,86 @@ def _build_tables(
     if ingested_at.tzinfo is None:
         ingested_at = ingested_at.replace(tzinfo=UTC)
     ingest_day = ingested_at.astimezone(UTC).strftime("%Y-%m-%d")
-    records = [_decode(raw) for raw in raw_records]
-    type_cache: dict[Any, str] = {}
+    type_cache: dict[str, str] = {}
     by_type: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        t = record.get("type")
-        rtype = type_cache.get(t) if type(t) is str else "unknown"
-        if rtype is None:
-            rtype = type_cache[t] = record_type_of(record)
-        by_type.setdefault(rtype, []).append(i)
+    for i, raw in enumerate(raw_records):
+        by_type.setdefault(_type_of(raw, type_cache), []).append(i)
 
     result: list[PartitionTable] = []
     for rtype, idx in by_type.items():
-        trecords = [records[i] for i in idx]
-        table = _type_table(
-            trecords,
+        raws = [raw_records[i] for i in idx]
+        table, days = _type_table(
+            raws,
             [batch_ids[i] for i in idx],
-            [raw_records[i] for i in idx] if include_raw else None,
+            include_raw=include_raw,
             source=source,
             ingested_at=ingested_at,
             known=known_schema(rtype),
         )
-        groups: dict[tuple[str, ...], list[int]] = {}
         fixed = {"record_type": rtype, "ingest_date": ingest_day}
-        for pos, record in enumerate(trecords):
-            part = tuple(fixed[k] if k in fixed else event_date(record) for k in partition_by)
-            groups.setdefault(part, []).append(pos)
-        for part, positions in groups.items():
-            sub = table if len(positions) == len(idx) else table.take(pa.array(positions, pa.int64()))
+        for day, positions in _split(days, "event_date" in partition_by):
+            part = tuple(fixed.get(k, day) for k in partition_by)
+            sub = table if len(positions) == len(idx) else table.take(positions)
             result.append(
                 PartitionTable(
                     record_type=rtype,
                     partition=dict(zip(partition_by, part, strict=True)),
                     table=sub,
-                    batch_ids=frozenset(batch_ids[idx[p]] for p in positions),
+                    batch_ids=frozenset(pc.unique(sub.column("_batch_id")).to_pylist()),
                 )
             )
     return result
 
 
-def _unsafe_rows(values: list[Any], kinds: set[type]) -> list[int]:
-    """Rows whose record key msgspec cannot compute (a float json.dumps writes with an exponent)."""
-    if float not in kinds and list not in kinds and dict not in kinds:
-        return []
+def _split(days: pa.Array, by_day: bool) -> list[tuple[str, pa.Array]]:
+    """(day, row positions) per distinct day, in order of first appearance."""
+    if not by_day:
+        return [("", pa.array(range(len(days)), pa.int64()))]
+    encoded = days.dictionary_encode()
+    if len(encoded.dictionary) == 1:
+        return [(encoded.dictionary[0].as_py(), pa.array(range(len(days)), pa.int64()))]
     return [
-        j
-        for j, v in enumerate(values)
-        if (type(v) is float and not _float_safe(v)) or (type(v) in (list, dict) and not _fast_safe(v))
+        (day, pc.indices_nonzero(pc.equal(encoded.indices, k)))
+        for k, day in enumerate(encoded.dictionary.to_pylist())
     ]
 
 
 def _type_table(
-    records: list[dict[str, Any]],
+    raws: list[Any],
     batch_ids: list[str],
-    raws: list[bytes] | None,
     *,
+    include_raw: bool,
     source: str,
     ingested_at: datetime,
     known: pa.Schema | None,
-) -> pa.Table:
-    """One record type's rows as a table at the widened (known + inferred) schema."""
-    n = len(records)
-    flattener = _Columns()
-    for j, record in enumerate(records):
-        flattener.add(record, j)
-    cols = flattener.finish(n)
-    names = _assign_names({c: flattener.paths[c] for c in cols}, _known_paths(known))
+) -> tuple[pa.Table, pa.Array]:
+    """One record type's rows as a table at the widened (known + inferred) schema, and each row's event day."""
+    n = len(raws)
+    found = _reader_columns(raws)
+    values, keys = found if found is not None else _dict_columns(raws)
+    paths = {column_name(path): path for path in values}
+    names = assign_names(paths, _known_paths(known), _RESERVED)
     columns: dict[str, tuple[pa.Field, pa.Array]] = {}
+    by_path: dict[tuple[str, ...], pa.Array] = {}
     unsafe: set[int] = set()
-    for canon, values in cols.items():
+    for canon, path in paths.items():
         name = names[canon]
-        inferred, built, kinds = _infer(values)
-        unsafe.update(_unsafe_rows(values, kinds))
-        target = inferred
-        if known is not None and name in known.names:
-            target = widen_type(known.field(name).type, inferred)
-        meta = {
-            PATH_METADATA_KEY: json.dumps(list(flattener.paths[canon]), ensure_ascii=False).encode("utf-8")
-        }
-        columns[name] = (
-            pa.field(name, target, metadata=meta),
-            _build(values, target, inferred, built, kinds),
-        )
+        known_type = known.field(name).type if known is not None and name in known.names else None
+        target, arr, bad = build_column(values[path], known_type)
+        unsafe.update(bad)
+        columns[name] = (pa.field(name, target, metadata=path_metadata(path)), arr)
+        by_path[path] = arr
+    del values
+    for j in unsafe:
+        keys[j] = record_key(_decode(raws[j]))
 
     meta_arrays: dict[str, pa.Array] = {
-        "_record_key": pa.array(
-            [_record_key_fast(r, j not in unsafe) for j, r in enumerate(records)], pa.string()
-        ),
+        "_record_key": pa.array(keys, pa.string()),
         "_batch_id": pa.array(batch_ids, pa.string()),
         "_ingested_at": pa.repeat(pa.scalar(ingested_at, TIMESTAMP), n),
         "_source": pa.repeat(pa.scalar(source, pa.string()), n),
     }
-    if raws is not None:
+    if include_raw:
         meta_arrays["_raw"] = pa.array([bytes(raw).decode("utf-8") for raw in raws], pa.string())
     elif known is not None and "_raw" in known.names:
         meta_arrays["_raw"] = pa.nulls(n, pa.string())
@@ -677,4 +512,4 @@ def _type_table(
         if name not in seen:
             fields.append(pa.field(name, arr.type))
             arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), _event_dates(by_path, n)

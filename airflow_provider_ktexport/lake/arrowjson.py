@@ -1,0 +1,146 @@
+"""The fast column path: a record type's raw JSON read by Arrow's C++ reader, then flattened.
+
+``pyarrow.json.read_json`` builds typed columns from the raw bytes far cheaper than decoding to
+dicts and flattening in Python, but it does not follow the lake's rules everywhere. So it is used
+only for a group it provably gets right, and :func:`read_columns` returns None for the rest (the
+caller then takes the dict path, which defines the result):
+
+- the reader fails on a type conflict (object vs scalar, bool vs number, number vs string,
+  duplicate keys, invalid surrogates, numbers beyond double): None;
+- an int64 column beyond +-2^53, or a double column holding a magnitude of 2^53 or more (it may
+  have been such an int) or a negative zero (it may have been the int ``-0``): None;
+- lists (canonical JSON text) and objects that may be ``null`` or ``{}`` (a ``{}`` is stored as
+  ``"{}"``, a present ``null`` makes a null column the reader cannot show): the caller reads
+  these *probe* paths from the decoded record it builds for the record key anyway;
+- all-second time strings the reader turned into timestamps: read again with them as strings,
+  so the lattice sees the text as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from airflow_provider_ktexport.lake.types import MAX_INT_EXACT
+
+__all__ = ["LIST", "OBJECT", "read_columns"]
+
+#: Probe kinds: the value at the path is a list (or null), or an object that may be null or {}.
+LIST = "list"
+OBJECT = "object"
+_MAX_BLOCK = 2**31 - 2
+_LEAF_TYPES = (pa.null(), pa.bool_(), pa.int64(), pa.float64(), pa.string())
+
+
+class _Reject(Exception):
+    """The reader's result cannot be made equal to the dict path's."""
+
+
+def _read(buf: bytes, multiline: bool, schema: pa.Schema | None) -> pa.Table:
+    return pj.read_json(
+        pa.py_buffer(buf),
+        read_options=pj.ReadOptions(use_threads=False, block_size=len(buf) + 1),
+        parse_options=pj.ParseOptions(
+            explicit_schema=schema, newlines_in_values=multiline, unexpected_field_behavior="infer"
+        ),
+    )
+
+
+def _untime(t: pa.DataType) -> tuple[pa.DataType, bool]:
+    """``t`` with every timestamp replaced by string, and whether there was one."""
+    if pa.types.is_timestamp(t):
+        return pa.string(), True
+    if pa.types.is_struct(t):
+        fields, changed = [], False
+        for f in t:
+            ft, c = _untime(f.type)
+            fields.append(f.with_type(ft))
+            changed |= c
+        return pa.struct(fields), changed
+    if pa.types.is_list(t):
+        vt, c = _untime(t.value_type)
+        return pa.list_(vt), c
+    return t, False
+
+
+def _check_leaf(arr: pa.Array) -> None:
+    t = arr.type
+    if t not in _LEAF_TYPES:
+        raise _Reject(str(t))
+    if arr.null_count == len(arr) or not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return
+    mm = pc.min_max(arr).as_py()
+    # A double of 2^53 may be the rounded int 2^53 + 1 (a string column on the dict path).
+    limit = MAX_INT_EXACT - 1 if pa.types.is_floating(t) else MAX_INT_EXACT
+    if mm["min"] < -limit or mm["max"] > limit:
+        raise _Reject("magnitude beyond 2^53")
+    if pa.types.is_floating(t):
+        negative_zero = pc.equal(arr.view(pa.int64()), -(2**63))
+        if pc.any(pc.and_(negative_zero, arr.is_valid())).as_py():
+            raise _Reject("negative zero")
+
+
+def _walk(
+    path: tuple[str, ...],
+    arr: pa.Array,
+    parent_valid: pa.Array | None,
+    leaves: dict[tuple[str, ...], pa.Array],
+    probes: dict[tuple[str, ...], str],
+) -> None:
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        probes[path] = LIST
+        return
+    if not pa.types.is_struct(t):
+        _check_leaf(arr)
+        leaves[path] = arr
+        return
+    children = arr.flatten()  # parent nulls carried into the children
+    if not children:  # only ever {} (or null) here
+        probes[path] = OBJECT
+        return
+    # A row of a present parent where this object is null, or where all its keys are null, may
+    # hold a null or {} here: the dict path makes a column of those, so read them from the dicts.
+    empty = pc.is_null(children[0])
+    for c in children[1:]:
+        empty = pc.and_(empty, pc.is_null(c))
+    if parent_valid is not None:
+        empty = pc.and_(empty, parent_valid)
+    if pc.any(empty).as_py():
+        probes[path] = OBJECT
+    valid = arr.is_valid()
+    for f, child in zip(t, children, strict=True):
+        _walk((*path, f.name), child, valid, leaves, probes)
+
+
+def read_columns(
+    raws: Sequence[Any],
+) -> tuple[dict[tuple[str, ...], pa.Array], dict[tuple[str, ...], str]] | None:
+    """Leaf columns by key path, and the probe paths, of one record type's records; None to fall back."""
+    buf = b"\n".join(raws)
+    if not raws or len(buf) >= _MAX_BLOCK:
+        return None
+    # A record with a line break inside (pretty-printed) needs the reader's slower multi-line mode.
+    multiline = buf.count(b"\n") != len(raws) - 1 or b"\r" in buf
+    try:
+        table = _read(buf, multiline, None)
+        untimed, changed = _untime(pa.struct(list(table.schema)))
+        if changed:
+            table = _read(buf, multiline, pa.schema(list(untimed)))
+    except pa.ArrowException:
+        return None
+    if table.num_rows != len(raws) or len(set(table.column_names)) != table.num_columns:
+        return None
+    leaves: dict[tuple[str, ...], pa.Array] = {}
+    probes: dict[tuple[str, ...], str] = {}
+    try:
+        for field, col in zip(table.schema, table.columns, strict=True):
+            arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+            _walk((field.name,), arr, None, leaves, probes)
+    except (_Reject, pa.ArrowException):
+        return None
+    return leaves, probes
