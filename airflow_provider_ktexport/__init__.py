@@ -32,7 +32,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "KT Export",
-                "python-modules": ["airflow_provider_ktexport.operators.ktexport"],
+                "python-modules": [
+                    "airflow_provider_ktexport.operators.ktexport",
+                    "airflow_provider_ktexport.operators.compact",
+                ],
             }
         ],
         "sensors": [

@@ -7,6 +7,7 @@ under ``./.demo`` (Airflow home, SQLite database, the lake); it is recreated on 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -59,9 +60,13 @@ def airflow_env(emulator_url: str, lake: Path) -> dict[str, str]:
         AIRFLOW_HOME=str(DEMO / "airflow"),
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW_CONN_KTEXPORT_DEFAULT=(
-            '{"conn_type": "ktexport", "host": "%s", "password": "%s", "extra": {"long_poll_seconds": 2}}'
-            % (emulator_url, API_KEY)
+        AIRFLOW_CONN_KTEXPORT_DEFAULT=json.dumps(
+            {
+                "conn_type": "ktexport",
+                "host": emulator_url,
+                "password": API_KEY,
+                "extra": {"long_poll_seconds": 2},
+            }
         ),
         AIRFLOW_VAR_KTEXPORT_LAKE=lake.as_uri(),
     )
@@ -70,14 +75,15 @@ def airflow_env(emulator_url: str, lake: Path) -> dict[str, str]:
 
 def airflow(env: dict[str, str], *args: str, log: Path) -> None:
     with log.open("ab") as out:
-        code = subprocess.call([str(Path(sys.executable).parent / "airflow"), *args], env=env, stdout=out, stderr=out)
+        code = subprocess.call(
+            [str(Path(sys.executable).parent / "airflow"), *args], env=env, stdout=out, stderr=out
+        )
     if code:
         sys.stdout.write(log.read_text(errors="replace")[-6000:])
         raise SystemExit(f"`airflow {' '.join(args)}` failed with code {code}; full log: {log}")
 
 
 def show_emulator(url: str) -> None:
-    import json
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as resp:  # noqa: S310 - loopback

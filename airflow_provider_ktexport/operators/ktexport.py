@@ -201,3 +201,6 @@ class KtExportToParquetOperator(BaseOperator):
     def on_kill(self) -> None:
         # Stop leasing at once; the drain lands what it holds only if the leases leave time.
         self._stop.set()
+
+
+from airflow_provider_ktexport.operators.compact import KtExportCompactOperator  # noqa: E402,F401

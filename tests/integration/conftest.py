@@ -40,7 +40,11 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
 
     name = "it-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]")
     s3 = boto3.client(
-        "s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_KEY, aws_secret_access_key=S3_KEY, region_name="us-east-1"
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_KEY,
+        region_name="us-east-1",
     )
     s3.create_bucket(Bucket=name)
     return name
@@ -49,7 +53,9 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
 def s3_filesystem(endpoint: str):
     import s3fs
 
-    return s3fs.S3FileSystem(key=S3_KEY, secret=S3_KEY, endpoint_url=endpoint, client_kwargs={"region_name": "us-east-1"})
+    return s3fs.S3FileSystem(
+        key=S3_KEY, secret=S3_KEY, endpoint_url=endpoint, client_kwargs={"region_name": "us-east-1"}
+    )
 
 
 @dataclass

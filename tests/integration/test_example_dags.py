@@ -19,7 +19,14 @@ def test_example_dags_load_without_errors():
 
     bag = DagBag(dag_folder=str(DAGS))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES=False (conftest)
     assert bag.import_errors == {}
-    assert {"ktexport_drain", "ktexport_sensor_then_drain"} <= set(bag.dag_ids)
+    assert {
+        "ktexport_drain",
+        "ktexport_sensor_then_drain",
+        "ktexport_drain_on_data",
+        "ktexport_to_duckdb",
+        "ktexport_drain_many",
+        "ktexport_compact",
+    } <= set(bag.dag_ids)
     for dag_id in bag.dag_ids:
         dag = bag.dags[dag_id]
         assert dag.tags and "ktexport" in dag.tags, dag_id

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -36,7 +34,9 @@ def lake_seqs(lake: Path) -> list[int]:
 
 @pytest.fixture
 def emulator():
-    with Emulator(api_key="it-key-5ecret", lease_seconds=120, long_poll_seconds=1, batch_size=250, seed=3) as emu:
+    with Emulator(
+        api_key="it-key-5ecret", lease_seconds=120, long_poll_seconds=1, batch_size=250, seed=3
+    ) as emu:
         yield emu
 
 

@@ -27,7 +27,9 @@ EMPTY = object()
 
 def make_batch(batch_id: str, seqs: range) -> Batch:
     raw = [
-        json.dumps({"type": "telemetry", "date": "2026-11-25T10:00:00Z", "seq": s, "location": {"lat": 1.5}}).encode()
+        json.dumps(
+            {"type": "telemetry", "date": "2026-11-25T10:00:00Z", "seq": s, "location": {"lat": 1.5}}
+        ).encode()
         for s in seqs
     ]
     return Batch(id=batch_id, raw_items=raw, leased_at=time.monotonic(), body_size=sum(map(len, raw)))
@@ -145,7 +147,11 @@ def test_write_failure_acknowledges_nothing_and_raises(tmp_path):
         def write(self, table, partition):
             raise KtExportWriteError("disk on fire", destination=str(lake))
 
-    drain = Drain(client, BrokenWriter(fsspec.filesystem("file"), str(lake)), DrainConfig(lease_seconds=8, flush_seconds=3))
+    drain = Drain(
+        client,
+        BrokenWriter(fsspec.filesystem("file"), str(lake)),
+        DrainConfig(lease_seconds=8, flush_seconds=3),
+    )
     with pytest.raises(KtExportWriteError, match="disk on fire"):
         drain.run()
     assert client.acks == []
@@ -215,7 +221,9 @@ def test_without_drain_until_the_first_empty_answer_ends_the_run(tmp_path):
 def test_undecodable_body_is_quarantined_and_not_acked_by_default(tmp_path):
     lake = tmp_path / "lake"
     body = b'{"id": "bad1", "items": [{"type": "tele'
-    client = FakeClient([KtExportProtocolError("truncated", body=body, batch_id="bad1"), make_batch("ok", range(2))])
+    client = FakeClient(
+        [KtExportProtocolError("truncated", body=body, batch_id="bad1"), make_batch("ok", range(2))]
+    )
     drain = run(client, lake, max_in_flight=1)
     assert drain.result.quarantined == 1
     assert client.acks == ["ok"]
@@ -234,7 +242,9 @@ def test_ack_quarantined_acknowledges_once_the_raw_copy_is_kept(tmp_path):
 
 def test_auth_error_lands_what_is_held_then_raises(tmp_path):
     lake = tmp_path / "lake"
-    client = FakeClient([make_batch("held", range(3)), KtExportAuthError("bad key", status_code=401)], lake=lake)
+    client = FakeClient(
+        [make_batch("held", range(3)), KtExportAuthError("bad key", status_code=401)], lake=lake
+    )
     with pytest.raises(KtExportAuthError):
         run(client, lake, max_in_flight=1)
     assert client.acks == ["held"]
@@ -258,7 +268,9 @@ def test_should_stop_stops_leasing_at_once(tmp_path):
         return make_batch(f"s{time.monotonic_ns()}", range(1))
 
     client = FakeClient([slow] * 1000, lake=lake)
-    drain = Drain(client, writer_for(lake), DrainConfig(lease_seconds=8, flush_seconds=3), should_stop=stop.is_set)
+    drain = Drain(
+        client, writer_for(lake), DrainConfig(lease_seconds=8, flush_seconds=3), should_stop=stop.is_set
+    )
     threading.Timer(0.5, stop.set).start()
     t0 = time.monotonic()
     drain.run()

@@ -71,7 +71,9 @@ def test_providers_manager_has_the_form(providers_manager) -> None:
 
     if Version(airflow_version) < Version("3.2"):
         # 3.1 builds the form from the hook's methods, and only where flask_appbuilder is installed.
-        pytest.importorskip("flask_appbuilder", reason="Airflow 3.1 needs flask_appbuilder for connection forms")
+        pytest.importorskip(
+            "flask_appbuilder", reason="Airflow 3.1 needs flask_appbuilder for connection forms"
+        )
     behaviour = providers_manager.field_behaviours.get("ktexport")
     assert behaviour is not None
     assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}

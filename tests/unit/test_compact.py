@@ -1,0 +1,246 @@
+"""Compaction engine (lake/compact.py) on a local folder and an in-memory object store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.lake.compact import compact_lake
+from airflow_provider_ktexport.lake.schema import build_tables
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+
+NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+LATER = time.time() + 3600  # "now" for compaction: every file is old enough
+
+
+def telemetry(seq: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "telemetry",
+        "date": "2026-11-25T10:00:00Z",
+        "asset": {"id": f"a{seq % 3}"},
+        "seq": seq,
+        **extra,
+    }
+
+
+def land(writer: LakeWriter, records: list[dict[str, Any]]) -> None:
+    """What the drain does: build against the published schema, write every partition."""
+    for p in build_tables(
+        [json.dumps(r).encode() for r in records],
+        ["b"] * len(records),
+        source="conn",
+        ingested_at=NOW,
+        known_schema=writer.load_schema,
+    ):
+        writer.write(p.table, p.partition)
+
+
+@pytest.fixture(params=["local", "memory"])
+def lake(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[Any, str]]:
+    if request.param == "local":
+        yield LocalFileSystem(), str(tmp_path / "lake")
+        return
+    fs = MemoryFileSystem()
+    root = f"/compact-{request.node.name.replace('[', '-').strip(']')}"
+    yield fs, root
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def data_files(fs: Any, root: str, record_type: str = "telemetry") -> list[str]:
+    return sorted(
+        p for p in fs.find(f"{root}/record_type={record_type}") if p.endswith(".parquet") and "/." not in p
+    )
+
+
+def seqs(fs: Any, root: str) -> list[int]:
+    return sorted(read_lake(fs, root).column("seq").to_pylist())
+
+
+def test_small_files_merge_and_duplicates_go(lake):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    for start in range(0, 50, 10):
+        land(writer, [telemetry(i) for i in range(start, start + 10)])
+    land(writer, [telemetry(i) for i in range(5, 15)])  # a redelivered batch: 10 duplicates
+    before = data_files(fs, root)
+    assert len(before) == 6 and len(seqs(fs, root)) == 60
+
+    result = compact_lake(fs, root, now=LATER)
+
+    after = data_files(fs, root)
+    assert len(after) == 1 and not set(after) & set(before)
+    assert seqs(fs, root) == list(range(50))  # every record once
+    summary = result.summary()
+    assert {k: summary[k] for k in ("partitions", "files_in", "files_out", "rows_in", "rows_out")} == {
+        "partitions": 1,
+        "files_in": 6,
+        "files_out": 1,
+        "rows_in": 60,
+        "rows_out": 50,
+    }
+    assert summary["duplicates_removed"] == 10 and summary["partitions_skipped_recent"] == 0
+    assert summary["bytes_in"] > 0 and summary["bytes_out"] > 0
+    assert result.files == [writer.uri_of(after[0])]
+    # A second run finds nothing to do and leaves the file alone.
+    again = compact_lake(fs, root, now=LATER)
+    assert again.partitions == 0 and again.partitions_unchanged == 1
+    assert data_files(fs, root) == after
+
+
+def test_files_from_before_a_widening_get_the_published_types(tmp_path):
+    fs, root = LocalFileSystem(), str(tmp_path / "lake")
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(1, ignition=1, n=1)])
+    land(writer, [telemetry(2, ignition="on", n=2.5)])
+    part = tmp_path / "lake" / "record_type=telemetry" / "event_date=2026-11-25"
+    # Two files, two types: a naive reader fails or not depending on which file it meets first.
+    assert {str(pq.read_schema(f).field("ignition").type) for f in part.glob("*.parquet")} == {
+        "int64",
+        "string",
+    }
+
+    compact_lake(fs, root, now=LATER)
+
+    table = pq.read_table(str(part))  # a naive reader works now
+    assert table.schema.field("ignition").type == pa.string()
+    assert table.schema.field("n").type == pa.float64()
+    assert sorted(zip(table.column("seq").to_pylist(), table.column("ignition").to_pylist())) == [
+        (1, "1"),
+        (2, "on"),
+    ]
+    with duckdb.connect() as con:
+        got = con.sql(f"SELECT count(*) FROM read_parquet('{part}/*.parquet')").fetchall()
+    assert got == [(2,)]
+
+
+def test_a_single_clean_file_is_left_alone_but_one_with_duplicates_is_rewritten(lake):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(i) for i in range(5)])
+    (only,) = data_files(fs, root)
+    result = compact_lake(fs, root, now=LATER)
+    assert result.partitions == 0 and result.partitions_unchanged == 1
+    assert data_files(fs, root) == [only]
+
+    # One file holding the same record twice (a batch redelivered within one drain run).
+    rows = read_lake(fs, root).drop_columns(["record_type", "event_date"])
+    fs.rm_file(only)
+    writer.write(
+        pa.concat_tables([rows, rows.slice(0, 2)]), {"record_type": "telemetry", "event_date": "2026-11-25"}
+    )
+    result = compact_lake(fs, root, now=LATER)
+    assert (result.files_in, result.files_out, result.duplicates_removed) == (1, 1, 2)
+    assert seqs(fs, root) == list(range(5))
+
+
+def test_recently_touched_partitions_are_skipped(lake):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(1)])
+    land(writer, [telemetry(2)])
+    before = data_files(fs, root)
+    result = compact_lake(fs, root, min_age_seconds=600)  # the files are seconds old
+    assert result.partitions_skipped_recent == 1 and result.partitions == 0
+    assert data_files(fs, root) == before
+    assert compact_lake(fs, root, min_age_seconds=0).partitions == 1
+
+
+def test_output_is_split_at_the_target_size(tmp_path):
+    fs, root = LocalFileSystem(), str(tmp_path / "lake")
+    writer = LakeWriter(fs, root, writer_id="drain")
+    for start in range(0, 4000, 500):
+        land(writer, [telemetry(i, pad="x" * 40 + str(i)) for i in range(start, start + 500)])
+    sizes = [fs.size(p) for p in data_files(fs, root)]
+    target_mb = 2.5 * max(sizes) / 2**20  # about 2-3 inputs per output
+    result = compact_lake(fs, root, target_file_mb=target_mb, now=LATER)
+    assert result.files_in == 8 and 2 <= result.files_out <= 4
+    assert seqs(fs, root) == list(range(4000))
+
+
+def test_big_files_are_kept_and_their_rows_not_written_again(tmp_path):
+    fs, root = LocalFileSystem(), str(tmp_path / "lake")
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(i, pad="y" * 200) for i in range(2000)])
+    (big,) = data_files(fs, root)
+    land(
+        writer, [telemetry(i, pad="y" * 200) for i in range(1990, 2010)]
+    )  # 10 duplicates of the big file's rows
+    result = compact_lake(fs, root, target_file_mb=fs.size(big) / 2**20, now=LATER)
+    assert big in data_files(fs, root)
+    assert (result.files_in, result.rows_in, result.rows_out) == (1, 20, 10)
+    assert seqs(fs, root) == list(range(2010))
+    # Now one small file of new rows sits beside the big one: nothing to fix, nothing rewritten.
+    small = [p for p in data_files(fs, root) if p != big]
+    again = compact_lake(fs, root, target_file_mb=fs.size(big) / 2**20, now=LATER)
+    assert again.partitions_unchanged == 1 and data_files(fs, root) == sorted([big, *small])
+
+
+def test_killed_between_write_and_delete_loses_nothing_and_heals(lake, monkeypatch):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(i) for i in range(10)])
+    land(writer, [telemetry(i) for i in range(10, 20)])
+    before = data_files(fs, root)
+
+    def killed(path: str) -> None:
+        raise KeyboardInterrupt("worker killed")
+
+    monkeypatch.setattr(fs, "rm_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compact_lake(fs, root, now=LATER)
+    monkeypatch.undo()
+    # Old and new files side by side: duplicates, removable by _record_key, and no row missing.
+    table = read_lake(fs, root)
+    assert len(data_files(fs, root)) == 3 and table.num_rows == 40
+    assert len(set(table.column("_record_key").to_pylist())) == 20
+
+    compact_lake(fs, root, now=LATER)
+    assert seqs(fs, root) == list(range(20))
+    assert not set(data_files(fs, root)) & set(before)
+
+
+def test_failed_write_removes_no_old_file(lake, monkeypatch):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(1)])
+    land(writer, [telemetry(2)])
+    before = data_files(fs, root)
+
+    def broken(self: LakeWriter, table: pa.Table, partition: Any) -> Any:
+        raise KtExportWriteError("disk full", destination=self.root)
+
+    monkeypatch.setattr(LakeWriter, "write", broken)
+    with pytest.raises(KtExportWriteError):
+        compact_lake(fs, root, now=LATER)
+    assert data_files(fs, root) == before
+
+
+def test_only_the_named_record_type_and_never_schema_or_quarantine(tmp_path):
+    fs, root = LocalFileSystem(), str(tmp_path / "lake")
+    writer = LakeWriter(fs, root, writer_id="drain")
+    for i in range(2):
+        land(writer, [telemetry(i), {"type": "trip", "id": f"t{i}", "dateEnd": "2026-11-25T10:00:00Z"}])
+    writer.quarantine(b"not json", reason="test", batch_id="x")
+    result = compact_lake(fs, root, record_type="trip", now=LATER)
+    assert result.partitions == 1 and len(data_files(fs, root, "trip")) == 1
+    assert len(data_files(fs, root)) == 2  # telemetry untouched
+    assert (tmp_path / "lake" / "_quarantine").is_dir()
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="target_file_mb"):
+        compact_lake(LocalFileSystem(), str(tmp_path), target_file_mb=0)
+    with pytest.raises(ValueError, match="min_age_seconds"):
+        compact_lake(LocalFileSystem(), str(tmp_path), min_age_seconds=-1)

@@ -1,0 +1,61 @@
+"""KtExportCompactOperator: arguments, templating, and a run on a local lake."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.lake.schema import build_tables
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.operators.compact import KtExportCompactOperator
+from airflow_provider_ktexport.operators.ktexport import KtExportCompactOperator as ReExported
+
+
+def land(writer: LakeWriter, seqs: range) -> None:
+    records = [{"type": "trip", "dateEnd": "2026-11-25T10:00:00Z", "seq": i} for i in seqs]
+    for p in build_tables(
+        [json.dumps(r).encode() for r in records],
+        ["b"] * len(records),
+        source="conn",
+        ingested_at=datetime(2026, 11, 26, tzinfo=UTC),
+        known_schema=writer.load_schema,
+    ):
+        writer.write(p.table, p.partition)
+
+
+def test_it_is_re_exported_next_to_the_drain_operator():
+    assert ReExported is KtExportCompactOperator
+    assert KtExportCompactOperator.template_fields == ("source",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"target_file_mb": 0}, "target_file_mb"), ({"min_age_minutes": -1}, "min_age_minutes")],
+)
+def test_bad_arguments_fail_at_parse_time(kwargs, match):
+    with pytest.raises(KtExportConfigError, match=match):
+        KtExportCompactOperator(task_id="c", source="file:///tmp/lake", **kwargs)
+
+
+def test_execute_compacts_a_local_lake_and_returns_the_summary(tmp_path):
+    root = tmp_path / "lake"
+    writer = LakeWriter(LocalFileSystem(), str(root), writer_id="drain")
+    land(writer, range(10))
+    land(writer, range(5, 20))  # 5 duplicates
+    op = KtExportCompactOperator(task_id="compact", source=root.as_uri(), min_age_minutes=0)
+    summary = op.execute({})  # type: ignore[arg-type]
+    assert {k: summary[k] for k in ("partitions", "files_in", "files_out", "rows_in", "rows_out")} == {
+        "partitions": 1,
+        "files_in": 2,
+        "files_out": 1,
+        "rows_in": 25,
+        "rows_out": 20,
+    }
+    assert summary["duplicates_removed"] == 5 and summary["source"] == root.as_uri()
+    assert all(f.startswith(root.as_uri() + "/record_type=trip/") for f in summary["files"])
+    assert sorted(read_lake(root.as_uri()).column("seq").to_pylist()) == list(range(20))
+    json.dumps(summary)  # fit for XCom
