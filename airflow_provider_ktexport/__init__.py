@@ -61,6 +61,12 @@ def get_provider_info() -> dict[str, Any]:
                     "placeholders": {
                         "host": "https://export.us1.kt1.io",
                         "password": "the export task's API key",
+                        "auth_location": "header",
+                        "verify": "true",
+                        "long_poll_seconds": "45",
+                        "connect_timeout": "10",
+                        "read_timeout": "75",
+                        "max_retries": "5",
                     },
                 },
                 "conn-fields": {

@@ -453,6 +453,8 @@ class KtExportClient:
             stream=True,
             # A redirect would carry x-access-token to wherever it points: never follow one.
             allow_redirects=False,
+            # Per request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override Session.verify.
+            verify=self.verify,
         )
         received_at = time.monotonic()
         try:
@@ -557,7 +559,7 @@ class KtExportClient:
         )
 
     def _transient_status_error(self, method: str, url: str, reply: _Reply) -> KtExportTransientError:
-        retry_after = _parse_retry_after(reply.headers.get("retry-after"))
+        retry_after = parse_retry_after(reply.headers.get("retry-after"))
         label = "rate limited" if reply.status == 429 else "temporarily unavailable"
         return KtExportTransientError(
             f"{method} {self._safe(url)} answered HTTP {reply.status} ({label})",
@@ -568,7 +570,7 @@ class KtExportClient:
     def _transport_error(self, method: str, url: str, exc: requests.RequestException) -> KtExportError:
         # Only the type name and a redacted text survive: the original holds the full URL.
         text = redact(str(exc), self._api_key)
-        if _has_cause(exc, ssl.SSLCertVerificationError):
+        if has_cause(exc, ssl.SSLCertVerificationError):
             return KtExportConfigError(
                 f"TLS certificate verification failed for {self.base_url} ({text}): fix the server "
                 f"certificate, or set extra 'verify' of {self._where()} to a CA bundle path"
@@ -639,7 +641,7 @@ def _check_verify(verify: bool | str) -> bool | str:
     raise KtExportConfigError(f"verify must be true, false or a CA bundle path, not {verify!r}")
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date; None if absent or bad."""
     if not value:
         return None
@@ -657,7 +659,7 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _has_cause(exc: BaseException, kind: type[BaseException]) -> bool:
+def has_cause(exc: BaseException, kind: type[BaseException]) -> bool:
     """Whether ``kind`` appears in the chain requests/urllib3 build (cause, context, args, reason)."""
     seen: set[int] = set()
     stack: list[Any] = [exc]

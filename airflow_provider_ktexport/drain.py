@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -275,6 +276,7 @@ class Drain:
 
         fetcher = _Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
         fetcher.start()
+        backlog: deque[tuple[str, Any]] = deque()
         stopped = "max_runtime"
         try:
             while True:
@@ -291,13 +293,17 @@ class Drain:
                 if self._held:
                     wait = min(wait, self._oldest_lease() + cfg.flush_seconds - now)
                 try:
-                    kind, item = fetcher.results.get(timeout=max(0.01, min(wait, 1.0)))
+                    if backlog:
+                        kind, item = backlog.popleft()
+                    else:
+                        kind, item = fetcher.results.get(timeout=max(0.01, min(wait, 1.0)))
                 except queue.Empty:
                     if not fetcher.alive() and fetcher.results.empty():
                         break  # every fetcher reached the run deadline
                     continue
                 if kind == "batch":
                     self._hold(item)
+                    self._take_ready(fetcher, backlog)
                     if len(self._records) >= cfg.flush_records:
                         self._flush("flush_records")
                 elif kind == "empty":
@@ -380,6 +386,22 @@ class Drain:
     def _oldest_lease(self) -> float:
         # Fetchers hand batches over in completion order, not lease order.
         return min(h.leased_at for h in self._held)
+
+    def _take_ready(self, fetcher: _Fetcher, backlog: deque[tuple[str, Any]]) -> None:
+        """Hold every batch the fetchers have already handed over, up to ``flush_records``.
+
+        Their leases started when they were fetched: they go into the next flush together
+        instead of one flush (and one round of acknowledgements) each while their leases run.
+        """
+        while len(self._records) < self.config.flush_records:
+            try:
+                kind, item = fetcher.results.get_nowait()
+            except queue.Empty:
+                return
+            if kind != "batch":
+                backlog.append((kind, item))  # the loop handles it next, in order
+                return
+            self._hold(item)
 
     def _quarantine(self, exc: KtExportProtocolError) -> None:
         path = self.writer.quarantine(exc.body, reason=str(exc), batch_id=exc.batch_id)

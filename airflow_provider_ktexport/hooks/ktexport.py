@@ -226,58 +226,42 @@ class KtExportHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Field labels for the Airflow 3.1 connection form (3.2+ read provider info instead)."""
+        declared = _connection_type()["ui-field-behaviour"]
         return {
-            "hidden_fields": ["schema", "login", "extra"],
-            "relabeling": {"host": "Base URL", "password": "API key"},
-            "placeholders": {
-                "host": "https://export.us1.kt1.io",
-                "password": "the export task's API key",
-                "auth_location": "header",
-                "verify": "true",
-                "long_poll_seconds": "45",
-                "connect_timeout": "10",
-                "read_timeout": "75",
-                "max_retries": "5",
-            },
+            "hidden_fields": list(declared["hidden-fields"]),
+            "relabeling": dict(declared["relabeling"]),
+            "placeholders": dict(declared["placeholders"]),
         }
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields for the Airflow 3.1 connection form (imports the web stack lazily)."""
+        """Extra fields for the Airflow 3.1 connection form, from the provider info's ``conn-fields``."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
         from wtforms import IntegerField, StringField
         from wtforms.validators import NumberRange, Optional
 
-        return {
-            "auth_location": StringField(
-                lazy_gettext("Send the key as"),
-                widget=BS3TextFieldWidget(),
-                description="header (x-access-token, default) or query (?token=)",
-            ),
-            "verify": StringField(
-                lazy_gettext("Verify TLS"),
-                widget=BS3TextFieldWidget(),
-                description="true (default), false, or a CA bundle path",
-            ),
-            "long_poll_seconds": StringField(
-                lazy_gettext("Long poll (s)"),
-                widget=BS3TextFieldWidget(),
-                description="how long the server holds an empty GET (45 s on the real API)",
-            ),
-            "connect_timeout": StringField(lazy_gettext("Connect timeout (s)"), widget=BS3TextFieldWidget()),
-            "read_timeout": StringField(
-                lazy_gettext("Read timeout (s)"),
-                widget=BS3TextFieldWidget(),
-                description="must exceed the long poll; default long poll + 30 s",
-            ),
-            "max_retries": IntegerField(
-                lazy_gettext("Max retries"),
-                widget=BS3TextFieldWidget(),
-                validators=[Optional(), NumberRange(min=0)],
-                description="retries of a transient failure (429, 5xx, reset); default 5",
-            ),
-        }
+        widgets: dict[str, Any] = {}
+        for name, spec in _connection_type()["conn-fields"].items():
+            kwargs: dict[str, Any] = {
+                "widget": BS3TextFieldWidget(),
+                "description": spec.get("description", ""),
+            }
+            if "integer" in spec["schema"]["type"]:
+                widgets[name] = IntegerField(
+                    lazy_gettext(spec["label"]), validators=[Optional(), NumberRange(min=0)], **kwargs
+                )
+            else:
+                widgets[name] = StringField(lazy_gettext(spec["label"]), **kwargs)
+        return widgets
+
+
+def _connection_type() -> dict[str, Any]:
+    """The ``ktexport`` connection type as declared in the provider info (the one source of its form)."""
+    from airflow_provider_ktexport import get_provider_info
+
+    (conn_type,) = get_provider_info()["connection-types"]
+    return conn_type
 
 
 def _parse_verify(value: Any, label: str) -> bool | str:

@@ -261,6 +261,11 @@ class LakeWriter:
             paths = sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".json"))
         except FileNotFoundError:
             paths = []
+        except Exception as exc:
+            uri = self.uri_of(directory)
+            raise KtExportWriteError(
+                f"Reading the schema store {uri} failed: {type(exc).__name__}: {exc}", destination=uri
+            ) from exc
         for p in paths:
             if posixpath.basename(p).startswith("."):
                 continue

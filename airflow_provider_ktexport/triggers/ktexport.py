@@ -35,8 +35,9 @@ from airflow_provider_ktexport.client import (
     AUTH_QUERY_PARAM,
     DEFAULT_USER_AGENT,
     STREAM_PATH,
-    _parse_retry_after,
+    has_cause,
     normalize_base_url,
+    parse_retry_after,
     redact,
 )
 from airflow_provider_ktexport.exceptions import (
@@ -247,17 +248,26 @@ class AsyncProber:
         :raises KtExportHTTPError: any other unexpected status
         """
         failure: KtExportTransientError | None = None
+        tls_failure: KtExportConfigError | None = None
         try:
             async with self._client.stream("GET", self._stream_url, params=self._params) as response:
                 # Headers are in: the lease clock has started.
                 headers_at = time.time()
                 body = await response.aread()
         except httpx.TransportError as exc:
-            # httpx texts can hold the URL (with ?token= in query mode): redact, and raise outside
-            # the except block so the original is not chained as __context__.
-            failure = KtExportTransientError(
-                f"GET {self._stream_url} failed ({type(exc).__name__}: {self._safe(str(exc))})"
-            )
+            if has_cause(exc, ssl.SSLCertVerificationError):
+                tls_failure = KtExportConfigError(
+                    f"TLS certificate verification failed for {self.base_url} ({self._safe(str(exc))}): fix the "
+                    f"server certificate, or set extra 'verify' of {self.conn_label} to a CA bundle path"
+                )
+            else:
+                # httpx texts can hold the URL (with ?token= in query mode): redact, and raise outside
+                # the except block so the original is not chained as __context__.
+                failure = KtExportTransientError(
+                    f"GET {self._stream_url} failed ({type(exc).__name__}: {self._safe(str(exc))})"
+                )
+        if tls_failure is not None:
+            raise tls_failure
         if failure is not None:
             raise failure
         status = response.status_code
@@ -271,7 +281,7 @@ class AsyncProber:
             raise KtExportTransientError(
                 f"GET {self._stream_url} answered HTTP {status}",
                 status_code=status,
-                retry_after=_parse_retry_after(response.headers.get("retry-after")),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         if status in (500, 204):
             return None  # the documented "nothing within the long poll" answer

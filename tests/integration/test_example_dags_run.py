@@ -1,7 +1,7 @@
 """The example DAGs in dags/ run end to end (`airflow dags test`) against the emulator.
 
-The sensor example is exercised through its twin ``ktexport_it_sensor_drain`` in
-test_sensor_then_drain.py (the example waits out a real 120 s lease).
+The sensor example waits out a real 120 s lease (slow); its quick twin with short leases is
+``ktexport_it_sensor_drain`` in test_sensor_then_drain.py.
 """
 
 from __future__ import annotations
@@ -218,3 +218,22 @@ def test_downstream_duckdb_dag_reads_a_lake_on_s3(run_dag, s3_endpoint, s3_bucke
     with duckdb.connect(str(warehouse), read_only=True) as con:
         rows = con.sql("SELECT asset_id, records FROM ktexport_daily_summary ORDER BY 1").fetchall()
     assert rows == [("a0", 10), ("a1", 10), ("a2", 10), ("a3", 10)]
+
+
+@pytest.mark.slow
+def test_sensor_example_lands_the_probed_batch_in_the_same_run(run_dag, tmp_path):
+    """The shipped sensor -> drain DAG as is: it waits out the real 120 s lease of its probe."""
+    lake = tmp_path / "lake"
+    with Emulator(api_key="ex-sensor", lease_seconds=120, long_poll_seconds=1, batch_size=500, seed=4) as emu:
+        emu.generate(30)  # one batch: the probe leases all of it
+        result = run_dag(
+            "ktexport_sensor_then_drain",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            variables={"ktexport_lake": lake.as_uri()},
+            dags_folder=DAGS,
+            timeout=400,
+        )
+        stats = emu.stats()
+    assert result.returncode == 0, result.output[-5000:]
+    assert stats["redelivered"] == 30 and stats["acked_records"] == 30 and stats["queued"] == 0
+    assert sorted(read_lake(lake.as_uri()).column("emulator_seq").to_pylist()) == list(range(1, 31))

@@ -1,0 +1,682 @@
+"""Server faults, bad input and storage faults: each gets its designed outcome, nothing is lost.
+
+The drain runs in this process (``KtExportClient`` + ``LakeWriter`` + ``Drain``) against the
+emulator's fault injection and hand-made responses; the storage faults also run through
+``airflow dags test`` so the task's failure message is checked where a user reads it.
+After each run the lake is audited as in test_crash_recovery.py: every emitted record is there,
+copies only of records delivered more than once, each acknowledged exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from airflow_provider_ktexport.client import KtExportClient
+from airflow_provider_ktexport.drain import Drain, DrainConfig, DrainResult
+from airflow_provider_ktexport.exceptions import (
+    KtExportAuthError,
+    KtExportHTTPError,
+    KtExportTransientError,
+    KtExportWriteError,
+)
+from airflow_provider_ktexport.lake.schema import field_path
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.testing.emulator import Emulator
+from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_filesystem
+from tests.integration.test_crash_recovery import audit, simple_records
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE = 3.0
+LONG_POLL = 0.5
+_JSON = {"Content-Type": "application/json"}
+_META = {"_record_key", "_batch_id", "_ingested_at", "_source", "_raw", "record_type", "event_date"}
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def emulator(**kwargs: Any) -> Emulator:
+    settings = {"api_key": "fault-key", "lease_seconds": LEASE, "long_poll_seconds": LONG_POLL, "seed": 7}
+    return Emulator(**(settings | kwargs))
+
+
+def client_for(emu: Emulator, **kwargs: Any) -> KtExportClient:
+    settings = {
+        "long_poll_seconds": LONG_POLL,
+        "max_retries": 6,
+        "backoff_base": 0.05,
+        "backoff_max": 2.0,
+    }
+    return KtExportClient(emu.url, emu.api_key, **(settings | kwargs))
+
+
+def drain(
+    emu: Emulator, lake: Path, *, until: float | None = None, client: KtExportClient | None = None, **cfg: Any
+) -> DrainResult:
+    """One in-process drain into ``lake``; ``until`` = seconds to keep polling through empty answers."""
+    settings = {
+        "max_runtime": 60.0,
+        "lease_seconds": emu.lease_seconds,
+        "flush_seconds": min(1.0, emu.lease_seconds - 2.0),
+        "max_in_flight": 2,
+        "source": "faults",
+    }
+    if until is not None:
+        settings["drain_until"] = time.time() + until
+    with client or client_for(emu) as c:
+        return Drain(c, LakeWriter(LocalFileSystem(), str(lake)), DrainConfig(**(settings | cfg))).run()
+
+
+def files_outside(root: Path, lake: Path) -> list[Path]:
+    """Files under ``root`` that are not inside ``lake``."""
+    return [p for p in root.rglob("*") if p.is_file() and lake not in p.parents]
+
+
+# -- server faults ---------------------------------------------------------------------------------
+
+
+def test_429_retry_after_is_honoured_and_everything_lands(tmp_path, caplog):
+    lake = tmp_path / "lake"
+    with emulator(batch_size=40) as emu:
+        emitted = emu.generate(200)
+        emu.script(429, '{"error":"slow down"}', {**_JSON, "Retry-After": "1"}, times=2)
+        caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
+        result = drain(emu, lake)
+        audit(emu, lake, emitted)
+    retries = [r.getMessage() for r in caplog.records if "429" in r.getMessage()]
+    assert len(retries) == 2 and all("in 1.0 s" in m for m in retries), retries  # waited as told
+    assert result.records == 200 and result.ack_failed == 0
+
+
+def test_gateway_errors_and_html_error_pages_are_retried_without_loss(tmp_path):
+    lake = tmp_path / "lake"
+    faults = {"status_502": 0.12, "status_503": 0.12, "status_504": 0.12, "html_error": 0.12}
+    with emulator(batch_size=25, faults=faults, seed=3) as emu:
+        emitted = emu.generate(400)
+        result = drain(emu, lake, client=client_for(emu, max_retries=12), until=1.0)
+        injected = emu.stats()["faults"]
+        in_lake = audit(emu, lake, emitted)
+    assert all(injected[name] > 0 for name in faults), injected
+    # These answers come before any lease: no batch was lost or delivered twice.
+    assert max(in_lake.values()) == 1 and result.ack_failed == 0
+
+
+def test_connection_resets_before_answers_and_after_acks(tmp_path):
+    lake = tmp_path / "lake"
+    with emulator(batch_size=25, faults={"reset": 0.15, "reset_after_ack": 0.25}, seed=4) as emu:
+        emitted = emu.generate(400)
+        result = drain(emu, lake, client=client_for(emu, max_retries=12), until=1.0)
+        stats = emu.stats()
+        in_lake = audit(emu, lake, emitted)
+    assert stats["faults"]["reset"] > 0 and stats["faults"]["reset_after_ack"] > 0
+    # An ack whose answer was lost was applied: the retry finds the id gone and reports a failed
+    # ack, yet nothing comes back and nothing lands twice.
+    assert result.ack_failed == stats["faults"]["reset_after_ack"] == stats["ack_unknown"]
+    assert max(in_lake.values()) == 1
+
+
+def test_read_timeout_abandons_the_lease_and_the_batch_comes_back(tmp_path):
+    lake = tmp_path / "lake"
+    with emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 1.5}, seed=5) as emu:
+        emitted = emu.generate(300)
+        threading.Timer(1.5, emu.clear_faults).start()  # the first GETs time out, later ones do not
+        client = client_for(emu, read_timeout=1.0, max_retries=10)
+        drain(emu, lake, client=client, until=LEASE + 1.0)
+        stats = emu.stats()
+        in_lake = audit(emu, lake, emitted)
+    assert stats["faults"]["slow"] > 0 and stats["redelivered"] > 0
+    assert max(in_lake.values()) == 1  # the timed-out copies never reached the lake
+
+
+def test_slow_answer_close_to_the_lease_end_lands_twice_and_dedups(tmp_path, caplog):
+    """An answer that arrives 2.6 s into a 3 s lease: the ack comes too late, the batch returns."""
+    lake = tmp_path / "lake"
+    with emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 2.6}, seed=6) as emu:
+        emitted = emu.generate(100)
+        threading.Timer(2.0, emu.clear_faults).start()  # later deliveries are quick
+        caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
+        result = drain(emu, lake, client=client_for(emu, read_timeout=5.0), until=LEASE + 3.0)
+        stats = emu.stats()
+        in_lake = audit(emu, lake, emitted)
+    assert stats["ack_unknown"] >= 1 and result.ack_failed == stats["ack_unknown"]
+    assert max(in_lake.values()) == 2  # landed twice; audit() showed _record_key removes it
+    assert any("remove duplicates by _record_key" in r.getMessage() for r in caplog.records)
+
+
+def test_slow_acknowledgements_do_not_make_already_fetched_batches_expire(tmp_path):
+    """DELETEs that take 1.2 s each: the drain must still ack every batch inside its 5 s lease."""
+    lake = tmp_path / "lake"
+    with emulator(batch_size=50, lease_seconds=5.0, seed=8) as emu:
+        records = simple_records(800)
+        emu.enqueue(records)
+        emu.on_ack = lambda batch_id, recs: time.sleep(1.2)  # a slow server, not an error
+        result = drain(emu, lake, flush_seconds=2.0, flush_records=200, max_in_flight=4, until=1.0)
+        stats = emu.stats()
+        # Fetchers keep leasing while a flush waits for its acks; those batches must go into the
+        # next flush together, not one flush (and one slow ack round) each while their leases end.
+        assert stats["ack_unknown"] == 0 and stats["expired"] == 0, stats
+        assert result.ack_failed == 0
+        in_lake = audit(emu, lake, records)
+    assert max(in_lake.values()) == 1
+
+
+def test_exhausted_retries_fail_with_a_clear_error_and_ack_nothing(tmp_path):
+    lake = tmp_path / "lake"
+    with emulator(faults={"status_503": 1.0}) as emu:
+        emu.generate(50)
+        with pytest.raises(KtExportTransientError, match=r"HTTP 503 .*gave up after 3 attempts"):
+            drain(emu, lake, client=client_for(emu, max_retries=2), max_in_flight=1)
+        stats = emu.stats()
+    assert stats["served"] == 0 and stats["acked"] == 0 and stats["requests"] == 3
+    assert not list(lake.rglob("*.parquet"))
+
+
+def test_wrong_key_fails_at_once_without_retrying(tmp_path):
+    with emulator() as emu:
+        emu.generate(10)
+        client = KtExportClient(emu.url, "not-the-key", long_poll_seconds=LONG_POLL, max_retries=5)
+        with pytest.raises(KtExportAuthError, match="refused the API key"):
+            drain(emu, tmp_path / "lake", client=client)
+        stats = emu.stats()
+    assert stats["unauthorized"] <= 2 and stats["served"] == 0  # one GET per fetcher, no retry loop
+
+
+def test_wrong_base_url_fails_naming_the_url(tmp_path):
+    with emulator() as emu:
+        client = KtExportClient(emu.url + "/api", emu.api_key, long_poll_seconds=LONG_POLL)
+        with pytest.raises(KtExportHTTPError, match=r"HTTP 404: check the base URL"):
+            drain(emu, tmp_path / "lake", client=client)
+
+
+# -- undecodable bodies ------------------------------------------------------------------------------
+
+#: (hand-made 200 body, words the quarantine reason must contain). $ID is the leased batch's id.
+BAD_BODIES = [
+    (b'{"id":"$ID","items":[{"type":"telemetry","date":"2026-11-25T10:00:00Z","x":', "not valid JSON"),
+    (b'{"id":"$ID","items":[{"type":"telemetry","name":"caf\xe9"}]}', "not valid UTF-8"),
+    (b'{"id":"$ID","items":{"type":"telemetry"}}', "not a batch object"),
+    (b'{"id":"$ID","items":[1,"two",null]}', "is not a JSON object"),
+    (b"<html><body><h1>Service temporarily unavailable</h1></body></html>", "not valid JSON"),
+    (b'["$ID"]', "not a batch object"),
+]
+
+
+def test_undecodable_bodies_are_quarantined_raw_and_their_records_land_after_redelivery(tmp_path):
+    lake = tmp_path / "lake"
+    with emulator(batch_size=30) as emu:
+        emitted = emu.generate(300)
+        for body, _ in BAD_BODIES:
+            emu.script(200, body, _JSON, lease=True)
+        result = drain(emu, lake, until=LEASE + 1.5)
+        stats = emu.stats()
+        in_lake = audit(emu, lake, emitted)
+    assert result.quarantined == len(BAD_BODIES)
+    assert stats["ack_unknown"] == 0 and stats["redelivered"] >= len(BAD_BODIES)
+    assert max(in_lake.values()) == 1  # a quarantined body never put a record in the lake
+    stored = {}
+    for meta_path in (lake / "_quarantine").glob("*.json"):
+        meta = json.loads(meta_path.read_text())
+        stored[(lake / "_quarantine" / f"{meta['sha256']}.body").read_bytes()] = meta
+    assert len(stored) == len(BAD_BODIES)
+    for body, reason in BAD_BODIES:
+        matches = [(raw, meta) for raw, meta in stored.items() if _same(raw, body)]
+        assert len(matches) == 1, f"no raw copy of {body[:40]!r}"
+        raw, meta = matches[0]
+        assert reason in meta["reason"], (body[:40], meta["reason"])
+        if b'"id":"$ID"' in body:
+            assert meta["batch_id"] and meta["batch_id"].encode() in raw  # the id is named for support
+
+
+def _same(stored: bytes, template: bytes) -> bool:
+    """Whether ``stored`` is ``template`` with ``$ID`` replaced by some batch id."""
+    head, _, tail = template.partition(b"$ID")
+    if not _:
+        return stored == template
+    return stored.startswith(head) and stored.endswith(tail) and len(stored) == len(head) + 32 + len(tail)
+
+
+# -- hard input ------------------------------------------------------------------------------------
+
+
+def test_a_50_mb_batch_lands_whole(tmp_path):
+    lake = tmp_path / "lake"
+    blob = "0123456789abcdef" * 6250  # 100 kB per record
+    records = [
+        {"type": "blob", "date": "2026-11-25T10:00:00Z", "emulator_seq": i, "payload": blob, "n": i}
+        for i in range(1, 501)
+    ]
+    with emulator(batch_size=1000, lease_seconds=60) as emu:
+        emu.enqueue(records)
+        result = drain(emu, lake, flush_seconds=30)
+        stats = emu.stats()
+        audit(emu, lake, records)
+    assert stats["served"] == 1 and result.batches == 1  # one batch of 50 MB
+    assert result.records == 500
+    with duckdb.connect() as con:
+        lengths = con.sql(
+            f"SELECT min(length(payload)), max(length(payload)) FROM read_parquet('{lake}/**/*.parquet')"
+        ).fetchall()[0]
+    assert lengths == (len(blob), len(blob))
+
+
+def _rebuild(row: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
+    """A record rebuilt from its flattened row: each non-null column put back at its key path."""
+    out: dict[str, Any] = {}
+    for field in schema:
+        if field.name in _META or row[field.name] is None:
+            continue
+        node = out
+        path = field_path(field)
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = row[field.name]
+    return out
+
+
+def test_deep_nesting_and_hostile_keys_round_trip_without_collisions(tmp_path):
+    lake = tmp_path / "lake"
+    deep: dict[str, Any] = {"leaf": 50}
+    for level in reversed(range(50)):
+        deep = {f"l{level}": deep}
+    records = [
+        # (No time fields: they would come back as timestamps, which is not what this is about.)
+        {"type": "odd", "emulator_seq": 1, **deep},
+        {
+            "type": "odd",
+            "emulator_seq": 2,
+            "a.b": "dotted",
+            "a": {"b": "nested", "": "empty key inside"},
+            "x__y": "double underscore",
+            "x": {"y": "nested x.y"},
+            "": "empty key",
+            "_y": "leading underscore",
+            "z_": "trailing underscore",
+            "Straße 🚚": "unicode",
+            "Speed": "upper",
+            "speed": "lower",
+            "SPEED": "shout",
+            "_record_key": "a field named like our metadata",
+            "record_type": "a field named like the partition key",
+            "event_date": "another",
+            "%41": "percent",
+            "A": "plain A",
+            "a/b": "slash",
+            "tab\tkey": "control character",
+        },
+    ]
+    with emulator() as emu:
+        emu.enqueue(records)
+        drain(emu, lake)
+        audit(emu, lake, records)
+    table = read_lake(lake.as_uri())
+    rows = {r["emulator_seq"]: r for r in table.to_pylist()}
+    for record in records:
+        assert _rebuild(rows[record["emulator_seq"]], table.schema) == record
+    # DuckDB reads every column under the same name (no silent "speed_1" renames, no clash
+    # with the hive partition keys or our metadata columns).
+    with duckdb.connect() as con:
+        rel = con.sql(
+            f"SELECT * FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+        )
+        duck_cols = rel.columns
+        assert sorted(duck_cols) == sorted(table.column_names)
+        assert len({c.lower() for c in duck_cols}) == len(duck_cols)
+        assert con.sql(f"SELECT DISTINCT record_type FROM ({rel.sql_query()})").fetchall() == [("odd",)]
+
+
+def test_one_field_as_int_float_bool_string_object_list_across_records_and_flushes(tmp_path):
+    lake = tmp_path / "lake"
+    values: list[Any] = [1, 2.5, True, "text", {"k": 1}, [1, "a"], None, 2**60, {}, -0.0]
+    records = [
+        {"type": "mixed", "date": "2026-11-25T10:00:00Z", "emulator_seq": i, "v": v}
+        for i, v in enumerate(values, 1)
+    ]
+    with emulator(batch_size=1) as emu:
+        # First a flush in which v is only ever an int (the lake's schema says int64) ...
+        emu.enqueue(records[:1])
+        drain(emu, lake)
+        # ... then every other kind, in one batch each: the column widens, nothing is dropped.
+        emu.enqueue(records[1:])
+        drain(emu, lake)
+        audit(emu, lake, records)
+    table = read_lake(lake.as_uri())
+    rows = {r["emulator_seq"]: r for r in table.to_pylist()}
+    expected_v = {
+        1: "1",
+        2: "2.5",
+        3: "true",
+        4: "text",
+        6: '[1,"a"]',
+        7: None,
+        8: str(2**60),
+        9: "{}",
+        10: "-0.0",
+    }
+    assert {s: rows[s]["v"] for s in expected_v} == expected_v
+    assert rows[5]["v__k"] == 1 and rows[5]["v"] is None  # an object is flattened, not squashed
+    # DuckDB, over the old int64 file and the newer string ones, agrees.
+    with duckdb.connect() as con:
+        got = dict(
+            con.sql(
+                f"SELECT emulator_seq, v FROM read_parquet('{lake}/**/*.parquet', union_by_name = true)"
+            ).fetchall()
+        )
+    assert {s: got[s] for s in expected_v} == expected_v
+
+
+def test_record_type_cannot_steer_a_write_outside_the_lake(tmp_path):
+    lake = tmp_path / "area" / "lake"
+    types = [
+        "../../etc",
+        "..",
+        ".",
+        "/etc/passwd",
+        "a/../../b",
+        "C:\\Windows\\x",
+        "x\x00y",
+        "%2e%2e%2f",
+        "=",
+        "t" * 300,
+    ]
+    records = [
+        {"type": t, "date": "../../../tmp/x", "received": "2026-11-25T10:00:00Z", "emulator_seq": i}
+        for i, t in enumerate(types, 1)
+    ]
+    with emulator() as emu:
+        emu.enqueue(records)
+        drain(emu, lake)
+        audit(emu, lake, records)
+    assert files_outside(tmp_path, lake) == []
+    data = sorted(p.relative_to(lake) for p in lake.rglob("*.parquet"))
+    assert len({p.parts[0] for p in data}) == len(types)  # one partition per distinct type
+    for rel in data:
+        type_dir, date_dir, name = rel.parts  # exactly two partition levels, no escape
+        assert type_dir.startswith("record_type=") and type_dir not in ("record_type=..", "record_type=.")
+        assert date_dir == "event_date=2026-11-25", rel  # from "received": "date" is not a time
+        assert name.startswith("part-")
+    table = read_lake(lake.as_uri())
+    assert sorted(table.column("type").to_pylist()) == sorted(types)  # the value itself is kept
+
+
+# -- storage faults: through the engine --------------------------------------------------------------
+
+
+def _no_dac_override() -> list[str]:
+    """Prefix that runs a command as root without the capability to ignore file permissions."""
+    if os.geteuid() != 0:
+        return []
+    if subprocess.run(["setpriv", "--bounding-set", "-dac_override", "true"], capture_output=True).returncode:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here (setpriv refused), so permissions do not bind root")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_unwritable_local_lake_acks_nothing_and_the_next_run_lands_everything(tmp_path):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    lake.chmod(0o555)
+    records = simple_records(120)
+    with emulator(batch_size=40) as emu:
+        emu.enqueue(records)
+        cmd = [
+            *_no_dac_override(),
+            sys.executable,
+            "-m",
+            "tests.integration.crash_worker",
+            "--url",
+            emu.url,
+            "--api-key",
+            emu.api_key,
+            "--lake",
+            str(lake),
+            "--lease-seconds",
+            str(LEASE),
+            "--long-poll-seconds",
+            str(LONG_POLL),
+        ]
+        failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 1, failed.stderr[-3000:]
+        error = json.loads(failed.stdout.strip().splitlines()[-1])
+        assert error["error"] == "KtExportWriteError"
+        assert str(lake) in error["message"] and "Permission denied" in error["message"], error
+        assert emu.stats()["acked"] == 0
+        lake.chmod(0o755)
+        drain(emu, lake, until=LEASE + 1.0)
+        audit(emu, lake, records)
+
+
+def test_missing_bucket_acks_nothing_and_the_next_run_lands_everything(tmp_path, s3_endpoint):
+    import boto3
+
+    bucket = "it-faults-created-late"
+    records = simple_records(120)
+    fs = s3_filesystem(s3_endpoint)
+    with emulator(batch_size=40) as emu:
+        emu.enqueue(records)
+        with client_for(emu) as client:
+            writer = LakeWriter(fs, f"{bucket}/lake", uri_prefix=f"s3://{bucket}/lake")
+            with pytest.raises(KtExportWriteError) as err:
+                Drain(
+                    client, writer, DrainConfig(lease_seconds=LEASE, flush_seconds=1, max_in_flight=2)
+                ).run()
+        assert f"s3://{bucket}/lake/" in str(err.value) and "bucket" in str(err.value).lower(), err.value
+        assert emu.stats()["acked"] == 0
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_KEY,
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket=bucket)
+        with client_for(emu) as client:
+            config = DrainConfig(
+                lease_seconds=LEASE, flush_seconds=1, max_in_flight=2, drain_until=time.time() + LEASE + 1.0
+            )
+            Drain(client, LakeWriter(fs, f"{bucket}/lake"), config).run()
+        stats = emu.stats()
+    assert stats["queued"] == 0 and stats["leased"] == 0
+    seqs = Counter(read_lake(fs, f"{bucket}/lake").column("emulator_seq").to_pylist())
+    assert set(seqs) == {r["emulator_seq"] for r in records} and max(seqs.values()) == 1
+    assert not [p for p in fs.find(bucket) if ".tmp" in p]
+
+
+def test_s3_server_down_fails_with_a_write_error_naming_the_lake(tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key=S3_KEY,
+        secret=S3_KEY,
+        endpoint_url=f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        client_kwargs={"region_name": "us-east-1"},
+        config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    )
+    with emulator(batch_size=40) as emu:
+        emu.enqueue(simple_records(40))
+        writer = LakeWriter(fs, "lake-bucket/lake", uri_prefix="s3://lake-bucket/lake")
+        with client_for(emu) as client, pytest.raises(KtExportWriteError) as err:
+            Drain(client, writer, DrainConfig(lease_seconds=LEASE, flush_seconds=1, max_in_flight=1)).run()
+        assert emu.stats()["acked"] == 0
+    assert "s3://lake-bucket/lake" in str(err.value) and "Could not connect" in str(err.value)
+
+
+# -- storage faults: through Airflow -----------------------------------------------------------------
+
+_STORAGE_DAG = '''
+"""Generated by tests/integration/test_faults.py: one drain per broken destination."""
+import json, os
+import pendulum
+from airflow.sdk import dag
+from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
+
+OPTIONS = json.loads(os.environ["KTEXPORT_IT_OPTIONS"])
+
+@dag(dag_id="ktexport_storage_faults", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"))
+def ktexport_storage_faults():
+    for name, spec in OPTIONS["tasks"].items():
+        KtExportToParquetOperator(
+            task_id=name,
+            ktexport_conn_id=spec["conn_id"],
+            destination=spec["destination"],
+            lease_seconds=spec["lease_seconds"],
+            flush_seconds=1,
+            drain_until=spec.get("drain_until"),
+            retries=0,
+        )
+
+ktexport_storage_faults()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def task_output(output: str, task_id: str) -> str:
+    """One task's part of ``airflow dags test`` output (3.3 writes no task log files in this mode)."""
+    start = output.index(f"[DAG TEST] starting task_id={task_id} ")
+    end = output.find(f"[DAG TEST] end task task_id={task_id} ", start)
+    return output[start : end if end != -1 else len(output)]
+
+
+def test_broken_destinations_fail_the_task_naming_them_and_the_next_run_lands_everything(
+    run_dag, tmp_path, s3_endpoint
+):
+    """Permission denied locally, a missing bucket, an S3 server that is down; then all fixed."""
+    from moto.server import ThreadedMotoServer
+
+    local = tmp_path / "lake"
+    local.mkdir()
+    local.chmod(0o555)
+    down_port = _free_port()
+    down_endpoint = f"http://127.0.0.1:{down_port}"
+    bucket = "it-storage-late-bucket"
+    down_bucket = "it-storage-down-server"
+    emus = {name: emulator(batch_size=40, seed=i) for i, name in enumerate(("local", "nobucket", "down"))}
+    records = {name: simple_records(120) for name in emus}
+    destinations = {
+        "local": local.as_uri(),
+        "nobucket": f"s3://aws_default@{bucket}/lake",
+        "down": f"s3://aws_down@{down_bucket}/lake",
+    }
+    try:
+        for name, emu in emus.items():
+            emu.start()
+            emu.enqueue(records[name])
+        connections = {f"kt_{name}": ktexport_conn(emu) for name, emu in emus.items()}
+        connections["aws_default"] = aws_conn(s3_endpoint)
+        connections["aws_down"] = aws_conn(down_endpoint)
+        connections["aws_down"]["extra"]["config_kwargs"] = {
+            "retries": {"max_attempts": 2},
+            "connect_timeout": 2,
+        }
+        dags = tmp_path / "dags"
+        dags.mkdir()
+        (dags / "storage_faults.py").write_text(_STORAGE_DAG)
+
+        def options(drain_until: float | None) -> dict:
+            return {
+                "tasks": {
+                    name: {
+                        "conn_id": f"kt_{name}",
+                        "destination": destinations[name],
+                        "lease_seconds": LEASE,
+                        "drain_until": drain_until,
+                    }
+                    for name in emus
+                }
+            }
+
+        # The first run: airflow (as root without CAP_DAC_OVERRIDE, so 0555 binds) fails all three.
+        env_prefix = _no_dac_override()
+        first = _run_dag_prefixed(run_dag, env_prefix, connections, options(None), dags)
+        assert first.returncode != 0
+        causes = {
+            "local": "Permission denied",
+            "nobucket": "bucket does not exist",
+            "down": "Could not connect",
+        }
+        for name in emus:
+            log = task_output(first.output, name)
+            bucket_or_dir = destinations[name].split("@")[-1].removeprefix("file://")
+            assert bucket_or_dir.split("/")[0] in log and causes[name] in log, (name, log[-3000:])
+            if name != "down":  # see test_s3_server_down_fails_with_a_write_error_naming_the_lake
+                dest = destinations[name].replace("aws_default@", "")
+                assert "KtExportWriteError" in log and dest in log, (name, log[-3000:])
+            assert emus[name].stats()["acked"] == 0, name
+
+        # Fix every destination; the next run lands everything.
+        local.chmod(0o755)
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket=bucket)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=down_port, verbose=False)
+        server.start()
+        try:
+            boto3.client(
+                "s3",
+                endpoint_url=down_endpoint,
+                aws_access_key_id=S3_KEY,
+                aws_secret_access_key=S3_KEY,
+                region_name="us-east-1",
+            ).create_bucket(Bucket=down_bucket)
+            second = run_dag(
+                "ktexport_storage_faults",
+                connections=connections,
+                options=options(time.time() + LEASE + 1.0),
+                dags_folder=dags,
+            )
+            assert second.returncode == 0, second.output[-5000:]
+            landed = {
+                "local": read_lake(local.as_uri()),
+                "nobucket": read_lake(s3_filesystem(s3_endpoint), f"{bucket}/lake"),
+                "down": read_lake(s3_filesystem(down_endpoint), f"{down_bucket}/lake"),
+            }
+        finally:
+            server.stop()
+        for name, table in landed.items():
+            seqs = Counter(table.column("emulator_seq").to_pylist())
+            assert set(seqs) == {r["emulator_seq"] for r in records[name]}, name
+            assert max(seqs.values()) == 1, name
+            stats = emus[name].stats()
+            assert stats["queued"] == 0 and stats["leased"] == 0, (name, stats)
+    finally:
+        local.chmod(0o755)
+        for emu in emus.values():
+            emu.stop()
+
+
+def _run_dag_prefixed(run_dag, prefix: list[str], connections: dict, options: dict, dags: Path):
+    """``run_dag`` with the airflow command run under ``prefix`` (e.g. setpriv)."""
+    real_run = subprocess.run
+
+    def prefixed(cmd, *args, **kwargs):
+        return real_run([*prefix, *cmd], *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "run", prefixed)  # run_dag's one subprocess.run call
+        return run_dag("ktexport_storage_faults", connections=connections, options=options, dags_folder=dags)
