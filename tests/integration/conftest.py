@@ -64,6 +64,18 @@ class DagRunResult:
     output: str
     home: Path
 
+    def asset_events(self, uri: str) -> list[dict]:
+        """The extras of the Asset events recorded for ``uri`` (newest last)."""
+        con = sqlite3.connect(self.home / "airflow.db")
+        try:
+            rows = con.execute(
+                "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id",
+                (uri,),
+            ).fetchall()
+        finally:
+            con.close()
+        return [json.loads(r[0]) if isinstance(r[0], str | bytes) else r[0] for r in rows]
+
     def xcom(self, task_id: str) -> object:
         """The task's return value, read from the run's SQLite database."""
         con = sqlite3.connect(self.home / "airflow.db")

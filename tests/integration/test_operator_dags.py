@@ -78,6 +78,9 @@ def test_example_dag_lands_every_record_once_and_acks_only_after_the_write(emula
     assert summary["oldest_record_age_s"] > 0
     assert all(f.startswith("file://") and f.endswith(".parquet") for f in summary["files"])
     assert sum(pq.read_metadata(f.removeprefix("file://")).num_rows for f in summary["files"]) == 3000
+    # Downstream DAGs hear of the new files: an Asset event on the lake URI, through the alias.
+    (event,) = result.asset_events(lake.as_uri())
+    assert event["records"] == 3000 and event["files"] == len(summary["files"])
     # The key never reaches Airflow's logs or XCom.
     assert emulator.api_key not in result.output
     assert emulator.api_key not in str(summary)
