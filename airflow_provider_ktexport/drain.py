@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError, KtExportProtocolError
+from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
 from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
@@ -43,11 +43,6 @@ PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 #: Acknowledgements of one flush sent at once: a 50k-record flush is ~100 DELETEs, which must not
 #: eat the lease one round trip at a time when the server is far away.
 ACK_CONCURRENCY = 16
-
-#: Leased batches the fetchers may hand over while the main thread is busy flushing. The main
-#: thread moves them into the buffer (lease clock included) as soon as it is free, so this only
-#: keeps the network busy during a flush; it bounds memory at about this many batches' bytes.
-HANDOFF_BATCHES = 64
 
 
 def connections_needed(max_in_flight: int) -> int:
@@ -62,16 +57,6 @@ _RECORD_TIME_COLUMNS = ("date", "eventDate", "dateEnd", "received")
 def min_lease_margin(lease_seconds: float) -> float:
     """Time a flush must leave under the lease for writing and acknowledging."""
     return max(2.0, 0.25 * lease_seconds)
-
-
-class BatchSource(Protocol):
-    """What the drain needs of a client (``KtExportClient`` satisfies it)."""
-
-    long_poll_seconds: float
-
-    def get_batch(self, *, deadline: float | None = None) -> Any: ...
-
-    def ack(self, batch_id: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -151,85 +136,6 @@ class _Held:
     records: int
 
 
-class _Fetcher:
-    """Keeps up to ``n`` GETs outstanding and hands results to the main thread.
-
-    Results are ``("batch", Batch)``, ``("empty", None)``, ``("error", exc)``.
-    The hand-off queue is bounded so fetchers cannot run far ahead of the
-    writer: memory stays set by the flush size, not by the queue length.
-    """
-
-    def __init__(
-        self, client: BatchSource, n: int, run_deadline: float, keep_polling: Callable[[], bool]
-    ) -> None:
-        self._client = client
-        self._deadline = run_deadline
-        self._keep_polling = keep_polling
-        self._stop = threading.Event()
-        self._abandon = threading.Event()
-        self.results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(n, HANDOFF_BATCHES))
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"ktexport-fetch-{i}", daemon=True) for i in range(n)
-        ]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
-
-    def join(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
-
-    def _put(self, item: tuple[str, Any]) -> None:
-        # A leased batch waits for room while the run goes on; once the run has stopped and nobody
-        # reads any more, it is abandoned and the server delivers it again after its lease.
-        while True:
-            try:
-                self.results.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                if self._stop.is_set() and (item[0] != "batch" or self._abandon.wait(0.0)):
-                    if item[0] == "batch":
-                        log.info("Abandoned batch %s at shutdown; it will be delivered again", item[1].id)
-                    return
-
-    def abandon(self) -> None:
-        """Stop waiting to hand over results: nobody will read them."""
-        self._stop.set()
-        self._abandon.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if time.monotonic() >= self._deadline:
-                return
-            try:
-                batch = self._client.get_batch(deadline=self._deadline)
-            except KtExportError as exc:
-                self._put(("error", exc))
-                if not isinstance(exc, KtExportProtocolError):
-                    return
-                continue
-            except Exception as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
-                self._put(("error", exc))
-                return
-            if batch is None:
-                if time.monotonic() >= self._deadline:
-                    return  # the deadline cut the long poll short: not an empty answer
-                self._put(("empty", None))
-                if not self._keep_polling():
-                    self._stop.set()  # the run ends on this answer: lease nothing more
-                    return
-                continue
-            self._put(("batch", batch))
-
-
 class Drain:
     """One run of the drain: ``Drain(client, writer, config).run()``.
 
@@ -237,6 +143,7 @@ class Drain:
     :param writer: the ``LakeWriter`` of the destination.
     :param config: the run's settings.
     :param should_stop: polled between steps; ``True`` stops leasing at once (kill, timeout).
+    :param logger: where progress lines go (a ``logging.Logger`` or Airflow's task logger).
     """
 
     def __init__(
@@ -246,7 +153,7 @@ class Drain:
         config: DrainConfig,
         *,
         should_stop: Callable[[], bool] | None = None,
-        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        logger: Any = None,
     ) -> None:
         self.client = client
         self.writer = writer
@@ -274,7 +181,7 @@ class Drain:
         def keep_polling() -> bool:
             return not cfg.stop_when_empty or (until_mono is not None and time.monotonic() < until_mono)
 
-        fetcher = _Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
+        fetcher = Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
         fetcher.start()
         backlog: deque[tuple[str, Any]] = deque()
         stopped = "max_runtime"
@@ -345,7 +252,7 @@ class Drain:
         )
         return self.result
 
-    def _finish(self, fetcher: _Fetcher, *, wait_for_fetchers: bool, killed: bool) -> None:
+    def _finish(self, fetcher: Fetcher, *, wait_for_fetchers: bool, killed: bool) -> None:
         """Collect batches that in-flight GETs still deliver, then land what is held."""
         if wait_for_fetchers:
             # In-flight GETs end within one long poll (an empty queue answers then) or at the run
@@ -387,7 +294,7 @@ class Drain:
         # Fetchers hand batches over in completion order, not lease order.
         return min(h.leased_at for h in self._held)
 
-    def _take_ready(self, fetcher: _Fetcher, backlog: deque[tuple[str, Any]]) -> None:
+    def _take_ready(self, fetcher: Fetcher, backlog: deque[tuple[str, Any]]) -> None:
         """Hold every batch the fetchers have already handed over, up to ``flush_records``.
 
         Their leases started when they were fetched: they go into the next flush together

@@ -210,7 +210,7 @@ class _Columns:
         else:
             path = (*parent[2], key)
             name = parent[0] + "__" + (key if is_plain(key) else escape_segment(key))
-        ent = [name, {}, path, None]  # name, children, path, values
+        ent: list[Any] = [name, {}, path, None]  # name, children, path, values
         node[key] = ent
         return ent
 
@@ -284,7 +284,7 @@ def _reader_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], Any], li
         return None
     leaves, probes = found
     columns: dict[tuple[str, ...], Any] = dict(leaves)
-    probed = [(path, kind, []) for path, kind in probes.items()]
+    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [(path, kind, []) for path, kind in probes.items()]
     keys: list[str] = []
     for raw in raws:
         record = _decode(raw)

@@ -181,7 +181,11 @@ def _build_values(values: list[Any], known: pa.DataType | None) -> tuple[pa.Data
     if pa.types.is_string(target):
         if kinds == {str}:
             # Strings (also time strings going into a string column) keep their original text.
-            return target, (built if pa.types.is_string(built.type) else pa.array(values, target)), unsafe
+            return (
+                target,
+                (built if built is not None and pa.types.is_string(built.type) else pa.array(values, target)),
+                unsafe,
+            )
         return target, pa.array(_texts(values, unsafe), pa.string()), unsafe
     if pa.types.is_timestamp(target):
         return (
