@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     """A fresh bucket on the S3 server."""
     import boto3
 
-    name = "it-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]")
+    # Unique per call: the S3 server may outlive this test session (.ci/run shares one server).
+    name = "it-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + "-" + uuid.uuid4().hex[:8]
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
