@@ -37,19 +37,24 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     """A fresh bucket on the S3 server."""
-    import boto3
-
     # Unique per call: the S3 server may outlive this test session (.ci/run shares one server).
     name = "it-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + "-" + uuid.uuid4().hex[:8]
-    s3 = boto3.client(
+    s3 = s3_client(s3_endpoint)
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def s3_client(endpoint: str):
+    """A boto3 S3 client for the test server."""
+    import boto3
+
+    return boto3.client(
         "s3",
-        endpoint_url=s3_endpoint,
+        endpoint_url=endpoint,
         aws_access_key_id=S3_KEY,
         aws_secret_access_key=S3_KEY,
         region_name="us-east-1",
     )
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 def s3_filesystem(endpoint: str):

@@ -49,6 +49,25 @@ KILL_POINTS = (
 )
 
 
+def command(url: str, api_key: str, lake: str, lease_seconds: float, long_poll_seconds: float) -> list[str]:
+    """The argv that runs this worker against an emulator (extra options go after it)."""
+    return [
+        sys.executable,
+        "-m",
+        "tests.integration.crash_worker",
+        "--url",
+        url,
+        "--api-key",
+        api_key,
+        "--lake",
+        lake,
+        "--lease-seconds",
+        str(lease_seconds),
+        "--long-poll-seconds",
+        str(long_poll_seconds),
+    ]
+
+
 def die(point: str, detail: str = "") -> None:
     """Announce the kill point on stderr, then SIGKILL this process (nothing after this runs)."""
     sys.stderr.write(f"KILL {point} {detail}\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -32,6 +31,7 @@ import pytest
 
 from airflow_provider_ktexport.lake.schema import record_key
 from airflow_provider_ktexport.testing.emulator import Emulator
+from tests.integration.crash_worker import command
 
 pytestmark = pytest.mark.integration
 
@@ -63,22 +63,7 @@ def run_worker(
     emu: Emulator, lake: Path, *args: str, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     """One drain in a child process (``crash_worker``) against ``emu``, landing in ``lake``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tests.integration.crash_worker",
-        "--url",
-        emu.url,
-        "--api-key",
-        emu.api_key,
-        "--lake",
-        str(lake),
-        "--lease-seconds",
-        str(LEASE_SECONDS),
-        "--long-poll-seconds",
-        str(LONG_POLL_SECONDS),
-        *args,
-    ]
+    cmd = [*command(emu.url, emu.api_key, str(lake), LEASE_SECONDS, LONG_POLL_SECONDS), *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 

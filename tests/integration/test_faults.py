@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +36,8 @@ from airflow_provider_ktexport.exceptions import (
 from airflow_provider_ktexport.lake.schema import field_path
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
 from airflow_provider_ktexport.testing.emulator import Emulator
-from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_filesystem
+from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_client, s3_filesystem
+from tests.integration.crash_worker import command
 from tests.integration.test_crash_recovery import audit, simple_records
 
 pytestmark = pytest.mark.integration
@@ -434,22 +434,7 @@ def test_unwritable_local_lake_acks_nothing_and_the_next_run_lands_everything(tm
     records = simple_records(120)
     with emulator(batch_size=40) as emu:
         emu.enqueue(records)
-        cmd = [
-            *_no_dac_override(),
-            sys.executable,
-            "-m",
-            "tests.integration.crash_worker",
-            "--url",
-            emu.url,
-            "--api-key",
-            emu.api_key,
-            "--lake",
-            str(lake),
-            "--lease-seconds",
-            str(LEASE),
-            "--long-poll-seconds",
-            str(LONG_POLL),
-        ]
+        cmd = [*_no_dac_override(), *command(emu.url, emu.api_key, str(lake), LEASE, LONG_POLL)]
         failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert failed.returncode == 1, failed.stderr[-3000:]
         error = json.loads(failed.stdout.strip().splitlines()[-1])
@@ -462,7 +447,6 @@ def test_unwritable_local_lake_acks_nothing_and_the_next_run_lands_everything(tm
 
 
 def test_missing_bucket_acks_nothing_and_the_next_run_lands_everything(tmp_path, s3_endpoint):
-    import boto3
 
     bucket = "it-faults-created-late"
     records = simple_records(120)
@@ -477,13 +461,7 @@ def test_missing_bucket_acks_nothing_and_the_next_run_lands_everything(tmp_path,
                 ).run()
         assert f"s3://{bucket}/lake/" in str(err.value) and "bucket" in str(err.value).lower(), err.value
         assert emu.stats()["acked"] == 0
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=s3_endpoint,
-            aws_access_key_id=S3_KEY,
-            aws_secret_access_key=S3_KEY,
-            region_name="us-east-1",
-        )
+        s3 = s3_client(s3_endpoint)
         s3.create_bucket(Bucket=bucket)
         with client_for(emu) as client:
             config = DrainConfig(
@@ -625,25 +603,11 @@ def test_broken_destinations_fail_the_task_naming_them_and_the_next_run_lands_ev
 
         # Fix every destination; the next run lands everything.
         local.chmod(0o755)
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=s3_endpoint,
-            aws_access_key_id=S3_KEY,
-            aws_secret_access_key=S3_KEY,
-            region_name="us-east-1",
-        ).create_bucket(Bucket=bucket)
+        s3_client(s3_endpoint).create_bucket(Bucket=bucket)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=down_port, verbose=False)
         server.start()
         try:
-            boto3.client(
-                "s3",
-                endpoint_url=down_endpoint,
-                aws_access_key_id=S3_KEY,
-                aws_secret_access_key=S3_KEY,
-                region_name="us-east-1",
-            ).create_bucket(Bucket=down_bucket)
+            s3_client(down_endpoint).create_bucket(Bucket=down_bucket)
             second = run_dag(
                 "ktexport_storage_faults",
                 connections=connections,
