@@ -116,6 +116,8 @@ class LakeWriter:
         self.local = _is_local(fs)
         # This writer's own published schema per record type (what its schema file holds).
         self._own: dict[str, pa.Schema] = {}
+        # The lake's published schema per record type as last read; it only ever widens.
+        self._published: dict[str, pa.Schema] = {}
 
     def __repr__(self) -> str:
         return f"LakeWriter(root={self.root!r}, writer_id={self.writer_id!r})"
@@ -274,6 +276,8 @@ class LakeWriter:
             except FileNotFoundError:
                 continue
             merged = schema if merged is None else widen(merged, schema)
+        if merged is not None:
+            self._published[record_type] = merged
         return merged
 
     def save_schema(self, record_type: str, schema: pa.Schema) -> None:
@@ -282,6 +286,12 @@ class LakeWriter:
 
     def _publish(self, record_type: str, schema: pa.Schema) -> None:
         own = self._own.get(record_type)
+        if own is None:
+            # A writer adds a schema file only to publish a widening: a run whose types the lake
+            # already publishes writes none, so the store does not grow by a file per run.
+            published = self._published.get(record_type) or self.load_schema(record_type)
+            if published is not None and widen(published, schema).equals(published, check_metadata=True):
+                return
         merged = schema if own is None else widen(own, schema)
         if own is not None and merged.equals(own, check_metadata=True):
             return

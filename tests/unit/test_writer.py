@@ -174,6 +174,22 @@ def test_schema_store_merges_two_writers(tmp_path: Path) -> None:
     assert LakeWriter(fs, str(tmp_path)).load_schema("nothing") is None
 
 
+def test_runs_that_bring_no_widening_add_no_schema_file(tmp_path: Path) -> None:
+    fs = LocalFileSystem()
+    record = {"type": "telemetry", "date": "2026-11-25T10:00:00Z", "speed": 5}
+    for run in range(5):  # every run is a new writer, as every drain task is
+        land(LakeWriter(fs, str(tmp_path), writer_id=f"run{run}"), [record])
+    store = tmp_path / "_schema" / "telemetry"
+    assert [p.name for p in store.iterdir()] == ["run0.json"]
+    # A run that widens a type publishes it in a file of its own; the merge keeps both.
+    land(LakeWriter(fs, str(tmp_path), writer_id="run5"), [{**record, "speed": 5.5, "new": True}])
+    assert sorted(p.name for p in store.iterdir()) == ["run0.json", "run5.json"]
+    merged = LakeWriter(fs, str(tmp_path)).load_schema("telemetry")
+    assert merged is not None
+    assert merged.field("speed").type == pa.float64() and merged.field("new").type == pa.bool_()
+    assert len(parquet_files(tmp_path)) == 6
+
+
 def test_widened_lake_reads_through_published_schema(writer: LakeWriter, tmp_path: Path) -> None:
     land(writer, [{"type": "telemetry", "telemetry": {"ignition": 1}, "n": 1}])
     land(writer, [{"type": "telemetry", "telemetry": {"ignition": "on"}, "n": 2.5}])
