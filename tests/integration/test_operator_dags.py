@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -180,3 +181,49 @@ def test_bad_drain_until_fails_with_a_clear_message(emulator, run_dag, tmp_path)
     assert result.returncode != 0
     assert "drain_until='next tuesday' is neither ISO-8601 nor epoch seconds" in result.output
     assert emulator.stats()["served"] == 0  # nothing leased before the error
+
+
+def test_execution_timeout_stops_the_drain_without_loss_and_a_rerun_lands_the_rest(run_dag, tmp_path):
+    """execution_timeout strikes mid-run while data keeps arriving: nothing acked before it landed."""
+    lake = tmp_path / "lake"
+    early: list[str] = []
+
+    with Emulator(
+        api_key="k-timeout", lease_seconds=8, long_poll_seconds=1, batch_size=50, rate=150, seed=8
+    ) as emu:
+
+        def on_ack(batch_id: str, records: list[dict]) -> None:
+            landed = set(lake_seqs(lake))
+            if any(r["emulator_seq"] not in landed for r in records):
+                early.append(batch_id)
+
+        emu.on_ack = on_ack
+        common = {"ktexport_default": ktexport_conn(emu)}
+        timed_out = run_dag(
+            "ktexport_it_drain",
+            connections=common,
+            variables={"ktexport_lake": lake.as_uri()},
+            options={
+                "lease_seconds": 8,
+                "flush_seconds": 3,
+                "stop_when_empty": False,
+                "max_runtime": 120,
+                "execution_timeout": 6,
+            },
+        )
+        assert timed_out.returncode != 0, timed_out.output[-3000:]
+        assert "AirflowTaskTimeout" in timed_out.output, timed_out.output[-3000:]
+        # It stopped leasing and landed what it held (young leases), then failed as timed out.
+        assert "Flush (end of run)" in timed_out.output, timed_out.output[-3000:]
+        emu.rate = 0  # the producer stops; the rerun drains what is left, redeliveries included
+        rerun = run_dag(
+            "ktexport_it_drain",
+            connections=common,
+            variables={"ktexport_lake": lake.as_uri()},
+            options={"lease_seconds": 8, "flush_seconds": 3, "drain_until": time.time() + 9},
+        )
+        stats = emu.stats()
+    assert rerun.returncode == 0, rerun.output[-5000:]
+    assert early == []
+    assert stats["emitted"] > 0 and stats["queued"] == 0 and stats["leased"] == 0, stats
+    assert set(lake_seqs(lake)) == set(range(1, stats["emitted"] + 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import dag
@@ -11,6 +12,8 @@ from airflow.sdk import dag
 from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
 
 OPTIONS = json.loads(os.environ.get("KTEXPORT_IT_OPTIONS", "{}"))
+if "execution_timeout" in OPTIONS:  # JSON has no timedelta: seconds
+    OPTIONS["execution_timeout"] = timedelta(seconds=OPTIONS["execution_timeout"])
 
 
 @dag(
