@@ -213,8 +213,9 @@ def test_execution_timeout_stops_the_drain_without_loss_and_a_rerun_lands_the_re
         )
         assert timed_out.returncode != 0, timed_out.output[-3000:]
         assert "AirflowTaskTimeout" in timed_out.output, timed_out.output[-3000:]
-        # It stopped leasing and landed what it held (young leases), then failed as timed out.
-        assert "Flush (end of run)" in timed_out.output, timed_out.output[-3000:]
+        # What it held then was landed if its leases allowed (usually: "Flush (end of run)"), else
+        # left to be redelivered; which one depends on when the timeout struck, so the test checks
+        # the outcome both must give: no early ack (on_ack) and nothing lost after the rerun.
         emu.rate = 0  # the producer stops; the rerun drains what is left, redeliveries included
         rerun = run_dag(
             "ktexport_it_drain",
