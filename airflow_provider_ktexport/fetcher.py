@@ -37,8 +37,8 @@ class Fetcher:
     """Keeps up to ``n`` GETs outstanding and hands results to the main thread.
 
     Results are ``("batch", Batch)``, ``("empty", None)``, ``("error", exc)``.
-    The hand-off queue is bounded so fetchers cannot run far ahead of the
-    writer: memory stays set by the flush size, not by the queue length.
+    The hand-off queue is bounded (``HANDOFF_BATCHES``) so fetchers cannot run far ahead of
+    the writer: memory stays set by the flush size and the hand-off, not by the queue length.
     """
 
     def __init__(
@@ -63,11 +63,6 @@ class Fetcher:
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
-
-    def join(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
 
     def _put(self, item: tuple[str, Any]) -> None:
         # A leased batch waits for room while the run goes on; once the run has stopped and nobody
