@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import ssl
@@ -69,6 +70,7 @@ _HTML_502 = (
 _JSON = "application/json; charset=utf-8"
 #: In a scripted body this placeholder is replaced by the leased batch id.
 ID_PLACEHOLDER = b"$ID"
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
 
 
 @dataclass
@@ -708,7 +710,9 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s " + format, self.address_string(), *args)
+        # The request line carries ?token=<key> in query mode: keep the key out of the log.
+        line = _TOKEN_IN_QUERY.sub(r"\1***", format % args)
+        log.debug("%s %s", self.address_string(), line)
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -160,6 +160,16 @@ def test_key_in_header_or_query(emu: Emulator) -> None:
     assert _get(emu, headers={}, params={"token": KEY}).status_code == 200
 
 
+def test_access_log_keeps_the_query_key_out(emu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    emu.generate(5)
+    with caplog.at_level("DEBUG", logger="airflow_provider_ktexport.testing.emulator"):
+        assert _get(emu, headers={}, params={"token": KEY}).status_code == 200
+        _wait_for(lambda: any("GET /v2/stream" in r.getMessage() for r in caplog.records))
+    lines = [r.getMessage() for r in caplog.records if "GET /v2/stream" in r.getMessage()]
+    assert lines and all("token=***" in line for line in lines)
+    assert KEY not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("headers", "params"),
     [({}, {}), ({"x-access-token": "wrong"}, {}), ({}, {"token": "wrong"}), ({"authorization": KEY}, {})],
