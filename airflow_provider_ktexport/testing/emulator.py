@@ -257,6 +257,9 @@ class Emulator:
             self._cond.notify_all()
         server.shutdown()
         server.server_close()
+        # Let requests already being served (long polls just woken) send their answer before the
+        # idle keep-alive connections are dropped.
+        server.wait_idle(timeout=2.0)
         server.drop_connections()
         for t in self._threads:
             t.join(timeout=5)
@@ -645,6 +648,8 @@ class _Server(ThreadingHTTPServer):
         self._conns: set[socket.socket] = set()
         self._resets: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
+        self._busy = 0  # requests being served right now
+        self._idle = threading.Condition()
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[Any, Any]:
@@ -678,6 +683,16 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that vanish mid-request or refuse our certificate are routine here, not tracebacks.
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+    def busy(self, delta: int) -> None:
+        with self._idle:
+            self._busy += delta
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def drop_connections(self) -> None:
         with self._conn_lock:
@@ -727,6 +742,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PUT")
 
     def _dispatch(self, method: str) -> None:
+        self.server.busy(+1)
+        try:
+            self._serve(method)
+        finally:
+            self.server.busy(-1)
+
+    def _serve(self, method: str) -> None:
         emu = self.server.emulator
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""

@@ -145,7 +145,7 @@ def test_stop_wakes_a_held_long_poll() -> None:
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_get(e).status_code))
     t.start()
-    time.sleep(0.2)
+    _wait_for(lambda: e.stats()["requests"] == 1)  # the GET is in, held by the long poll
     e.stop()
     t.join(10)
     assert result == [500]
