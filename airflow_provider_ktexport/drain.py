@@ -32,7 +32,7 @@ from typing import Any
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError, KtExportProtocolError
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
-from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
+from airflow_provider_ktexport.lake.schema import EVENT_TIME_FIELDS, PartitionTable, build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ ACK_CONCURRENCY = 16
 def connections_needed(max_in_flight: int) -> int:
     """HTTP connections a drain keeps busy at once: outstanding GETs plus concurrent acks."""
     return max_in_flight + ACK_CONCURRENCY
-
-
-#: Columns holding a record's own time, in the order the partition uses them.
-_RECORD_TIME_COLUMNS = ("date", "eventDate", "dateEnd", "received")
 
 
 def min_lease_margin(lease_seconds: float) -> float:
@@ -408,7 +404,7 @@ class Drain:
 
         oldest = None
         for part in tables:
-            for name in _RECORD_TIME_COLUMNS:
+            for name in EVENT_TIME_FIELDS:
                 if name in part.table.column_names and str(part.table.schema.field(name).type).startswith(
                     "timestamp"
                 ):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,23 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_ktexport.lake.compact import compact_lake
-from airflow_provider_ktexport.lake.schema import build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
 from tests.integration.conftest import aws_conn, s3_filesystem
+from tests.lake_support import land
 
 pytestmark = pytest.mark.integration
 
 
-def land(writer: LakeWriter, seqs: range, **extra) -> None:
-    records = [{"type": "telemetry", "date": "2026-11-25T10:00:00Z", "seq": i, **extra} for i in seqs]
-    for p in build_tables(
-        [json.dumps(r).encode() for r in records],
-        ["b"] * len(records),
-        source="s3test",
-        ingested_at=datetime(2026, 11, 26, tzinfo=UTC),
-        known_schema=writer.load_schema,
-    ):
-        writer.write(p.table, p.partition)
+def land_seqs(writer: LakeWriter, seqs: range, **extra) -> None:
+    land(writer, [{"type": "telemetry", "date": "2026-11-25T10:00:00Z", "seq": i, **extra} for i in seqs])
 
 
 def data_files(fs, root: str) -> list[str]:
@@ -40,9 +30,9 @@ def test_compaction_on_s3_merges_dedups_and_reconciles_types(s3_endpoint, s3_buc
     fs = s3_filesystem(s3_endpoint)
     root = f"{s3_bucket}/lake"
     writer = LakeWriter(fs, root, writer_id="drain", uri_prefix=f"s3://{root}")
-    land(writer, range(0, 100), ignition=1)
-    land(writer, range(100, 200), ignition="on")  # widens ignition to string
-    land(writer, range(150, 200), ignition="on")  # 50 duplicates
+    land_seqs(writer, range(0, 100), ignition=1)
+    land_seqs(writer, range(100, 200), ignition="on")  # widens ignition to string
+    land_seqs(writer, range(150, 200), ignition="on")  # 50 duplicates
     before = data_files(fs, root)
     assert len(before) == 3
 
@@ -64,8 +54,8 @@ def test_compact_dag_on_s3_leaves_fresh_partitions_alone(run_dag, s3_endpoint, s
     fs = s3_filesystem(s3_endpoint)
     root = f"{s3_bucket}/lake"
     writer = LakeWriter(fs, root, writer_id="drain")
-    land(writer, range(0, 10))
-    land(writer, range(10, 20))
+    land_seqs(writer, range(0, 10))
+    land_seqs(writer, range(10, 20))
     before = data_files(fs, root)
     result = run_dag(
         "ktexport_compact",

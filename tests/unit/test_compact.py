@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,8 +16,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.compact import compact_lake
-from airflow_provider_ktexport.lake.schema import build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from tests.lake_support import land
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
 LATER = time.time() + 3600  # "now" for compaction: every file is old enough
@@ -32,18 +31,6 @@ def telemetry(seq: int, **extra: Any) -> dict[str, Any]:
         "seq": seq,
         **extra,
     }
-
-
-def land(writer: LakeWriter, records: list[dict[str, Any]]) -> None:
-    """What the drain does: build against the published schema, write every partition."""
-    for p in build_tables(
-        [json.dumps(r).encode() for r in records],
-        ["b"] * len(records),
-        source="conn",
-        ingested_at=NOW,
-        known_schema=writer.load_schema,
-    ):
-        writer.write(p.table, p.partition)
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.lake.schema import build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
 from airflow_provider_ktexport.operators.compact import KtExportCompactOperator
 from airflow_provider_ktexport.operators.ktexport import KtExportCompactOperator as ReExported
+from tests.lake_support import land
 
 
-def land(writer: LakeWriter, seqs: range) -> None:
-    records = [{"type": "trip", "dateEnd": "2026-11-25T10:00:00Z", "seq": i} for i in seqs]
-    for p in build_tables(
-        [json.dumps(r).encode() for r in records],
-        ["b"] * len(records),
-        source="conn",
-        ingested_at=datetime(2026, 11, 26, tzinfo=UTC),
-        known_schema=writer.load_schema,
-    ):
-        writer.write(p.table, p.partition)
+def trips(seqs: range) -> list[dict]:
+    return [{"type": "trip", "dateEnd": "2026-11-25T10:00:00Z", "seq": i} for i in seqs]
 
 
 def test_it_is_re_exported_next_to_the_drain_operator():
@@ -44,8 +35,8 @@ def test_bad_arguments_fail_at_parse_time(kwargs, match):
 def test_execute_compacts_a_local_lake_and_returns_the_summary(tmp_path):
     root = tmp_path / "lake"
     writer = LakeWriter(LocalFileSystem(), str(root), writer_id="drain")
-    land(writer, range(10))
-    land(writer, range(5, 20))  # 5 duplicates
+    land(writer, trips(range(10)))
+    land(writer, trips(range(5, 20)))  # 5 duplicates
     op = KtExportCompactOperator(task_id="compact", source=root.as_uri(), min_age_minutes=0)
     summary = op.execute({})  # type: ignore[arg-type]
     assert {k: summary[k] for k in ("partitions", "files_in", "files_out", "rows_in", "rows_out")} == {

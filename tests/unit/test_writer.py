@@ -17,22 +17,10 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
-from airflow_provider_ktexport.lake.schema import build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_pandas
+from tests.lake_support import land
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
-
-
-def land(writer: LakeWriter, records: list[dict[str, Any]]) -> list[str]:
-    """What the drain does: build against the published schema, then write every partition."""
-    parts = build_tables(
-        [json.dumps(r).encode() for r in records],
-        ["b1"] * len(records),
-        source="conn",
-        ingested_at=NOW,
-        known_schema=writer.load_schema,
-    )
-    return [writer.write(p.table, p.partition).path for p in parts]
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -135,7 +123,8 @@ def test_unsanitised_partition_is_refused(writer: LakeWriter, tmp_path: Path) ->
 
 
 def test_hostile_record_type_lands_inside_the_root(writer: LakeWriter, tmp_path: Path) -> None:
-    (path,) = land(writer, [{"type": "../../etc", "x": 1}])
+    (written,) = land(writer, [{"type": "../../etc", "x": 1}])
+    path = written.path
     assert Path(path).resolve().is_relative_to(tmp_path.resolve())
     assert read_lake(str(tmp_path)).column("record_type").to_pylist() == ["../../etc"]
 

@@ -1,0 +1,32 @@
+"""Test helper shared by the lake tests: land records the way the drain does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_provider_ktexport.lake.schema import build_tables
+from airflow_provider_ktexport.lake.writer import LakeWriter, WrittenFile
+
+INGESTED_AT = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
+
+
+def land(
+    writer: LakeWriter,
+    records: Sequence[dict[str, Any]],
+    *,
+    source: str = "conn",
+    batch_id: str = "b",
+    ingested_at: datetime = INGESTED_AT,
+) -> list[WrittenFile]:
+    """Build against the lake's published schema, then write every partition (as a flush does)."""
+    parts = build_tables(
+        [json.dumps(r).encode() for r in records],
+        [batch_id] * len(records),
+        source=source,
+        ingested_at=ingested_at,
+        known_schema=writer.load_schema,
+    )
+    return [writer.write(p.table, p.partition) for p in parts]
