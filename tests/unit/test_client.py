@@ -46,6 +46,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     reset: bool = False
     hang: float = 0.0
+    #: Send only this many bytes of the (encoded) body, then: close, or with ``stall`` wait first.
+    cut: int | None = None
+    stall: float = 0.0
+    #: Send these bytes as the gzip stream instead of compressing ``body``.
+    raw_gzip: bytes | None = None
 
 
 @dataclass
@@ -134,7 +139,7 @@ class Stub:
                     body = body.encode()
                 headers = dict(reply.headers)
                 if "gzip" in seen.headers.get("accept-encoding", "") and body:
-                    body = gzip.compress(body)
+                    body = gzip.compress(body) if reply.raw_gzip is None else reply.raw_gzip
                     headers["Content-Encoding"] = "gzip"
                 try:
                     self.send_response(reply.status)
@@ -142,7 +147,14 @@ class Stub:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    if reply.cut is None:
+                        self.wfile.write(body)
+                        return
+                    self.wfile.write(body[: reply.cut])
+                    self.wfile.flush()
+                    if reply.stall:
+                        stub.release.wait(reply.stall)
+                    self.close_connection = True
                 except OSError:
                     self.close_connection = True
 
@@ -325,6 +337,33 @@ def test_gzip_body_is_decoded(stub: Stub, client: KtExportClient) -> None:
     assert batch is not None and len(batch) == 200
     # body_size is after decoding: the JSON itself, not the smaller gzip stream.
     assert batch.body_size == len(json.dumps(payload).encode())
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        Reply(200, batch_body(n=200), cut=300),  # the connection closes mid-body
+        Reply(200, batch_body(n=200), raw_gzip=b"\x1f\x8b\x08\x00not-deflate-data"),
+        Reply(200, batch_body(n=200), cut=300, stall=3.0),  # the body stops coming
+    ],
+    ids=["cut-short", "corrupt-gzip", "stalls-mid-body"],
+)
+def test_a_body_that_breaks_while_read_is_retried(stub: Stub, broken: Reply) -> None:
+    # The body is read in one call (not requests' 10 KB steps); its failures must still be
+    # transport errors the client retries, never a half batch or an unexplained exception.
+    stub.add(broken, Reply(200, batch_body("b-2", n=200)))
+    with make_client(stub.url, long_poll_seconds=0.5, read_timeout=1.0) as c:
+        batch = c.get_batch()
+    assert batch is not None and batch.id == "b-2" and len(batch) == 200
+    assert stub.hits("GET") == 2
+
+
+def test_a_body_that_keeps_breaking_gives_a_transient_error(stub: Stub) -> None:
+    stub.default = lambda seen: Reply(200, batch_body(n=200), cut=300)
+    with make_client(stub.url, max_retries=1) as c, pytest.raises(KtExportTransientError) as err:
+        c.get_batch()
+    assert "gave up after 2 attempts" in str(err.value)
+    assert KEY not in str(err.value)
 
 
 def test_keep_alive_reuses_one_connection(stub: Stub, client: KtExportClient) -> None:
