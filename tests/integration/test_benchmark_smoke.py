@@ -27,7 +27,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
             sys.executable,
             *("-m", "benchmarks.drain_bench", "--records", str(RECORDS), "--skip-1m"),
             *("--latency-ms", "20", "--latency-records", str(RECORDS), "--micro-records", "2000"),
-            *("--out", str(out)),
+            *("--repeat", "2", "--out", str(out)),
         ],
         cwd=REPO,
         capture_output=True,
@@ -56,6 +56,13 @@ def test_report_has_every_figure_ratio_and_target(report: dict) -> None:
         "wall_c_over_a_at_20ms",
         "rss_big_over_n",
     }
+    # Interleaved repeats: each 0 ms figure is one of its samples, and a ratio per repeat is shown.
+    for case in "abc":
+        run = report["runs"][f"{case}_0ms"]
+        assert len(run["cpu_s_per_100k_samples"]) == 2
+        assert run["cpu_s_per_100k"] in run["cpu_s_per_100k_samples"]
+    assert len(report["ratios"]["cpu_c_over_a_per_repeat"]) == 2
+    assert report["ratios"]["cpu_c_over_a_bound_estimate"] > 0
     for name, target in report["targets"].items():
         assert "met" in target, name
         assert target["met"] in (True, False, None), name
