@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_ktexport.lake import arrowjson
+from airflow_provider_ktexport.lake import arrowjson, schema
 from airflow_provider_ktexport.lake.schema import (
     META_COLUMNS,
     TIMESTAMP,
@@ -22,6 +22,7 @@ from airflow_provider_ktexport.lake.schema import (
     column_path,
     event_date,
     field_path,
+    record_type_of,
     record_key,
     sanitize_partition_value,
     widen,
@@ -542,3 +543,37 @@ def test_event_date_from_time_columns_equals_the_per_record_rule(
     record = {"type": "t", "date": text}
     (part,) = build([record])
     assert part.partition["event_date"] == event_date(record)
+
+
+# -- grouping by record type agrees with the decoded record ------------------------------------------------
+# (A byte-level shortcut was tried and measured slower than msgspec's one-field decode: 1.1 vs 0.7 us.)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"telemetry","a":1}',
+        b'{"type":"a","x":1,"type":"b"}',  # duplicate key: the last one wins, as in the dict
+        b'{"type":"a","\\u0074ype":"b"}',  # the same key spelled with an escape
+        b'{"type":"a","d":{"type":"b"}}',  # a nested "type" (not the record's)
+        b'{"type":"a\\"b","x":1}',  # an escaped quote inside the value
+        b'{"type":"caf\\u00e9"}',
+        b'{"type":"","x":1}',
+        b'{"type" : "spaced"}',
+        b'{"x":1,"type":"later"}',
+        b'{"type":5}',
+        b'{"type":null}',
+        b'{"type":"../../etc"}',
+        b'{"x":"type"}',
+    ],
+)
+def test_record_type_from_bytes_equals_the_decoded_record(raw: bytes) -> None:
+    cache: dict[Any, str] = {}
+    expected = record_type_of(json.loads(raw))
+    assert schema._type_of(raw, cache) == expected
+    assert schema._type_of(raw, cache) == expected  # and again from the cache
+
+
+def test_record_type_with_invalid_utf8_is_refused() -> None:
+    with pytest.raises(ValueError, match="utf-8"):
+        schema._type_of(b'{"type":"\xff\xfe","x":1}', {})
