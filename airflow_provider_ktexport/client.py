@@ -439,6 +439,7 @@ class KtExportClient:
                     f"{failure} (no retry: the caller's deadline leaves no time for attempt {failures + 1})",
                     status_code=failure.status_code,
                     retry_after=failure.retry_after,
+                    out_of_time=True,
                 )
             log.warning("%s; retry %d of %d in %.1f s", failure, failures, max_retries, delay)
             time.sleep(delay)

@@ -30,7 +30,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError, KtExportProtocolError
+from airflow_provider_ktexport.exceptions import (
+    KtExportConfigError,
+    KtExportError,
+    KtExportProtocolError,
+    KtExportTransientError,
+)
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
 from airflow_provider_ktexport.lake.schema import EVENT_TIME_FIELDS, PartitionTable, build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter
@@ -157,6 +162,7 @@ class Drain:
         self._should_stop = should_stop or (lambda: False)
         self.log = logger or log
         self.result = DrainResult()
+        self._answered = False  # a GET of this run got an answer (a batch or empty)
         self._held: list[_Held] = []
         self._records: list[bytes] = []
         self._record_batch: list[str] = []
@@ -204,6 +210,8 @@ class Drain:
                     if not fetcher.alive() and fetcher.results.empty():
                         break  # every fetcher reached the run deadline
                     continue
+                if kind != "error":
+                    self._answered = True
                 if kind == "batch":
                     self._hold(item)
                     self._take_ready(fetcher, backlog)
@@ -216,6 +224,8 @@ class Drain:
                         break
                 elif isinstance(item, KtExportProtocolError):
                     self._quarantine(item)
+                elif self._ends_quietly(item):
+                    continue  # that fetcher has stopped; the others run to the deadline
                 else:
                     raise item
             fetcher.stop()
@@ -247,6 +257,18 @@ class Drain:
             self.result.duration_s,
         )
         return self.result
+
+    def _ends_quietly(self, exc: BaseException) -> bool:
+        """A transient failure in the run's last seconds, from a server that answered earlier in it.
+
+        Its retries would pass ``max_runtime``: the run ends as if the time were up (what it holds
+        still lands) instead of failing the task; the next run takes over. A server that has not
+        answered once in this run fails the task, so an outage is never hidden.
+        """
+        if not (isinstance(exc, KtExportTransientError) and exc.out_of_time and self._answered):
+            return False
+        self.log.warning("The run's time ran out while the export API was failing; ending the run: %s", exc)
+        return True
 
     def _finish(self, fetcher: Fetcher, *, wait_for_fetchers: bool, killed: bool) -> None:
         """Collect batches that in-flight GETs still deliver, then land what is held."""

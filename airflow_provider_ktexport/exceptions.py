@@ -26,13 +26,25 @@ class KtExportAuthError(KtExportError):
 
 
 class KtExportTransientError(KtExportError):
-    """A failure a later attempt may not see: 429, 502-504, reset, timeout."""
+    """A failure a later attempt may not see: 429, 502-504, reset, timeout.
+
+    ``out_of_time`` is true when retries remained but the caller's deadline left no room for
+    the next one (the failure came in the last seconds of a run), false when they ran out.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        out_of_time: bool = False,
+    ):
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
+        self.out_of_time = out_of_time
 
 
 class KtExportHTTPError(KtExportError):

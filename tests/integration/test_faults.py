@@ -188,6 +188,26 @@ def test_exhausted_retries_fail_with_a_clear_error_and_ack_nothing(tmp_path):
     assert not list(lake.rglob("*.parquet"))
 
 
+def test_failures_in_the_last_seconds_of_a_run_end_it_without_failing_the_task(tmp_path, caplog):
+    # Everything lands in the first second; then every GET answers 503 + Retry-After, whose wait
+    # (capped at backoff_max 2 s) would pass max_runtime: the run ends as if its time were up.
+    lake = tmp_path / "lake"
+    with emulator(batch_size=40) as emu:
+        emitted = emu.generate(200)
+        storm = threading.Timer(2.5, emu.script, (503, "busy", {"Retry-After": "30"}), {"times": 1000})
+        storm.start()
+        caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
+        try:
+            result = drain(emu, lake, until=60, max_runtime=4.0, client=client_for(emu, backoff_max=2.0))
+        finally:
+            storm.cancel()
+        audit(emu, lake, emitted)
+        stats = emu.stats()
+    assert result.records == 200 and result.stopped == "max_runtime"
+    assert stats["acked_records"] == 200
+    assert any("time ran out while the export API was failing" in r.getMessage() for r in caplog.records)
+
+
 def test_wrong_key_fails_at_once_without_retrying(tmp_path):
     with emulator() as emu:
         emu.generate(10)

@@ -495,6 +495,7 @@ def test_retries_are_bounded(stub: Stub, client: KtExportClient) -> None:
     with pytest.raises(KtExportTransientError, match="gave up after 4 attempts") as info:
         client.get_batch()
     assert info.value.status_code == 503 and info.value.retryable
+    assert not info.value.out_of_time  # retries ran out: never a quiet end
     assert stub.hits() == 4  # 1 + max_retries
 
 
@@ -578,10 +579,11 @@ def test_no_retry_starts_past_the_deadline(stub: Stub) -> None:
     stub.default = lambda seen: Reply(503, headers={"Retry-After": "5"})
     with make_client(stub.url, backoff_max=10.0) as c:
         start = time.monotonic()
-        with pytest.raises(KtExportTransientError, match="deadline"):
+        with pytest.raises(KtExportTransientError, match="deadline") as info:
             c.get_batch(deadline=start + 1.0)
     assert stub.hits() == 1
     assert time.monotonic() - start < 4
+    assert info.value.out_of_time  # the drain may end its run quietly on this one
 
 
 def test_deadline_far_away_changes_nothing(stub: Stub, client: KtExportClient) -> None:

@@ -18,6 +18,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
     KtExportConfigError,
     KtExportProtocolError,
+    KtExportTransientError,
     KtExportWriteError,
 )
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
@@ -249,6 +250,36 @@ def test_auth_error_lands_what_is_held_then_raises(tmp_path):
         run(client, lake, max_in_flight=1)
     assert client.acks == ["held"]
     assert sorted(lake_seqs(lake)) == [0, 1, 2]
+
+
+def _storm(*, out_of_time: bool) -> KtExportTransientError:
+    return KtExportTransientError("GET answered 503", status_code=503, out_of_time=out_of_time)
+
+
+def test_a_failure_in_the_runs_last_seconds_ends_the_run_not_the_task(tmp_path):
+    # The server answered, then failed with no time left to retry: land, ack, end like max_runtime.
+    lake = tmp_path / "lake"
+    client = FakeClient([make_batch("held", range(3)), _storm(out_of_time=True)], lake=lake)
+    drain = run(client, lake, max_in_flight=1)
+    assert drain.result.stopped == "max_runtime"
+    assert client.acks == ["held"]
+    assert sorted(lake_seqs(lake)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [_storm(out_of_time=True)],  # the server never answered in this run: an outage, not a blip
+        [make_batch("held", range(3)), _storm(out_of_time=False)],  # retries ran out
+    ],
+    ids=["no-answer-yet", "retries-exhausted"],
+)
+def test_other_transient_failures_still_fail_the_task(tmp_path, answers):
+    lake = tmp_path / "lake"
+    client = FakeClient(answers, lake=lake)
+    with pytest.raises(KtExportTransientError):
+        run(client, lake, max_in_flight=1)
+    assert client.acks == [a.id for a in answers if isinstance(a, Batch)]  # what was held still landed
 
 
 def test_failed_acks_are_counted_not_raised(tmp_path):

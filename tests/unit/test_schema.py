@@ -22,8 +22,8 @@ from airflow_provider_ktexport.lake.schema import (
     column_path,
     event_date,
     field_path,
-    record_type_of,
     record_key,
+    record_type_of,
     sanitize_partition_value,
     widen,
 )
