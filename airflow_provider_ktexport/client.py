@@ -5,142 +5,65 @@ keep-alive connections are reused, and speaks the export protocol: ``GET
 /v2/stream`` leases a batch, ``DELETE /v2/stream/{id}`` acknowledges it, an
 empty queue answers ``500`` after the long poll. It retries what a retry can
 fix (429, 502-504, resets, timeouts), fails at once on a refused key, and keeps
-the API key out of every message, log line, ``repr`` and exception chain.
+the API key out of every message, log line, ``repr`` and exception chain. The
+transport-free rules (statuses, body shape, backoff, errors, redaction) are in
+:mod:`airflow_provider_ktexport.protocol`, shared with the async trigger.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
-import random
-import re
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import msgspec
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_ktexport import __version__
 from airflow_provider_ktexport.exceptions import (
-    KtExportAuthError,
     KtExportConfigError,
     KtExportError,
     KtExportHTTPError,
     KtExportProtocolError,
     KtExportTransientError,
 )
+from airflow_provider_ktexport.protocol import (
+    AUTH_HEADER,
+    AUTH_QUERY_PARAM,
+    AUTH_STATUSES,
+    DEFAULT_USER_AGENT,
+    EMPTY_STATUSES,
+    STREAM_PATH,
+    TRANSIENT_STATUSES,
+    auth_error,
+    backoff_delay,
+    batch_id_in,
+    check_auth_location,
+    check_read_timeout,
+    has_cause,
+    http_error,
+    normalize_base_url,
+    read_envelope,
+    redact,
+    tls_error,
+    transient_status_error,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "AUTH_HEADER",
-    "AUTH_LOCATIONS",
-    "AUTH_QUERY_PARAM",
-    "DEFAULT_USER_AGENT",
-    "STREAM_PATH",
-    "Batch",
-    "KtExportClient",
-    "normalize_base_url",
-    "redact",
-    "redact_secret",
-]
+__all__ = ["Batch", "KtExportClient"]
 
-STREAM_PATH = "/v2/stream"
-AUTH_HEADER = "x-access-token"
-AUTH_QUERY_PARAM = "token"
-AUTH_LOCATIONS = ("header", "query")
-DEFAULT_USER_AGENT = f"airflow-provider-ktexport/{__version__}"
-EXAMPLE_BASE_URL = "https://export.us1.kt1.io"
-
-# 408 and 429 say "later"; 502-504 are proxies/load balancers in front of the API.
-_TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
-_AUTH_STATUSES = frozenset({401, 403})
-_MASK = "***"
-# Any ``token=`` query value, whatever the key: a belt to the exact-key braces below.
-_TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&\s'\"<>)]*")
-# Finds the batch id in a body JSON could not decode, so the quarantine can name it.
-_ID_IN_BODY = re.compile(rb'"id"\s*:\s*"([^"\\\x00-\x1f]{1,256})"')
 _BODY_EXCERPT = 200
-
-
-def redact(text: str, secret: str | None) -> str:
-    """Return ``text`` with ``secret`` (raw and URL-encoded) and any ``token=`` query value masked."""
-    if secret:
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            text = text.replace(form, _MASK)
-    return _TOKEN_IN_URL.sub(r"\1" + _MASK, text)
-
-
-#: Alias of :func:`redact` (the name some callers know it by).
-redact_secret = redact
-
-
-def normalize_base_url(url: str, port: int | None = None) -> str:
-    """Turn a full URL or a bare host (https assumed) into ``scheme://host[:port][/prefix]``.
-
-    Trailing slashes and a pasted ``/v2/stream`` endpoint are tolerated. Raises
-    :class:`KtExportConfigError` naming the problem and the fix.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise KtExportConfigError(f"the export API base URL is empty: set it, e.g. {EXAMPLE_BASE_URL}")
-    text = url.strip()
-    if "://" not in text:
-        text = "https://" + text
-    try:
-        parts = urlsplit(text)
-        url_port = parts.port
-    except ValueError as exc:
-        raise KtExportConfigError(
-            f"the export API base URL is not a valid URL ({exc}): use e.g. {EXAMPLE_BASE_URL}"
-        ) from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise KtExportConfigError(
-            f"the export API base URL has scheme {scheme!r}: use https:// (or http:// for a local emulator)"
-        )
-    if parts.query or parts.fragment:
-        raise KtExportConfigError(
-            "the export API base URL must not carry a query or fragment: "
-            "remove it (put the API key in the connection password, not in the URL)"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise KtExportConfigError(
-            "the export API base URL must not carry user info: put the API key in the connection password"
-        )
-    host = parts.hostname
-    if not host:
-        raise KtExportConfigError(f"the export API base URL has no host name: use e.g. {EXAMPLE_BASE_URL}")
-    if port is not None:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise KtExportConfigError(f"the export API port {port!r} is not a TCP port (1-65535)")
-        if url_port is not None and url_port != port:
-            raise KtExportConfigError(
-                f"the export API base URL says port {url_port} but the port field says {port}: keep one"
-            )
-    final_port = url_port if url_port is not None else port
-    if url_port is not None and not 0 < url_port < 65536:
-        raise KtExportConfigError(f"the export API port {url_port} is not a TCP port (1-65535)")
-    netloc = f"[{host}]" if ":" in host else host
-    if final_port is not None:
-        netloc = f"{netloc}:{final_port}"
-    path = parts.path.rstrip("/")
-    for endpoint in (STREAM_PATH, "/v2"):
-        if path.endswith(endpoint):
-            path = path[: -len(endpoint)].rstrip("/")
-            break
-    return urlunsplit((scheme, netloc, path, "", ""))
 
 
 class _RedactTokenFilter(logging.Filter):
@@ -165,14 +88,6 @@ def _guard_urllib3_logs() -> None:
             logger.addFilter(_URLLIB3_FILTER)
 
 
-class _Envelope(msgspec.Struct):
-    """The GET body; ``Raw`` keeps each record's own bytes without building dicts."""
-
-    id: str | int | None = None
-    items: list[msgspec.Raw] | None = None
-
-
-_ENVELOPE_DECODER = msgspec.json.Decoder(_Envelope)
 _RECORD_DECODER = msgspec.json.Decoder()
 
 
@@ -254,12 +169,7 @@ class KtExportClient:
                 f"no API key for {conn_label or 'the export API'}: set the key (the connection's password)"
             )
         self._api_key = api_key.strip()
-        location = str(auth_location or "header").strip().lower()
-        if location not in AUTH_LOCATIONS:
-            raise KtExportConfigError(
-                f"auth_location {auth_location!r} is not valid: use 'header' (x-access-token, "
-                "recommended) or 'query' (?token=)"
-            )
+        location = check_auth_location(auth_location)
         self.auth_location = location
         self.conn_label = conn_label
         self.verify = _check_verify(verify)
@@ -267,13 +177,9 @@ class KtExportClient:
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
         if read_timeout is None:
             read_timeout = self.long_poll_seconds + 30.0
-        self.read_timeout = _positive("read_timeout", read_timeout)
-        if self.read_timeout <= self.long_poll_seconds:
-            raise KtExportConfigError(
-                f"read_timeout ({self.read_timeout:g} s) must be longer than long_poll_seconds "
-                f"({self.long_poll_seconds:g} s), or every empty long poll ends in a timeout: raise "
-                "read_timeout or leave it unset (long poll + 30 s)"
-            )
+        self.read_timeout = check_read_timeout(
+            _positive("read_timeout", read_timeout), self.long_poll_seconds
+        )
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise KtExportConfigError(f"max_retries must be an integer >= 0, not {max_retries!r}")
         self.max_retries = max_retries
@@ -334,10 +240,8 @@ class KtExportClient:
         reply = self._send("GET", self._stream_url, deadline=deadline, max_retries=self.max_retries)
         if reply is None:
             return None
-        if reply.status == 500:
-            return None  # the documented "nothing within the long poll" answer
-        if reply.status == 204:
-            return None
+        if reply.status in EMPTY_STATUSES:
+            return None  # nothing within the long poll
         if reply.status != 200:
             raise self._http_error("GET", reply)
         return self._decode_batch(reply)
@@ -419,11 +323,13 @@ class KtExportClient:
             if failure is not None and not failure.retryable:
                 raise failure
             if reply is not None:
-                if reply.status in _AUTH_STATUSES:
-                    raise self._auth_error(reply)
-                if reply.status not in _TRANSIENT_STATUSES:
+                if reply.status in AUTH_STATUSES:
+                    raise auth_error(reply.status, self._where(), self._excerpt(reply.body))
+                if reply.status not in TRANSIENT_STATUSES:
                     return reply
-                failure = self._transient_status_error(method, url, reply)
+                failure = transient_status_error(
+                    method, self._safe(url), reply.status, reply.headers.get("retry-after")
+                )
             assert isinstance(failure, KtExportTransientError)  # narrowed above
             failures += 1
             if failures > max_retries:
@@ -433,7 +339,7 @@ class KtExportClient:
                     status_code=failure.status_code,
                     retry_after=failure.retry_after,
                 )
-            delay = self._backoff(failures, failure.retry_after)
+            delay = backoff_delay(failures, failure.retry_after, base=self.backoff_base, cap=self.backoff_max)
             if deadline is not None and time.monotonic() + delay >= deadline:
                 raise KtExportTransientError(
                     f"{failure} (no retry: the caller's deadline leaves no time for attempt {failures + 1})",
@@ -476,12 +382,6 @@ class KtExportClient:
         capped = cap < self.read_timeout
         return (min(self.connect_timeout, cap), min(self.read_timeout, cap)), capped
 
-    def _backoff(self, failures: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.backoff_max)
-        # Full jitter: concurrent callers spread out instead of retrying in lockstep.
-        return random.uniform(0.0, min(self.backoff_max, self.backoff_base * (2 ** (failures - 1))))
-
     # ------------------------------------------------------------------ decoding
 
     def _decode_batch(self, reply: _Reply) -> Batch | None:
@@ -489,25 +389,10 @@ class KtExportClient:
         if not body.strip():
             log.warning("GET %s answered 200 with an empty body; treating the queue as empty", self._safe())
             return None
-        problem: str | None = None
-        envelope: _Envelope | None = None
-        try:
-            body.decode("utf-8")  # msgspec does not validate the UTF-8 inside Raw items
-        except UnicodeDecodeError as exc:
-            problem = f"the body is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-        if problem is None:
-            try:
-                envelope = _ENVELOPE_DECODER.decode(body)
-            except msgspec.ValidationError as exc:
-                problem = f"the body is JSON but not a batch object ({exc})"
-            except msgspec.DecodeError as exc:
-                problem = f"the body is not valid JSON ({exc})"
-        if envelope is None:
-            match = _ID_IN_BODY.search(body)
-            batch_id = match.group(1).decode("utf-8", "replace") if match else None
-            raise self._protocol_error(problem or "undecodable body", body, batch_id)
-
-        batch_id = None if envelope.id is None else str(envelope.id)
+        envelope = read_envelope(body)
+        if isinstance(envelope, str):
+            raise self._protocol_error(envelope, body, batch_id_in(body))
+        batch_id = envelope.batch_id
         if not batch_id:
             if envelope.items:
                 log.warning(
@@ -551,32 +436,11 @@ class KtExportClient:
         text = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip()
         return redact(text, self._api_key)
 
-    def _auth_error(self, reply: _Reply) -> KtExportAuthError:
-        detail = self._excerpt(reply.body)
-        return KtExportAuthError(
-            f"the export API refused the API key (HTTP {reply.status}): check the password (API key) "
-            f"of {self._where()} and that the export task is enabled"
-            + (f"; server said: {detail}" if detail else ""),
-            status_code=reply.status,
-        )
-
-    def _transient_status_error(self, method: str, url: str, reply: _Reply) -> KtExportTransientError:
-        retry_after = parse_retry_after(reply.headers.get("retry-after"))
-        label = "rate limited" if reply.status == 429 else "temporarily unavailable"
-        return KtExportTransientError(
-            f"{method} {self._safe(url)} answered HTTP {reply.status} ({label})",
-            status_code=reply.status,
-            retry_after=retry_after,
-        )
-
     def _transport_error(self, method: str, url: str, exc: requests.RequestException) -> KtExportError:
         # Only the type name and a redacted text survive: the original holds the full URL.
         text = redact(str(exc), self._api_key)
         if has_cause(exc, ssl.SSLCertVerificationError):
-            return KtExportConfigError(
-                f"TLS certificate verification failed for {self.base_url} ({text}): fix the server "
-                f"certificate, or set extra 'verify' of {self._where()} to a CA bundle path"
-            )
+            return tls_error(self.base_url, text, self._where())
         if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
             return KtExportConfigError(
                 f"the export API URL is not usable ({type(exc).__name__}: {text}): check the host of "
@@ -593,21 +457,15 @@ class KtExportClient:
         )
 
     def _http_error(self, method: str, reply: _Reply, url: str | None = None) -> KtExportHTTPError:
-        detail = self._excerpt(reply.body)
-        if reply.status == 404:
-            hint = (
-                f"check the base URL of {self._where()} (it is {self.base_url}; expected e.g. "
-                f"{EXAMPLE_BASE_URL})"
-            )
-        elif 300 <= reply.status < 400:
-            location = redact(reply.headers.get("location", "?"), self._api_key).split("?")[0]
-            hint = f"the API redirected to {location}: set the base URL of {self._where()} to it"
-        else:
-            hint = "the export API answered a status this provider does not expect; check the server"
-        return KtExportHTTPError(
-            f"{method} {self._safe(url)} answered HTTP {reply.status}: {hint}"
-            + (f"; server said: {detail}" if detail else ""),
-            status_code=reply.status,
+        location = reply.headers.get("location")
+        return http_error(
+            method,
+            self._safe(url),
+            reply.status,
+            base_url=self.base_url,
+            where=self._where(),
+            location=None if location is None else redact(location, self._api_key),
+            detail=self._excerpt(reply.body),
         )
 
     def _protocol_error(self, problem: str, body: bytes, batch_id: str | None) -> KtExportProtocolError:
@@ -641,39 +499,6 @@ def _check_verify(verify: bool | str) -> bool | str:
             )
         return verify
     raise KtExportConfigError(f"verify must be true, false or a CA bundle path, not {verify!r}")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date; None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def has_cause(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``kind`` appears in the chain requests/urllib3 build (cause, context, args, reason)."""
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        item = stack.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, kind):
-            return True
-        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
-    return False
 
 
 def _read_body(response: requests.Response) -> bytes:

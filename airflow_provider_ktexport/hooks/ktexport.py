@@ -8,8 +8,9 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_ktexport.client import Batch, KtExportClient, normalize_base_url, redact
+from airflow_provider_ktexport.client import Batch, KtExportClient
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError
+from airflow_provider_ktexport.protocol import normalize_base_url, redact
 
 try:
     from airflow.sdk import BaseHook

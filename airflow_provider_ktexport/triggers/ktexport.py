@@ -7,16 +7,15 @@ the drain that follows keeps polling until then (``drain_until``) and lands the
 probed batch in the same run. See docs/sensor.md.
 
 The HTTP work is async (``httpx.AsyncClient``): nothing here blocks the
-triggerer's event loop. URL building, Retry-After parsing and redaction come
-from :mod:`airflow_provider_ktexport.client`, so both paths follow one set of
-rules.
+triggerer's event loop. What a status means, the body's shape, backoff, the
+errors and redaction come from :mod:`airflow_provider_ktexport.protocol`, which the
+sync client uses too, so the sensor and the drain read the server the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -26,20 +25,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import msgspec
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
-from airflow_provider_ktexport.client import (
-    AUTH_HEADER,
-    AUTH_LOCATIONS,
-    AUTH_QUERY_PARAM,
-    DEFAULT_USER_AGENT,
-    STREAM_PATH,
-    has_cause,
-    normalize_base_url,
-    parse_retry_after,
-    redact,
-)
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
     KtExportConfigError,
@@ -47,6 +34,27 @@ from airflow_provider_ktexport.exceptions import (
     KtExportHTTPError,
     KtExportProtocolError,
     KtExportTransientError,
+)
+from airflow_provider_ktexport.protocol import (
+    AUTH_HEADER,
+    AUTH_QUERY_PARAM,
+    AUTH_STATUSES,
+    DEFAULT_USER_AGENT,
+    EMPTY_STATUSES,
+    STREAM_PATH,
+    TRANSIENT_STATUSES,
+    auth_error,
+    backoff_delay,
+    batch_id_in,
+    check_auth_location,
+    check_read_timeout,
+    has_cause,
+    http_error,
+    normalize_base_url,
+    read_envelope,
+    redact,
+    tls_error,
+    transient_status_error,
 )
 
 try:  # Airflow 3.2+ (the same class is re-exported by airflow.exceptions)
@@ -68,8 +76,6 @@ __all__ = [
 #: The server's lease (the API documents 120 s); the probed batch returns to the queue after it.
 DEFAULT_LEASE_SECONDS = 120.0
 
-_TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
-_AUTH_STATUSES = frozenset({401, 403})
 # An empty answer that came back faster than this (a server without long poll) is followed by
 # a pause, so an idle queue is never polled in a tight loop.
 _MIN_EMPTY_CYCLE = 1.0
@@ -202,16 +208,11 @@ class AsyncProber:
         if not isinstance(api_key, str) or not api_key.strip():
             raise KtExportConfigError("no API key: set the key (the connection's password)")
         self._api_key = api_key.strip()
-        location = str(settings.get("auth_location") or "header").strip().lower()
-        if location not in AUTH_LOCATIONS:
-            raise KtExportConfigError(f"auth_location {location!r} is not valid: use 'header' or 'query'")
+        location = check_auth_location(settings.get("auth_location"))
         self.long_poll_seconds = float(settings.get("long_poll_seconds") or 45.0)
-        read_timeout = float(settings.get("read_timeout") or self.long_poll_seconds + 30.0)
-        if read_timeout <= self.long_poll_seconds:
-            raise KtExportConfigError(
-                f"read_timeout ({read_timeout:g} s) must be longer than long_poll_seconds "
-                f"({self.long_poll_seconds:g} s): raise it or leave it unset"
-            )
+        read_timeout = check_read_timeout(
+            float(settings.get("read_timeout") or self.long_poll_seconds + 30.0), self.long_poll_seconds
+        )
         connect_timeout = float(settings.get("connect_timeout") or 10.0)
         self.lease_seconds = float(lease_seconds)
         self.conn_label = str(settings.get("conn_label") or "the connection")
@@ -256,10 +257,7 @@ class AsyncProber:
                 body = await response.aread()
         except httpx.TransportError as exc:
             if has_cause(exc, ssl.SSLCertVerificationError):
-                tls_failure = KtExportConfigError(
-                    f"TLS certificate verification failed for {self.base_url} ({self._safe(str(exc))}): fix the "
-                    f"server certificate, or set extra 'verify' of {self.conn_label} to a CA bundle path"
-                )
+                tls_failure = tls_error(self.base_url, self._safe(str(exc)), self.conn_label)
             else:
                 # httpx texts can hold the URL (with ?token= in query mode): redact, and raise outside
                 # the except block so the original is not chained as __context__.
@@ -271,25 +269,21 @@ class AsyncProber:
         if failure is not None:
             raise failure
         status = response.status_code
-        if status in _AUTH_STATUSES:
-            raise KtExportAuthError(
-                f"the export API refused the API key (HTTP {status}): check the password (API key) "
-                f"of {self.conn_label} and that the export task is enabled",
-                status_code=status,
-            )
-        if status in _TRANSIENT_STATUSES:
-            raise KtExportTransientError(
-                f"GET {self._stream_url} answered HTTP {status}",
-                status_code=status,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-            )
-        if status in (500, 204):
-            return None  # the documented "nothing within the long poll" answer
+        if status in AUTH_STATUSES:
+            raise auth_error(status, self.conn_label)
+        if status in TRANSIENT_STATUSES:
+            raise transient_status_error("GET", self._stream_url, status, response.headers.get("retry-after"))
+        if status in EMPTY_STATUSES:
+            return None  # nothing within the long poll
         if status != 200:
-            raise KtExportHTTPError(
-                f"GET {self._stream_url} answered HTTP {status}: check the base URL of {self.conn_label} "
-                f"(it is {self.base_url})",
-                status_code=status,
+            location = response.headers.get("location")
+            raise http_error(
+                "GET",
+                self._stream_url,
+                status,
+                base_url=self.base_url,
+                where=self.conn_label,
+                location=None if location is None else self._safe(location),
             )
         return await self._classify(body, headers_at)
 
@@ -298,33 +292,25 @@ class AsyncProber:
         lease_end = headers_at + self.lease_seconds
         if not body.strip():
             return None
-        try:
-            envelope = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            envelope = None
-        if not isinstance(envelope, dict):
+        envelope = read_envelope(body)
+        if isinstance(envelope, str):
             # Only a lease answers 200 (an empty queue answers 500): count it as data. The drain
             # meets the same body, keeps it in quarantine and reports it, instead of a sensor
             # waiting forever on a batch it cannot read.
             self.log.warning(
-                "GET %s answered 200 with a body that is not a JSON object (%d bytes); counting it "
-                "as data: the drain will quarantine it",
+                "GET %s answered 200 but %s (%d bytes); counting it as data: the drain will quarantine it",
                 self._stream_url,
+                envelope,
                 len(body),
             )
-            return Probe(lease_end, None, None)
-        raw_id = envelope.get("id")
-        batch_id = None if raw_id is None else str(raw_id)
+            return Probe(lease_end, None, batch_id_in(body))
+        batch_id = envelope.batch_id
         if not batch_id:
             return None  # the vendor's sample client reads a 200 without id as empty
-        items = envelope.get("items")
-        if isinstance(items, list) and items:
-            return Probe(lease_end, len(items), batch_id)
-        if items is None or items == []:
-            await self._ack_empty(batch_id)
-            return None
-        self.log.warning("batch %s has items that are not a list; counting it as data", batch_id)
-        return Probe(lease_end, None, batch_id)
+        if envelope.items:
+            return Probe(lease_end, len(envelope.items), batch_id)
+        await self._ack_empty(batch_id)
+        return None
 
     async def _ack_empty(self, batch_id: str) -> None:
         # Nothing to land: acknowledge now, as the drain does, or it keeps coming back.
@@ -334,11 +320,8 @@ class AsyncProber:
         except httpx.TransportError as exc:
             self.log.warning("could not acknowledge empty batch %s (%s)", batch_id, type(exc).__name__)
             return
-        if response.status_code in _AUTH_STATUSES:
-            raise KtExportAuthError(
-                f"the export API refused the API key (HTTP {response.status_code}) on DELETE",
-                status_code=response.status_code,
-            )
+        if response.status_code in AUTH_STATUSES:
+            raise auth_error(response.status_code, self.conn_label)
 
     async def wait_for_data(self, *, deadline: float | None = None) -> Probe | None:
         """Long-poll until a batch is leased; ``None`` once ``deadline`` (epoch seconds) has passed.
@@ -370,10 +353,8 @@ class AsyncProber:
 
     @staticmethod
     def _backoff(failures: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), _BACKOFF_MAX)
-        # Full jitter, but never a tight loop.
-        return max(0.2, random.uniform(0.0, min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (failures - 1))))
+        # A sensor waits on: never a tight loop, even when jitter draws near zero.
+        return backoff_delay(failures, retry_after, base=_BACKOFF_BASE, cap=_BACKOFF_MAX, floor=0.2)
 
     @staticmethod
     def _capped(delay: float, deadline: float | None) -> float:

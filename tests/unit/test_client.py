@@ -22,7 +22,7 @@ import pytest
 
 import airflow_provider_ktexport.client as client_module
 from airflow_provider_ktexport import __version__
-from airflow_provider_ktexport.client import Batch, KtExportClient, normalize_base_url, redact
+from airflow_provider_ktexport.client import Batch, KtExportClient
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
     KtExportConfigError,
@@ -210,43 +210,6 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    ("given", "port", "expected"),
-    [
-        ("export.us1.kt1.io", None, "https://export.us1.kt1.io"),
-        ("https://export.eu1.kt1.io/", None, "https://export.eu1.kt1.io"),
-        ("  HTTPS://Export.UK1.kt1.io//  ", None, "https://export.uk1.kt1.io"),
-        ("http://127.0.0.1:8080", None, "http://127.0.0.1:8080"),
-        ("127.0.0.1", 8080, "https://127.0.0.1:8080"),
-        ("http://localhost", 9000, "http://localhost:9000"),
-        ("https://export.us1.kt1.io/v2/stream", None, "https://export.us1.kt1.io"),
-        ("https://proxy.example.com/kt/", None, "https://proxy.example.com/kt"),
-        ("http://[::1]:8080/", None, "http://[::1]:8080"),
-        ("[::1]", 8443, "https://[::1]:8443"),
-    ],
-)
-def test_base_url_is_normalised(given: str, port: int | None, expected: str) -> None:
-    assert normalize_base_url(given, port) == expected
-
-
-@pytest.mark.parametrize(
-    ("given", "port", "fragment"),
-    [
-        ("", None, "empty"),
-        ("ftp://export.us1.kt1.io", None, "scheme"),
-        ("https://export.us1.kt1.io/?token=abc", None, "query"),
-        ("https://user:pw@export.us1.kt1.io", None, "user info"),
-        ("https://export.us1.kt1.io:99999", None, "port"),
-        ("https://export.us1.kt1.io:8080", 9090, "port"),
-        ("https://", None, "host"),
-        ("export.us1.kt1.io", 0, "port"),
-    ],
-)
-def test_bad_base_url_says_what_is_wrong(given: str, port: int | None, fragment: str) -> None:
-    with pytest.raises(KtExportConfigError, match=fragment):
-        normalize_base_url(given, port)
-
-
-@pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
         ({"auth_location": "cookie"}, "auth_location"),
@@ -279,14 +242,6 @@ def test_repr_hides_key() -> None:
         assert KEY not in repr(c) and KEY not in str(c)
         assert "export.us1.kt1.io" in repr(c)
         c.close()
-
-
-def test_redact_masks_raw_and_encoded_forms() -> None:
-    text = f"url /v2/stream?token=Sup3r-Secret-Key%2F%2B%3D%2542 and {KEY}"
-    out = redact(text, KEY)
-    assert "Sup3r" not in out and "***" in out
-    # An unknown token value is masked too.
-    assert redact("GET /v2/stream?token=abcdef&x=1", None) == "GET /v2/stream?token=***&x=1"
 
 
 # ---------------------------------------------------------------------------- requests on the wire

@@ -1,0 +1,166 @@
+"""The export API's transport-free rules (protocol.py): URLs, redaction, backoff, bodies, errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.protocol import (
+    Envelope,
+    auth_error,
+    backoff_delay,
+    batch_id_in,
+    check_auth_location,
+    check_read_timeout,
+    http_error,
+    normalize_base_url,
+    parse_retry_after,
+    read_envelope,
+    redact,
+    transient_status_error,
+)
+
+SECRET = "Sup3r-Secret-Key/+=%42"  # characters that URL-encode differently, to catch partial redaction
+
+
+# -- settings ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "port", "expected"),
+    [
+        ("export.us1.kt1.io", None, "https://export.us1.kt1.io"),
+        ("https://export.eu1.kt1.io/", None, "https://export.eu1.kt1.io"),
+        ("  HTTPS://Export.UK1.kt1.io//  ", None, "https://export.uk1.kt1.io"),
+        ("http://127.0.0.1:8080", None, "http://127.0.0.1:8080"),
+        ("127.0.0.1", 8080, "https://127.0.0.1:8080"),
+        ("http://localhost", 9000, "http://localhost:9000"),
+        ("https://export.us1.kt1.io/v2/stream", None, "https://export.us1.kt1.io"),
+        ("https://proxy.example.com/kt/", None, "https://proxy.example.com/kt"),
+        ("http://[::1]:8080/", None, "http://[::1]:8080"),
+        ("[::1]", 8443, "https://[::1]:8443"),
+    ],
+)
+def test_base_url_is_normalised(given: str, port: int | None, expected: str) -> None:
+    assert normalize_base_url(given, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "port", "fragment"),
+    [
+        ("", None, "empty"),
+        ("ftp://export.us1.kt1.io", None, "scheme"),
+        ("https://export.us1.kt1.io/?token=abc", None, "query"),
+        ("https://user:pw@export.us1.kt1.io", None, "user info"),
+        ("https://export.us1.kt1.io:99999", None, "port"),
+        ("https://export.us1.kt1.io:8080", 9090, "port"),
+        ("https://", None, "host"),
+        ("export.us1.kt1.io", 0, "port"),
+    ],
+)
+def test_bad_base_url_says_what_is_wrong(given: str, port: int | None, fragment: str) -> None:
+    with pytest.raises(KtExportConfigError, match=fragment):
+        normalize_base_url(given, port)
+
+
+@pytest.mark.parametrize("value", ["cookie", "body", 5])
+def test_auth_location_is_header_or_query(value: object) -> None:
+    with pytest.raises(KtExportConfigError, match="use 'header'"):
+        check_auth_location(value)
+    assert check_auth_location(" Query ") == "query"
+    assert check_auth_location(None) == "header"
+
+
+def test_read_timeout_must_outlast_the_long_poll() -> None:
+    assert check_read_timeout(75.0, 45.0) == 75.0
+    with pytest.raises(KtExportConfigError, match=r"read_timeout \(45 s\) must be longer"):
+        check_read_timeout(45.0, 45.0)
+
+
+# -- the key never in text ------------------------------------------------------------------------------
+
+
+def test_redact_masks_raw_and_encoded_forms() -> None:
+    text = f"url /v2/stream?token=Sup3r-Secret-Key%2F%2B%3D%2542 and {SECRET}"
+    out = redact(text, SECRET)
+    assert "Sup3r" not in out and "***" in out
+    # An unknown token value is masked too.
+    assert redact("GET /v2/stream?token=abcdef&x=1", None) == "GET /v2/stream?token=***&x=1"
+
+
+# -- retries -------------------------------------------------------------------------------------------
+
+
+def test_backoff_honours_retry_after_up_to_the_cap() -> None:
+    assert backoff_delay(1, 7.0, base=0.5, cap=30.0) == 7.0
+    assert backoff_delay(1, 120.0, base=0.5, cap=30.0) == 30.0
+    assert backoff_delay(1, -3.0, base=0.5, cap=30.0) == 0.0
+
+
+def test_backoff_is_full_jitter_within_the_exponential_bound_and_the_floor() -> None:
+    random.seed(1)
+    for failures in range(1, 10):
+        bound = min(30.0, 0.5 * 2 ** (failures - 1))
+        delays = [backoff_delay(failures, None, base=0.5, cap=30.0) for _ in range(200)]
+        assert all(0.0 <= d <= bound for d in delays)
+        assert max(delays) > bound / 2  # spread over the range, not pinned
+        assert min(backoff_delay(failures, None, base=0.5, cap=30.0, floor=0.2) for _ in range(200)) >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"), [("5", 5.0), (" 2.5 ", 2.5), ("-4", 0.0), ("soon", None), (None, None)]
+)
+def test_retry_after_seconds(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header) == expected
+
+
+def test_retry_after_http_date_in_the_past_is_zero() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+# -- the batch body ------------------------------------------------------------------------------------
+
+
+def test_a_batch_body_keeps_each_record_raw() -> None:
+    found = read_envelope(b'{"id":42,"items":[{"a": 1},{"b":"\\u00e9"}]}')
+    assert isinstance(found, Envelope)
+    assert found.batch_id == "42"
+    assert [bytes(r) for r in found.items or ()] == [b'{"a": 1}', b'{"b":"\\u00e9"}']
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"id":"b-1","items":[', "not valid JSON"),
+        (b'[{"id":"b-1"}]', "not a batch object"),
+        (b'{"id":"b-1","items":{"a":1}}', "not a batch object"),
+        (b'{"id":"b-1","items":["\xff"]}', "not valid UTF-8"),
+    ],
+)
+def test_a_bad_body_is_described_and_its_id_still_found(body: bytes, problem: str) -> None:
+    found = read_envelope(body)
+    assert isinstance(found, str) and problem in found
+    assert batch_id_in(body) == "b-1"
+
+
+# -- errors with advice --------------------------------------------------------------------------------
+
+
+def test_errors_carry_status_and_advice() -> None:
+    err = auth_error(403, "connection 'kt'", "denied")
+    assert err.status_code == 403 and "connection 'kt'" in str(err) and "server said: denied" in str(err)
+    slow = transient_status_error("GET", "https://h/v2/stream", 429, "3")
+    assert slow.retryable and slow.retry_after == 3.0 and "rate limited" in str(slow)
+    gone = http_error("GET", "https://h/v2/stream", 404, base_url="https://h", where="connection 'kt'")
+    assert "check the base URL of connection 'kt' (it is https://h" in str(gone)
+    moved = http_error(
+        "GET",
+        "https://h/v2/stream",
+        301,
+        base_url="https://h",
+        where="c",
+        location="https://new/v2?token=***",
+    )
+    assert "redirected to https://new/v2:" in str(moved) and "token" not in str(moved)
