@@ -1,7 +1,7 @@
 """Test helpers: a local export API emulator (:class:`Emulator`) and its record generator.
 
-Standard library only; nothing here imports the client or the engine. Names load lazily so
-``python -m airflow_provider_ktexport.testing.emulator`` runs without importing itself twice.
+Standard library only; nothing here imports the client or the engine. Names load lazily, so
+importing the package (or the record generator alone) loads nothing it does not use.
 """
 
 from __future__ import annotations

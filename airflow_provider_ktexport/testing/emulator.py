@@ -15,23 +15,21 @@ Use it in tests::
 or as the ``ktexport-emulator`` command (see :func:`main`). The control plane
 under ``/_emulator/`` (stats, records, generate, faults, seqs, script) needs no
 key and answers loopback clients only.
+
+This module holds the API's behaviour: queue, leases, faults, scripts and
+accounting, answered as :class:`Response` values. The sockets, TLS and gzip are
+in :mod:`airflow_provider_ktexport.testing._http` and the command line is in
+:mod:`airflow_provider_ktexport.testing.cli`. Both import this module, so it
+imports them only when needed: importing it alone loads only the record generator.
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import hmac
-import ipaddress
 import json
 import logging
-import os
 import random
-import re
-import signal
-import socket
 import ssl
-import struct
 import sys
 import threading
 import time
@@ -39,11 +37,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_ktexport.testing.records import RecordGenerator
+
+if TYPE_CHECKING:
+    from airflow_provider_ktexport.testing._http import _Server
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,6 @@ _HTML_502 = (
 _JSON = "application/json; charset=utf-8"
 #: In a scripted body this placeholder is replaced by the leased batch id.
 ID_PLACEHOLDER = b"$ID"
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
 
 
 @dataclass
@@ -226,6 +224,10 @@ class Emulator:
         """Bind and serve in daemon threads; returns self."""
         if self._server is not None:
             return self
+        # Imported here, not at the top: the HTTP layer imports this module (for Response and
+        # _error), and importing the emulator alone must load nothing from the package but records.
+        from airflow_provider_ktexport.testing._http import _Handler, _Server
+
         self._stopping.clear()
         server = _Server((self.host, self.port), _Handler)
         server.emulator = self
@@ -637,251 +639,16 @@ class Emulator:
         return _error(404, f"no control endpoint {method} {path}")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    emulator: Emulator
-    tls: ssl.SSLContext | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._conns: set[socket.socket] = set()
-        self._resets: set[socket.socket] = set()
-        self._conn_lock = threading.Lock()
-        self._busy = 0  # requests being served right now
-        self._idle = threading.Condition()
-        super().__init__(*args, **kwargs)
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, addr = super().get_request()
-        if self.tls is not None:
-            # The handshake runs in the connection's own thread (see _Handler.setup), not the acceptor.
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def track(self, sock: socket.socket, add: bool) -> None:
-        with self._conn_lock:
-            if add:
-                self._conns.add(sock)
-            else:
-                self._conns.discard(sock)
-
-    def mark_reset(self, sock: socket.socket) -> None:
-        with self._conn_lock:
-            self._resets.add(sock)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conn_lock:
-            reset = request in self._resets
-            self._resets.discard(request)
-        if reset:
-            # No FIN first: SO_LINGER 0 makes close() send an RST, like a dropped connection.
-            self.close_request(request)
-        else:
-            super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that vanish mid-request or refuse our certificate are routine here, not tracebacks.
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
-
-    def busy(self, delta: int) -> None:
-        with self._idle:
-            self._busy += delta
-            if self._busy == 0:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: self._busy == 0, timeout)
-
-    def drop_connections(self) -> None:
-        with self._conn_lock:
-            conns = list(self._conns)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "ktexport-emulator/1"
-    server: _Server
-
-    def setup(self) -> None:
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().setup()
-        self.server.track(self.request, True)
-        self.server.emulator._count("connections")
-
-    def finish(self) -> None:
-        self.server.track(self.request, False)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        # The request line carries ?token=<key> in query mode: keep the key out of the log.
-        line = _TOKEN_IN_QUERY.sub(r"\1***", format % args)
-        log.debug("%s %s", self.address_string(), line)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def _dispatch(self, method: str) -> None:
-        self.server.busy(+1)
-        try:
-            self._serve(method)
-        finally:
-            self.server.busy(-1)
-
-    def _serve(self, method: str) -> None:
-        emu = self.server.emulator
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        parts = urlsplit(self.path)
-        path = parts.path
-        if path.startswith("/_emulator/"):
-            if not ipaddress.ip_address(self.client_address[0].split("%")[0]).is_loopback:
-                self._send(_error(403, "control plane answers loopback clients only"))
-            else:
-                self._send(emu.control(method, path, body), compress=False)
-            return
-        emu._count("requests")
-        if emu.latency_ms:
-            time.sleep(emu.latency_ms / 1000)
-        if not path.startswith("/v2/stream"):
-            self._send(_error(404, f"no such resource {path}"))
-            return
-        token = parse_qs(parts.query).get("token", [None])[0]
-        if not emu.authorised(self.headers.get("x-access-token"), token):
-            emu._count("unauthorized")
-            self._send(_error(401, "Unauthorized: missing or invalid access token"))
-            return
-        rest = path[len("/v2/stream") :].strip("/")
-        if method == "GET" and not rest:
-            self._send(emu.handle_get())
-        elif method == "DELETE" and rest:
-            self._send(emu.handle_delete(unquote(rest)))
-        else:
-            status = 404 if method == "GET" else 405
-            self._send(_error(status, f"{method} {path} is not part of the API"))
-
-    def _send(self, resp: Response, *, compress: bool = True) -> None:
-        if resp.reset:
-            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.server.mark_reset(self.request)
-            self.close_connection = True
-            return
-        body = resp.body
-        headers = dict(resp.headers)
-        if (
-            compress
-            and body
-            and "content-encoding" not in {h.lower() for h in headers}
-            and "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
-        ):
-            # Level 1: the emulator's CPU should not dominate a drain benchmark.
-            body = gzip.compress(body, compresslevel=1, mtime=0)
-            headers["Content-Encoding"] = "gzip"
-            self.server.emulator._count("gzip_responses")
-        self.send_response(resp.status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ktexport-emulator``: serve the emulator until SIGTERM or SIGINT, then exit 0."""
-    parser = argparse.ArgumentParser(prog="ktexport-emulator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8045, help="0 picks a free port (see --port-file)")
-    parser.add_argument("--port-file", help="write the bound port to this file once listening")
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("KTEXPORT_EMULATOR_KEY", "emulator-key"),
-        help="default: $KTEXPORT_EMULATOR_KEY or 'emulator-key'",
-    )
-    parser.add_argument("--lease-seconds", type=float, default=120.0)
-    parser.add_argument("--long-poll-seconds", type=float, default=45.0)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--records", type=int, default=0, help="records queued at start")
-    parser.add_argument("--rate", type=float, default=0.0, help="records per second arriving over time")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--distinct",
-        type=int,
-        default=0,
-        help="reuse the content of this many distinct records (cheap for big benchmarks); 0 = all distinct",
-    )
-    parser.add_argument("--certfile")
-    parser.add_argument("--keyfile")
-    for name in FAULT_NAMES:
-        parser.add_argument(f"--fault-{name.replace('_', '-')}", type=float, default=0.0, metavar="RATE")
-    for name, default in FAULT_SETTINGS.items():
-        parser.add_argument(
-            f"--fault-{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS"
-        )
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """``ktexport-emulator``: serve the emulator until SIGTERM or SIGINT, then exit 0.
 
-    faults = {name: getattr(args, f"fault_{name}") for name in (*FAULT_NAMES, *FAULT_SETTINGS)}
-    emu = Emulator(
-        host=args.host,
-        port=args.port,
-        api_key=args.api_key,
-        lease_seconds=args.lease_seconds,
-        long_poll_seconds=args.long_poll_seconds,
-        batch_size=args.batch_size,
-        latency_ms=args.latency_ms,
-        seed=args.seed,
-        faults=faults,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        rate=args.rate,
-        distinct=args.distinct,
-    )
-    done = threading.Event()
+    The command lives in :mod:`airflow_provider_ktexport.testing.cli`; this name stays here for
+    the console script, ``python -m`` and existing imports.
+    """
+    # Imported when called: cli imports this module, and importing it alone must load nothing else.
+    from airflow_provider_ktexport.testing.cli import main as cli_main
 
-    def _on_signal(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    emu.start()
-    if args.records:
-        emu.feed(args.records)
-    if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{emu.port}\n")
-        os.replace(tmp, args.port_file)  # a watcher never reads a half-written file
-    print(f"ktexport-emulator listening on {emu.url}", flush=True)
-    while not done.wait(0.2):
-        pass
-    emu.stop()
-    print("ktexport-emulator stopped", flush=True)
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
