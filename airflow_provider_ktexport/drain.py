@@ -37,7 +37,8 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
-from airflow_provider_ktexport.lake.schema import EVENT_TIME_FIELDS, PartitionTable, build_tables
+from airflow_provider_ktexport.lake.partitions import EVENT_TIME_FIELDS
+from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
 log = logging.getLogger(__name__)

@@ -11,15 +11,14 @@ Pure functions, no I/O. The rules are documented for users in ``docs/schema-mapp
   JSON text in a string column.
 
 Columns come from Arrow's JSON reader over the raw bytes when it provably gives the documented
-result (:mod:`.arrowjson`), else from the decoded dicts; both give the same table. Each record
-is decoded once for its key and dropped at once, so a flush never holds all its dicts.
+result (:mod:`.arrowjson`), else from the decoded dicts; both give the same table
+(:mod:`.columns`). Record keys are in :mod:`.keys`, partition values in :mod:`.partitions`; this
+module groups records by type, types their columns and cuts the tables into partitions.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,25 +28,23 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_ktexport.lake import arrowjson
+from airflow_provider_ktexport.lake.columns import decode_record, dict_columns, reader_columns
+from airflow_provider_ktexport.lake.keys import RECORD_KEY_HASH, canonical_json, record_key
 from airflow_provider_ktexport.lake.naming import (
     PARTITION_KEYS,
     PATH_METADATA_KEY,
     assign_names,
     column_name,
     column_path,
-    escape_segment,
     field_path,
-    is_plain,
     is_safe_partition_value,
     path_metadata,
     sanitize_partition_value,
 )
+from airflow_provider_ktexport.lake.partitions import event_date, event_dates
 from airflow_provider_ktexport.lake.types import (
-    SORTED_ENCODER,
     TIMESTAMP,
     build_column,
-    canonical_text,
     widen,
     widen_type,
 )
@@ -72,7 +69,6 @@ __all__ = [
     "widen_type",
 ]
 
-RECORD_KEY_HASH = "blake2b-128"
 #: Metadata columns added to every row, in table order (``_raw`` only when asked for).
 META_COLUMNS: dict[str, pa.DataType] = {
     "_record_key": pa.string(),
@@ -82,225 +78,6 @@ META_COLUMNS: dict[str, pa.DataType] = {
     "_raw": pa.string(),
 }
 _RESERVED = {m.lower() for m in META_COLUMNS}
-EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
-# event_date is a partition choice, not a stored value: it also takes a bare date, or a time
-# without zone (read as UTC).
-_ISO_LOOSE = re.compile(
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
-)
-_MISSING = object()
-
-
-# -- canonical JSON and record keys ----------------------------------------------------------------
-
-
-def canonical_json(record: object) -> bytes:
-    """The record's canonical JSON: keys sorted, separators ``(",", ":")``, UTF-8, no ASCII escaping.
-
-    Floats are written as Python's ``json`` module writes them (``1e+16``, ``0.1``).
-    """
-    return canonical_text(record).encode("utf-8")
-
-
-def record_key(record: object) -> str:
-    """32 hex characters: blake2b (digest_size=16) of :func:`canonical_json`; never changes between versions."""
-    return hashlib.blake2b(canonical_json(record), digest_size=16).hexdigest()
-
-
-def _fast_key(record: dict[str, Any]) -> str:
-    # msgspec's sorted encoding; rows where it differs from canonical_json (a float written with
-    # an exponent) are found while building the columns and keyed again by record_key.
-    return hashlib.blake2b(SORTED_ENCODER.encode(record), digest_size=16).hexdigest()
-
-
-# -- partitions ----------------------------------------------------------------------------------------
-
-
-def _parse_loose(value: object) -> datetime | None:
-    if type(value) is not str or not _ISO_LOOSE.match(value):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: the UTC instant is outside years 1-9999
-        return None
-
-
-def event_date(record: dict[str, Any]) -> str:
-    """UTC day ``YYYY-MM-DD`` of the first of date, eventDate, dateEnd, received that parses; else ``unknown``.
-
-    Never the ingestion day: a redelivered copy lands in the same partition as the first.
-    """
-    for name in EVENT_TIME_FIELDS:
-        parsed = _parse_loose(record.get(name))
-        if parsed is not None:
-            return parsed.strftime("%Y-%m-%d")
-    return "unknown"
-
-
-def record_type_of(record: dict[str, Any]) -> str:
-    """The sanitised record type: the record's ``type`` if a non-empty string, else ``unknown``."""
-    t = record.get("type")
-    return sanitize_partition_value(t) if type(t) is str and t else "unknown"
-
-
-_YEAR_1000 = pa.scalar(datetime(1000, 1, 1, tzinfo=UTC), TIMESTAMP)
-_YEAR_1 = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
-
-
-def _days_of_times(arr: pa.Array) -> pa.Array:
-    """``event_date``'s day of each time of a timestamp column (null where Python could not say)."""
-    days = pc.strftime(arr, format="%Y-%m-%d")
-    # Python's strftime writes years below 1000 without zero padding, and a time whose UTC
-    # instant leaves years 1-9999 does not parse at all: such rare rows go through Python.
-    odd = pc.fill_null(pc.less(arr, _YEAR_1000), False)
-    if not pc.any(odd).as_py():
-        return days
-    out = days.to_pylist()
-    for j in pc.indices_nonzero(odd).to_pylist():
-        out[j] = None if pc.less(arr[j], _YEAR_1).as_py() else arr[j].as_py().strftime("%Y-%m-%d")
-    return pa.array(out, pa.string())
-
-
-def _event_dates(columns: dict[tuple[str, ...], pa.Array], n: int) -> pa.Array:
-    """:func:`event_date` of every row, from the built columns (vectorised for timestamp columns)."""
-    days: pa.Array = pa.nulls(n, pa.string())
-    for name in EVENT_TIME_FIELDS:
-        arr = columns.get((name,))
-        if arr is None:
-            continue
-        if pa.types.is_timestamp(arr.type):
-            # Arrow's cast accepted these strict RFC 3339 texts; fromisoformat reads them alike.
-            days = pc.coalesce(days, _days_of_times(arr))
-        elif pa.types.is_string(arr.type):
-            todo = pc.indices_nonzero(pc.fill_null(pc.and_(days.is_null(), arr.is_valid()), False))
-            if len(todo):
-                out = days.to_pylist()
-                for j, value in zip(todo.to_pylist(), arr.take(todo).to_pylist(), strict=True):
-                    parsed = _parse_loose(value)
-                    if parsed is not None:
-                        out[j] = parsed.strftime("%Y-%m-%d")
-                days = pa.array(out, pa.string())
-        if days.null_count == 0:
-            break
-    return pc.fill_null(days, "unknown")
-
-
-# -- flattening (the dict path) -------------------------------------------------------------------------
-
-
-class _Columns:
-    """Flattens one record type's records straight into per-column value lists (padded with None).
-
-    A trie of raw keys caches each key path's escaped name and its value list, so a path is
-    escaped once per call and each leaf costs one dict lookup and one append.
-    """
-
-    def __init__(self) -> None:
-        self.paths: dict[str, tuple[str, ...]] = {}
-        self.cols: dict[str, list[Any]] = {}
-        self._root: dict[str, list[Any]] = {}
-
-    def _entry(self, node: dict[str, Any], key: str, parent: list[Any] | None) -> list[Any]:
-        if parent is None:
-            path: tuple[str, ...] = (key,)
-            name = column_name(path)
-        else:
-            path = (*parent[2], key)
-            name = parent[0] + "__" + (key if is_plain(key) else escape_segment(key))
-        ent: list[Any] = [name, {}, path, None]  # name, children, path, values
-        node[key] = ent
-        return ent
-
-    def _values(self, ent: list[Any]) -> list[Any]:
-        lst: list[Any] = []
-        ent[3] = self.cols[ent[0]] = lst
-        self.paths[ent[0]] = ent[2]
-        return lst
-
-    def add(self, record: dict[str, Any], j: int) -> None:
-        """Append row ``j`` (0-based) from ``record``."""
-        self._walk(record, self._root, None, j)
-
-    def _walk(self, obj: dict[str, Any], node: dict[str, Any], parent: list[Any] | None, j: int) -> None:
-        for k, v in obj.items():
-            ent = node.get(k)
-            if ent is None:
-                ent = self._entry(node, k, parent)
-            if v.__class__ is dict and v:
-                self._walk(v, ent[1], ent, j)
-                continue
-            lst = ent[3]
-            if lst is None:
-                lst = self._values(ent)
-            if len(lst) != j:
-                lst.extend([None] * (j - len(lst)))
-            lst.append(v)
-
-    def finish(self, n: int) -> dict[tuple[str, ...], list[Any]]:
-        """The columns by key path, each padded to ``n`` rows."""
-        for lst in self.cols.values():
-            if len(lst) != n:
-                lst.extend([None] * (n - len(lst)))
-        return {self.paths[name]: lst for name, lst in self.cols.items()}
-
-
-def _decode(raw: Any) -> dict[str, Any]:
-    try:
-        record = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"record is not valid JSON: {exc}") from exc
-    if type(record) is not dict:
-        raise ValueError(f"record is not a JSON object but {type(record).__name__}")
-    return record
-
-
-def _dict_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], list[Any]], list[str]]:
-    """The dict path: decode, key and flatten record by record (each dict dropped at once)."""
-    flattener = _Columns()
-    keys: list[str] = []
-    for j, raw in enumerate(raws):
-        record = _decode(raw)
-        keys.append(_fast_key(record))
-        flattener.add(record, j)
-    return flattener.finish(len(raws)), keys
-
-
-def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = record
-    for key in path:
-        if type(value) is not dict:
-            return _MISSING
-        value = value.get(key, _MISSING)
-    return value
-
-
-def _reader_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
-    """The reader path (see :mod:`.arrowjson`); None when it cannot give the dict path's table."""
-    found = arrowjson.read_columns(raws)
-    if found is None:
-        return None
-    leaves, probes = found
-    columns: dict[tuple[str, ...], Any] = dict(leaves)
-    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [(path, kind, []) for path, kind in probes.items()]
-    keys: list[str] = []
-    for raw in raws:
-        record = _decode(raw)
-        keys.append(_fast_key(record))
-        for path, kind, values in probed:
-            value = _probe(record, path)
-            if kind == arrowjson.LIST:
-                values.append(None if value is _MISSING else value)
-            else:  # an object path: the dict path makes a column of its null and {} values
-                values.append(value if value is None or value == {} else _MISSING)
-    for path, kind, values in probed:
-        if kind == arrowjson.LIST:
-            columns[path] = values
-        elif any(v is not _MISSING for v in values):
-            columns[path] = [None if v is _MISSING else v for v in values]
-    return columns, keys
 
 
 # -- building tables --------------------------------------------------------------------------------------
@@ -329,7 +106,7 @@ def _type_of(raw: Any, cache: dict[str, str]) -> str:
     try:
         t = _HEAD.decode(raw).type
     except msgspec.DecodeError:
-        t = _decode(raw).get("type")  # raises the dict path's error for a bad record
+        t = decode_record(raw).get("type")  # raises the dict path's error for a bad record
     if type(t) is not str or not t:
         return "unknown"
     rtype = cache.get(t)
@@ -458,8 +235,8 @@ def _type_table(
 ) -> tuple[pa.Table, pa.Array]:
     """One record type's rows as a table at the widened (known + inferred) schema, and each row's event day."""
     n = len(raws)
-    found = _reader_columns(raws)
-    values, keys = found if found is not None else _dict_columns(raws)
+    found = reader_columns(raws)
+    values, keys = found if found is not None else dict_columns(raws)
     paths = {column_name(path): path for path in values}
     names = assign_names(paths, _known_paths(known), _RESERVED)
     columns: dict[str, tuple[pa.Field, pa.Array]] = {}
@@ -474,7 +251,7 @@ def _type_table(
         by_path[path] = arr
     del values
     for j in unsafe:
-        keys[j] = record_key(_decode(raws[j]))
+        keys[j] = record_key(decode_record(raws[j]))
 
     meta_arrays: dict[str, pa.Array] = {
         "_record_key": pa.array(keys, pa.string()),
@@ -512,4 +289,4 @@ def _type_table(
         if name not in seen:
             fields.append(pa.field(name, arr.type))
             arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), _event_dates(by_path, n)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), event_dates(by_path, n)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_ktexport.lake import arrowjson, schema
+from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.schema import (
     META_COLUMNS,
     TIMESTAMP,
@@ -23,7 +24,6 @@ from airflow_provider_ktexport.lake.schema import (
     event_date,
     field_path,
     record_key,
-    record_type_of,
     sanitize_partition_value,
     widen,
 )

@@ -1,0 +1,136 @@
+"""One record type's records -> column values by key path, and each record's key.
+
+Two paths give the same columns (a differential test holds them equal):
+:func:`reader_columns` takes Arrow's C++ JSON reader over the raw bytes where it provably
+follows the lake's rules (:mod:`.arrowjson`), and decodes each record only for its key and the
+few values the reader cannot show (lists, null or ``{}`` objects); :func:`dict_columns` decodes
+and flattens every record in Python and defines the result. Either way each decoded record is
+dropped at once, so a flush never holds all its dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from airflow_provider_ktexport.lake import arrowjson
+from airflow_provider_ktexport.lake.keys import fast_key
+from airflow_provider_ktexport.lake.naming import column_name, escape_segment, is_plain
+
+__all__ = ["decode_record", "dict_columns", "reader_columns"]
+
+_MISSING = object()
+
+
+class _Columns:
+    """Flattens one record type's records straight into per-column value lists (padded with None).
+
+    A trie of raw keys caches each key path's escaped name and its value list, so a path is
+    escaped once per call and each leaf costs one dict lookup and one append.
+    """
+
+    def __init__(self) -> None:
+        self.paths: dict[str, tuple[str, ...]] = {}
+        self.cols: dict[str, list[Any]] = {}
+        self._root: dict[str, list[Any]] = {}
+
+    def _entry(self, node: dict[str, Any], key: str, parent: list[Any] | None) -> list[Any]:
+        if parent is None:
+            path: tuple[str, ...] = (key,)
+            name = column_name(path)
+        else:
+            path = (*parent[2], key)
+            name = parent[0] + "__" + (key if is_plain(key) else escape_segment(key))
+        ent: list[Any] = [name, {}, path, None]  # name, children, path, values
+        node[key] = ent
+        return ent
+
+    def _values(self, ent: list[Any]) -> list[Any]:
+        lst: list[Any] = []
+        ent[3] = self.cols[ent[0]] = lst
+        self.paths[ent[0]] = ent[2]
+        return lst
+
+    def add(self, record: dict[str, Any], j: int) -> None:
+        """Append row ``j`` (0-based) from ``record``."""
+        self._walk(record, self._root, None, j)
+
+    def _walk(self, obj: dict[str, Any], node: dict[str, Any], parent: list[Any] | None, j: int) -> None:
+        for k, v in obj.items():
+            ent = node.get(k)
+            if ent is None:
+                ent = self._entry(node, k, parent)
+            if v.__class__ is dict and v:
+                self._walk(v, ent[1], ent, j)
+                continue
+            lst = ent[3]
+            if lst is None:
+                lst = self._values(ent)
+            if len(lst) != j:
+                lst.extend([None] * (j - len(lst)))
+            lst.append(v)
+
+    def finish(self, n: int) -> dict[tuple[str, ...], list[Any]]:
+        """The columns by key path, each padded to ``n`` rows."""
+        for lst in self.cols.values():
+            if len(lst) != n:
+                lst.extend([None] * (n - len(lst)))
+        return {self.paths[name]: lst for name, lst in self.cols.items()}
+
+
+def decode_record(raw: Any) -> dict[str, Any]:
+    try:
+        record = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"record is not valid JSON: {exc}") from exc
+    if type(record) is not dict:
+        raise ValueError(f"record is not a JSON object but {type(record).__name__}")
+    return record
+
+
+def dict_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], list[Any]], list[str]]:
+    """The dict path: decode, key and flatten record by record (each dict dropped at once)."""
+    flattener = _Columns()
+    keys: list[str] = []
+    for j, raw in enumerate(raws):
+        record = decode_record(raw)
+        keys.append(fast_key(record))
+        flattener.add(record, j)
+    return flattener.finish(len(raws)), keys
+
+
+def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for key in path:
+        if type(value) is not dict:
+            return _MISSING
+        value = value.get(key, _MISSING)
+    return value
+
+
+def reader_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
+    """The reader path (see :mod:`.arrowjson`); None when it cannot give the dict path's table."""
+    found = arrowjson.read_columns(raws)
+    if found is None:
+        return None
+    leaves, probes = found
+    columns: dict[tuple[str, ...], Any] = dict(leaves)
+    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [(path, kind, []) for path, kind in probes.items()]
+    keys: list[str] = []
+    for raw in raws:
+        record = decode_record(raw)
+        keys.append(fast_key(record))
+        for path, kind, values in probed:
+            value = _probe(record, path)
+            if kind == arrowjson.LIST:
+                values.append(None if value is _MISSING else value)
+            else:  # an object path: the dict path makes a column of its null and {} values
+                values.append(value if value is None or value == {} else _MISSING)
+    for path, kind, values in probed:
+        if kind == arrowjson.LIST:
+            columns[path] = values
+        elif any(v is not _MISSING for v in values):
+            columns[path] = [None if v is _MISSING else v for v in values]
+    return columns, keys

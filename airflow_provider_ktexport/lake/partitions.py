@@ -1,0 +1,100 @@
+"""Partition values of a record: its type and its event day (the ``record_type``/``event_date`` keys).
+
+``event_date`` is the UTC day of the first of ``date``, ``eventDate``, ``dateEnd``, ``received``
+that parses, never the ingestion day, so a redelivered copy lands in the same partition as the
+first. :func:`event_dates` computes it for a whole built table (vectorised where the column is a
+timestamp); :func:`event_date` is the per-record definition it must agree with.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_ktexport.lake.naming import sanitize_partition_value
+from airflow_provider_ktexport.lake.types import TIMESTAMP
+
+__all__ = ["EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
+
+EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
+# event_date is a partition choice, not a stored value: it also takes a bare date, or a time
+# without zone (read as UTC).
+_ISO_LOOSE = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
+)
+
+
+def _parse_loose(value: object) -> datetime | None:
+    if type(value) is not str or not _ISO_LOOSE.match(value):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: the UTC instant is outside years 1-9999
+        return None
+
+
+def event_date(record: dict[str, Any]) -> str:
+    """UTC day ``YYYY-MM-DD`` of the first of date, eventDate, dateEnd, received that parses; else ``unknown``.
+
+    Never the ingestion day: a redelivered copy lands in the same partition as the first.
+    """
+    for name in EVENT_TIME_FIELDS:
+        parsed = _parse_loose(record.get(name))
+        if parsed is not None:
+            return parsed.strftime("%Y-%m-%d")
+    return "unknown"
+
+
+def record_type_of(record: dict[str, Any]) -> str:
+    """The sanitised record type: the record's ``type`` if a non-empty string, else ``unknown``."""
+    t = record.get("type")
+    return sanitize_partition_value(t) if type(t) is str and t else "unknown"
+
+
+_YEAR_1000 = pa.scalar(datetime(1000, 1, 1, tzinfo=UTC), TIMESTAMP)
+_YEAR_1 = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
+
+
+def _days_of_times(arr: pa.Array) -> pa.Array:
+    """``event_date``'s day of each time of a timestamp column (null where Python could not say)."""
+    days = pc.strftime(arr, format="%Y-%m-%d")
+    # Python's strftime writes years below 1000 without zero padding, and a time whose UTC
+    # instant leaves years 1-9999 does not parse at all: such rare rows go through Python.
+    odd = pc.fill_null(pc.less(arr, _YEAR_1000), False)
+    if not pc.any(odd).as_py():
+        return days
+    out = days.to_pylist()
+    for j in pc.indices_nonzero(odd).to_pylist():
+        out[j] = None if pc.less(arr[j], _YEAR_1).as_py() else arr[j].as_py().strftime("%Y-%m-%d")
+    return pa.array(out, pa.string())
+
+
+def event_dates(columns: dict[tuple[str, ...], pa.Array], n: int) -> pa.Array:
+    """:func:`event_date` of every row, from the built columns (vectorised for timestamp columns)."""
+    days: pa.Array = pa.nulls(n, pa.string())
+    for name in EVENT_TIME_FIELDS:
+        arr = columns.get((name,))
+        if arr is None:
+            continue
+        if pa.types.is_timestamp(arr.type):
+            # Arrow's cast accepted these strict RFC 3339 texts; fromisoformat reads them alike.
+            days = pc.coalesce(days, _days_of_times(arr))
+        elif pa.types.is_string(arr.type):
+            todo = pc.indices_nonzero(pc.fill_null(pc.and_(days.is_null(), arr.is_valid()), False))
+            if len(todo):
+                out = days.to_pylist()
+                for j, value in zip(todo.to_pylist(), arr.take(todo).to_pylist(), strict=True):
+                    parsed = _parse_loose(value)
+                    if parsed is not None:
+                        out[j] = parsed.strftime("%Y-%m-%d")
+                days = pa.array(out, pa.string())
+        if days.null_count == 0:
+            break
+    return pc.fill_null(days, "unknown")
