@@ -241,6 +241,9 @@ def _summarise(runs: dict[str, dict[str, Any]], latency_ms: float, micro: dict[s
             for a, c in zip(a0["cpu_s_per_100k_samples"], c0["cpu_s_per_100k_samples"], strict=True)
         ],
         "cpu_c_over_a_bound_estimate": _ratio(_contract_bound(a0, micro), a0["cpu_s_per_100k"]),
+        # The same ratio with the server 50 ms away: the floor then pays a sleep and a wake-up per
+        # request, as any client of a remote server does (reported, not a target of the issue).
+        f"cpu_c_over_a_at_{lat}": _ratio(cL["cpu_s_per_100k"], aL["cpu_s_per_100k"]),
         "cpu_b_over_c": _ratio(b0["cpu_s_per_100k"], c0["cpu_s_per_100k"]),
         f"wall_c_over_a_at_{lat}": _ratio(cL["records_per_s"], aL["records_per_s"]),
         "wall_c_over_a_at_0ms": _ratio(c0["records_per_s"], a0["records_per_s"]),

@@ -63,6 +63,7 @@ def test_report_has_every_figure_ratio_and_target(report: dict) -> None:
         assert run["cpu_s_per_100k"] in run["cpu_s_per_100k_samples"]
     assert len(report["ratios"]["cpu_c_over_a_per_repeat"]) == 2
     assert report["ratios"]["cpu_c_over_a_bound_estimate"] > 0
+    assert report["ratios"]["cpu_c_over_a_at_20ms"] > 0
     for name, target in report["targets"].items():
         assert "met" in target, name
         assert target["met"] in (True, False, None), name
