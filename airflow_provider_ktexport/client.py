@@ -38,16 +38,16 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
 )
 from airflow_provider_ktexport.protocol import (
-    AUTH_HEADER,
-    AUTH_QUERY_PARAM,
     AUTH_STATUSES,
     DEFAULT_USER_AGENT,
     EMPTY_STATUSES,
     STREAM_PATH,
     TRANSIENT_STATUSES,
     auth_error,
+    auth_parts,
     backoff_delay,
     batch_id_in,
+    check_api_key,
     check_auth_location,
     check_read_timeout,
     has_cause,
@@ -164,11 +164,7 @@ class KtExportClient:
         conn_label: str | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise KtExportConfigError(
-                f"no API key for {conn_label or 'the export API'}: set the key (the connection's password)"
-            )
-        self._api_key = api_key.strip()
+        self._api_key = check_api_key(api_key, conn_label or "the export API")
         location = check_auth_location(auth_location)
         self.auth_location = location
         self.conn_label = conn_label
@@ -191,8 +187,7 @@ class KtExportClient:
         self.user_agent = user_agent or DEFAULT_USER_AGENT
 
         self._stream_url = self.base_url + STREAM_PATH
-        self._auth_headers = {AUTH_HEADER: self._api_key} if location == "header" else {}
-        self._auth_params = {AUTH_QUERY_PARAM: self._api_key} if location == "query" else None
+        self._auth_headers, self._auth_params = auth_parts(self._api_key, location)
         if location == "query":
             _guard_urllib3_logs()
         self._session = self._new_session()

@@ -37,8 +37,10 @@ __all__ = [
     "TRANSIENT_STATUSES",
     "Envelope",
     "auth_error",
+    "auth_parts",
     "backoff_delay",
     "batch_id_in",
+    "check_api_key",
     "check_auth_location",
     "check_read_timeout",
     "has_cause",
@@ -139,6 +141,20 @@ def normalize_base_url(url: str, port: int | None = None) -> str:
             path = path[: -len(endpoint)].rstrip("/")
             break
     return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def check_api_key(value: Any, where: str) -> str:
+    """The key without surrounding spaces; refused when missing or blank (``where``: the connection)."""
+    if not isinstance(value, str) or not value.strip():
+        raise KtExportConfigError(f"no API key for {where}: set the key (the connection's password)")
+    return value.strip()
+
+
+def auth_parts(api_key: str, location: str) -> tuple[dict[str, str], dict[str, str] | None]:
+    """The headers and the query parameters that carry the key: ``x-access-token`` or ``?token=``."""
+    if location == "query":
+        return {}, {AUTH_QUERY_PARAM: api_key}
+    return {AUTH_HEADER: api_key}, None
 
 
 def check_auth_location(value: Any) -> str:

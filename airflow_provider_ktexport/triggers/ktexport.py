@@ -36,16 +36,16 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
 )
 from airflow_provider_ktexport.protocol import (
-    AUTH_HEADER,
-    AUTH_QUERY_PARAM,
     AUTH_STATUSES,
     DEFAULT_USER_AGENT,
     EMPTY_STATUSES,
     STREAM_PATH,
     TRANSIENT_STATUSES,
     auth_error,
+    auth_parts,
     backoff_delay,
     batch_id_in,
+    check_api_key,
     check_auth_location,
     check_read_timeout,
     has_cause,
@@ -204,10 +204,8 @@ class AsyncProber:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = normalize_base_url(settings.get("base_url") or "")
-        api_key = settings.get("api_key")
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise KtExportConfigError("no API key: set the key (the connection's password)")
-        self._api_key = api_key.strip()
+        self.conn_label = str(settings.get("conn_label") or "the connection")
+        self._api_key = check_api_key(settings.get("api_key"), self.conn_label)
         location = check_auth_location(settings.get("auth_location"))
         self.long_poll_seconds = float(settings.get("long_poll_seconds") or 45.0)
         read_timeout = check_read_timeout(
@@ -215,13 +213,15 @@ class AsyncProber:
         )
         connect_timeout = float(settings.get("connect_timeout") or 10.0)
         self.lease_seconds = float(lease_seconds)
-        self.conn_label = str(settings.get("conn_label") or "the connection")
         self.log = logger or log
         self._stream_url = self.base_url + STREAM_PATH
-        self._params = {AUTH_QUERY_PARAM: self._api_key} if location == "query" else None
-        headers = {"user-agent": DEFAULT_USER_AGENT, "accept-encoding": "gzip", "accept": "application/json"}
-        if location == "header":
-            headers[AUTH_HEADER] = self._api_key
+        auth_headers, self._params = auth_parts(self._api_key, location)
+        headers = {
+            "user-agent": DEFAULT_USER_AGENT,
+            "accept-encoding": "gzip",
+            "accept": "application/json",
+            **auth_headers,
+        }
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(connect_timeout, read=read_timeout),

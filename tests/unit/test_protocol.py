@@ -10,8 +10,10 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.protocol import (
     Envelope,
     auth_error,
+    auth_parts,
     backoff_delay,
     batch_id_in,
+    check_api_key,
     check_auth_location,
     check_read_timeout,
     http_error,
@@ -71,6 +73,18 @@ def test_auth_location_is_header_or_query(value: object) -> None:
         check_auth_location(value)
     assert check_auth_location(" Query ") == "query"
     assert check_auth_location(None) == "header"
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", 42])
+def test_a_missing_key_is_refused_naming_the_connection(value: object) -> None:
+    with pytest.raises(KtExportConfigError, match="no API key for connection 'kt'"):
+        check_api_key(value, "connection 'kt'")
+    assert check_api_key(f"  {SECRET} ", "c") == SECRET
+
+
+def test_the_key_goes_in_the_header_or_the_query_never_both() -> None:
+    assert auth_parts(SECRET, "header") == ({"x-access-token": SECRET}, None)
+    assert auth_parts(SECRET, "query") == ({}, {"token": SECRET})
 
 
 def test_read_timeout_must_outlast_the_long_poll() -> None:
