@@ -23,23 +23,28 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from airflow_provider_ktexport.exceptions import (
     KtExportConfigError,
     KtExportError,
     KtExportProtocolError,
+    KtExportRejectsError,
     KtExportTransientError,
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_FIELDS
-from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
+from airflow_provider_ktexport.lake.rejects import REJECTED_DIR, Landing, Reject, land_records, rejects_table
+from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.protocol import is_ackable_id
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +78,13 @@ class DrainConfig:
     drain_until: float | None = None
     max_in_flight: int = 4
     ack_quarantined: bool = False
+    ack_quarantined_after: int = 3
     include_raw: bool = False
     partition_by: tuple[str, ...] = ("record_type", "event_date")
     source: str = "ktexport_default"
+    max_reject_share: float | None = None
+    max_flush_partitions: int = 500
+    write_concurrency: int = 8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,6 +108,23 @@ class DrainConfig:
             )
         if not 1 <= self.max_in_flight <= 32:
             raise KtExportConfigError(f"max_in_flight must be between 1 and 32, got {self.max_in_flight!r}")
+        if self.ack_quarantined_after < 1:
+            raise KtExportConfigError(
+                f"ack_quarantined_after must be at least 1, got {self.ack_quarantined_after!r}"
+            )
+        if self.max_reject_share is not None and not 0 <= self.max_reject_share < 1:
+            raise KtExportConfigError(
+                f"max_reject_share must be a share from 0 up to (not including) 1, or None to only warn; "
+                f"got {self.max_reject_share!r}"
+            )
+        if self.max_flush_partitions < 1:
+            raise KtExportConfigError(
+                f"max_flush_partitions must be at least 1, got {self.max_flush_partitions!r}"
+            )
+        if not 1 <= self.write_concurrency <= 64:
+            raise KtExportConfigError(
+                f"write_concurrency must be between 1 and 64, got {self.write_concurrency!r}"
+            )
         unknown = [k for k in self.partition_by if k not in PARTITION_KEYS]
         if unknown or not self.partition_by or len(set(self.partition_by)) != len(self.partition_by):
             raise KtExportConfigError(
@@ -116,6 +142,9 @@ class DrainResult:
     bytes: int = 0
     acked: int = 0
     ack_failed: int = 0
+    lease_expired: int = 0
+    rejected: int = 0
+    rejected_files: list[str] = field(default_factory=list)
     quarantined: int = 0
     flushes: int = 0
     duration_s: float = 0.0
@@ -129,13 +158,88 @@ class DrainResult:
         return out
 
 
-@dataclass
-class _Held:
-    """A leased batch whose records wait in the buffer."""
+@dataclass(frozen=True)
+class HeldBatch:
+    """A leased batch in the buffer: its id, when its lease started (monotonic) and its records."""
 
     id: str
     leased_at: float
-    records: int
+    raw_items: Sequence[bytes]
+
+
+class _Head(msgspec.Struct):
+    """The fields that choose a record's partition, read without building the record."""
+
+    type: Any = None
+    date: Any = None
+    eventDate: Any = None  # the API's spelling
+    dateEnd: Any = None
+    received: Any = None
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+
+
+class Buffer:
+    """The batches a run holds until they land: :meth:`add` is the commit point.
+
+    A batch joins in one step (one ``list.append`` of a :class:`HeldBatch` that carries its
+    records), so an interrupt (Airflow's ``execution_timeout``, a kill) can never leave a held
+    batch without its records for the kill-path flush to acknowledge.
+
+    It also estimates how many partitions a flush of it would write, from the first, middle and
+    last record of each batch (a backfill's batches each cover a short stretch of time), so a
+    flush that would write too many files on a slow object store starts early.
+    """
+
+    def __init__(self, partition_by: Sequence[str]) -> None:
+        self._batches: list[HeldBatch] = []
+        self._partition_by = tuple(partition_by)
+        self._partitions: set[tuple[str, ...]] = set()
+        self.records = 0
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def add(self, batch: Any) -> None:
+        """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
+        self._batches.append(HeldBatch(batch.id, batch.leased_at, batch.raw_items))  # the commit point
+        self.records += len(batch.raw_items)
+        self._note_partitions(batch.raw_items)
+
+    def take(self) -> list[HeldBatch]:
+        """Every held batch, oldest first; the buffer is empty afterwards."""
+        batches = self._batches
+        self._batches = []
+        self.records = 0
+        self._partitions = set()
+        return batches
+
+    def oldest_lease(self) -> float:
+        # Fetchers hand batches over in completion order, not lease order.
+        return min(b.leased_at for b in self._batches)
+
+    @property
+    def partitions(self) -> int:
+        """Estimated partitions (files) a flush of the buffer would write."""
+        return len(self._partitions)
+
+    def _note_partitions(self, raws: Sequence[bytes]) -> None:
+        if not raws:
+            return
+        for raw in {raws[0], raws[len(raws) // 2], raws[-1]}:
+            try:
+                head = _HEAD.decode(raw)
+            except (msgspec.MsgspecError, RecursionError):
+                continue  # a record that does not decode is a reject: no partition of its own
+            key = []
+            for name in self._partition_by:
+                if name == "record_type":
+                    key.append(str(head.type))
+                elif name == "event_date":
+                    times = (head.date, head.eventDate, head.dateEnd, head.received)
+                    key.append(next((t[:10] for t in times if type(t) is str), "unknown"))
+            self._partitions.add(tuple(key))
 
 
 class Drain:
@@ -164,11 +268,14 @@ class Drain:
         self.log = logger or log
         self.result = DrainResult()
         self._answered = False  # a GET of this run got an answer (a batch or empty)
-        self._held: list[_Held] = []
-        self._records: list[bytes] = []
-        self._record_batch: list[str] = []
+        self.buffer = Buffer(config.partition_by)
         self._schemas: dict[str, Any] = {}
         self._ack_pool = ThreadPoolExecutor(max_workers=ACK_CONCURRENCY, thread_name_prefix="ktexport-ack")
+        self._write_pool = ThreadPoolExecutor(
+            max_workers=config.write_concurrency, thread_name_prefix="ktexport-write"
+        )
+        # The stored copies of bodies and rejected records must not hold the key either.
+        self._redact: Callable[[bytes], bytes] = getattr(client, "redact_body", None) or (lambda b: b)
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -196,12 +303,12 @@ class Drain:
                 now = time.monotonic()
                 if now >= run_deadline:
                     break
-                if self._held and now >= self._oldest_lease() + cfg.flush_seconds:
+                if self._due_by_lease(now):
                     self._flush("lease age")
                     continue
                 wait = run_deadline - now
-                if self._held:
-                    wait = min(wait, self._oldest_lease() + cfg.flush_seconds - now)
+                if self.buffer:
+                    wait = min(wait, self.buffer.oldest_lease() + cfg.flush_seconds - now)
                 try:
                     if backlog:
                         kind, item = backlog.popleft()
@@ -216,8 +323,10 @@ class Drain:
                 if kind == "batch":
                     self._hold(item)
                     self._take_ready(fetcher, backlog)
-                    if len(self._records) >= cfg.flush_records:
+                    if self._due_by_records():
                         self._flush("flush_records")
+                    elif self._due_by_partitions():
+                        self._flush("max_flush_partitions")
                 elif kind == "empty":
                     self._flush("queue empty")
                     if not keep_polling():
@@ -242,11 +351,12 @@ class Drain:
         finally:
             fetcher.stop()
             self._ack_pool.shutdown(wait=False)
+            self._write_pool.shutdown(wait=False)
         self.result.stopped = stopped
         self.result.duration_s = time.monotonic() - started
         self.log.info(
             "Drain finished (%s): %d records in %d batches, %d files, %d bytes, %d acked, %d ack failed, "
-            "%d quarantined, %.1f s",
+            "%d leases expired, %d rejected, %d quarantined, %.1f s",
             stopped,
             self.result.records,
             self.result.batches,
@@ -254,6 +364,8 @@ class Drain:
             self.result.bytes,
             self.result.acked,
             self.result.ack_failed,
+            self.result.lease_expired,
+            self.result.rejected,
             self.result.quarantined,
             self.result.duration_s,
         )
@@ -287,39 +399,46 @@ class Drain:
                 elif kind == "error" and isinstance(item, KtExportProtocolError):
                     self._quarantine(item)
         fetcher.abandon()
-        if not self._held:
+        if not self.buffer:
             return
         if killed:
             # Land what is held only while the oldest lease leaves room to write and acknowledge.
-            oldest_age = time.monotonic() - self._oldest_lease()
+            oldest_age = time.monotonic() - self.buffer.oldest_lease()
             if oldest_age > self.config.flush_seconds:
                 self.log.warning(
                     "Stopping with %d leased batches too close to their lease end to land safely; "
                     "the server will deliver them again.",
-                    len(self._held),
+                    len(self.buffer),
                 )
                 return
         self._flush("end of run")
 
-    # -- buffering ----------------------------------------------------------------------------------
+    # -- buffering and the flush rules ---------------------------------------------------------------
 
     def _hold(self, batch: Any) -> None:
-        self._held.append(_Held(batch.id, batch.leased_at, len(batch.raw_items)))
-        self._records.extend(batch.raw_items)
-        self._record_batch.extend([batch.id] * len(batch.raw_items))
+        self.buffer.add(batch)
         self.result.batches += 1
 
-    def _oldest_lease(self) -> float:
-        # Fetchers hand batches over in completion order, not lease order.
-        return min(h.leased_at for h in self._held)
+    def _due_by_lease(self, now: float) -> bool:
+        """The oldest held lease is ``flush_seconds`` old: land it while the lease leaves time to ack."""
+        return bool(self.buffer) and now >= self.buffer.oldest_lease() + self.config.flush_seconds
+
+    def _due_by_records(self) -> bool:
+        """``flush_records`` are held: memory is set by the flush size, not by the queue."""
+        return self.buffer.records >= self.config.flush_records
+
+    def _due_by_partitions(self) -> bool:
+        """A flush of what is held would write ``max_flush_partitions`` files (a backfill over many
+        days): each file costs round trips on an object store, so land before the leases run out."""
+        return self.buffer.partitions >= self.config.max_flush_partitions
 
     def _take_ready(self, fetcher: Fetcher, backlog: deque[tuple[str, Any]]) -> None:
-        """Hold every batch the fetchers have already handed over, up to ``flush_records``.
+        """Hold every batch the fetchers have already handed over, up to the flush rules.
 
         Their leases started when they were fetched: they go into the next flush together
         instead of one flush (and one round of acknowledgements) each while their leases run.
         """
-        while len(self._records) < self.config.flush_records:
+        while not (self._due_by_records() or self._due_by_partitions()):
             try:
                 kind, item = fetcher.results.get_nowait()
             except queue.Empty:
@@ -330,31 +449,46 @@ class Drain:
             self._hold(item)
 
     def _quarantine(self, exc: KtExportProtocolError) -> None:
-        path = self.writer.quarantine(exc.body, reason=str(exc), batch_id=exc.batch_id)
+        body = self._redact(exc.body)
+        path = self.writer.quarantine(
+            body, reason=self._redact(str(exc).encode()).decode("utf-8", "replace"), batch_id=exc.batch_id
+        )
         self.result.quarantined += 1
-        acked = False
+        outcome = "not acknowledged: the server will deliver it again after its lease"
         if self.config.ack_quarantined and exc.batch_id:
-            acked = self.client.ack(exc.batch_id)
+            seen = self.writer.quarantine_sightings(body)
+            if not is_ackable_id(exc.batch_id):
+                outcome = "not acknowledged: its id is not one a DELETE may carry"
+            elif seen < self.config.ack_quarantined_after:
+                outcome = (
+                    f"not acknowledged yet: seen {seen} of the {self.config.ack_quarantined_after} times "
+                    "ack_quarantined waits for (a transient fault heals by redelivery)"
+                )
+            elif self._ack_one(exc.batch_id):
+                self.result.acked += 1
+                outcome = f"acknowledged after {seen} sightings (ack_quarantined=True)"
+            else:
+                self.result.ack_failed += 1
+                outcome = "its acknowledgement failed; it will be delivered again"
         self.log.warning(
             "Quarantined an undecodable batch body (%d bytes, id %s) at %s; %s",
             len(exc.body),
             exc.batch_id or "unknown",
             path,
-            "acknowledged (ack_quarantined=True)"
-            if acked
-            else "not acknowledged: the server will deliver it again after its lease",
+            outcome,
         )
 
     # -- flushing -----------------------------------------------------------------------------------
 
     def _flush(self, reason: str) -> None:
-        if not self._held:
+        batches = self.buffer.take()
+        if not batches:
             return
         t0 = time.monotonic()
-        held, records, batch_ids = self._held, self._records, self._record_batch
-        self._held, self._records, self._record_batch = [], [], []
+        records = [raw for b in batches for raw in b.raw_items]
+        batch_ids = [b.id for b in batches for _ in b.raw_items]
         ingested_at = datetime.now(UTC)
-        tables = build_tables(
+        landing = land_records(
             records,
             batch_ids,
             source=self.config.source,
@@ -363,51 +497,109 @@ class Drain:
             include_raw=self.config.include_raw,
             known_schema=self._known_schema,
         )
-        for part in tables:
-            # Later flushes build at these (widened) types; the writer publishes a widening to the
-            # lake's schema store before any file written at the new types is visible.
+        for part in landing.tables:
+            # Later flushes build at these types; the writer publishes them to the lake's schema
+            # store before any file written at them is visible.
             self._schemas[part.record_type] = part.table.schema
-        written_bytes = 0
-        for part in tables:
-            written = self.writer.write(part.table, part.partition)
-            self.result.files.append(written.uri)
-            written_bytes += written.bytes
+        jobs = [(part.table, part.partition, "") for part in landing.tables]
+        ingest_day = ingested_at.strftime("%Y-%m-%d")
+        rejected = rejects_table(
+            landing.rejects, source=self.config.source, ingested_at=ingested_at, redact=self._redact
+        )
+        jobs += [
+            (table, {"record_type": rtype, "ingest_date": ingest_day}, REJECTED_DIR)
+            for rtype, table in rejected.items()
+        ]
+        # Files go up concurrently: on an object store each costs several round trips, and a
+        # flush over many partitions written one by one would outlive its leases.
+        written = list(self._write_pool.map(lambda job: self.writer.write(job[0], job[1], area=job[2]), jobs))
+        self._check_complete(batches, landing)
+        data_files = written[: len(landing.tables)]
+        written_bytes = sum(w.bytes for w in written)
+        self.result.files.extend(w.uri for w in data_files)
+        self.result.rejected_files.extend(w.uri for w in written[len(landing.tables) :])
         self.result.bytes += written_bytes
-        self.result.records += len(records)
-        self._note_lag(tables, ingested_at)
+        self.result.records += len(records) - len(landing.rejects)
+        self.result.rejected += len(landing.rejects)
+        self._note_lag(landing.tables, ingested_at)
         t_written = time.monotonic()
-        # Every file of this flush is verified: acknowledge all its batches, concurrently so a
-        # large flush does not eat its lease one round trip at a time.
-        oldest_lease = min(h.leased_at for h in held)
-        oldest_age = t_written - oldest_lease
-        outcomes = list(self._ack_pool.map(self._ack_one, [h.id for h in held]))
-        acked = sum(outcomes)
-        self.result.acked += acked
-        self.result.ack_failed += len(outcomes) - acked
+        oldest_lease = min(b.leased_at for b in batches)
+        acked, expired = self._ack_all(batches)
         self.result.flushes += 1
         prev = self.result.max_ack_lease_age_s or 0.0
         self.result.max_ack_lease_age_s = max(prev, time.monotonic() - oldest_lease)
         elapsed = time.monotonic() - t0
         self.log.info(
-            "Flush (%s): %d records from %d batches -> %d files, %d bytes in %.2f s (%.0f records/s); "
-            "acked %d/%d, oldest lease %.1f s old at ack",
+            "Flush (%s): %d records from %d batches -> %d files (%d rejected records) , %d bytes in %.2f s "
+            "(%.0f records/s); acked %d/%d, oldest lease %.1f s old at ack",
             reason,
             len(records),
-            len(held),
-            len(tables),
+            len(batches),
+            len(written),
+            len(landing.rejects),
             written_bytes,
             elapsed,
             len(records) / elapsed if elapsed > 0 else 0.0,
             acked,
-            len(held),
-            oldest_age,
+            len(batches),
+            t_written - oldest_lease,
         )
-        if acked < len(held):
+        failed = len(batches) - acked - expired
+        if failed:
             self.log.warning(
-                "%d acknowledgements failed (lease expired or id unknown): those batches will be delivered "
-                "again and land twice; remove duplicates by _record_key.",
-                len(held) - acked,
+                "%d acknowledgements failed (lease expired on the server or id unknown): those batches will "
+                "be delivered again and land twice; remove duplicates by _record_key.",
+                failed,
             )
+        if landing.rejects:
+            self._report_rejects(landing.rejects, len(records))
+
+    def _check_complete(self, batches: list[HeldBatch], landing: Landing) -> None:
+        """The ack commit point: each batch's written rows plus rejected records equal its records."""
+        import pyarrow.compute as pc
+
+        expected: Counter[str] = Counter()
+        for b in batches:
+            expected[b.id] += len(b.raw_items)
+        landed: Counter[str] = Counter()
+        for part in landing.tables:
+            counts = pc.value_counts(part.table.column("_batch_id"))
+            for entry in counts.to_pylist():
+                landed[entry["values"]] += entry["counts"]
+        for r in landing.rejects:
+            landed[r.batch_id] += 1
+        if landed != expected:
+            wrong = sorted(b for b in expected.keys() | landed.keys() if landed[b] != expected[b])
+            raise KtExportError(
+                f"Refusing to acknowledge a flush: the rows written and rejected do not add up to the records "
+                f"held for batch(es) {', '.join(wrong[:5])}. Nothing was acknowledged; the batches will be "
+                "delivered again. This is a bug: please report it with the task log."
+            )
+
+    def _ack_all(self, batches: list[HeldBatch]) -> tuple[int, int]:
+        """Acknowledge every batch whose lease has not run out on our clock; (acked, expired)."""
+        outcomes = list(self._ack_pool.map(self._ack_held, batches))
+        acked = sum(1 for o in outcomes if o == "acked")
+        expired = sum(1 for o in outcomes if o == "expired")
+        self.result.acked += acked
+        self.result.lease_expired += expired
+        self.result.ack_failed += len(outcomes) - acked - expired
+        if expired:
+            self.log.warning(
+                "%d batches landed after their %g s lease had run out: not acknowledged (the server may "
+                "have leased them again); they will land twice, remove duplicates by _record_key. Lower "
+                "flush_seconds/flush_records or max_flush_partitions if this repeats.",
+                expired,
+                self.config.lease_seconds,
+            )
+        return acked, expired
+
+    def _ack_held(self, batch: HeldBatch) -> str:
+        # The server's lease began before our clock saw the answer: keep a small margin.
+        margin = min(1.0, 0.05 * self.config.lease_seconds)
+        if time.monotonic() >= batch.leased_at + self.config.lease_seconds - margin:
+            return "expired"
+        return "acked" if self._ack_one(batch.id) else "failed"
 
     def _ack_one(self, batch_id: str) -> bool:
         try:
@@ -417,25 +609,58 @@ class Drain:
             self.log.warning("Acknowledging batch %s failed: %s", batch_id, exc)
             return False
 
+    def _report_rejects(self, rejects: list[Reject], records: int) -> None:
+        kinds = Counter(r.error_class for r in rejects)
+        share = len(rejects) / records
+        self.log.warning(
+            "%d of %d records could not be rows (%s) and were kept with their exact text in the rejects "
+            "table %s/; their batches were acknowledged. Read them with read_lake(..., rejected=True).",
+            len(rejects),
+            records,
+            ", ".join(f"{n} {k}" for k, n in kinds.most_common()),
+            REJECTED_DIR,
+        )
+        limit = self.config.max_reject_share
+        if limit is not None and share > limit:
+            raise KtExportRejectsError(
+                f"{len(rejects)} of {records} records in one flush ({share:.1%}) were rejected, above "
+                f"max_reject_share={limit:g}. They are kept in {REJECTED_DIR}/ and acknowledged; look at "
+                "their _error column, then raise max_reject_share (or set it to None) to go on.",
+                rejected=len(rejects),
+                records=records,
+            )
+
     def _known_schema(self, record_type: str) -> Any:
         if record_type not in self._schemas:
             self._schemas[record_type] = self.writer.load_schema(record_type)
         return self._schemas[record_type]
 
     def _note_lag(self, tables: Sequence[PartitionTable], now: datetime) -> None:
-        import pyarrow.compute as pc
-
-        oldest = None
-        for part in tables:
-            for name in EVENT_TIME_FIELDS:
-                if name in part.table.column_names and str(part.table.schema.field(name).type).startswith(
-                    "timestamp"
-                ):
-                    value = pc.min(part.table.column(name)).as_py()
-                    if value is not None and (oldest is None or value < oldest):
-                        oldest = value
-                    break
+        """The age of the oldest event time landed; a metric, so it can never fail a flush."""
+        try:
+            oldest = _oldest_event_us(tables)
+        except Exception:  # noqa: BLE001 - a metric must not cost the flush its acknowledgements
+            self.log.debug("Could not compute the landed records' age", exc_info=True)
+            return
         if oldest is not None:
-            age = (now - oldest).total_seconds()
+            age = (now.timestamp() * 1_000_000 - oldest) / 1_000_000
             prev = self.result.oldest_record_age_s
             self.result.oldest_record_age_s = age if prev is None else max(prev, age)
+
+
+def _oldest_event_us(tables: Sequence[PartitionTable]) -> int | None:
+    """The earliest event time of the tables in microseconds since the epoch, in Arrow only
+    (a Python datetime cannot hold every instant a timestamp column can)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    oldest: int | None = None
+    for part in tables:
+        for name in EVENT_TIME_FIELDS:
+            if name in part.table.column_names and pa.types.is_timestamp(part.table.schema.field(name).type):
+                col = part.table.column(name).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+                value = pc.min(col).as_py()
+                if value is not None and (oldest is None or value < oldest):
+                    oldest = value
+                break
+    return oldest

@@ -66,3 +66,12 @@ class KtExportWriteError(KtExportError):
     def __init__(self, message: str, *, destination: str) -> None:
         super().__init__(message)
         self.destination = destination
+
+
+class KtExportRejectsError(KtExportError):
+    """More of a flush's records were rejected than ``max_reject_share`` allows (they are kept)."""
+
+    def __init__(self, message: str, *, rejected: int, records: int) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+        self.records = records

@@ -324,3 +324,8 @@ def batch_id_in(body: bytes) -> str | None:
     """The batch id of a body that could not be decoded, if one can be seen in it."""
     match = _ID_IN_BODY.search(body)
     return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def is_ackable_id(batch_id: str) -> bool:
+    """Placeholder until the transport branch lands (merged over)."""
+    return bool(batch_id) and batch_id not in (".", "..") and not any(c in batch_id for c in "/\\?#") and batch_id.isprintable() and not any(c.isspace() for c in batch_id)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import posixpath
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -118,6 +119,8 @@ class LakeWriter:
         self._own: dict[str, pa.Schema] = {}
         # The lake's published schema per record type as last read; it only ever widens.
         self._published: dict[str, pa.Schema] = {}
+        # Concurrent writes of one flush share the schema store's state.
+        self._publish_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LakeWriter(root={self.root!r}, writer_id={self.writer_id!r})"
@@ -134,9 +137,9 @@ class LakeWriter:
             return self.uri_prefix.rstrip("/") + "/" + rel
         return self.fs.unstrip_protocol(path)
 
-    def partition_dir(self, partition: Mapping[str, str]) -> str:
-        """``<root>/k=v/...``; values must be sanitised (see ``sanitize_partition_value``)."""
-        parts = []
+    def partition_dir(self, partition: Mapping[str, str], area: str = "") -> str:
+        """``<root>[/<area>]/k=v/...``; values must be sanitised (see ``sanitize_partition_value``)."""
+        parts = [area] if area else []
         for key, value in partition.items():
             if not (is_safe_partition_value(key) and is_safe_partition_value(value)):
                 raise KtExportWriteError(
@@ -192,20 +195,24 @@ class LakeWriter:
 
     # -- data files --------------------------------------------------------------------------------
 
-    def write(self, table: pa.Table, partition: Mapping[str, str]) -> WrittenFile:
+    def write(self, table: pa.Table, partition: Mapping[str, str], *, area: str = "") -> WrittenFile:
         """Write ``table`` as one new Parquet file in ``partition``, atomically, then verify it.
 
         The record type's schema is published first (when ``partition`` names a record type), so
-        no reader ever meets a file at types the schema store does not know.
+        no reader ever meets a file at types the schema store does not know. Safe to call from
+        several threads at once (the drain writes a flush's partitions concurrently).
 
+        :param area: a folder under the root for tables apart from the data (``_rejected``); their
+            schema is fixed, so nothing is published for them
         :raises KtExportWriteError: writing or verification failed; names the destination and cause
         """
-        directory = self.partition_dir(partition)
+        directory = self.partition_dir(partition, area)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         path = posixpath.join(directory, f"part-{stamp}-{uuid.uuid4().hex}.parquet")
         record_type = partition.get("record_type")
-        if record_type is not None:
-            self._publish(record_type, table.schema)
+        if record_type is not None and not area:
+            with self._publish_lock:
+                self._publish(record_type, table.schema)
         try:
             buf = pa.BufferOutputStream()
             pq.write_table(
@@ -308,6 +315,9 @@ class LakeWriter:
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
         """Store an undecodable body once: ``_quarantine/<sha256>.body`` plus a ``.json`` sidecar.
 
+        Every call also counts a sighting in ``<sha256>.seen`` (see :meth:`quarantine_sightings`).
+        Pass the body with the API key already redacted.
+
         :return: the URI of the stored body
         """
         digest = hashlib.sha256(body).hexdigest()
@@ -317,18 +327,35 @@ class LakeWriter:
         try:
             if not self.fs.exists(body_path):
                 self._put(body_path, bytes(body))
+            now = datetime.now(UTC).isoformat()
             if not self.fs.exists(meta_path):
                 meta = {
                     "reason": reason,
                     "batch_id": batch_id,
-                    "first_seen": datetime.now(UTC).isoformat(),
+                    "first_seen": now,
                     "size": len(body),
                     "sha256": digest,
                 }
                 self._put(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
+            # Read-modify-write: two writers racing lose a count at worst, which only delays
+            # an opt-in acknowledgement by one more redelivery.
+            seen = {"count": self._sightings(digest) + 1, "last_seen": now, "last_reason": reason}
+            self._put(self._join(QUARANTINE_DIR, f"{digest}.seen"), json.dumps(seen).encode("utf-8"))
         except Exception as exc:
             raise KtExportWriteError(f"Quarantining a body to {uri} failed: {exc}", destination=uri) from exc
         return uri
+
+    def quarantine_sightings(self, body: bytes) -> int:
+        """How many times :meth:`quarantine` stored this body, over all runs and writers."""
+        return self._sightings(hashlib.sha256(body).hexdigest())
+
+    def _sightings(self, digest: str) -> int:
+        try:
+            return int(json.loads(self.fs.cat_file(self._join(QUARANTINE_DIR, f"{digest}.seen")))["count"])
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError):  # a damaged counter counts as one sighting
+            return 1
 
     def cleanup_temp(self, older_than_seconds: float = 3600) -> int:
         """Remove temporary files left by crashed writes (local filesystems only); returns how many."""

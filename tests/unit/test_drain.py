@@ -145,7 +145,7 @@ def test_write_failure_acknowledges_nothing_and_raises(tmp_path):
     client = FakeClient([make_batch("b1", range(5)), make_batch("b2", range(5, 10))])
 
     class BrokenWriter(LakeWriter):
-        def write(self, table, partition):
+        def write(self, table, partition, **kwargs):
             raise KtExportWriteError("disk on fire", destination=str(lake))
 
     drain = Drain(
@@ -232,13 +232,42 @@ def test_undecodable_body_is_quarantined_and_not_acked_by_default(tmp_path):
     assert len(stored) == 1
 
 
-def test_ack_quarantined_acknowledges_once_the_raw_copy_is_kept(tmp_path):
+def test_ack_quarantined_acknowledges_only_a_body_that_keeps_failing(tmp_path):
     lake = tmp_path / "lake"
     body = b'{"id": "bad2", "items": [1, 2'
+    for attempt in (1, 2):  # a transient truncation heals by redelivery: no ack yet
+        client = FakeClient([KtExportProtocolError("truncated", body=body, batch_id="bad2")])
+        drain = run(client, lake, ack_quarantined=True)
+        assert client.acks == [], attempt
+        assert drain.result.quarantined == 1
     client = FakeClient([KtExportProtocolError("truncated", body=body, batch_id="bad2")])
     drain = run(client, lake, ack_quarantined=True)
     assert client.acks == ["bad2"]
-    assert drain.result.quarantined == 1
+    assert drain.result.acked == 1
+
+
+@pytest.mark.parametrize("bad_id", ["", ".", "..", "a/b", "x\ty", "a?b"])
+def test_ack_quarantined_never_deletes_an_unsafe_id(tmp_path, bad_id):
+    lake = tmp_path / "lake"
+    body = b'{"id": "?", "items": [1, 2'
+    for _ in range(3):
+        client = FakeClient([KtExportProtocolError("truncated", body=body, batch_id=bad_id)])
+        run(client, lake, ack_quarantined=True, ack_quarantined_after=1)
+        assert client.acks == []
+
+
+def test_a_failing_quarantine_ack_does_not_fail_the_run(tmp_path):
+    lake = tmp_path / "lake"
+    body = b'{"id": "bad3", "items": [1, 2'
+
+    class AckRaises(FakeClient):
+        def ack(self, batch_id):
+            raise KtExportTransientError("503 on DELETE", status_code=503)
+
+    client = AckRaises([KtExportProtocolError("truncated", body=body, batch_id="bad3")])
+    drain = run(client, lake, ack_quarantined=True, ack_quarantined_after=1)
+    assert drain.result.stopped == "empty"
+    assert drain.result.ack_failed == 1
 
 
 def test_auth_error_lands_what_is_held_then_raises(tmp_path):

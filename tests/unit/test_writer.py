@@ -144,7 +144,12 @@ def test_quarantine_once_per_body(writer: LakeWriter, tmp_path: Path) -> None:
         ".body",
         ".json",
         ".json",
+        ".seen",
+        ".seen",
     ]
+    assert writer.quarantine_sightings(b"\x1f\x8b garbage") == 2
+    assert writer.quarantine_sightings(b"other") == 1
+    assert writer.quarantine_sightings(b"never stored") == 0
     assert (tmp_path / "_quarantine" / Path(first).name).read_bytes() == b"\x1f\x8b garbage"
 
 

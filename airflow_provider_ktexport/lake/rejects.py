@@ -1,0 +1,358 @@
+"""Per-record isolation: one bad record never fails a flush (design.md section 3).
+
+A record that is valid JSON inside a valid batch body can still be impossible to land as a row:
+a number out of double range, nesting deeper than the recursion limits, a lone UTF-16 surrogate,
+a time whose UTC instant leaves years 1-9999, a record that is not an object. :func:`land_records`
+builds the flush's tables as usual and, only when that fails or a table holds such a time, finds
+the records at fault and returns them as :class:`Reject` (exact text, error class and message)
+beside the tables of everything else. The drain writes rejects to the rejects table
+(``_rejected/record_type=<type>/ingest_date=<day>/part-*.parquet``, :func:`rejects_table`), verified
+like any file, and then acknowledges their batches: nothing is lost, because the record is kept.
+
+Finding the culprits costs nothing on a clean flush. On a failed one, a screen decodes each record
+alone (it catches the known kinds in one pass), then the rest is built again; anything still
+failing is found by halving (a few builds per bad record), so an unknown kind of bad record is
+isolated too.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_ktexport.lake.columns import decode_record
+from airflow_provider_ktexport.lake.keys import record_key
+from airflow_provider_ktexport.lake.naming import sanitize_partition_value
+from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
+from airflow_provider_ktexport.lake.types import TIMESTAMP
+
+__all__ = [
+    "DATA_ERRORS",
+    "REJECTED_DIR",
+    "REJECTS_SCHEMA",
+    "Landing",
+    "Reject",
+    "land_records",
+    "read_rejects",
+    "rejects_table",
+]
+
+#: Folder of the rejects table under the lake root. The leading underscore keeps it out of
+#: Hive-style readers (Spark, pyarrow datasets, Athena) that scan the record-type folders.
+REJECTED_DIR = "_rejected"
+
+#: What building a record's row can raise because of the record's content (not of our code's
+#: state): these route the record to the rejects table; anything else still fails the flush.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    UnicodeError,
+    ArithmeticError,
+    msgspec.MsgspecError,
+    pa.ArrowException,
+)
+
+#: Longest error message kept per reject (the exact record text is kept whole).
+_MAX_MESSAGE = 2000
+
+_MIN_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
+_MAX_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TIMESTAMP)
+_TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("_raw", pa.string()),
+        pa.field("_error_class", pa.string()),
+        pa.field("_error", pa.string()),
+        pa.field("_record_key", pa.string()),
+        pa.field("_batch_id", pa.string()),
+        pa.field("_ingested_at", TIMESTAMP),
+        pa.field("_source", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record that cannot be a row: its exact bytes, its batch, and why."""
+
+    raw: bytes
+    batch_id: str
+    error_class: str
+    error: str
+
+
+@dataclass
+class Landing:
+    """A flush's records split into row tables and rejects; every record is in exactly one."""
+
+    tables: list[PartitionTable]
+    rejects: list[Reject]
+
+
+def land_records(
+    raw_records: Sequence[bytes],
+    batch_ids: Sequence[str],
+    **build_options: Any,
+) -> Landing:
+    """:func:`build_tables` with per-record isolation: the records at fault come back as rejects.
+
+    :param build_options: passed to :func:`build_tables` (``source``, ``ingested_at``, ...)
+    """
+    rejects: list[Reject] = []
+    keep = list(range(len(raw_records)))
+    tables = _try_build(raw_records, batch_ids, keep, build_options)
+    if tables is None:
+        keep = _screen(raw_records, batch_ids, keep, rejects)
+        tables = _try_build(raw_records, batch_ids, keep, build_options)
+        if tables is None:
+            keep = _halve(raw_records, batch_ids, keep, build_options, rejects)
+            tables = _build(raw_records, batch_ids, keep, build_options)
+    out_of_range = _out_of_range_rows(tables)
+    if out_of_range:
+        bad = _positions_of(raw_records, batch_ids, keep, out_of_range)
+        for j in bad:
+            rejects.append(
+                _reject(
+                    raw_records[j],
+                    batch_ids[j],
+                    "OutOfRangeTime",
+                    "a time value's UTC instant is outside years 1-9999, which Parquet readers "
+                    "(Spark, pandas, Athena) cannot represent",
+                )
+            )
+        keep = [j for j in keep if j not in bad]
+        tables = _build(raw_records, batch_ids, keep, build_options)
+    return Landing(tables, rejects)
+
+
+def _build(
+    raws: Sequence[bytes], batch_ids: Sequence[str], keep: list[int], options: dict[str, Any]
+) -> list[PartitionTable]:
+    if len(keep) == len(raws):
+        return build_tables(raws, batch_ids, **options)
+    return build_tables([raws[j] for j in keep], [batch_ids[j] for j in keep], **options)
+
+
+def _try_build(
+    raws: Sequence[bytes], batch_ids: Sequence[str], keep: list[int], options: dict[str, Any]
+) -> list[PartitionTable] | None:
+    try:
+        return _build(raws, batch_ids, keep, options)
+    except DATA_ERRORS:
+        return None
+
+
+def _screen(
+    raws: Sequence[bytes], batch_ids: Sequence[str], keep: list[int], rejects: list[Reject]
+) -> list[int]:
+    """Decode each record alone: the usual culprits fail here, in one pass."""
+    good = []
+    for j in keep:
+        try:
+            decode_record(raws[j])
+        except DATA_ERRORS as exc:
+            rejects.append(_reject_error(raws[j], batch_ids[j], exc))
+        else:
+            good.append(j)
+    return good
+
+
+def _halve(
+    raws: Sequence[bytes],
+    batch_ids: Sequence[str],
+    keep: list[int],
+    options: dict[str, Any],
+    rejects: list[Reject],
+) -> list[int]:
+    """The records of ``keep`` that build, found by halving; the others become rejects."""
+    good: list[int] = []
+    todo = [keep]
+    while todo:  # iterative: the records at fault may be the deeply nested ones
+        part = todo.pop()
+        try:
+            _build(raws, batch_ids, part, options)
+        except DATA_ERRORS as exc:
+            if len(part) == 1:
+                rejects.append(_reject_error(raws[part[0]], batch_ids[part[0]], exc))
+            else:
+                mid = len(part) // 2
+                todo.extend((part[mid:], part[:mid]))
+            continue
+        good.extend(part)
+    good.sort()
+    return good
+
+
+def _out_of_range_rows(tables: list[PartitionTable]) -> set[tuple[str, str]]:
+    """(batch id, record key) of rows holding a time outside years 1-9999 in UTC."""
+    found: set[tuple[str, str]] = set()
+    for part in tables:
+        table = part.table
+        for field in table.schema:
+            if not pa.types.is_timestamp(field.type) or field.name.startswith("_"):
+                continue
+            col = table.column(field.name)
+            bad = pc.or_(pc.less(col, _MIN_TIME), pc.greater(col, _MAX_TIME))
+            rows = pc.indices_nonzero(pc.fill_null(bad, False))
+            if len(rows):
+                sub = table.take(rows)
+                found.update(
+                    zip(
+                        sub.column("_batch_id").to_pylist(),
+                        sub.column("_record_key").to_pylist(),
+                        strict=True,
+                    )
+                )
+    return found
+
+
+def _positions_of(
+    raws: Sequence[bytes], batch_ids: Sequence[str], keep: list[int], rows: set[tuple[str, str]]
+) -> set[int]:
+    """Positions of the records behind (batch id, record key) rows; only those batches are keyed."""
+    batches = {b for b, _ in rows}
+    return {
+        j
+        for j in keep
+        if batch_ids[j] in batches and (batch_ids[j], record_key(decode_record(raws[j]))) in rows
+    }
+
+
+def _reject_error(raw: bytes, batch_id: str, exc: BaseException) -> Reject:
+    return _reject(raw, batch_id, type(exc).__name__, _explain(raw, exc))
+
+
+def _reject(raw: bytes, batch_id: str, error_class: str, message: str) -> Reject:
+    return Reject(bytes(raw), batch_id, error_class, message[:_MAX_MESSAGE])
+
+
+def _explain(raw: bytes, exc: BaseException) -> str:
+    """The error in words a user can act on (msgspec calls a lone surrogate 'truncated')."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, RecursionError):
+        return f"the record is nested too deeply to flatten ({text})"
+    if "truncated" in text:
+        try:
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            return text
+        return (
+            "the record holds a lone UTF-16 surrogate escape (e.g. \\ud800), which is not valid "
+            f"Unicode text and cannot be stored as a Parquet string ({text})"
+        )
+    return text
+
+
+def record_type_of_raw(raw: bytes) -> str:
+    """The record's ``type`` for the rejects table's partition, read without decoding the record."""
+    try:
+        value = msgspec.json.decode(raw)
+    except DATA_ERRORS:
+        match = _TYPE_IN_TEXT.search(raw)
+        if match is None:
+            return "unknown"
+        try:
+            value = {"type": json.loads(b'"' + match.group(1) + b'"')}
+        except ValueError:
+            return "unknown"
+    t = value.get("type") if type(value) is dict else None
+    return sanitize_partition_value(t) if type(t) is str and t else "unknown"
+
+
+def _key_or_none(raw: bytes) -> str | None:
+    try:
+        return record_key(decode_record(raw))
+    except DATA_ERRORS:
+        return None
+
+
+def rejects_table(
+    rejects: Sequence[Reject],
+    *,
+    source: str,
+    ingested_at: datetime,
+    redact: Callable[[bytes], bytes] = lambda b: b,
+) -> dict[str, pa.Table]:
+    """The rejects as one table per record type (the partition value), in :data:`REJECTS_SCHEMA`.
+
+    ``_raw`` is the record's exact text, with the API key masked by ``redact`` (a proxy that
+    echoes ``?token=`` into a record must not put the key in the lake).
+    """
+    by_type: dict[str, list[Reject]] = {}
+    for r in rejects:
+        by_type.setdefault(record_type_of_raw(r.raw), []).append(r)
+    out = {}
+    for rtype, group in by_type.items():
+        n = len(group)
+        out[rtype] = pa.Table.from_arrays(
+            [
+                pa.array([redact(r.raw).decode("utf-8", "backslashreplace") for r in group], pa.string()),
+                pa.array([r.error_class for r in group], pa.string()),
+                pa.array([redact(r.error.encode()).decode("utf-8", "replace") for r in group], pa.string()),
+                pa.array([_key_or_none(r.raw) for r in group], pa.string()),
+                pa.array([r.batch_id for r in group], pa.string()),
+                pa.repeat(pa.scalar(ingested_at, TIMESTAMP), n),
+                pa.repeat(pa.scalar(source, pa.string()), n),
+            ],
+            schema=REJECTS_SCHEMA,
+        )
+    return out
+
+
+def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | None = None) -> pa.Table:
+    """Every rejected record of the lake (or of one record type), with ``record_type`` and
+    ``ingest_date`` columns from the paths; an empty table in :data:`REJECTS_SCHEMA` if none.
+
+    :param fs_or_url: an fsspec filesystem (then pass ``root``) or a URL such as ``s3://bucket/lake``
+    :param root: the lake root on the filesystem
+    :param record_type: only the rejects of this record type
+    """
+    import fsspec.core
+    import pyarrow.parquet as pq
+
+    if isinstance(fs_or_url, str):
+        fs, url_root = fsspec.core.url_to_fs(fs_or_url)
+        root = url_root if root is None else root
+    else:
+        fs = fs_or_url
+    if root is None:
+        raise ValueError("read_rejects needs the lake root when given a filesystem")
+    base = posixpath.join(fs._strip_protocol(root).rstrip("/"), REJECTED_DIR)
+    if record_type is not None:
+        base = posixpath.join(base, f"record_type={sanitize_partition_value(record_type)}")
+    try:
+        found = sorted(
+            p for p in fs.find(base) if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
+        )
+    except FileNotFoundError:
+        found = []
+    tables = []
+    for path in found:
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh, schema=REJECTS_SCHEMA)
+        for seg in path[len(base) :].strip("/").split("/")[:-1]:
+            key, _, value = seg.partition("=")
+            table = table.append_column(
+                key, pa.repeat(pa.scalar(unquote(value), pa.string()), table.num_rows)
+            )
+        if record_type is not None:
+            table = table.append_column(
+                "record_type", pa.repeat(pa.scalar(record_type, pa.string()), table.num_rows)
+            )
+        tables.append(table.select([*REJECTS_SCHEMA.names, "record_type", "ingest_date"]))
+    if not tables:
+        return REJECTS_SCHEMA.empty_table()
+    return pa.concat_tables(tables)

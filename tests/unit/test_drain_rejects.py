@@ -1,0 +1,247 @@
+"""One bad record never stops the queue: the drain with hostile records, a fake client and a real lake."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_ktexport import drain as drain_module
+from airflow_provider_ktexport.client import Batch
+from airflow_provider_ktexport.drain import Buffer, Drain, DrainConfig
+from airflow_provider_ktexport.exceptions import KtExportError, KtExportRejectsError, KtExportWriteError
+from airflow_provider_ktexport.lake.rejects import land_records, read_rejects
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from tests.unit.test_drain import FakeClient, make_batch, run, writer_for
+
+#: Valid JSON that cannot be a row, each kind the issue names (the exact bytes must be kept).
+HOSTILE = {
+    "number_out_of_range": b'{"type":"telemetry","v":1e400}',
+    "list_400_deep": b'{"type":"telemetry","v":' + b"[" * 400 + b"]" * 400 + b"}",
+    "object_1000_deep": b'{"type":"telemetry","v":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
+    "year_0_utc": b'{"type":"event","eventDate":"0001-01-01T00:30:00+01:00","id":"e1"}',
+    "year_10000_utc": b'{"type":"event","eventDate":"9999-12-31T23:30:00-01:00","id":"e2"}',
+    "lone_surrogate": b'{"type":"telemetry","s":"\\ud800"}',
+    "not_an_object": b"[1,2,3]",
+}
+
+
+def batch_of(batch_id: str, raws: list[bytes]) -> Batch:
+    return Batch(id=batch_id, raw_items=raws, leased_at=time.monotonic(), body_size=sum(map(len, raws)))
+
+
+def good_records(n: int, start: int = 0) -> list[bytes]:
+    return [
+        json.dumps({"type": "telemetry", "date": "2026-11-25T10:00:00Z", "seq": s, "v": 1.5}).encode()
+        for s in range(start, start + n)
+    ]
+
+
+def rejected_files(lake: Path) -> list[Path]:
+    return sorted((lake / "_rejected").rglob("*.parquet")) if (lake / "_rejected").exists() else []
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_record_is_kept_as_a_reject_and_its_batch_is_acked(tmp_path, kind):
+    lake = tmp_path / "lake"
+    hostile = HOSTILE[kind]
+    raws = good_records(3) + [hostile] + good_records(3, start=3)
+    client = FakeClient([batch_of("b1", raws), make_batch("b2", range(10, 12))], lake=lake)
+    seen_at_ack: dict[str, list[Path]] = {}
+    real_ack = client.ack
+
+    def ack(batch_id):
+        seen_at_ack[batch_id] = rejected_files(lake)
+        return real_ack(batch_id)
+
+    client.ack = ack
+    drain = run(client, lake)
+    assert drain.result.stopped == "empty"
+    assert sorted(client.acks) == ["b1", "b2"]
+    # The reject was written (and verified) before the DELETE of its batch.
+    assert seen_at_ack["b1"]
+    rejects = read_rejects(str(lake))
+    assert rejects.column("_raw").to_pylist() == [hostile.decode()]
+    assert rejects.column("_batch_id").to_pylist() == ["b1"]
+    assert rejects.column("_error").to_pylist()[0]
+    assert drain.result.rejected == 1
+    assert drain.result.records == 8
+    seqs = read_lake(str(lake)).column("seq").to_pylist()
+    assert sorted(seqs) == [0, 1, 2, 3, 4, 5, 10, 11]
+
+
+def test_every_hostile_kind_in_one_flush(tmp_path):
+    lake = tmp_path / "lake"
+    raws = good_records(5)
+    for hostile in HOSTILE.values():
+        raws.append(hostile)
+    raws += good_records(5, start=5)
+    client = FakeClient([batch_of("mixed", raws)], lake=lake)
+    drain = run(client, lake)
+    assert client.acks == ["mixed"]
+    kept = sorted(read_rejects(str(lake)).column("_raw").to_pylist())
+    assert kept == sorted(h.decode() for h in HOSTILE.values())
+    assert sorted(read_lake(str(lake)).column("seq").to_pylist()) == list(range(10))
+    assert drain.result.rejected == len(HOSTILE)
+
+
+def test_rejects_say_what_is_wrong():
+    landing = land_records(
+        [HOSTILE["lone_surrogate"], HOSTILE["object_1000_deep"], HOSTILE["year_0_utc"]],
+        ["b", "b", "b"],
+        source="s",
+        ingested_at=drain_module.datetime.now(drain_module.UTC),
+    )
+    why = {r.raw: (r.error_class, r.error) for r in landing.rejects}
+    assert "surrogate" in why[HOSTILE["lone_surrogate"]][1]
+    assert "nested too deeply" in why[HOSTILE["object_1000_deep"]][1]
+    assert why[HOSTILE["year_0_utc"]][0] == "OutOfRangeTime"
+    assert landing.tables == []
+
+
+def test_an_unknown_kind_of_bad_record_is_found_by_halving(monkeypatch):
+    """A record that decodes but fails to build for a reason the screen does not know."""
+    from airflow_provider_ktexport.lake import rejects
+
+    real = rejects.build_tables
+
+    def picky(raws, batch_ids, **kw):
+        if any(b"poison" in r for r in raws):
+            raise ValueError("cannot build poison")
+        return real(raws, batch_ids, **kw)
+
+    monkeypatch.setattr(rejects, "build_tables", picky)
+    raws = good_records(37) + [b'{"type":"telemetry","x":"poison"}'] + good_records(20, start=37)
+    landing = land_records(raws, ["b"] * len(raws), source="s", ingested_at=drain_module.datetime.now())
+    assert [r.raw for r in landing.rejects] == [raws[37]]
+    assert sum(p.table.num_rows for p in landing.tables) == 57
+
+
+def test_the_key_is_redacted_from_stored_rejects(tmp_path):
+    lake = tmp_path / "lake"
+    key = "s3cr3t-KEY"
+    echoed = b'{"type":"proxy","v":1e999,"page":"https://x/v2/stream?token=' + key.encode() + b'"}'
+
+    class RedactingClient(FakeClient):
+        def redact_body(self, body: bytes) -> bytes:
+            return body.replace(key.encode(), b"***")
+
+    client = RedactingClient([batch_of("b1", [echoed])])
+    run(client, lake)
+    assert client.acks == ["b1"]
+    stored = b"".join(p.read_bytes() for p in lake.rglob("*") if p.is_file())
+    assert key.encode() not in stored
+    assert "***" in read_rejects(str(lake)).column("_raw")[0].as_py()
+
+
+def test_max_reject_share_fails_the_task_after_keeping_and_acking(tmp_path):
+    lake = tmp_path / "lake"
+    raws = good_records(2) + [HOSTILE["number_out_of_range"]] * 2
+    client = FakeClient([batch_of("b1", raws)], lake=lake)
+    with pytest.raises(KtExportRejectsError, match="max_reject_share=0.25"):
+        run(client, lake, max_reject_share=0.25)
+    assert client.acks == ["b1"]
+    assert read_rejects(str(lake)).num_rows == 2
+
+
+def test_rows_that_do_not_add_up_acknowledge_nothing(tmp_path, monkeypatch):
+    """The commit point: written + rejected rows per batch must equal the batch's records."""
+    real = drain_module.land_records
+
+    def loses_one(records, batch_ids, **kw):
+        return real(records[:-1], batch_ids[:-1], **kw)
+
+    monkeypatch.setattr(drain_module, "land_records", loses_one)
+    lake = tmp_path / "lake"
+    client = FakeClient([make_batch("b1", range(5))], lake=lake)
+    with pytest.raises(KtExportError, match="do not add up"):
+        run(client, lake)
+    assert client.acks == []
+
+
+def test_a_file_that_fails_verification_acknowledges_nothing(tmp_path):
+    lake = tmp_path / "lake"
+
+    class ShortWriter(LakeWriter):
+        """Stores a file whose footer holds one row fewer than the drain wrote."""
+
+        def _put(self, path, data):
+            if path.endswith(".parquet"):
+                table = pq.read_table(pa.BufferReader(data))
+                buf = pa.BufferOutputStream()
+                pq.write_table(table.slice(0, table.num_rows - 1), buf)
+                data = buf.getvalue().to_pybytes()
+            super()._put(path, data)
+
+    client = FakeClient([make_batch("b1", range(5))], lake=lake)
+    drain = Drain(
+        client, ShortWriter(writer_for(lake).fs, str(lake)), DrainConfig(lease_seconds=8, flush_seconds=3)
+    )
+    with pytest.raises(KtExportWriteError, match="Verifying"):
+        drain.run()
+    assert client.acks == []
+
+
+def test_no_delete_for_a_lease_that_ran_out_on_our_clock(tmp_path):
+    lake = tmp_path / "lake"
+    old = make_batch("stale", range(3))
+
+    def stale():
+        old.leased_at = time.monotonic() - 30  # held past the 8 s lease before the flush
+        return old
+
+    client = FakeClient([stale, make_batch("fresh", range(3, 5))], lake=lake)
+    drain = run(client, lake, max_in_flight=1)
+    assert client.acks == ["fresh"]
+    assert drain.result.lease_expired == 1
+    assert sorted(read_lake(str(lake)).column("seq").to_pylist()) == [0, 1, 2, 3, 4]
+
+
+def test_a_flush_over_many_partitions_starts_early(tmp_path):
+    lake = tmp_path / "lake"
+    batches = []
+    for day in range(1, 13):  # a backfill: each batch is one day
+        raws = [
+            json.dumps(
+                {"type": "telemetry", "date": f"2026-10-{day:02d}T10:00:00Z", "seq": day * 10 + i}
+            ).encode()
+            for i in range(3)
+        ]
+        batches.append(batch_of(f"d{day}", raws))
+    client = FakeClient(batches, lake=lake)
+    drain = run(client, lake, max_in_flight=1, max_flush_partitions=4)
+    assert sorted(client.acks) == sorted(b.id for b in batches)
+    assert drain.result.flushes >= 3
+    assert read_lake(str(lake)).num_rows == 36
+
+
+def test_buffer_add_is_the_commit_point():
+    """A batch is held with its records in one step, or not at all."""
+
+    class Interrupting(list):
+        def __len__(self):
+            raise KeyboardInterrupt  # Airflow's execution_timeout lands mid-add
+
+    buf = Buffer(("record_type", "event_date"))
+    batch = Batch(id="b", raw_items=Interrupting(good_records(2)), leased_at=time.monotonic(), body_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        buf.add(batch)
+    taken = buf.take()
+    assert all(list.__len__(h.raw_items) == 2 for h in taken)  # never a held batch without records
+
+
+def test_buffer_estimates_partitions_from_samples():
+    buf = Buffer(("record_type", "event_date"))
+    for day in (1, 2, 3):
+        buf.add(
+            batch_of(f"d{day}", [json.dumps({"type": "t", "date": f"2026-01-0{day}T00:00:00Z"}).encode()] * 5)
+        )
+    assert buf.partitions == 3
+    buf.add(batch_of("x", [HOSTILE["object_1000_deep"]]))
+    assert buf.partitions == 3
+    buf.take()
+    assert buf.partitions == 0 and buf.records == 0
