@@ -91,8 +91,16 @@ class KtExportToParquetOperator(BaseOperator):
     :param partition_by: partition keys, from ``record_type``, ``event_date``, ``ingest_date``
     :param compression: Parquet compression codec
     :param include_raw: add a ``_raw`` column with each record's original JSON
-    :param ack_quarantined: acknowledge batches whose body cannot be decoded once their raw copy
-        is stored under ``_quarantine/`` (default: leave them to be redelivered)
+    :param ack_quarantined: acknowledge a batch whose body cannot be decoded once its raw copy is
+        stored under ``_quarantine/`` and the same body has failed ``ack_quarantined_after`` times
+        (default: leave such batches to be redelivered)
+    :param ack_quarantined_after: sightings of one undecodable body before ``ack_quarantined``
+        acknowledges it (a transient truncation heals by redelivery)
+    :param max_reject_share: fail the task when more than this share of a flush's records are
+        rejected (they are still kept in ``_rejected/`` and acknowledged); ``None`` (default) warns
+    :param max_flush_partitions: flush early once the held batches span about this many partition
+        files (a backfill over many days on a slow object store)
+    :param write_concurrency: partition files written at once during a flush
     :param max_in_flight: GET requests kept outstanding while earlier batches are written
     :param asset: an Asset to emit an event on when files land (in addition to the alias)
     :param asset_alias: name of the AssetAlias the lake Asset is added to when files land
@@ -117,6 +125,10 @@ class KtExportToParquetOperator(BaseOperator):
         compression: str = "zstd",
         include_raw: bool = False,
         ack_quarantined: bool = False,
+        ack_quarantined_after: int = 3,
+        max_reject_share: float | None = None,
+        max_flush_partitions: int = 500,
+        write_concurrency: int = 8,
         max_in_flight: int = 4,
         asset: Asset | None = None,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
@@ -140,10 +152,16 @@ class KtExportToParquetOperator(BaseOperator):
         self.compression = compression
         self.include_raw = include_raw
         self.ack_quarantined = ack_quarantined
+        self.ack_quarantined_after = ack_quarantined_after
+        self.max_reject_share = max_reject_share
+        self.max_flush_partitions = max_flush_partitions
+        self.write_concurrency = write_concurrency
         self.max_in_flight = max_in_flight
         self.asset = asset
         self.asset_alias = asset_alias
-        self._stop = threading.Event()
+        # Made in execute: an Event holds a lock, and Airflow deep-copies operators (partial(),
+        # mapped tasks, render_template_fields) before they run.
+        self._stop: threading.Event | None = None
         # Validate the numbers now so a bad DAG fails at parse time, not after leasing data.
         self._config(drain_until=None)
 
@@ -157,6 +175,10 @@ class KtExportToParquetOperator(BaseOperator):
             drain_until=drain_until,
             max_in_flight=self.max_in_flight,
             ack_quarantined=self.ack_quarantined,
+            ack_quarantined_after=self.ack_quarantined_after,
+            max_reject_share=self.max_reject_share,
+            max_flush_partitions=self.max_flush_partitions,
+            write_concurrency=self.write_concurrency,
             include_raw=self.include_raw,
             partition_by=self.partition_by,
             source=self.ktexport_conn_id,
@@ -175,8 +197,9 @@ class KtExportToParquetOperator(BaseOperator):
             ktexport_conn_id=self.ktexport_conn_id, pool_size=connections_needed(self.max_in_flight)
         )
         self.log.info("Draining connection %r into %s", self.ktexport_conn_id, uri)
+        self._stop = stop = threading.Event()
         try:
-            result = Drain(hook.client, writer, config, should_stop=self._stop.is_set, logger=self.log).run()
+            result = Drain(hook.client, writer, config, should_stop=stop.is_set, logger=self.log).run()
         except KtExportAuthError as exc:
             # A wrong key does not fix itself: fail now instead of retrying into the same wall.
             raise AirflowFailException(str(exc)) from None
@@ -189,7 +212,7 @@ class KtExportToParquetOperator(BaseOperator):
         return summary
 
     def _emit_asset_events(self, context: Context, uri: str, summary: dict[str, Any]) -> None:
-        extra = {k: summary[k] for k in ("records", "bytes", "stopped")}
+        extra = {k: summary[k] for k in ("records", "rejected", "bytes", "stopped")}
         extra["files"] = len(summary["files"])
         events = context["outlet_events"]
         lake = Asset(uri)
@@ -200,7 +223,8 @@ class KtExportToParquetOperator(BaseOperator):
 
     def on_kill(self) -> None:
         # Stop leasing at once; the drain lands what it holds only if the leases leave time.
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
 
 
 from airflow_provider_ktexport.operators.compact import KtExportCompactOperator  # noqa: E402,F401

@@ -1,0 +1,37 @@
+"""KtExportToParquetOperator without running Airflow: construction, copying, validation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
+
+
+def make(**kw) -> KtExportToParquetOperator:
+    kw.setdefault("destination", "file:///tmp/lake")
+    return KtExportToParquetOperator(task_id="drain", **kw)
+
+
+def test_operator_survives_deepcopy():
+    """Airflow deep-copies operators (partial/expand, template rendering) before they run."""
+    op = make(max_reject_share=0.1, max_flush_partitions=50)
+    clone = copy.deepcopy(op)
+    assert clone.max_reject_share == 0.1 and clone.max_flush_partitions == 50
+    clone.on_kill()  # nothing to stop before execute: must not fail
+
+
+@pytest.mark.parametrize(
+    "kw, setting",
+    [
+        ({"max_reject_share": 1.5}, "max_reject_share"),
+        ({"max_flush_partitions": 0}, "max_flush_partitions"),
+        ({"write_concurrency": 0}, "write_concurrency"),
+        ({"ack_quarantined_after": 0}, "ack_quarantined_after"),
+    ],
+)
+def test_bad_settings_fail_at_parse_time_naming_the_setting(kw, setting):
+    with pytest.raises(KtExportConfigError, match=setting):
+        make(**kw)
