@@ -178,6 +178,8 @@ class _Head(msgspec.Struct):
 
 
 _HEAD = msgspec.json.Decoder(_Head)
+#: Records per batch whose partition the buffer reads (a few microseconds each).
+_PARTITION_SAMPLES = 8
 
 
 class Buffer:
@@ -187,9 +189,9 @@ class Buffer:
     records), so an interrupt (Airflow's ``execution_timeout``, a kill) can never leave a held
     batch without its records for the kill-path flush to acknowledge.
 
-    It also estimates how many partitions a flush of it would write, from the first, middle and
-    last record of each batch (a backfill's batches each cover a short stretch of time), so a
-    flush that would write too many files on a slow object store starts early.
+    It also estimates how many partitions a flush of it would write, from a few records spread
+    over each batch (a backfill's batches each cover a stretch of time), so a flush that would
+    write too many files on a slow object store starts early.
     """
 
     def __init__(self, partition_by: Sequence[str]) -> None:
@@ -227,7 +229,8 @@ class Buffer:
     def _note_partitions(self, raws: Sequence[bytes]) -> None:
         if not raws:
             return
-        for raw in {raws[0], raws[len(raws) // 2], raws[-1]}:
+        step = max(1, len(raws) // _PARTITION_SAMPLES)
+        for raw in raws[::step]:
             try:
                 head = _HEAD.decode(raw)
             except (msgspec.MsgspecError, RecursionError):

@@ -65,11 +65,21 @@ def s3_filesystem(endpoint: str):
     )
 
 
+def _newest_dag_run(home: Path) -> int:
+    con = sqlite3.connect(home / "airflow.db")
+    try:
+        return con.execute("SELECT COALESCE(MAX(id), 0) FROM dag_run").fetchone()[0]
+    finally:
+        con.close()
+
+
 @dataclass
 class DagRunResult:
     returncode: int
     output: str
     home: Path
+    dag_id: str = ""
+    after_dag_run: int = 0  # the newest dag_run id before this run: this run's rows come after it
 
     def asset_events(self, uri: str) -> list[dict]:
         """The extras of the Asset events recorded for ``uri`` (newest last)."""
@@ -85,11 +95,14 @@ class DagRunResult:
 
     def xcom(self, task_id: str) -> object:
         """The task's return value, read from the run's SQLite database."""
+        # Keyed by this run: the Airflow home (and its XComs) is shared by the whole session.
         con = sqlite3.connect(self.home / "airflow.db")
         try:
             row = con.execute(
-                "SELECT value FROM xcom WHERE task_id = ? AND key = 'return_value' ORDER BY timestamp DESC LIMIT 1",
-                (task_id,),
+                "SELECT x.value FROM xcom x JOIN dag_run r ON r.dag_id = x.dag_id AND r.run_id = x.run_id "
+                "WHERE x.task_id = ? AND x.key = 'return_value' AND x.dag_id = ? AND r.id > ? "
+                "ORDER BY r.id DESC LIMIT 1",
+                (task_id, self.dag_id, self.after_dag_run),
             ).fetchone()
         finally:
             con.close()
@@ -118,6 +131,7 @@ def run_dag(airflow_home: Path):
         for key, value in (variables or {}).items():
             env[f"AIRFLOW_VAR_{key.upper()}"] = value
         env["KTEXPORT_IT_OPTIONS"] = json.dumps(options or {})
+        before = _newest_dag_run(airflow_home)
         proc = subprocess.run(
             [sys.executable, "-m", "airflow", "dags", "test", dag_id],
             env=env,
@@ -125,7 +139,7 @@ def run_dag(airflow_home: Path):
             text=True,
             timeout=timeout,
         )
-        return DagRunResult(proc.returncode, proc.stdout + proc.stderr, airflow_home)
+        return DagRunResult(proc.returncode, proc.stdout + proc.stderr, airflow_home, dag_id, before)
 
     return run
 
