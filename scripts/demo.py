@@ -98,11 +98,12 @@ def show_emulator(url: str) -> None:
 def show_lake(lake: Path) -> None:
     import duckdb
 
+    from airflow_provider_ktexport.lake.rejects import read_rejects
     from airflow_provider_ktexport.lake.writer import read_lake
 
-    files = sorted(lake.rglob("*.parquet"))
+    files = sorted(lake.glob("record_type=*/**/*.parquet"))
     print(f"\nLanded {len(files)} Parquet files under {lake}:")
-    glob = str(lake / "**" / "*.parquet")
+    glob = str(lake / "record_type=*" / "**" / "*.parquet")
     con = duckdb.connect()
     per_partition = con.execute(
         "SELECT record_type, CAST(event_date AS VARCHAR), count(*) AS rows_, count(DISTINCT filename) AS files "
@@ -119,6 +120,11 @@ def show_lake(lake: Path) -> None:
     )
     rows, distinct, batches = con.execute(query).fetchone()
     print(f"\nDuckDB> {query}\n  rows={rows} distinct_records={distinct} batches={batches}")
+    rejected = read_rejects(lake.as_uri())
+    print(
+        f"read_rejects(): {rejected.num_rows} records kept in {lake / '_rejected'} with their exact text "
+        "(valid JSON that cannot be a row)"
+    )
     table = read_lake(lake.as_uri(), record_type="telemetry")
     print(f"read_lake(record_type='telemetry'): {table.num_rows} rows x {table.num_columns} columns")
 

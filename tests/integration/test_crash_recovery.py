@@ -88,7 +88,7 @@ def finish(emu: Emulator, lake: Path) -> dict:
 
 
 def lake_glob(lake: Path) -> str:
-    return f"{lake}/**/*.parquet"
+    return f"{lake}/record_type=*/**/*.parquet"
 
 
 def lake_rows(lake: Path) -> list[tuple[int, str]]:
@@ -312,5 +312,5 @@ def test_the_documented_dedup_queries_are_the_ones_tested_here():
     """docs/delivery-semantics.md shows users the queries audit() runs; keep them in step."""
     doc = " ".join((REPO / "docs" / "delivery-semantics.md").read_text().split())
     for sql in (DEDUP_SQL, DEDUP_SQL_QUALIFY):
-        body = " ".join(sql.split()).replace("'{glob}'", "'/data/lake/ktexport/**/*.parquet'")
+        body = " ".join(sql.split()).replace("'{glob}'", "'/data/lake/ktexport/record_type=*/**/*.parquet'")
         assert body in doc, body

@@ -27,7 +27,7 @@ def lake_seqs(lake: Path) -> list[int]:
         return []
     with _duck_lock, duckdb.connect() as con:  # called from the emulator's threads too
         rows = con.sql(
-            f"SELECT emulator_seq FROM read_parquet('{lake}/**/*.parquet', hive_partitioning=true, "
+            f"SELECT emulator_seq FROM read_parquet('{lake}/record_type=*/**/*.parquet', hive_partitioning=true, "
             "union_by_name=true)"
         ).fetchall()
     return [r[0] for r in rows]
