@@ -118,10 +118,10 @@ def install_kill(point: str, nth: int, client: Any, writer: Any, delay: float) -
     elif point in ("before_write", "after_write"):
         orig_write = writer.write
 
-        def write(table: Any, partition: Any) -> Any:
+        def write(table: Any, partition: Any, **kwargs: Any) -> Any:
             if point == "before_write" and counter.hit():
                 die(point, json.dumps(dict(partition)))
-            written = orig_write(table, partition)
+            written = orig_write(table, partition, **kwargs)
             if point == "after_write" and counter.hit():
                 die(point, written.path)
             return written
