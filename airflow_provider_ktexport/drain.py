@@ -43,6 +43,7 @@ from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_FIELDS
 from airflow_provider_ktexport.lake.rejects import REJECTED_DIR, Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
+from airflow_provider_ktexport.lake.sinks import FlushInfo, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.protocol import is_ackable_id
 
@@ -145,6 +146,8 @@ class DrainResult:
     lease_expired: int = 0
     rejected: int = 0
     rejected_files: list[str] = field(default_factory=list)
+    #: Table commits (Iceberg): table, snapshot id, rows, per commit.
+    landed: list[dict[str, Any]] = field(default_factory=list)
     quarantined: int = 0
     flushes: int = 0
     duration_s: float = 0.0
@@ -249,7 +252,8 @@ class Drain:
     """One run of the drain: ``Drain(client, writer, config).run()``.
 
     :param client: a ``KtExportClient`` (or anything with ``get_batch``/``ack``).
-    :param writer: the ``LakeWriter`` of the destination.
+    :param writer: where flushes land: a ``LakeWriter`` (Parquet files) or any
+        :class:`~airflow_provider_ktexport.lake.sinks.Sink` (Iceberg tables).
     :param config: the run's settings.
     :param should_stop: polled between steps; ``True`` stops leasing at once (kill, timeout).
     :param logger: where progress lines go (a ``logging.Logger`` or Airflow's task logger).
@@ -258,14 +262,18 @@ class Drain:
     def __init__(
         self,
         client: BatchSource,
-        writer: LakeWriter,
+        writer: LakeWriter | Sink,
         config: DrainConfig,
         *,
         should_stop: Callable[[], bool] | None = None,
         logger: Any = None,
     ) -> None:
         self.client = client
-        self.writer = writer
+        self.sink: Sink = (
+            ParquetSink(writer, concurrency=config.write_concurrency)
+            if isinstance(writer, LakeWriter)
+            else writer
+        )
         self.config = config
         self._should_stop = should_stop or (lambda: False)
         self.log = logger or log
@@ -274,9 +282,6 @@ class Drain:
         self.buffer = Buffer(config.partition_by)
         self._schemas: dict[str, Any] = {}
         self._ack_pool = ThreadPoolExecutor(max_workers=ACK_CONCURRENCY, thread_name_prefix="ktexport-ack")
-        self._write_pool = ThreadPoolExecutor(
-            max_workers=config.write_concurrency, thread_name_prefix="ktexport-write"
-        )
         # The stored copies of bodies and rejected records must not hold the key either.
         self._redact: Callable[[bytes], bytes] = getattr(client, "redact_body", None) or (lambda b: b)
 
@@ -354,7 +359,7 @@ class Drain:
         finally:
             fetcher.stop()
             self._ack_pool.shutdown(wait=False)
-            self._write_pool.shutdown(wait=False)
+            self.sink.close()
         self.result.stopped = stopped
         self.result.duration_s = time.monotonic() - started
         self.log.info(
@@ -453,13 +458,13 @@ class Drain:
 
     def _quarantine(self, exc: KtExportProtocolError) -> None:
         body = self._redact(exc.body)
-        path = self.writer.quarantine(
+        path = self.sink.quarantine(
             body, reason=self._redact(str(exc).encode()).decode("utf-8", "replace"), batch_id=exc.batch_id
         )
         self.result.quarantined += 1
         outcome = "not acknowledged: the server will deliver it again after its lease"
         if self.config.ack_quarantined and exc.batch_id:
-            seen = self.writer.quarantine_sightings(body)
+            seen = self.sink.quarantine_sightings(body)
             if not is_ackable_id(exc.batch_id):
                 outcome = "not acknowledged: its id is not one a DELETE may carry"
             elif seen < self.config.ack_quarantined_after:
@@ -501,29 +506,29 @@ class Drain:
             known_schema=self._known_schema,
         )
         for part in landing.tables:
-            # Later flushes build at these types; the writer publishes them to the lake's schema
-            # store before any file written at them is visible.
+            # Later flushes build at these types; the sink publishes them (schema store, table
+            # schema) before any data at them is visible.
             self._schemas[part.record_type] = part.table.schema
-        jobs = [(part.table, part.partition, "") for part in landing.tables]
-        ingest_day = ingested_at.strftime("%Y-%m-%d")
+        self._check_complete(batches, landing)
         rejected = rejects_table(
             landing.rejects, source=self.config.source, ingested_at=ingested_at, redact=self._redact
         )
-        jobs += [
-            (table, {"record_type": rtype, "ingest_date": ingest_day}, REJECTED_DIR)
-            for rtype, table in rejected.items()
-        ]
-        # Files go up concurrently: on an object store each costs several round trips, and a
-        # flush over many partitions written one by one would outlive its leases.
-        written = list(self._write_pool.map(lambda job: self.writer.write(job[0], job[1], area=job[2]), jobs))
-        self._check_complete(batches, landing)
-        data_files = written[: len(landing.tables)]
-        written_bytes = sum(w.bytes for w in written)
-        self.result.files.extend(w.uri for w in data_files)
-        self.result.rejected_files.extend(w.uri for w in written[len(landing.tables) :])
+        info = FlushInfo(
+            batch_ids=[b.id for b in batches],
+            records=len(records) - len(landing.rejects),
+            rejected=len(landing.rejects),
+            source=self.config.source,
+            ingest_day=ingested_at.strftime("%Y-%m-%d"),
+            land_by=min(b.leased_at for b in batches) + self.config.lease_seconds - self._ack_margin(),
+        )
+        landed = self.sink.land(landing.tables, rejected, info)
+        written_bytes = sum(piece.bytes for piece in landed)
+        self.result.files.extend(piece.uri for piece in landed if not piece.rejected)
+        self.result.rejected_files.extend(piece.uri for piece in landed if piece.rejected)
+        self.result.landed.extend(piece.extra for piece in landed if piece.extra)
         self.result.bytes += written_bytes
-        self.result.records += len(records) - len(landing.rejects)
-        self.result.rejected += len(landing.rejects)
+        self.result.records += info.records
+        self.result.rejected += info.rejected
         self._note_lag(landing.tables, ingested_at)
         t_written = time.monotonic()
         oldest_lease = min(b.leased_at for b in batches)
@@ -533,12 +538,12 @@ class Drain:
         self.result.max_ack_lease_age_s = max(prev, time.monotonic() - oldest_lease)
         elapsed = time.monotonic() - t0
         self.log.info(
-            "Flush (%s): %d records from %d batches -> %d files (%d rejected records) , %d bytes in %.2f s "
+            "Flush (%s): %d records from %d batches -> %d files (%d rejected records), %d bytes in %.2f s "
             "(%.0f records/s); acked %d/%d, oldest lease %.1f s old at ack",
             reason,
             len(records),
             len(batches),
-            len(written),
+            len(landed),
             len(landing.rejects),
             written_bytes,
             elapsed,
@@ -597,10 +602,12 @@ class Drain:
             )
         return acked, expired
 
-    def _ack_held(self, batch: HeldBatch) -> str:
+    def _ack_margin(self) -> float:
         # The server's lease began before our clock saw the answer: keep a small margin.
-        margin = min(1.0, 0.05 * self.config.lease_seconds)
-        if time.monotonic() >= batch.leased_at + self.config.lease_seconds - margin:
+        return min(1.0, 0.05 * self.config.lease_seconds)
+
+    def _ack_held(self, batch: HeldBatch) -> str:
+        if time.monotonic() >= batch.leased_at + self.config.lease_seconds - self._ack_margin():
             return "expired"
         return "acked" if self._ack_one(batch.id) else "failed"
 
@@ -635,7 +642,7 @@ class Drain:
 
     def _known_schema(self, record_type: str) -> Any:
         if record_type not in self._schemas:
-            self._schemas[record_type] = self.writer.load_schema(record_type)
+            self._schemas[record_type] = self.sink.load_schema(record_type)
         return self._schemas[record_type]
 
     def _note_lag(self, tables: Sequence[PartitionTable], now: datetime) -> None:

@@ -328,4 +328,10 @@ def batch_id_in(body: bytes) -> str | None:
 
 def is_ackable_id(batch_id: str) -> bool:
     """Placeholder until the transport branch lands (merged over)."""
-    return bool(batch_id) and batch_id not in (".", "..") and not any(c in batch_id for c in "/\\?#") and batch_id.isprintable() and not any(c.isspace() for c in batch_id)
+    return (
+        bool(batch_id)
+        and batch_id not in (".", "..")
+        and not any(c in batch_id for c in "/\\?#")
+        and batch_id.isprintable()
+        and not any(c.isspace() for c in batch_id)
+    )

@@ -1,0 +1,105 @@
+"""Where a flush lands: the drain hands a sink its tables and rejects, and acknowledges on return.
+
+A sink's :meth:`~Sink.land` returns only when every table it was given is durable and visible
+to readers (Parquet files written and verified; an Iceberg commit accepted by the catalog), so
+the drain's rule "acknowledge only what has landed" holds whatever the destination. Two sinks:
+:class:`ParquetSink` (files under a lake root, :mod:`.writer`) and
+:class:`~airflow_provider_ktexport.lake.iceberg.IcebergSink` (tables in a catalog).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from airflow_provider_ktexport.lake.rejects import REJECTED_DIR
+from airflow_provider_ktexport.lake.schema import PartitionTable
+from airflow_provider_ktexport.lake.writer import LakeWriter
+
+__all__ = ["FlushInfo", "Landed", "ParquetSink", "Sink"]
+
+
+@dataclass(frozen=True)
+class FlushInfo:
+    """What a flush holds, for sinks that record it (Iceberg snapshot properties)."""
+
+    batch_ids: Sequence[str]
+    records: int
+    rejected: int
+    source: str
+    ingest_day: str
+    #: Monotonic time by which the flush must have landed (the oldest lease's end, less a margin).
+    land_by: float | None = None
+
+
+@dataclass(frozen=True)
+class Landed:
+    """One durable, visible piece of a flush: a file, or a table commit."""
+
+    uri: str
+    rows: int
+    bytes: int
+    rejected: bool = False
+    record_type: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    """What the drain needs of a destination."""
+
+    def load_schema(self, record_type: str) -> pa.Schema | None: ...
+
+    def land(
+        self, tables: Sequence[PartitionTable], rejects: Mapping[str, pa.Table], info: FlushInfo
+    ) -> list[Landed]: ...
+
+    def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str: ...
+
+    def quarantine_sightings(self, body: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ParquetSink:
+    """Parquet files under a lake root, a flush's files written concurrently.
+
+    On an object store each file costs several round trips (PUT, then the reads that verify it);
+    a flush over hundreds of partitions written one by one would outlive its leases.
+
+    :param writer: the lake's :class:`LakeWriter`
+    :param concurrency: files written at once
+    """
+
+    def __init__(self, writer: LakeWriter, *, concurrency: int = 8) -> None:
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ktexport-write")
+
+    def load_schema(self, record_type: str) -> pa.Schema | None:
+        return self.writer.load_schema(record_type)
+
+    def land(
+        self, tables: Sequence[PartitionTable], rejects: Mapping[str, pa.Table], info: FlushInfo
+    ) -> list[Landed]:
+        jobs = [(part.table, part.partition, "", part.record_type) for part in tables]
+        jobs += [
+            (table, {"record_type": rtype, "ingest_date": info.ingest_day}, REJECTED_DIR, rtype)
+            for rtype, table in rejects.items()
+        ]
+        written = list(self._pool.map(lambda job: self.writer.write(job[0], job[1], area=job[2]), jobs))
+        return [
+            Landed(w.uri, w.rows, w.bytes, rejected=bool(job[2]), record_type=job[3])
+            for w, job in zip(written, jobs, strict=True)
+        ]
+
+    def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
+        return self.writer.quarantine(body, reason=reason, batch_id=batch_id)
+
+    def quarantine_sightings(self, body: bytes) -> int:
+        return self.writer.quarantine_sightings(body)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
