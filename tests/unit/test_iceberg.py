@@ -1,0 +1,167 @@
+"""The Iceberg sink with pyiceberg's SQL catalog on SQLite: the drain's flushes as table commits."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyiceberg")
+
+from airflow_provider_ktexport.drain import Drain, DrainConfig  # noqa: E402
+from airflow_provider_ktexport.exceptions import KtExportProtocolError  # noqa: E402
+from airflow_provider_ktexport.lake.iceberg import (  # noqa: E402
+    EVENT_DATE_COLUMN,
+    IcebergSink,
+    load_catalog,
+    table_name,
+)
+from tests.unit.test_drain import FakeClient  # noqa: E402
+from tests.unit.test_drain_rejects import HOSTILE, batch_of  # noqa: E402
+
+
+def catalog_for(tmp_path: Path):
+    (tmp_path / "warehouse").mkdir(exist_ok=True)
+    return load_catalog(
+        "test",
+        {
+            "type": "sql",
+            "uri": f"sqlite:///{tmp_path}/catalog.db",
+            "warehouse": (tmp_path / "warehouse").as_uri(),
+        },
+    )
+
+
+def records(seqs, *, rtype="telemetry", day="2026-11-25", **fields) -> list[bytes]:
+    return [
+        json.dumps(
+            {"type": rtype, "date": f"{day}T10:00:00Z", "seq": s, "location": {"lat": 1.5}, **fields}
+        ).encode()
+        for s in seqs
+    ]
+
+
+def drain_into(sink: IcebergSink, answers, **cfg) -> tuple[Drain, FakeClient]:
+    client = FakeClient(answers)
+    cfg = {"max_runtime": 20, "lease_seconds": 8, "flush_seconds": 3, "max_in_flight": 1, **cfg}
+    drain = Drain(client, sink, DrainConfig(**cfg))
+    drain.run()
+    return drain, client
+
+
+def test_records_land_once_per_table_and_acks_follow_the_commit(tmp_path):
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog, "ktexport", catalog_name="test")
+    at_ack: dict[str, int] = {}
+
+    class Watching(FakeClient):
+        def ack(self, batch_id):
+            at_ack[batch_id] = catalog.load_table("ktexport.telemetry").scan().to_arrow().num_rows
+            return super().ack(batch_id)
+
+    client = Watching([batch_of("b1", records(range(5))), batch_of("b2", records(range(5, 9), rtype="trip"))])
+    drain = Drain(
+        client, sink, DrainConfig(max_runtime=20, lease_seconds=8, flush_seconds=3, max_in_flight=1)
+    )
+    drain.run()
+    assert sorted(client.acks) == ["b1", "b2"]
+    assert all(n >= 5 for n in at_ack.values())  # the commit was visible before each DELETE
+    tele = catalog.load_table("ktexport.telemetry").scan().to_arrow()
+    assert sorted(tele.column("seq").to_pylist()) == [0, 1, 2, 3, 4]
+    assert set(tele.column(EVENT_DATE_COLUMN).to_pylist()) == {__import__("datetime").date(2026, 11, 25)}
+    trip = catalog.load_table("ktexport.trip").scan().to_arrow()
+    assert sorted(trip.column("seq").to_pylist()) == [5, 6, 7, 8]
+    assert catalog.load_table("ktexport.telemetry").spec().fields[0].name == EVENT_DATE_COLUMN
+    committed = {c["table"] for c in drain.result.landed}
+    assert committed == {"ktexport.telemetry", "ktexport.trip"}
+
+
+def test_snapshot_properties_say_what_each_commit_holds(tmp_path):
+    catalog = catalog_for(tmp_path)
+    drain_into(
+        IcebergSink(catalog), [batch_of("b1", records(range(3))), batch_of("b2", records(range(3, 6)))]
+    )
+    snaps = catalog.load_table("ktexport.telemetry").snapshots()
+    props = [
+        s.summary.additional_properties
+        for s in snaps
+        if "ktexport.batch-ids" in s.summary.additional_properties
+    ]
+    ids = {b for p in props for b in p["ktexport.batch-ids"].split(",")}
+    assert ids == {"b1", "b2"}
+    assert all(p["ktexport.source"] == "ktexport_default" for p in props)
+    assert sum(int(p["ktexport.rows-in-commit"]) for p in props) == 6
+
+
+def test_drift_only_adds_columns(tmp_path):
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog)
+    drain_into(sink, [batch_of("b1", records(range(2)))])
+    drain_into(sink, [batch_of("b2", records(range(2, 4), extra={"new": "field"}, odo=7))])
+    table = catalog.load_table("ktexport.telemetry")
+    names = [f.name for f in table.schema().fields]
+    assert "odo" in names and "extra__new" in names
+    rows = table.scan().to_arrow().to_pylist()
+    assert sorted(r["seq"] for r in rows) == [0, 1, 2, 3]
+    assert {r["seq"]: r["odo"] for r in rows} == {0: None, 1: None, 2: 7, 3: 7}
+
+
+def test_rejects_land_in_their_own_table_and_the_batch_is_acked(tmp_path):
+    catalog = catalog_for(tmp_path)
+    raws = records(range(3)) + [HOSTILE["number_out_of_range"], HOSTILE["lone_surrogate"]]
+    drain, client = drain_into(IcebergSink(catalog), [batch_of("b1", raws)])
+    assert client.acks == ["b1"]
+    rejected = catalog.load_table("ktexport._rejected").scan().to_arrow()
+    assert sorted(rejected.column("_raw").to_pylist()) == sorted(
+        [HOSTILE["number_out_of_range"].decode(), HOSTILE["lone_surrogate"].decode()]
+    )
+    assert drain.result.rejected == 2 and drain.result.records == 3
+
+
+def test_quarantine_counts_sightings_in_a_table(tmp_path):
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog)
+    body = b'{"id": "bad", "items": [1,'
+    for n in (1, 2, 3):
+        _, client = drain_into(
+            sink,
+            [KtExportProtocolError("truncated", body=body, batch_id="bad")],
+            ack_quarantined=True,
+        )
+        assert client.acks == ([] if n < 3 else ["bad"])
+    assert sink.quarantine_sightings(body) == 3
+    rows = catalog.load_table("ktexport._quarantine").scan().to_arrow().to_pylist()
+    assert [r["body"] for r in rows].count(body) == 1  # the body is stored once
+
+
+def test_two_drains_on_one_catalog_both_commit(tmp_path):
+    catalog_for(tmp_path)  # create the warehouse folder
+    errors: list[BaseException] = []
+
+    def one(start: int) -> None:
+        try:
+            sink = IcebergSink(catalog_for(tmp_path))
+            batches = [
+                batch_of(f"s{start}-{i}", records(range(start + i * 10, start + i * 10 + 10)))
+                for i in range(4)
+            ]
+            drain_into(sink, batches, flush_records=10)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in (0, 1000)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    seqs = catalog_for(tmp_path).load_table("ktexport.telemetry").scan().to_arrow().column("seq").to_pylist()
+    assert sorted(seqs) == list(range(40)) + list(range(1000, 1040))
+
+
+def test_table_names_are_plain_and_distinct():
+    assert table_name("telemetry") == "telemetry"
+    odd = {table_name(t) for t in ("Trip", "trip!", "%2E%2E", "TRIP")}
+    assert len(odd) == 4 and all(n.islower() or "_" in n for n in odd)
