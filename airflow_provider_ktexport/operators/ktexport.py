@@ -12,6 +12,7 @@ from airflow.sdk import Asset, AssetAlias, BaseOperator, ObjectStoragePath
 from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
 try:  # Airflow 3.2+ exposes it from the Task SDK
@@ -68,7 +69,135 @@ def parse_drain_until(value: Any) -> float | None:
     return parsed.timestamp()
 
 
-class KtExportToParquetOperator(BaseOperator):
+class KtExportDrainOperatorBase(BaseOperator):
+    """
+    What every drain operator shares: lease batches, land them, acknowledge only what has landed.
+
+    Subclasses say where flushes land (:meth:`open_sink`). Arguments are documented on
+    :class:`KtExportToParquetOperator`.
+    """
+
+    template_fields: Sequence[str] = ("drain_until",)
+    ui_color = "#d4ecf7"
+
+    def __init__(
+        self,
+        *,
+        ktexport_conn_id: str = KtExportHook.default_conn_name,
+        max_runtime: timedelta | float = timedelta(minutes=10),
+        flush_records: int = 50_000,
+        flush_seconds: float = 60.0,
+        lease_seconds: float = 120.0,
+        stop_when_empty: bool = True,
+        drain_until: str | float | None = None,
+        partition_by: Sequence[str] = ("record_type", "event_date"),
+        include_raw: bool = False,
+        ack_quarantined: bool = False,
+        ack_quarantined_after: int = 3,
+        max_reject_share: float | None = None,
+        max_flush_partitions: int = 500,
+        write_concurrency: int = 8,
+        max_in_flight: int = 4,
+        asset: Asset | None = None,
+        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        **kwargs: Any,
+    ) -> None:
+        outlets = list(kwargs.pop("outlets", None) or [])
+        if asset is not None:
+            outlets.append(asset)
+        if asset_alias:
+            outlets.append(AssetAlias(asset_alias))
+        super().__init__(outlets=outlets, **kwargs)
+        self.ktexport_conn_id = ktexport_conn_id
+        self.max_runtime = max_runtime
+        self.flush_records = flush_records
+        self.flush_seconds = flush_seconds
+        self.lease_seconds = lease_seconds
+        self.stop_when_empty = stop_when_empty
+        self.drain_until = drain_until
+        self.partition_by = tuple(partition_by)
+        self.include_raw = include_raw
+        self.ack_quarantined = ack_quarantined
+        self.ack_quarantined_after = ack_quarantined_after
+        self.max_reject_share = max_reject_share
+        self.max_flush_partitions = max_flush_partitions
+        self.write_concurrency = write_concurrency
+        self.max_in_flight = max_in_flight
+        self.asset = asset
+        self.asset_alias = asset_alias
+        # Made in execute: an Event holds a lock, and Airflow deep-copies operators (partial(),
+        # mapped tasks, render_template_fields) before they run.
+        self._stop: threading.Event | None = None
+        # Validate the numbers now so a bad DAG fails at parse time, not after leasing data.
+        self._config(drain_until=None)
+
+    def _config(self, *, drain_until: float | None) -> DrainConfig:
+        return DrainConfig(
+            max_runtime=_seconds(self.max_runtime, "max_runtime"),
+            flush_records=self.flush_records,
+            flush_seconds=_seconds(self.flush_seconds, "flush_seconds"),
+            lease_seconds=_seconds(self.lease_seconds, "lease_seconds"),
+            stop_when_empty=self.stop_when_empty,
+            drain_until=drain_until,
+            max_in_flight=self.max_in_flight,
+            ack_quarantined=self.ack_quarantined,
+            ack_quarantined_after=self.ack_quarantined_after,
+            max_reject_share=self.max_reject_share,
+            max_flush_partitions=self.max_flush_partitions,
+            write_concurrency=self.write_concurrency,
+            include_raw=self.include_raw,
+            partition_by=self.partition_by,
+            source=self.ktexport_conn_id,
+        )
+
+    def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
+        """Where flushes land, and its URI (for logs, XCom and Asset events)."""
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self._config(drain_until=parse_drain_until(self.drain_until))
+        sink, uri = self.open_sink(context)
+        # One keep-alive connection per outstanding GET and concurrent ack.
+        hook = KtExportHook(
+            ktexport_conn_id=self.ktexport_conn_id, pool_size=connections_needed(self.max_in_flight)
+        )
+        self.log.info("Draining connection %r into %s", self.ktexport_conn_id, uri)
+        self._stop = stop = threading.Event()
+        try:
+            result = Drain(hook.client, sink, config, should_stop=stop.is_set, logger=self.log).run()
+        except KtExportAuthError as exc:
+            # A wrong key does not fix itself: fail now instead of retrying into the same wall.
+            raise AirflowFailException(str(exc)) from None
+        finally:
+            hook.close()
+        summary = result.summary()
+        summary["destination"] = uri
+        if result.files:
+            self._emit_asset_events(context, uri, summary)
+        return summary
+
+    def _emit_asset_events(self, context: Context, uri: str, summary: dict[str, Any]) -> None:
+        extra = {k: summary[k] for k in ("records", "rejected", "bytes", "stopped")}
+        extra["files"] = len(summary["files"])
+        if summary.get("landed"):
+            extra["commits"] = [
+                {"table": c["table"], "snapshot_id": c["snapshot_id"], "rows": c["rows"]}
+                for c in summary["landed"]
+            ]
+        events = context["outlet_events"]
+        lake = Asset(uri)
+        if self.asset_alias:
+            events[AssetAlias(self.asset_alias)].add(lake, extra=extra)
+        if self.asset is not None:
+            events[self.asset].extra.update(extra)
+
+    def on_kill(self) -> None:
+        # Stop leasing at once; the drain lands what it holds only if the leases leave time.
+        if self._stop is not None:
+            self._stop.set()
+
+
+class KtExportToParquetOperator(KtExportDrainOperatorBase):
     """
     Drain a KT HTTP Export Task queue into Parquet files, acknowledging only what has landed.
 
@@ -108,123 +237,20 @@ class KtExportToParquetOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("destination", "drain_until")
-    ui_color = "#d4ecf7"
 
-    def __init__(
-        self,
-        *,
-        destination: str,
-        ktexport_conn_id: str = KtExportHook.default_conn_name,
-        max_runtime: timedelta | float = timedelta(minutes=10),
-        flush_records: int = 50_000,
-        flush_seconds: float = 60.0,
-        lease_seconds: float = 120.0,
-        stop_when_empty: bool = True,
-        drain_until: str | float | None = None,
-        partition_by: Sequence[str] = ("record_type", "event_date"),
-        compression: str = "zstd",
-        include_raw: bool = False,
-        ack_quarantined: bool = False,
-        ack_quarantined_after: int = 3,
-        max_reject_share: float | None = None,
-        max_flush_partitions: int = 500,
-        write_concurrency: int = 8,
-        max_in_flight: int = 4,
-        asset: Asset | None = None,
-        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
-        **kwargs: Any,
-    ) -> None:
-        outlets = list(kwargs.pop("outlets", None) or [])
-        if asset is not None:
-            outlets.append(asset)
-        if asset_alias:
-            outlets.append(AssetAlias(asset_alias))
-        super().__init__(outlets=outlets, **kwargs)
+    def __init__(self, *, destination: str, compression: str = "zstd", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.destination = destination
-        self.ktexport_conn_id = ktexport_conn_id
-        self.max_runtime = max_runtime
-        self.flush_records = flush_records
-        self.flush_seconds = flush_seconds
-        self.lease_seconds = lease_seconds
-        self.stop_when_empty = stop_when_empty
-        self.drain_until = drain_until
-        self.partition_by = tuple(partition_by)
         self.compression = compression
-        self.include_raw = include_raw
-        self.ack_quarantined = ack_quarantined
-        self.ack_quarantined_after = ack_quarantined_after
-        self.max_reject_share = max_reject_share
-        self.max_flush_partitions = max_flush_partitions
-        self.write_concurrency = write_concurrency
-        self.max_in_flight = max_in_flight
-        self.asset = asset
-        self.asset_alias = asset_alias
-        # Made in execute: an Event holds a lock, and Airflow deep-copies operators (partial(),
-        # mapped tasks, render_template_fields) before they run.
-        self._stop: threading.Event | None = None
-        # Validate the numbers now so a bad DAG fails at parse time, not after leasing data.
-        self._config(drain_until=None)
 
-    def _config(self, *, drain_until: float | None) -> DrainConfig:
-        return DrainConfig(
-            max_runtime=_seconds(self.max_runtime, "max_runtime"),
-            flush_records=self.flush_records,
-            flush_seconds=_seconds(self.flush_seconds, "flush_seconds"),
-            lease_seconds=_seconds(self.lease_seconds, "lease_seconds"),
-            stop_when_empty=self.stop_when_empty,
-            drain_until=drain_until,
-            max_in_flight=self.max_in_flight,
-            ack_quarantined=self.ack_quarantined,
-            ack_quarantined_after=self.ack_quarantined_after,
-            max_reject_share=self.max_reject_share,
-            max_flush_partitions=self.max_flush_partitions,
-            write_concurrency=self.write_concurrency,
-            include_raw=self.include_raw,
-            partition_by=self.partition_by,
-            source=self.ktexport_conn_id,
-        )
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        config = self._config(drain_until=parse_drain_until(self.drain_until))
+    def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
         root = ObjectStoragePath(self.destination)
         uri = lake_uri(root)
         writer = LakeWriter(root.fs, str(root.path), compression=self.compression, uri_prefix=uri)
         removed = writer.cleanup_temp()
         if removed:
             self.log.info("Removed %d temporary files left by an earlier, interrupted run", removed)
-        # One keep-alive connection per outstanding GET and concurrent ack.
-        hook = KtExportHook(
-            ktexport_conn_id=self.ktexport_conn_id, pool_size=connections_needed(self.max_in_flight)
-        )
-        self.log.info("Draining connection %r into %s", self.ktexport_conn_id, uri)
-        self._stop = stop = threading.Event()
-        try:
-            result = Drain(hook.client, writer, config, should_stop=stop.is_set, logger=self.log).run()
-        except KtExportAuthError as exc:
-            # A wrong key does not fix itself: fail now instead of retrying into the same wall.
-            raise AirflowFailException(str(exc)) from None
-        finally:
-            hook.close()
-        summary = result.summary()
-        summary["destination"] = uri
-        if result.files:
-            self._emit_asset_events(context, uri, summary)
-        return summary
-
-    def _emit_asset_events(self, context: Context, uri: str, summary: dict[str, Any]) -> None:
-        extra = {k: summary[k] for k in ("records", "rejected", "bytes", "stopped")}
-        extra["files"] = len(summary["files"])
-        events = context["outlet_events"]
-        lake = Asset(uri)
-        if self.asset_alias:
-            events[AssetAlias(self.asset_alias)].add(lake, extra=extra)
-        if self.asset is not None:
-            events[self.asset].extra.update(extra)
-
-    def on_kill(self) -> None:
-        # Stop leasing at once; the drain lands what it holds only if the leases leave time.
-        if self._stop is not None:
-            self._stop.set()
+        return writer, uri
 
 
 from airflow_provider_ktexport.operators.compact import KtExportCompactOperator  # noqa: E402,F401
