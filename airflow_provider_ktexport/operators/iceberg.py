@@ -87,6 +87,9 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
             if self.catalog_properties is not None
             else catalog_properties_from_connection(str(self.catalog_conn_id))
         )
+        for key, value in props.items():
+            if value and any(word in key.lower() for word in ("token", "secret", "password", "credential")):
+                _mask_secret(str(value))  # a catalog error or log line must not show it
         sink = IcebergSink(
             load_catalog(self.catalog_name, props), self.namespace, catalog_name=self.catalog_name
         )
