@@ -1,0 +1,156 @@
+"""KtExportToIcebergOperator through real parts: `airflow dags test`, the emulator, pyiceberg's SQL catalog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyiceberg")
+
+from airflow_provider_ktexport.lake.iceberg import load_catalog  # noqa: E402
+from airflow_provider_ktexport.testing.emulator import Emulator  # noqa: E402
+from tests.integration.conftest import ktexport_conn  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def catalog_props(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "warehouse").mkdir(exist_ok=True)
+    return {
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path}/catalog.db",
+        "warehouse": (tmp_path / "warehouse").as_uri(),
+    }
+
+
+def table_seqs(props: dict[str, str]) -> dict[str, list[int]]:
+    """emulator_seq of every row, per table of the namespace."""
+    catalog = load_catalog("ktexport", props)
+    out = {}
+    for _ns, name in catalog.list_tables("ktexport"):
+        if name.startswith("_"):
+            continue
+        rows = catalog.load_table(f"ktexport.{name}").scan(selected_fields=("emulator_seq",)).to_arrow()
+        out[name] = rows.column("emulator_seq").to_pylist()
+    return out
+
+
+def test_example_iceberg_dag_commits_every_record_once_before_any_ack(run_dag, tmp_path):
+    props = catalog_props(tmp_path)
+    violations: list[str] = []
+    checked: list[str] = []
+    with Emulator(api_key="ice-key", lease_seconds=120, long_poll_seconds=1, batch_size=200, seed=5) as emu:
+        emu.generate(1200)  # the generator drifts after record 200: new fields appear
+
+        def on_ack(batch_id: str, records: list[dict]) -> None:
+            # Runs in the emulator before the DELETE is applied: the commit must be visible already.
+            landed = {s for seqs in table_seqs(props).values() for s in seqs}
+            checked.append(batch_id)
+            missing = [r["emulator_seq"] for r in records if r["emulator_seq"] not in landed]
+            if missing:
+                violations.append(f"{batch_id}: {len(missing)} records not committed at DELETE time")
+
+        emu.on_ack = on_ack
+        result = run_dag(
+            "ktexport_iceberg",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            variables={
+                "ktexport_iceberg_catalog_uri": props["uri"],
+                "ktexport_iceberg_warehouse": props["warehouse"],
+            },
+            dags_folder=REPO / "dags",
+        )
+        stats = emu.stats()
+    assert result.returncode == 0, result.output[-6000:]
+    assert violations == []
+    assert stats["queued"] == 0 and stats["leased"] == 0, (stats, result.output[-6000:])
+    assert len(checked) == stats["acked"] > 0
+    per_table = table_seqs(props)
+    everything = sorted(s for seqs in per_table.values() for s in seqs)
+    assert everything == list(range(1, 1201))  # every record once, across the record-type tables
+    assert len(per_table) >= 3
+    summary = result.xcom("drain_to_iceberg")
+    assert summary["records"] == 1200 and summary["destination"] == "iceberg://ktexport/ktexport"
+    assert {c["table"] for c in summary["landed"]} == {f"ktexport.{t}" for t in per_table}
+    # The table history names the batches each commit holds.
+    catalog = load_catalog("ktexport", props)
+    committed = set()
+    for name in per_table:
+        for snap in catalog.load_table(f"ktexport.{name}").snapshots():
+            committed.update(snap.summary.additional_properties.get("ktexport.batch-ids", "").split(","))
+    assert stats["acked"] == len(committed - {""})
+
+
+KILL_BEFORE_COMMIT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.drain import Drain, DrainConfig
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
+
+    url, key, uri, warehouse = sys.argv[1:5]
+    catalog = load_catalog("ktexport", {"type": "sql", "uri": uri, "warehouse": warehouse})
+    real_commit = catalog.commit_table
+    commits = {"n": 0}
+
+    def commit_table(table, requirements, updates):
+        # Data files of the append are written by now; die before the catalog records them.
+        if any(type(u).__name__ == "AddSnapshotUpdate" for u in updates):
+            print("KILL before_commit", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_commit(table, requirements, updates)
+
+    catalog.commit_table = commit_table
+    with KtExportClient(url, key, long_poll_seconds=1.0) as client:
+        Drain(client, IcebergSink(catalog), DrainConfig(max_runtime=30, lease_seconds=4, flush_seconds=2)).run()
+    """
+)
+
+
+def test_a_kill_between_writing_and_committing_loses_nothing_and_shows_nothing(tmp_path):
+    props = catalog_props(tmp_path)
+    with Emulator(api_key="ice-key", lease_seconds=4, long_poll_seconds=1, batch_size=50, seed=9) as emu:
+        emu.generate(300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                KILL_BEFORE_COMMIT,
+                emu.url,
+                emu.api_key,
+                props["uri"],
+                props["warehouse"],
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == -9 and "KILL before_commit" in proc.stdout, proc.stderr[-3000:]
+        assert emu.stats()["acked"] == 0
+        # The data files were written, but no snapshot holds them: readers see nothing half-done.
+        orphans = list((tmp_path / "warehouse").rglob("*.parquet"))
+        assert orphans, "the kill was meant to come after the data files were written"
+        assert sum(len(v) for v in table_seqs(props).values()) == 0
+        # The leases run out; a run to the end lands every record once.
+        from airflow_provider_ktexport.client import KtExportClient
+        from airflow_provider_ktexport.drain import Drain, DrainConfig
+        from airflow_provider_ktexport.lake.iceberg import IcebergSink
+
+        time.sleep(4.5)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            config = DrainConfig(
+                max_runtime=60, lease_seconds=4, flush_seconds=2, drain_until=time.time() + 5
+            )
+            Drain(client, IcebergSink(load_catalog("ktexport", props)), config).run()
+        stats = emu.stats()
+    assert stats["queued"] == 0 and stats["leased"] == 0
+    everything = sorted(s for seqs in table_seqs(props).values() for s in seqs)
+    assert everything == list(range(1, 301))
