@@ -35,6 +35,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_ktexport.operators.ktexport",
                     "airflow_provider_ktexport.operators.compact",
+                    "airflow_provider_ktexport.operators.iceberg",
                 ],
             }
         ],

@@ -154,3 +154,33 @@ def test_a_kill_between_writing_and_committing_loses_nothing_and_shows_nothing(t
     assert stats["queued"] == 0 and stats["leased"] == 0
     everything = sorted(s for seqs in table_seqs(props).values() for s in seqs)
     assert everything == list(range(1, 301))
+
+
+def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
+    """The warehouse on object storage (moto's S3 server over HTTP), the catalog on SQLite."""
+    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.drain import Drain, DrainConfig
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from tests.integration.conftest import S3_KEY, s3_client
+
+    props = {
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path}/catalog.db",
+        "warehouse": f"s3://{s3_bucket}/warehouse",
+        "s3.endpoint": s3_endpoint,
+        "s3.access-key-id": S3_KEY,
+        "s3.secret-access-key": S3_KEY,
+        "s3.region": "us-east-1",
+    }
+    with Emulator(api_key="ice-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=2) as emu:
+        emu.generate(400)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            result = Drain(
+                client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(max_runtime=60)
+            ).run()
+        stats = emu.stats()
+    assert result.acked == stats["acked"] == 4 and stats["queued"] == 0
+    everything = sorted(s for seqs in table_seqs(props).values() for s in seqs)
+    assert everything == list(range(1, 401))
+    keys = [o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
