@@ -136,6 +136,8 @@ class IcebergSink:
         try:
             catalog.create_namespace_if_not_exists(namespace)
         except Exception as exc:  # noqa: BLE001 - any catalog failure here is a destination problem
+            if self._namespace_exists():
+                return  # another writer created it at the same moment (SQL catalogs say IntegrityError)
             raise KtExportWriteError(
                 f"Could not open namespace {namespace!r} in Iceberg catalog {catalog_name!r}: "
                 f"{type(exc).__name__}: {exc}",
@@ -143,6 +145,13 @@ class IcebergSink:
             ) from exc
 
     # -- tables ------------------------------------------------------------------------------------
+
+    def _namespace_exists(self) -> bool:
+        try:
+            self.catalog.load_namespace_properties(self.namespace)
+        except Exception:  # noqa: BLE001 - any failure means we cannot use it
+            return False
+        return True
 
     def identifier(self, table: str) -> str:
         return f"{self.namespace}.{table}"
@@ -162,7 +171,9 @@ class IcebergSink:
         if found is None:
             try:
                 found = self.catalog.create_table_if_not_exists(self.identifier(table), schema=schema)
-            except self._ice.exceptions.TableAlreadyExistsError:
+            except Exception:
+                # Another writer created it at the same moment (a SQL catalog may say so with an
+                # IntegrityError); anything else fails again here, with its own error.
                 found = self.catalog.load_table(self.identifier(table))
             log.info("Created Iceberg table %s", self.identifier(table))
         if partition_by and not found.spec().fields:
