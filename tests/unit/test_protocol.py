@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.protocol import (
+    HTTP_LOGGERS,
     BatchBody,
     Envelope,
+    RedactTokenFilter,
     auth_error,
     auth_parts,
     backoff_delay,
@@ -18,6 +21,7 @@ from airflow_provider_ktexport.protocol import (
     check_read_timeout,
     classify_body,
     envelope_id,
+    guard_http_logs,
     http_error,
     is_ackable_id,
     normalize_base_url,
@@ -132,6 +136,20 @@ def test_redact_bytes_masks_the_key_in_every_form_a_body_can_hold_it() -> None:
     assert b"&b=2" in masked and b"token=***" in masked and b'"raw":"***"' in masked
     assert redact_bytes(b'{"a":1}', SECRET) == b'{"a":1}'  # nothing to mask: bytes unchanged
     assert redact_bytes(b"?token=abc", None) == b"?token=***"
+
+
+@pytest.mark.parametrize("logger", HTTP_LOGGERS)
+def test_http_library_log_lines_have_token_values_masked(
+    logger: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard_http_logs()
+    guard_http_logs()  # twice: installed once
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger(logger).debug(
+        'HTTP Request: GET %s "HTTP/1.1 200 OK"', f"https://x/v2/stream?token={SECRET}"
+    )
+    assert SECRET not in caplog.text and "token=***" in caplog.text
+    assert sum(isinstance(f, RedactTokenFilter) for f in logging.getLogger(logger).filters) == 1
 
 
 def test_backoff_honours_retry_after_up_to_the_cap() -> None:
