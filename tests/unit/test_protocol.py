@@ -144,7 +144,7 @@ def test_http_library_log_lines_have_token_values_masked(
 ) -> None:
     guard_http_logs()
     guard_http_logs()  # twice: installed once
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger=logger)  # Airflow's logging config may quiet httpx
     logging.getLogger(logger).debug(
         'HTTP Request: GET %s "HTTP/1.1 200 OK"', f"https://x/v2/stream?token={SECRET}"
     )
