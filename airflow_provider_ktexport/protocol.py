@@ -489,7 +489,7 @@ def _envelope_of(
     try:
         batch_id = _ID_DECODER.decode(values["id"]) if "id" in values else None
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return f"the body is JSON but not a batch object (its id is not a string: {exc})"
+        return f"the body is JSON but not a batch object (its id is not a readable string or integer: {exc})"
     raw_items: list[msgspec.Raw] | None = None
     if items is not None:
         raw_items = [msgspec.Raw(raw) for raw in items]
