@@ -645,6 +645,18 @@ def test_protocol_errors_keep_body_and_id(
     assert stub.hits() == 1  # not retried: the lease must come back, the body goes to quarantine
 
 
+@pytest.mark.parametrize("auth_location", ["header", "query"])
+def test_a_body_kept_for_quarantine_holds_no_key(stub: Stub, auth_location: str) -> None:
+    # A proxy's error page that echoes the request URL, answered with 200.
+    page = f"<html>upstream failed for /v2/stream?token={quote(KEY, safe='')} (key {KEY})</html>".encode()
+    stub.add(Reply(200, page))
+    with make_client(stub.url, auth_location) as c, pytest.raises(KtExportProtocolError) as info:
+        c.get_batch()
+    body = info.value.body
+    assert KEY.encode() not in body and quote(KEY, safe="").encode() not in body
+    assert body == b"<html>upstream failed for /v2/stream?token=*** (key ***)</html>"
+
+
 # ---------------------------------------------------------------------------- deadline
 
 
