@@ -68,6 +68,7 @@ def get_provider_info() -> dict[str, Any]:
                         "connect_timeout": "10",
                         "read_timeout": "75",
                         "max_retries": "5",
+                        "max_body_bytes": "67108864",
                     },
                 },
                 "conn-fields": {
@@ -99,6 +100,11 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Read timeout (s)",
                         "schema": {"type": ["number", "null"]},
                         "description": "must exceed the long poll; default long poll + 30 s",
+                    },
+                    "max_body_bytes": {
+                        "label": "Max body (bytes)",
+                        "schema": {"type": ["integer", "null"], "minimum": 1024},
+                        "description": "largest batch body accepted once gzip is undone; default 67108864 (64 MiB)",
                     },
                 },
             }

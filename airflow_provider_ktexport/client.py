@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +31,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from airflow_provider_ktexport._inflate import BodyTooLarge, CappedDecoder
 from airflow_provider_ktexport.exceptions import (
     KtExportConfigError,
     KtExportError,
@@ -46,15 +48,20 @@ from airflow_provider_ktexport.protocol import (
     auth_error,
     auth_parts,
     backoff_delay,
-    batch_id_in,
+    body_too_large_error,
     check_api_key,
     check_auth_location,
+    check_max_body_bytes,
     check_read_timeout,
+    classify_body,
+    guard_http_logs,
     has_cause,
     http_error,
+    is_ackable_id,
     normalize_base_url,
-    read_envelope,
     redact,
+    redact_bytes,
+    shown_id,
     tls_error,
     transient_status_error,
 )
@@ -64,28 +71,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Batch", "KtExportClient"]
 
 _BODY_EXCERPT = 200
-
-
-class _RedactTokenFilter(logging.Filter):
-    """Masks ``token=`` values in urllib3's debug lines, which print each request's URL."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "token=" in message.lower():
-            record.msg, record.args = redact(message, None), None
-        return True
-
-
-_URLLIB3_FILTER = _RedactTokenFilter()
-_URLLIB3_FILTER_LOCK = threading.Lock()
-
-
-def _guard_urllib3_logs() -> None:
-    """Install the filter once, when a client first puts the key in the query string."""
-    logger = logging.getLogger("urllib3.connectionpool")
-    with _URLLIB3_FILTER_LOCK:
-        if _URLLIB3_FILTER not in logger.filters:
-            logger.addFilter(_URLLIB3_FILTER)
 
 
 _RECORD_DECODER = msgspec.json.Decoder()
@@ -144,6 +129,8 @@ class KtExportClient:
     :param pool_size: keep-alive connections kept for concurrent callers
     :param user_agent: ``User-Agent`` header; default ``airflow-provider-ktexport/<version>``
     :param conn_label: what to name in error messages, e.g. ``"connection 'ktexport_default'"``
+    :param max_body_bytes: the largest body accepted once gzip is undone (default 64 MiB); a
+        larger one raises :class:`KtExportBodyTooLargeError` and its lease is abandoned
     """
 
     def __init__(
@@ -162,6 +149,7 @@ class KtExportClient:
         pool_size: int = 8,
         user_agent: str | None = None,
         conn_label: str | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self._api_key = check_api_key(api_key, conn_label or "the export API")
@@ -185,11 +173,12 @@ class KtExportClient:
             raise KtExportConfigError(f"pool_size must be an integer >= 1, not {pool_size!r}")
         self.pool_size = pool_size
         self.user_agent = user_agent or DEFAULT_USER_AGENT
+        self.max_body_bytes = check_max_body_bytes(max_body_bytes)
 
         self._stream_url = self.base_url + STREAM_PATH
         self._auth_headers, self._auth_params = auth_parts(self._api_key, location)
         if location == "query":
-            _guard_urllib3_logs()
+            guard_http_logs()
         self._session = self._new_session()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -219,8 +208,9 @@ class KtExportClient:
     def get_batch(self, *, deadline: float | None = None) -> Batch | None:
         """Lease the next batch, or return ``None`` when the queue is empty.
 
-        Empty is: ``500`` after the long poll, a ``200`` without an id, or a
-        ``200`` whose items are ``[]``/missing (that id is acknowledged at once).
+        Empty is: ``500`` after the long poll, or a ``200`` without an id. A ``200`` with an id
+        and ``"items": []`` is acknowledged at once and read as empty too. Any other shape
+        (see :func:`~airflow_provider_ktexport.protocol.classify_body`) is a protocol error.
 
         :param deadline: a ``time.monotonic()`` value. Each attempt's timeouts are
             capped to reach it; when the cap ends a request, or the deadline has
@@ -230,7 +220,10 @@ class KtExportClient:
         :raises KtExportAuthError: 401/403 (never retried)
         :raises KtExportTransientError: retries exhausted (or cut short by ``deadline``)
         :raises KtExportHTTPError: any other unexpected status (404: wrong base URL)
-        :raises KtExportProtocolError: a 200 whose body cannot be decoded (``.body``, ``.batch_id``)
+        :raises KtExportProtocolError: a 200 whose body cannot be decoded, or whose envelope is not
+            one to acknowledge (``items`` missing or null, unknown keys, an id unfit for a DELETE):
+            ``.body``, and ``.batch_id`` when it is the envelope's own and ackable
+        :raises KtExportBodyTooLargeError: the decoded body passed ``max_body_bytes`` (not kept)
         """
         reply = self._send("GET", self._stream_url, deadline=deadline, max_retries=self.max_retries)
         if reply is None:
@@ -253,6 +246,14 @@ class KtExportClient:
         """
         if not isinstance(batch_id, str) or not batch_id:
             raise ValueError(f"batch_id must be a non-empty string, not {batch_id!r}")
+        if not is_ackable_id(batch_id):
+            # '..' or '/' would change the DELETE's path, '?' or '#' its query: never send it.
+            log.warning(
+                "not acknowledging batch id %s: it is '.', '..' or holds '/', '\\', '?', '#', "
+                "whitespace or control characters, and is never used in a DELETE",
+                shown_id(batch_id),
+            )
+            return False
         url = f"{self._stream_url}/{quote(batch_id, safe='')}"
         reply = self._send("DELETE", url, deadline=None, max_retries=self.max_retries)
         assert reply is not None  # no deadline, so _send always answers
@@ -262,6 +263,11 @@ class KtExportClient:
             log.debug("ack of batch %s answered %d: unknown or expired id", batch_id, reply.status)
             return False
         raise self._http_error("DELETE", reply, url)
+
+    def redact_body(self, body: bytes) -> bytes:
+        """``body`` with this client's API key (raw, URL-encoded) and any ``token=`` value masked:
+        what a quarantined body or a rejected record may store."""
+        return redact_bytes(body, self._api_key)
 
     def check(self) -> None:
         """Prove the key is accepted without leasing data (for ``test_connection``).
@@ -360,10 +366,22 @@ class KtExportClient:
             verify=self.verify,
         )
         received_at = time.monotonic()
+        too_large: BodyTooLarge | None = None
         try:
-            body = _read_body(response)
+            body = _read_body(response, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            too_large = exc
         finally:
             response.close()
+        if too_large is not None:
+            raise body_too_large_error(
+                method,
+                self._safe(url),
+                limit=too_large.limit,
+                received=too_large.received,
+                wire_bytes=too_large.wire_bytes,
+                where=self._where(),
+            )
         return _Reply(response.status_code, body, received_at, response.headers)
 
     def _timeouts(self, deadline: float | None) -> tuple[tuple[float, float] | None, bool]:
@@ -381,32 +399,22 @@ class KtExportClient:
 
     def _decode_batch(self, reply: _Reply) -> Batch | None:
         body = reply.body
-        if not body.strip():
-            log.warning("GET %s answered 200 with an empty body; treating the queue as empty", self._safe())
-            return None
-        envelope = read_envelope(body)
-        if isinstance(envelope, str):
-            raise self._protocol_error(envelope, body, batch_id_in(body))
-        batch_id = envelope.batch_id
-        if not batch_id:
-            if envelope.items:
+        verdict = classify_body(body)
+        if verdict.kind == "problem":
+            raise self._protocol_error(verdict.problem, body, verdict.batch_id)
+        if verdict.kind == "empty":
+            if verdict.note:
                 log.warning(
-                    "GET %s answered 200 with %d items but no id (cannot be acknowledged); "
-                    "treating the queue as empty",
-                    self._safe(),
-                    len(envelope.items),
+                    "GET %s answered 200 but %s; treating the queue as empty", self._safe(), verdict.note
                 )
             return None
-        raw_items = [bytes(raw) for raw in envelope.items or ()]
-        for index, raw in enumerate(raw_items):
-            if not raw.lstrip().startswith(b"{"):
-                raise self._protocol_error(
-                    f"item {index} of batch {batch_id} is not a JSON object", body, batch_id
-                )
-        if not raw_items:
-            self._ack_empty(batch_id)
+        assert verdict.batch_id is not None  # an empty batch or data always has its id
+        if verdict.kind == "empty_batch":
+            self._ack_empty(verdict.batch_id)
             return None
-        return Batch(id=batch_id, raw_items=raw_items, leased_at=reply.received_at, body_size=len(body))
+        return Batch(
+            id=verdict.batch_id, raw_items=verdict.items, leased_at=reply.received_at, body_size=len(body)
+        )
 
     def _ack_empty(self, batch_id: str) -> None:
         # Nothing to write: acknowledge now, or it comes back forever and ends every run early.
@@ -464,6 +472,9 @@ class KtExportClient:
         )
 
     def _protocol_error(self, problem: str, body: bytes, batch_id: str | None) -> KtExportProtocolError:
+        # The body is kept for quarantine: redacted here, at the source, so no path that stores
+        # it can keep the key (a proxy page that echoes the request URL holds ?token=<key>).
+        body = self.redact_body(body)
         return KtExportProtocolError(
             f"GET {self._safe()} answered 200 but {problem}"
             + (f" (batch id {batch_id})" if batch_id else "")
@@ -496,17 +507,33 @@ def _check_verify(verify: bool | str) -> bool | str:
     raise KtExportConfigError(f"verify must be true, false or a CA bundle path, not {verify!r}")
 
 
-def _read_body(response: requests.Response) -> bytes:
-    """The whole body, content-encoding undone, read in one call.
+#: Wire bytes per read: one read for a typical (compressed) batch, yet bounded for any body.
+_READ_CHUNK = 1 << 20
+
+
+def _read_body(response: requests.Response, limit: int) -> bytes:
+    """The whole body, content-encoding undone, at most ``limit`` bytes once decoded.
 
     ``response.content`` reads and decodes in 10 KB steps; each step releases and retakes the
     GIL, which the fetcher threads then fight the main thread for (measured: ~500 futex calls
-    per 420 KB batch). One read and one decompression per body avoid that. The urllib3
+    per 420 KB batch). Reads of 1 MiB of wire bytes keep a typical body to one read and one
+    decompression, while :class:`CappedDecoder` stops a body that expands past ``limit``
+    (a 305 KB gzip body can hold 300 MB) after about ``limit`` bytes of memory. The urllib3
     errors are mapped as ``requests`` maps them in ``iter_content`` (a stalled body is a
     ``ReadTimeout`` here, so the message says it timed out).
+
+    :raises BodyTooLarge: the decoded body passed ``limit``
     """
     try:
-        return response.raw.read(decode_content=True)
+        decoder = CappedDecoder(response.headers.get("content-encoding"), limit)
+    except ValueError as exc:
+        raise requests.exceptions.ContentDecodingError(str(exc)) from None
+    try:
+        for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
+            decoder.feed(chunk)
+        return decoder.finish()
+    except zlib.error as exc:
+        raise requests.exceptions.ContentDecodingError(f"the gzip body is corrupt ({exc})") from exc
     except urllib3.exceptions.ProtocolError as exc:
         raise requests.exceptions.ChunkedEncodingError(exc) from exc
     except urllib3.exceptions.DecodeError as exc:

@@ -60,6 +60,22 @@ class KtExportProtocolError(KtExportError):
         self.batch_id = batch_id
 
 
+class KtExportBodyTooLargeError(KtExportError):
+    """A 200's body passed ``max_body_bytes`` once decoded. Not retried, not quarantined.
+
+    The body was not kept (storing gigabytes would be the harm the limit prevents) and its batch
+    was not acknowledged: the lease is abandoned and the server delivers it again later.
+
+    :param limit: the ``max_body_bytes`` in force
+    :param received: decoded bytes read before reading stopped (more than ``limit``)
+    """
+
+    def __init__(self, message: str, *, limit: int, received: int) -> None:
+        super().__init__(message, status_code=200)
+        self.limit = limit
+        self.received = received
+
+
 class KtExportWriteError(KtExportError):
     """Writing or verifying a file in the lake failed; nothing was acknowledged."""
 

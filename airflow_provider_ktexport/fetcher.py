@@ -19,8 +19,84 @@ log = logging.getLogger(__name__)
 
 #: Leased batches the fetchers may hand over while the main thread is busy flushing. The main
 #: thread moves them into the buffer (lease clock included) as soon as it is free, so this only
-#: keeps the network busy during a flush; it bounds memory at about this many batches' bytes.
+#: keeps the network busy during a flush.
 HANDOFF_BATCHES = 64
+#: Decoded body bytes (``Batch.body_size``) the hand-off may hold. A count alone bounds nothing
+#: when batches are large: 64 bodies near ``max_body_bytes`` (64 MiB) would be 4 GiB. Past this
+#: budget a fetcher waits before leasing more (and a batch already leased waits for room), so
+#: memory stays near the budget. One batch is always admitted to an empty hand-off, however
+#: large, or a single big batch could never pass.
+HANDOFF_BYTES = 256 * 1024 * 1024
+#: How often a waiting fetcher looks at stop/abandon/deadline even if nobody wakes it.
+_WAIT_STEP = 0.2
+
+
+def _size(item: tuple[str, Any]) -> int:
+    kind, value = item
+    return int(getattr(value, "body_size", 0) or 0) if kind == "batch" else 0
+
+
+class HandoffQueue(queue.Queue[tuple[str, Any]]):
+    """The fetchers' hand-off: bounded by item count (``maxsize``) and by body bytes (``max_bytes``).
+
+    ``get``/``get_nowait``/``empty`` are the plain :class:`queue.Queue` ones the drain uses;
+    ``put`` also waits while the bytes held plus the new batch's would pass ``max_bytes``.
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        #: Body bytes of the batches held now (read without the lock for logs and tests only).
+        self.bytes = 0
+        self._wakes = 0
+
+    def _no_room(self, size: int) -> bool:
+        # Caller holds the mutex. An empty queue takes any batch: it must be able to pass alone.
+        # Errors and empty answers weigh nothing and wait for the count bound only.
+        if 0 < self.maxsize <= self._qsize():
+            return True
+        return size > 0 and bool(self._qsize()) and self.bytes + size > self.max_bytes
+
+    def put(self, item: tuple[str, Any], block: bool = True, timeout: float | None = None) -> None:
+        """Put ``item``, waiting up to ``timeout`` for room by count and by bytes; else ``queue.Full``."""
+        size = _size(item)
+        with self.not_full:
+            end = None if timeout is None else time.monotonic() + timeout
+            wakes = self._wakes
+            while self._no_room(size):
+                remaining = None if end is None else end - time.monotonic()
+                if not block or (remaining is not None and remaining <= 0) or self._wakes != wakes:
+                    raise queue.Full  # also after wake(): the caller looks at stop/abandon again
+                self.not_full.wait(remaining)
+            self._put(item)
+            self.bytes += size
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def _get(self) -> tuple[str, Any]:
+        item = super()._get()
+        self.bytes -= _size(item)
+        # Room by bytes may let several waiting fetchers on (Queue.get wakes only one).
+        self.not_full.notify_all()
+        return item
+
+    def budget_spent(self) -> bool:
+        """True while the held bytes fill the byte budget: a fetcher should not lease more yet."""
+        with self.mutex:
+            return self.bytes >= self.max_bytes
+
+    def wait_for_room(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a ``get`` (or :meth:`wake`)."""
+        with self.not_full:
+            if self.bytes >= self.max_bytes:
+                self.not_full.wait(timeout)
+
+    def wake(self) -> None:
+        """Wake every fetcher waiting for room (stop and abandon call it); a waiting ``put``
+        then raises ``queue.Full`` at once, so its caller can see why it was woken."""
+        with self.not_full:
+            self._wakes += 1
+            self.not_full.notify_all()
 
 
 class BatchSource(Protocol):
@@ -37,8 +113,9 @@ class Fetcher:
     """Keeps up to ``n`` GETs outstanding and hands results to the main thread.
 
     Results are ``("batch", Batch)``, ``("empty", None)``, ``("error", exc)``.
-    The hand-off queue is bounded (``HANDOFF_BATCHES``) so fetchers cannot run far ahead of
-    the writer: memory stays set by the flush size and the hand-off, not by the queue length.
+    The hand-off queue is bounded by count (``HANDOFF_BATCHES``) and by body bytes
+    (``HANDOFF_BYTES``) so fetchers cannot run far ahead of the writer: memory stays set by the
+    flush size and the hand-off, not by the queue length or the size of its batches.
     """
 
     def __init__(
@@ -49,7 +126,7 @@ class Fetcher:
         self._keep_polling = keep_polling
         self._stop = threading.Event()
         self._abandon = threading.Event()
-        self.results: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(n, HANDOFF_BATCHES))
+        self.results = HandoffQueue(maxsize=max(n, HANDOFF_BATCHES), max_bytes=HANDOFF_BYTES)
         self._threads = [
             threading.Thread(target=self._loop, name=f"ktexport-fetch-{i}", daemon=True) for i in range(n)
         ]
@@ -60,6 +137,7 @@ class Fetcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self.results.wake()
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
@@ -69,7 +147,7 @@ class Fetcher:
         # reads any more, it is abandoned and the server delivers it again after its lease.
         while True:
             try:
-                self.results.put(item, timeout=0.2)
+                self.results.put(item, timeout=_WAIT_STEP)
                 return
             except queue.Full:
                 if self._stop.is_set() and (item[0] != "batch" or self._abandon.wait(0.0)):
@@ -81,10 +159,21 @@ class Fetcher:
         """Stop waiting to hand over results: nobody will read them."""
         self._stop.set()
         self._abandon.set()
+        self.results.wake()
+
+    def _wait_for_budget(self) -> bool:
+        """Wait, leasing nothing, while the hand-off's bytes are spent; False once the run stops."""
+        while self.results.budget_spent():
+            if self._stop.is_set() or time.monotonic() >= self._deadline:
+                return False
+            self.results.wait_for_room(_WAIT_STEP)
+        return not self._stop.is_set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             if time.monotonic() >= self._deadline:
+                return
+            if not self._wait_for_budget():
                 return
             try:
                 batch = self._client.get_batch(deadline=self._deadline)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 #: Extras read from the connection, with the parser of each.
 _FLOAT_EXTRAS = ("connect_timeout", "read_timeout", "long_poll_seconds")
-_INT_EXTRAS = ("max_retries",)
+_INT_EXTRAS = ("max_retries", "max_body_bytes")
 _KNOWN_EXTRAS = frozenset({"auth_location", "verify", *_FLOAT_EXTRAS, *_INT_EXTRAS})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -53,7 +53,8 @@ class KtExportHook(BaseHook):
     The connection (type ``ktexport``): host = base URL or bare host (https
     assumed), port (optional), password = API key; extras ``auth_location``
     (``header``/``query``), ``verify`` (true/false/CA path), ``connect_timeout``,
-    ``read_timeout``, ``long_poll_seconds``, ``max_retries``.
+    ``read_timeout``, ``long_poll_seconds``, ``max_retries``, ``max_body_bytes`` (the
+    largest body accepted once gzip is undone; the trigger honours it too).
 
     Nothing is read or sent until the client is first used.
 

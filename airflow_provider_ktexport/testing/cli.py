@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from airflow_provider_ktexport.testing import emulator
 from airflow_provider_ktexport.testing.emulator import FAULT_NAMES, FAULT_SETTINGS, Emulator
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=0,
         help="reuse the content of this many distinct records (cheap for big benchmarks); 0 = all distinct",
+    )
+    parser.add_argument(
+        "--poison",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="share (0..1) of generated records made hostile (valid JSON that breaks naive pipelines)",
+    )
+    parser.add_argument(
+        "--poison-kinds",
+        default="",
+        help=f"comma-separated hostile kinds (default all: {','.join(HOSTILE_KINDS)})",
     )
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
@@ -71,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         keyfile=args.keyfile,
         rate=args.rate,
         distinct=args.distinct,
+        poison=args.poison,
+        poison_kinds=[k.strip() for k in args.poison_kinds.split(",") if k.strip()] or None,
     )
     done = threading.Event()
 

@@ -13,7 +13,7 @@ Use it in tests::
         requests.get(emu.url + "/v2/stream", headers={"x-access-token": emu.api_key})
 
 or as the ``ktexport-emulator`` command (see :func:`main`). The control plane
-under ``/_emulator/`` (stats, records, generate, faults, seqs, script) needs no
+under ``/_emulator/`` (stats, records, generate, faults, seqs, script, poison, hostile) needs no
 key and answers loopback clients only.
 
 This module holds the API's behaviour: queue, leases, faults, scripts and
@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_ktexport.testing.records import RecordGenerator
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, RecordGenerator, hostile_record
 
 if TYPE_CHECKING:
     from airflow_provider_ktexport.testing._http import _Server
@@ -58,7 +58,13 @@ FAULT_NAMES: tuple[str, ...] = (
     "invalid_utf8",
     "slow",
     "reset_after_ack",
+    "items_missing",
+    "items_null",
+    "items_renamed",
 )
+#: Envelope faults: the batch is leased and served with its id but no readable ``items`` (the key
+#: left out, ``null``, or renamed to ``records``): a client must never acknowledge such a batch.
+ENVELOPE_FAULTS: tuple[str, ...] = ("items_missing", "items_null", "items_renamed")
 #: Fault settings that are not rates.
 FAULT_SETTINGS: dict[str, float] = {"retry_after": 1.0, "slow_seconds": 2.0}
 _PRE_LEASE = ("reset", "status_429", "status_502", "status_503", "status_504", "html_error")
@@ -136,6 +142,11 @@ class Emulator:
     :param distinct: when > 0, records built by :meth:`feed` past this many reuse the content of
         record ``(seq - 1) % distinct + 1`` with their own ``emulator_seq`` (still unique), which makes
         the emulator's CPU per record negligible for million-record benchmarks.
+    :param poison: share (0..1) of generated records made hostile (poison mode): valid JSON that
+        breaks a naive pipeline, see :data:`~airflow_provider_ktexport.testing.records.HOSTILE_KINDS`.
+        Which records is a pure function of ``(seed, emulator_seq)``; the kinds take turns.
+        :meth:`hostile_records` tells which records were made hostile, with their exact bytes.
+    :param poison_kinds: the hostile kinds to use (default: all of them)
     """
 
     def __init__(
@@ -155,6 +166,8 @@ class Emulator:
         rate: float = 0.0,
         drift_after: int = 200,
         distinct: int = 0,
+        poison: float = 0.0,
+        poison_kinds: Sequence[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -171,6 +184,10 @@ class Emulator:
         self.rate = rate
         self.distinct = distinct
         self._templates: dict[int, bytes] = {}
+        self._hostile: dict[int, tuple[str, bytes]] = {}
+        self._broken_leases: set[str] = set()
+        self._poison = 0.0
+        self._poison_kinds: tuple[str, ...] = HOSTILE_KINDS
         #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
         self.on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
         self.generator = RecordGenerator(seed, drift_after=drift_after)
@@ -201,6 +218,9 @@ class Emulator:
                 "gzip_responses",
                 "empty_polls",
                 "unauthorized",
+                "hostile",
+                "broken_envelopes",
+                "acked_broken_envelopes",
             ),
             0,
         )
@@ -208,6 +228,7 @@ class Emulator:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
+        self.set_poison(poison, poison_kinds)
         if faults:
             self.set_faults(**faults)
 
@@ -297,8 +318,25 @@ class Emulator:
             start = self._next_seq
             self._next_seq += n
         records = self.generator.records(start, n)
-        self.enqueue(records)
-        return records
+        if self._poison <= 0:
+            self.enqueue(records)
+            return records
+        # Poison mode: hostile records take their seq's place as text; only the ordinary ones
+        # are returned (the hostile ones are in hostile_records()).
+        entries: list[_Entry] = []
+        ordinary: list[dict[str, Any]] = []
+        with self._cond:
+            for rec in records:
+                seq = rec["emulator_seq"]
+                raw = self._hostile_raw(seq)
+                if raw is None:
+                    ordinary.append(rec)
+                    raw = _json(rec)
+                entries.append(_Entry(seq, raw))
+            self._queue.extend(entries)
+            self._counts["emitted"] += len(entries)
+            self._cond.notify_all()
+        return ordinary
 
     def feed(self, n: int) -> None:
         """Add ``n`` generated records without building them now (bounded memory for big benchmarks).
@@ -315,7 +353,10 @@ class Emulator:
         for _ in range(n):
             seq = self._next_seq
             self._next_seq += 1
-            if self.distinct > 0:
+            hostile = self._hostile_raw(seq) if self._poison > 0 else None
+            if hostile is not None:
+                raw = hostile
+            elif self.distinct > 0:
                 prefix = self._template(((seq - 1) % self.distinct) + 1)
                 raw = b"%b%d}" % (prefix, seq)
             else:
@@ -332,6 +373,37 @@ class Emulator:
             prefix = raw[: raw.rindex(marker) + len(marker)]
             self._templates[seq] = prefix
         return prefix
+
+    # -- poison mode ----------------------------------------------------------
+
+    def set_poison(self, rate: float, kinds: Sequence[str] | None = None) -> None:
+        """Make a share ``rate`` (0..1) of records generated from now on hostile, of ``kinds``."""
+        rate = float(rate)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"poison rate {rate} is not within 0..1")
+        chosen = tuple(kinds) if kinds else HOSTILE_KINDS
+        unknown = sorted(set(chosen) - set(HOSTILE_KINDS))
+        if unknown:
+            raise ValueError(f"unknown hostile kind(s) {unknown}; known: {list(HOSTILE_KINDS)}")
+        with self._cond:
+            self._poison = rate
+            self._poison_kinds = chosen
+
+    def _hostile_raw(self, seq: int) -> bytes | None:
+        # Caller holds the lock. A pure function of (seed, seq) decides; the kinds take turns so
+        # that every kind shows up among the first few hostile records.
+        if random.Random(self.seed * 7_919 + seq * 104_729).random() >= self._poison:
+            return None
+        kind = self._poison_kinds[len(self._hostile) % len(self._poison_kinds)]
+        raw = hostile_record(kind, seq)
+        self._hostile[seq] = (kind, raw)
+        self._counts["hostile"] += 1
+        return raw
+
+    def hostile_records(self) -> dict[int, tuple[str, bytes]]:
+        """Every record made hostile so far: ``emulator_seq`` -> (kind, the exact bytes served)."""
+        with self._cond:
+            return dict(self._hostile)
 
     # -- faults and scripts ---------------------------------------------------
 
@@ -472,11 +544,20 @@ class Emulator:
             if lease is None:
                 self._counts["empty_polls"] += 1
                 return _error(500, "No data available")
-            post = self._roll(("truncated", "invalid_utf8"))
+            post = self._roll(("truncated", "invalid_utf8", *ENVELOPE_FAULTS))
             slow = self._roll(("slow",))
-        body = b"".join(
-            (b'{"id":"', lease.id.encode(), b'","items":[', b",".join(e.raw for e in lease.entries), b"]}")
-        )
+            if post in ENVELOPE_FAULTS:
+                self._broken_leases.add(lease.id)
+                self._counts["broken_envelopes"] += 1
+        records = b",".join(e.raw for e in lease.entries)
+        if post == "items_missing":
+            body = b'{"id":"%b"}' % lease.id.encode()
+        elif post == "items_null":
+            body = b'{"id":"%b","items":null}' % lease.id.encode()
+        elif post == "items_renamed":
+            body = b'{"id":"%b","records":[%b]}' % (lease.id.encode(), records)
+        else:
+            body = b'{"id":"%b","items":[%b]}' % (lease.id.encode(), records)
         if post == "truncated":
             body = body[: len(body) // 2]
         elif post == "invalid_utf8":
@@ -525,6 +606,9 @@ class Emulator:
                 return _error(500, "Unknown or expired id")
             self._counts["acked"] += 1
             self._counts["acked_records"] += len(entries)
+            if batch_id in self._broken_leases:
+                # Records the client never saw are now gone: what the envelope rules forbid.
+                self._counts["acked_broken_envelopes"] += 1
             self._acked.extend(e.seq for e in entries)
             after = self._roll(("reset_after_ack",))
         if after:
@@ -542,7 +626,9 @@ class Emulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters: served, leased, queued, emitted, acked, acked_records, redelivered, ack_unknown,
-        requests, connections, gzip_responses, ... and ``faults`` (injections per fault name)."""
+        requests, connections, gzip_responses, hostile (records made hostile), broken_envelopes
+        (batches served without readable items), acked_broken_envelopes (of those, acknowledged:
+        must stay 0), ... and ``faults`` (injections per fault name)."""
         with self._cond:
             self._expire(time.monotonic())
             out: dict[str, Any] = dict(self._counts)
@@ -588,7 +674,7 @@ class Emulator:
     # -- control plane --------------------------------------------------------
 
     def control(self, method: str, path: str, body: bytes) -> Response:
-        """Serve ``/_emulator/*``: stats, seqs, records, generate, faults, script."""
+        """Serve ``/_emulator/*``: stats, seqs, records, generate, faults, script, poison, hostile."""
         name = path[len("/_emulator/") :].strip("/")
         try:
             payload = json.loads(body) if body else None
@@ -602,6 +688,13 @@ class Emulator:
                 _json({"delivered": self.delivered_seqs(), "acked": self.acked_seqs()}),
                 {"Content-Type": _JSON},
             )
+        if method == "GET" and name == "hostile":
+            hostile = self.hostile_records()
+            listing = [
+                {"seq": seq, "kind": kind, "text": raw.decode("utf-8")}
+                for seq, (kind, raw) in sorted(hostile.items())
+            ]
+            return Response(200, _json(listing), {"Content-Type": _JSON})
         if method == "GET" and name == "faults":
             with self._cond:
                 return Response(200, _json(self._faults), {"Content-Type": _JSON})
@@ -622,6 +715,11 @@ class Emulator:
                 if payload.pop("clear", False):
                     self.clear_faults()
                 return Response(200, _json(self.set_faults(**payload)), {"Content-Type": _JSON})
+            if name == "poison":
+                if not isinstance(payload, dict):
+                    return _error(400, 'expected a JSON object: {"rate": 0.1, "kinds": [...]}')
+                self.set_poison(float(payload.get("rate", 0.0)), payload.get("kinds"))
+                return Response(200, b"{}", {"Content-Type": _JSON})
             if name == "script":
                 if not isinstance(payload, dict):
                     return _error(400, "expected a JSON object")

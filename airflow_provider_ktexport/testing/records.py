@@ -315,3 +315,50 @@ class RecordGenerator:
             "duration": rng.randrange(60, 36_000),
             "received": iso_utc(ms + rng.randrange(100, 5000)),
         }
+
+
+# -- hostile records (the emulator's poison mode) ----------------------------------------------------
+
+#: Records that are valid JSON yet break a naive pipeline, one kind each (issue 11). Built as
+#: text, not with ``json.dumps``: Python cannot write ``1e400`` or a lone surrogate escape, and
+#: its encoder would recurse on the deep ones.
+HOSTILE_KINDS: tuple[str, ...] = (
+    "number_out_of_range",
+    "deep_list",
+    "deep_object",
+    "date_before_year_1",
+    "date_after_year_9999",
+    "lone_surrogate",
+)
+#: Nesting of the deep kinds: past msgspec's and Python's default recursion limits (1000) for
+#: the object, past a naive flattener's for the list.
+DEEP_LIST_LEVELS = 400
+DEEP_OBJECT_LEVELS = 1000
+
+
+def hostile_record(kind: str, seq: int) -> bytes:
+    """The exact JSON text of a hostile record of ``kind``, numbered ``seq`` (``emulator_seq``, last).
+
+    - ``number_out_of_range``: ``{"type":"telemetry","v":1e400}`` (no double holds it)
+    - ``deep_list``: a list nested ``DEEP_LIST_LEVELS`` deep
+    - ``deep_object``: an object nested ``DEEP_OBJECT_LEVELS`` deep
+    - ``date_before_year_1`` / ``date_after_year_9999``: an ``eventDate`` whose UTC instant falls
+      outside years 1-9999 (``0001-01-01T00:30:00+01:00``, ``9999-12-31T23:30:00-01:00``)
+    - ``lone_surrogate``: a string holding the escape ``\\ud800`` alone
+    """
+    if kind == "number_out_of_range":
+        body = b'"type":"telemetry","v":1e400'
+    elif kind == "deep_list":
+        body = b'"type":"telemetry","deep":' + b"[" * DEEP_LIST_LEVELS + b"1" + b"]" * DEEP_LIST_LEVELS
+    elif kind == "deep_object":
+        deep = b'{"a":' * DEEP_OBJECT_LEVELS + b"1" + b"}" * DEEP_OBJECT_LEVELS
+        body = b'"type":"telemetry","deep":' + deep
+    elif kind == "date_before_year_1":
+        body = b'"type":"event","eventDate":"0001-01-01T00:30:00+01:00","eventClass":"hostile"'
+    elif kind == "date_after_year_9999":
+        body = b'"type":"event","eventDate":"9999-12-31T23:30:00-01:00","eventClass":"hostile"'
+    elif kind == "lone_surrogate":
+        body = b'"type":"telemetry","name":"Truck \\ud800 lone"'
+    else:
+        raise ValueError(f"unknown hostile kind {kind!r}; known: {', '.join(HOSTILE_KINDS)}")
+    return b"{" + body + b',"emulator_seq":%d}' % seq

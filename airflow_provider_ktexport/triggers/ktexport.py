@@ -18,6 +18,7 @@ import asyncio
 import logging
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,8 +28,10 @@ from urllib.parse import quote
 import httpx
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
+from airflow_provider_ktexport._inflate import BodyTooLarge, CappedDecoder
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
+    KtExportBodyTooLargeError,
     KtExportConfigError,
     KtExportError,
     KtExportHTTPError,
@@ -44,14 +47,16 @@ from airflow_provider_ktexport.protocol import (
     auth_error,
     auth_parts,
     backoff_delay,
-    batch_id_in,
+    body_too_large_error,
     check_api_key,
     check_auth_location,
+    check_max_body_bytes,
     check_read_timeout,
+    classify_body,
+    guard_http_logs,
     has_cause,
     http_error,
     normalize_base_url,
-    read_envelope,
     redact,
     tls_error,
     transient_status_error,
@@ -114,6 +119,7 @@ class Probe:
 
 _CAUSES: tuple[tuple[type[KtExportError], str], ...] = (
     (KtExportAuthError, "auth"),
+    (KtExportBodyTooLargeError, "body_too_large"),
     (KtExportConfigError, "config"),
     (KtExportProtocolError, "protocol"),
     (KtExportHTTPError, "http"),
@@ -131,12 +137,15 @@ def error_event(exc: BaseException) -> dict[str, Any]:
     else:
         if isinstance(exc, AirflowNotFoundException):  # the connection id is not defined
             cause = "config"
-    return {
+    event = {
         "status": "error",
         "cause": cause,
         "status_code": getattr(exc, "status_code", None),
         "message": str(exc),
     }
+    if isinstance(exc, KtExportBodyTooLargeError):
+        event.update(limit=exc.limit, received=exc.received)
+    return event
 
 
 def error_from_event(event: Mapping[str, Any]) -> KtExportError:
@@ -146,6 +155,10 @@ def error_from_event(event: Mapping[str, Any]) -> KtExportError:
     cause = event.get("cause")
     if cause == "protocol":
         return KtExportProtocolError(message, body=b"")
+    if cause == "body_too_large":
+        return KtExportBodyTooLargeError(
+            message, limit=int(event.get("limit") or 0), received=int(event.get("received") or 0)
+        )
     kinds: dict[Any, type[KtExportError]] = {
         "auth": KtExportAuthError,
         "config": KtExportConfigError,
@@ -189,7 +202,7 @@ class AsyncProber:
     """One async HTTP client that long-polls the queue; use as ``async with``.
 
     :param settings: ``KtExportHook.client_settings()`` (base_url, api_key, auth_location, verify,
-        connect_timeout, read_timeout, long_poll_seconds)
+        connect_timeout, read_timeout, long_poll_seconds, max_body_bytes)
     :param lease_seconds: the server's lease, used for the lease end
     :param logger: where warnings go (the trigger's own logger)
     :param transport: an httpx transport to use instead of the network (tests)
@@ -212,6 +225,9 @@ class AsyncProber:
             float(settings.get("read_timeout") or self.long_poll_seconds + 30.0), self.long_poll_seconds
         )
         connect_timeout = float(settings.get("connect_timeout") or 10.0)
+        self.max_body_bytes = check_max_body_bytes(settings.get("max_body_bytes"))
+        if location == "query":
+            guard_http_logs()  # httpx logs each request's URL at INFO
         self.lease_seconds = float(lease_seconds)
         self.log = logger or log
         self._stream_url = self.base_url + STREAM_PATH
@@ -250,11 +266,17 @@ class AsyncProber:
         """
         failure: KtExportTransientError | None = None
         tls_failure: KtExportConfigError | None = None
+        too_large: BodyTooLarge | None = None
+        body = b""
         try:
             async with self._client.stream("GET", self._stream_url, params=self._params) as response:
                 # Headers are in: the lease clock has started.
                 headers_at = time.time()
-                body = await response.aread()
+                body = await self._read_capped(response)
+        except BodyTooLarge as exc:
+            too_large = exc
+        except zlib.error as exc:
+            failure = KtExportTransientError(f"GET {self._stream_url} sent a corrupt gzip body ({exc})")
         except httpx.TransportError as exc:
             if has_cause(exc, ssl.SSLCertVerificationError):
                 tls_failure = tls_error(self.base_url, self._safe(str(exc)), self.conn_label)
@@ -264,6 +286,15 @@ class AsyncProber:
                 failure = KtExportTransientError(
                     f"GET {self._stream_url} failed ({type(exc).__name__}: {self._safe(str(exc))})"
                 )
+        if too_large is not None:
+            raise body_too_large_error(
+                "GET",
+                self._stream_url,
+                limit=too_large.limit,
+                received=too_large.received,
+                wire_bytes=too_large.wire_bytes,
+                where=self.conn_label,
+            )
         if tls_failure is not None:
             raise tls_failure
         if failure is not None:
@@ -287,29 +318,44 @@ class AsyncProber:
             )
         return await self._classify(body, headers_at)
 
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The body with its gzip undone, stopped past ``max_body_bytes`` (raises BodyTooLarge)."""
+        if response.is_stream_consumed:
+            # A transport that read the body before handing it over (httpx.MockTransport does):
+            # it is in memory already, decoded; still refuse it past the limit.
+            decoder = CappedDecoder(None, self.max_body_bytes)
+            decoder.feed(response.content)
+            return decoder.finish()
+        try:
+            decoder = CappedDecoder(response.headers.get("content-encoding"), self.max_body_bytes)
+        except ValueError as exc:
+            raise zlib.error(str(exc)) from None
+        async for chunk in response.aiter_raw():
+            decoder.feed(chunk)
+        return decoder.finish()
+
     async def _classify(self, body: bytes, headers_at: float) -> Probe | None:
-        """Empty (no id; or an id with no items, acknowledged at once) or data."""
+        """Empty (no id; or an id with ``"items": []``, acknowledged at once) or data, by the same
+        envelope rules as the drain's client (:func:`~airflow_provider_ktexport.protocol.classify_body`)."""
         lease_end = headers_at + self.lease_seconds
-        if not body.strip():
-            return None
-        envelope = read_envelope(body)
-        if isinstance(envelope, str):
+        verdict = classify_body(body)
+        if verdict.kind == "problem":
             # Only a lease answers 200 (an empty queue answers 500): count it as data. The drain
             # meets the same body, keeps it in quarantine and reports it, instead of a sensor
-            # waiting forever on a batch it cannot read.
+            # waiting forever on a batch it cannot read. Never acknowledged here.
             self.log.warning(
                 "GET %s answered 200 but %s (%d bytes); counting it as data: the drain will quarantine it",
                 self._stream_url,
-                envelope,
+                verdict.problem,
                 len(body),
             )
-            return Probe(lease_end, None, batch_id_in(body))
-        batch_id = envelope.batch_id
-        if not batch_id:
+            return Probe(lease_end, None, verdict.batch_id)
+        if verdict.kind == "empty":
             return None  # the vendor's sample client reads a 200 without id as empty
-        if envelope.items:
-            return Probe(lease_end, len(envelope.items), batch_id)
-        await self._ack_empty(batch_id)
+        assert verdict.batch_id is not None  # an empty batch or data always has its id
+        if verdict.kind == "data":
+            return Probe(lease_end, len(verdict.items), verdict.batch_id)
+        await self._ack_empty(verdict.batch_id)
         return None
 
     async def _ack_empty(self, batch_id: str) -> None:

@@ -9,8 +9,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from airflow_provider_ktexport.client import Batch, KtExportClient
-from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportProtocolError
-from airflow_provider_ktexport.testing.emulator import Emulator
+from airflow_provider_ktexport.exceptions import (
+    KtExportAuthError,
+    KtExportBodyTooLargeError,
+    KtExportProtocolError,
+)
+from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, Emulator
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +181,50 @@ def _later(delay: float, action: Callable[[], object]) -> threading.Timer:
     timer = threading.Timer(delay, action)
     timer.start()
     return timer
+
+
+# -- hostile records, broken envelopes, huge bodies (issue 11) ------------------------------------
+
+
+def test_hostile_records_come_out_raw_and_exact_never_as_errors(emulator: Emulator) -> None:
+    # Every kind in every batch (poison=1): the client hands each record over byte for byte for
+    # the record level to keep or reject; the deep object and the lone surrogate no longer cost
+    # their batch (they used to be a RecursionError and a "truncated" quarantine).
+    emulator.set_poison(0.5)
+    emulator.generate(60)
+    raw_by_seq: dict[int, bytes] = {}
+    with make_client(emulator) as client:
+        while (batch := client.get_batch()) is not None:
+            for raw in batch.raw_items:
+                raw_by_seq[int(raw.rsplit(b'"emulator_seq":', 1)[1].rstrip(b"}"))] = raw
+            assert client.ack(batch.id) is True
+    hostile = emulator.hostile_records()
+    assert len(raw_by_seq) == 60 and {kind for kind, _ in hostile.values()} == set(HOSTILE_KINDS)
+    assert all(raw_by_seq[seq] == raw for seq, (_, raw) in hostile.items())
+    assert emulator.stats()["queued"] == 0
+
+
+@pytest.mark.parametrize("fault", ENVELOPE_FAULTS)
+def test_a_broken_envelope_is_a_protocol_error_and_never_acknowledged(emulator: Emulator, fault: str) -> None:
+    emulator.generate(30)  # three batches of 10, each served broken
+    emulator.set_faults(**{fault: 1.0})
+    with make_client(emulator) as client:
+        for _ in range(3):
+            with pytest.raises(KtExportProtocolError) as info:
+                client.get_batch()
+            assert info.value.batch_id and b'"items":[' not in info.value.body
+        stats = emulator.stats()
+    assert stats["broken_envelopes"] == 3 and stats["acked"] == 0 and stats["acked_broken_envelopes"] == 0
+
+
+def test_a_gzip_bomb_from_the_emulator_is_abandoned_not_kept(emulator: Emulator) -> None:
+    import gzip
+
+    bomb = gzip.compress(b'{"id":"$ID","items":[{"pad":"' + b"a" * (40 * 1024 * 1024) + b'"}]}', 9)
+    emulator.generate(3)
+    emulator.script(200, bomb, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, lease=True)
+    with make_client(emulator, max_body_bytes=4 * 1024 * 1024) as client:
+        with pytest.raises(KtExportBodyTooLargeError, match="max_body_bytes"):
+            client.get_batch()
+        stats = emulator.stats()
+    assert stats["leased"] == 1 and stats["acked"] == 0  # the lease is simply abandoned

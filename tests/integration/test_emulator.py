@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from airflow_provider_ktexport.testing import FAULT_NAMES, Emulator
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -456,7 +457,7 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow_provider_ktexport.testing.emulator", "--port", "0",
          "--port-file", str(port_file), "--records", "30", "--batch-size", "20", "--long-poll-seconds", "0.2",
-         "--fault-status-503", "0"],
+         "--fault-status-503", "0", "--poison", "0.5", "--poison-kinds", "deep_list,lone_surrogate"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
@@ -465,6 +466,8 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
         r = requests.get(url + "/v2/stream", headers={"x-access-token": "cli-key"}, timeout=T)
         assert r.status_code == 200 and len(r.json()["items"]) == 20
         assert requests.get(url + "/v2/stream", headers=HDR, timeout=T).status_code == 401
+        hostile = requests.get(url + "/_emulator/hostile", timeout=T).json()
+        assert hostile and {h["kind"] for h in hostile} <= {"deep_list", "lone_surrogate"}
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     finally:
@@ -473,6 +476,100 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert f"ktexport-emulator listening on {url}" in out.splitlines()
+
+
+# -- poison and envelope modes ---------------------------------------------------------------------
+
+
+def _split(body: bytes) -> tuple[str, list[bytes]]:
+    """The id and raw record texts of a served body, split without a JSON parser (some records
+    are deeper than Python's json can read)."""
+    from airflow_provider_ktexport._jsonscan import scan  # the reader's splitter, not the emulator's
+
+    found = scan(body)
+    assert found.error is None and found.items is not None, found.error
+    return json.loads(dict(found.keys)["id"]), found.items
+
+
+def test_poison_mode_serves_each_hostile_kind_and_knows_their_exact_bytes() -> None:
+    with Emulator(batch_size=100, long_poll_seconds=0.1, seed=3, poison=0.2) as e:
+        ordinary = e.generate(120)
+        e.feed(80)  # the lazy path is poisoned too
+        served: dict[int, bytes] = {}
+        while (r := _get(e)).status_code == 200:
+            batch_id, items = _split(r.content)
+            for raw in items:
+                seq = int(raw.rsplit(b'"emulator_seq":', 1)[1].rstrip(b"}"))
+                served[seq] = raw
+            _ack(e, batch_id)
+        hostile = e.hostile_records()
+        listing = requests.get(e.url + "/_emulator/hostile", timeout=T).json()
+        stats = e.stats()
+    assert sorted(served) == list(range(1, 201))
+    assert 20 <= len(hostile) <= 60 and stats["hostile"] == len(hostile)  # ~20 % of 200
+    assert {kind for kind, _ in hostile.values()} == set(HOSTILE_KINDS)
+    for seq, (_, raw) in hostile.items():
+        assert served[seq] == raw  # exactly the bytes that went out
+    assert {r["emulator_seq"] for r in ordinary}.isdisjoint(hostile)  # generate returns the ordinary ones
+    assert [(h["seq"], h["kind"], h["text"].encode()) for h in listing] == [
+        (seq, kind, raw) for seq, (kind, raw) in sorted(hostile.items())
+    ]
+    texts = b"".join(raw for _, raw in hostile.values())
+    for marker in (b"1e400", b"[" * 400, b'{"a":' * 1000, b"0001-01-01T00:30:00+01:00",
+                   b"9999-12-31T23:30:00-01:00", b"\\ud800"):  # fmt: skip
+        assert marker in texts, marker
+
+
+def test_poison_choice_is_a_function_of_seed_and_seq() -> None:
+    def hostile_seqs(seed: int) -> list[int]:
+        e = Emulator(seed=seed, poison=0.3)
+        e.generate(100)
+        return sorted(e.hostile_records())
+
+    assert hostile_seqs(5) == hostile_seqs(5) != hostile_seqs(6)
+    assert Emulator(poison=0.0).generate(10) and Emulator(poison=0.0).hostile_records() == {}
+    with pytest.raises(ValueError, match="unknown hostile kind"):
+        Emulator(poison=0.1, poison_kinds=["nope"])
+    with pytest.raises(ValueError, match="within 0..1"):
+        Emulator(poison=1.5)
+
+
+@pytest.mark.parametrize(
+    ("fault", "shape"),
+    [("items_missing", b'{"id":"%s"}'), ("items_null", b'{"id":"%s","items":null}'), ("items_renamed", None)],
+)
+def test_envelope_faults_lease_a_batch_without_readable_items(
+    emu: Emulator, fault: str, shape: bytes | None
+) -> None:
+    emu.generate(5)
+    emu.set_faults(**{fault: 1.0})
+    r = _get(emu)
+    assert r.status_code == 200
+    body = r.json()
+    if shape is not None:
+        assert r.content == shape % body["id"].encode()
+    else:
+        assert set(body) == {"id", "records"} and [i["emulator_seq"] for i in body["records"]] == [
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]
+    stats = emu.stats()
+    assert (stats["leased"], stats["broken_envelopes"], stats["faults"][fault]) == (1, 1, 1)
+    emu.set_faults(**{fault: 0.0})
+    _wait_for(lambda: emu.stats()["leased"] == 0)  # never acked: the records come back
+    assert sorted(_seqs(_get(emu))) == [1, 2, 3, 4, 5]
+    assert emu.stats()["acked_broken_envelopes"] == 0
+
+
+def test_acking_a_broken_envelope_is_counted(emu: Emulator) -> None:
+    emu.generate(3)
+    emu.set_faults(items_missing=1.0)
+    batch_id = _get(emu).json()["id"]
+    assert _ack(emu, batch_id).status_code == 200
+    assert emu.stats()["acked_broken_envelopes"] == 1  # what a test asserts stays 0 for a client
 
 
 def test_distinct_pool_reuses_content_with_unique_seqs() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -25,6 +25,7 @@ from airflow_provider_ktexport import __version__
 from airflow_provider_ktexport.client import Batch, KtExportClient
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
+    KtExportBodyTooLargeError,
     KtExportConfigError,
     KtExportError,
     KtExportHTTPError,
@@ -270,9 +271,7 @@ def test_query_auth(stub: Stub) -> None:
 
 
 def test_batch_keeps_each_record_raw(stub: Stub, client: KtExportClient) -> None:
-    body = (
-        b'{"id": "abc", "items": [ {"type":"telemetry","v":1} , {"type":"trip","u":"\\u00e9"}], "extra": 1}'
-    )
+    body = b'{"id": "abc", "items": [ {"type":"telemetry","v":1} , {"type":"trip","u":"\\u00e9"}]}'
     stub.add(Reply(200, body))
     before = time.monotonic()
     batch = client.get_batch()
@@ -346,12 +345,131 @@ def test_200_without_id_is_empty(stub: Stub, client: KtExportClient, body: objec
     assert stub.hits("DELETE") == 0
 
 
-@pytest.mark.parametrize("body", [{"id": "empty-1", "items": []}, {"id": "empty-1"}])
-def test_id_without_items_is_acked_at_once(stub: Stub, client: KtExportClient, body: dict) -> None:
-    stub.add(Reply(200, body), Reply(200))
+def test_id_with_empty_items_is_acked_at_once(stub: Stub, client: KtExportClient) -> None:
+    stub.add(Reply(200, {"id": "empty-1", "items": []}), Reply(200))
     assert client.get_batch() is None
     deletes = [s for s in stub.seen if s.method == "DELETE"]
     assert [s.path for s in deletes] == ["/v2/stream/empty-1"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "x-1"},
+        {"id": "x-1", "items": None},
+        {"id": "x-1", "records": [{"a": 1}]},
+        {"id": "x-1", "items": [], "cursor": "c"},
+        {"id": "x-1", "items": [{"a": 1}], "more": True},
+        {"id": "x-1", "items": "[]"},
+    ],
+    ids=["missing", "null", "renamed", "unknown-key-empty", "unknown-key-data", "string"],
+)
+def test_a_changed_envelope_is_never_acknowledged(stub: Stub, client: KtExportClient, body: dict) -> None:
+    # A changed API must not make us delete what we did not read: quarantine, never DELETE.
+    stub.add(Reply(200, body))
+    with pytest.raises(KtExportProtocolError, match="not acknowledged|not a batch object") as info:
+        client.get_batch()
+    assert info.value.batch_id == "x-1"
+    assert stub.hits("DELETE") == 0
+
+
+@pytest.mark.parametrize("batch_id", ["..", ".", "a/b", "a?b", "a#b", "a b", "a\nb", "a\\b", ""])
+def test_an_id_unfit_for_a_delete_is_a_protocol_problem(
+    stub: Stub, client: KtExportClient, batch_id: str
+) -> None:
+    stub.add(Reply(200, {"id": batch_id, "items": []}), Reply(200, {"id": batch_id, "items": [{"a": 1}]}))
+    for _ in range(2):
+        with pytest.raises(KtExportProtocolError, match="cannot be used in a DELETE") as info:
+            client.get_batch()
+        assert info.value.batch_id is None  # so nothing downstream acknowledges it either
+    assert stub.hits("DELETE") == 0
+
+
+@pytest.mark.parametrize("batch_id", ["..", ".", "a/b", "a?x=1", "a#b", "a b", "a\tb", "a\x00"])
+def test_ack_refuses_an_id_unfit_for_a_delete_without_sending(
+    stub: Stub, client: KtExportClient, batch_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.ack(batch_id) is False
+    assert stub.hits() == 0
+    assert "never used in a DELETE" in caplog.text
+
+
+def test_redact_body_masks_the_clients_own_key(client: KtExportClient) -> None:
+    body = (
+        b'{"echo":"https://x/v2/stream?token='
+        + quote(KEY, safe="").encode()
+        + b'","k":"'
+        + KEY.encode()
+        + b'"}'
+    )
+    masked = client.redact_body(body)
+    assert KEY.encode() not in masked and quote(KEY, safe="").encode() not in masked
+    assert masked == b'{"echo":"https://x/v2/stream?token=***","k":"***"}'
+
+
+def test_a_deep_record_comes_out_raw_with_the_others(stub: Stub, client: KtExportClient) -> None:
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    stub.add(Reply(200, b'{"id":"deep-1","items":[{"n":1},' + deep + b"]}"))
+    batch = client.get_batch()
+    assert batch is not None and batch.raw_items == [b'{"n":1}', deep]
+
+
+# ---------------------------------------------------------------------------- body size
+
+
+def _gzip_bomb(decoded: int) -> bytes:
+    """A gzip stream of ``decoded`` bytes of JSON-ish text, streamed so the test never holds it."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    head = b'{"id":"big-1","items":[{"pad":"'
+    tail = b'"}]}'
+    block = b"a" * (1 << 20)
+    parts = [packer.compress(head)]
+    for _ in range((decoded - len(head) - len(tail)) // len(block)):
+        parts.append(packer.compress(block))
+    parts.append(packer.compress(tail))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def test_a_body_past_max_body_bytes_is_abandoned_in_bounded_memory(stub: Stub) -> None:
+    import tracemalloc
+
+    bomb = _gzip_bomb(300 * 1024 * 1024)
+    assert len(bomb) < 400_000  # ~305 KB on the wire
+    limit = 16 * 1024 * 1024
+    stub.add(Reply(200, b"x", raw_gzip=bomb))
+    with make_client(stub.url, max_body_bytes=limit) as c:
+        tracemalloc.start()
+        try:
+            with pytest.raises(KtExportBodyTooLargeError) as info:
+                c.get_batch()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    err = info.value
+    assert not err.retryable and not isinstance(err, KtExportProtocolError)  # never quarantined
+    assert err.limit == limit and err.received > limit
+    assert str(limit) in str(err) and "max_body_bytes" in str(err) and "abandoned" in str(err)
+    assert peak < 3 * limit, f"peak {peak / 2**20:.0f} MiB for a {limit / 2**20:.0f} MiB limit"
+    assert stub.hits() == 1 and stub.hits("DELETE") == 0  # not retried, nothing acknowledged
+
+
+def test_a_body_just_under_max_body_bytes_is_read(stub: Stub) -> None:
+    body = json.dumps({"id": "b-1", "items": [{"pad": "a" * 5000}]}).encode()
+    stub.add(Reply(200, body), Reply(200, body))
+    with make_client(stub.url, max_body_bytes=len(body)) as c:
+        batch = c.get_batch()
+    assert batch is not None and batch.body_size == len(body)
+    with make_client(stub.url, max_body_bytes=len(body) - 1) as c, pytest.raises(KtExportBodyTooLargeError):
+        c.get_batch()
+
+
+@pytest.mark.parametrize("value", [0, 1023, -1, 1.5, "64", True])
+def test_max_body_bytes_is_checked(value: object) -> None:
+    with pytest.raises(KtExportConfigError, match="max_body_bytes"):
+        make_client("http://127.0.0.1:1", max_body_bytes=value)
 
 
 # ---------------------------------------------------------------------------- ack / check
@@ -359,9 +477,9 @@ def test_id_without_items_is_acked_at_once(stub: Stub, client: KtExportClient, b
 
 def test_ack_true_on_2xx_and_quotes_id(stub: Stub, client: KtExportClient) -> None:
     stub.add(Reply(200), Reply(204))
-    assert client.ack("a/b c") is True
+    assert client.ack("a:b%c") is True  # still quoted: '%' must not read as an escape
     assert client.ack("plain") is True
-    assert stub.seen[0].path == "/v2/stream/a%2Fb%20c"
+    assert stub.seen[0].path == "/v2/stream/a%3Ab%25c"
     assert stub.seen[0].headers["x-access-token"] == KEY
 
 
@@ -499,9 +617,21 @@ def test_connection_refused_is_transient() -> None:
         (b'{"id": "p-3", "items": {"a": 1}}', "p-3", "not a batch object"),
         (b'{"id": "p-4", "items": [{"a": 1}, 7]}', "p-4", "item 1"),
         (b'{"id": "p-5", "items": [[1]]}', "p-5", "item 0"),
-        (b'[{"id": "p-6"}]', "p-6", "not a batch object"),
+        (b'[{"id": "p-6"}]', None, "not a batch object"),  # a record's id is never the batch's
+        (b'{"items": [{"id": "r-7"}, {"a": 1}], "id": "p-7', None, "not valid JSON"),
+        (b'{"items": [{"id": "r-8"}], "id": "p-8", "it', "p-8", "not valid JSON"),
     ],
-    ids=["truncated", "html", "utf8", "items-object", "item-int", "item-list", "body-list"],
+    ids=[
+        "truncated",
+        "html",
+        "utf8",
+        "items-object",
+        "item-int",
+        "item-list",
+        "body-list",
+        "cut-in-id",
+        "cut-after-id",
+    ],
 )
 def test_protocol_errors_keep_body_and_id(
     stub: Stub, client: KtExportClient, body: bytes, batch_id: str | None, fragment: str
@@ -513,6 +643,18 @@ def test_protocol_errors_keep_body_and_id(
     assert info.value.batch_id == batch_id
     assert not info.value.retryable
     assert stub.hits() == 1  # not retried: the lease must come back, the body goes to quarantine
+
+
+@pytest.mark.parametrize("auth_location", ["header", "query"])
+def test_a_body_kept_for_quarantine_holds_no_key(stub: Stub, auth_location: str) -> None:
+    # A proxy's error page that echoes the request URL, answered with 200.
+    page = f"<html>upstream failed for /v2/stream?token={quote(KEY, safe='')} (key {KEY})</html>".encode()
+    stub.add(Reply(200, page))
+    with make_client(stub.url, auth_location) as c, pytest.raises(KtExportProtocolError) as info:
+        c.get_batch()
+    body = info.value.body
+    assert KEY.encode() not in body and quote(KEY, safe="").encode() not in body
+    assert body == b"<html>upstream failed for /v2/stream?token=*** (key ***)</html>"
 
 
 # ---------------------------------------------------------------------------- deadline

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from airflow_provider_ktexport.testing.records import KNOWN_TYPES, UNKNOWN_TYPES, RecordGenerator, iso_utc
 
 
@@ -102,3 +104,27 @@ def test_returned_records_do_not_share_nested_objects() -> None:
     a["owner"]["name"] = "changed"
     assert gen.record(2)["owner"]["name"] != "changed"
     assert b["owner"]["name"] != "changed"
+
+
+# -- hostile records ---------------------------------------------------------------------------------
+
+
+def test_each_hostile_kind_is_the_documented_text() -> None:
+    import math
+
+    from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, hostile_record
+
+    texts = {kind: hostile_record(kind, 42) for kind in HOSTILE_KINDS}
+    assert all(t.startswith(b'{"type":"') and t.endswith(b',"emulator_seq":42}') for t in texts.values())
+    assert math.isinf(json.loads(texts["number_out_of_range"])["v"])  # no double holds 1e400
+    deep_list = json.loads(texts["deep_list"])["deep"]
+    depth = 0
+    while isinstance(deep_list, list):
+        deep_list, depth = deep_list[0], depth + 1
+    assert depth == 400
+    assert texts["deep_object"].count(b'{"a":') == 1000
+    assert json.loads(texts["date_before_year_1"])["eventDate"] == "0001-01-01T00:30:00+01:00"
+    assert json.loads(texts["date_after_year_9999"])["eventDate"] == "9999-12-31T23:30:00-01:00"
+    assert json.loads(texts["lone_surrogate"])["name"] == "Truck \ud800 lone"
+    with pytest.raises(ValueError, match="unknown hostile kind"):
+        hostile_record("nope", 1)

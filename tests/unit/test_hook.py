@@ -103,6 +103,7 @@ def test_client_built_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
             "read_timeout": 50,
             "long_poll_seconds": "20",
             "max_retries": "2",
+            "max_body_bytes": "1048576",
         },
     )
     hook = KtExportHook()
@@ -114,6 +115,8 @@ def test_client_built_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.verify is False
     assert (client.connect_timeout, client.read_timeout, client.long_poll_seconds) == (3.0, 50.0, 20.0)
     assert client.max_retries == 2
+    assert client.max_body_bytes == 1048576
+    assert hook.client_settings()["max_body_bytes"] == 1048576  # what the trigger reads too
     hook.close()
 
 
@@ -225,6 +228,16 @@ def test_test_connection_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     ok, message = KtExportHook(max_retries=0, backoff_base=0.0).test_connection()
     assert not ok and "connection failed" in message
     assert key not in message
+
+
+@pytest.mark.parametrize("pasted", ["key-part-one\nkey-part-two", "key-part-one key-part-two"])
+def test_test_connection_refuses_a_key_with_whitespace_naming_the_connection_not_the_key(
+    monkeypatch: pytest.MonkeyPatch, pasted: str
+) -> None:
+    set_conn(monkeypatch, host="export.us1.kt1.io", password=pasted)
+    ok, message = KtExportHook().test_connection()
+    assert not ok and "'ktexport_default'" in message and "whitespace" in message
+    assert "key-part" not in message
 
 
 def test_test_connection_bad_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.protocol import (
+    HTTP_LOGGERS,
+    BatchBody,
     Envelope,
+    RedactTokenFilter,
     auth_error,
     auth_parts,
     backoff_delay,
-    batch_id_in,
     check_api_key,
     check_auth_location,
     check_read_timeout,
+    classify_body,
+    envelope_id,
+    guard_http_logs,
     http_error,
+    is_ackable_id,
     normalize_base_url,
     parse_retry_after,
     read_envelope,
     redact,
+    redact_bytes,
     transient_status_error,
 )
 
@@ -82,6 +90,13 @@ def test_a_missing_key_is_refused_naming_the_connection(value: object) -> None:
     assert check_api_key(f"  {SECRET} ", "c") == SECRET
 
 
+@pytest.mark.parametrize("key", ["abc def", "abc\tdef", "abc\ndef", "abc\x00def", "abc\x7fdef", "ab\u2028c"])
+def test_a_key_holding_whitespace_or_control_characters_is_refused_without_showing_it(key: str) -> None:
+    with pytest.raises(KtExportConfigError, match="connection 'kt' holds whitespace") as info:
+        check_api_key(f" {key} ", "connection 'kt'")
+    assert "abc" not in str(info.value) and "def" not in str(info.value)
+
+
 def test_the_key_goes_in_the_header_or_the_query_never_both() -> None:
     assert auth_parts(SECRET, "header") == ({"x-access-token": SECRET}, None)
     assert auth_parts(SECRET, "query") == ({}, {"token": SECRET})
@@ -105,6 +120,36 @@ def test_redact_masks_raw_and_encoded_forms() -> None:
 
 
 # -- retries -------------------------------------------------------------------------------------------
+
+
+def test_redact_bytes_masks_the_key_in_every_form_a_body_can_hold_it() -> None:
+    from urllib.parse import quote, quote_plus
+
+    body = (
+        b'{"raw":"' + SECRET.encode() + b'","pct":"' + quote(SECRET, safe="").encode() + b'","plus":"'
+        + quote_plus(SECRET).encode() + b'","json":"' + SECRET.replace("/", "\\/").encode()
+        + b'","url":"https://proxy/x?a=1&token=other-key&b=2","upper":"/p?TOKEN=zz"}'
+    )  # fmt: skip
+    masked = redact_bytes(body, SECRET)
+    for form in (SECRET, quote(SECRET, safe=""), quote_plus(SECRET), "other-key", "zz", "Sup3r"):
+        assert form.encode() not in masked, form
+    assert b"&b=2" in masked and b"token=***" in masked and b'"raw":"***"' in masked
+    assert redact_bytes(b'{"a":1}', SECRET) == b'{"a":1}'  # nothing to mask: bytes unchanged
+    assert redact_bytes(b"?token=abc", None) == b"?token=***"
+
+
+@pytest.mark.parametrize("logger", HTTP_LOGGERS)
+def test_http_library_log_lines_have_token_values_masked(
+    logger: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard_http_logs()
+    guard_http_logs()  # twice: installed once
+    caplog.set_level(logging.DEBUG, logger=logger)  # Airflow's logging config may quiet httpx
+    logging.getLogger(logger).debug(
+        'HTTP Request: GET %s "HTTP/1.1 200 OK"', f"https://x/v2/stream?token={SECRET}"
+    )
+    assert SECRET not in caplog.text and "token=***" in caplog.text
+    assert sum(isinstance(f, RedactTokenFilter) for f in logging.getLogger(logger).filters) == 1
 
 
 def test_backoff_honours_retry_after_up_to_the_cap() -> None:
@@ -153,10 +198,109 @@ def test_a_batch_body_keeps_each_record_raw() -> None:
         (b'{"id":"b-1","items":["\xff"]}', "not valid UTF-8"),
     ],
 )
-def test_a_bad_body_is_described_and_its_id_still_found(body: bytes, problem: str) -> None:
+def test_a_bad_body_is_described(body: bytes, problem: str) -> None:
     found = read_envelope(body)
     assert isinstance(found, str) and problem in found
-    assert batch_id_in(body) == "b-1"
+
+
+def _deep(depth: int, open_: bytes = b'{"a":', close: bytes = b"}") -> bytes:
+    return open_ * depth + b"1" + close * depth
+
+
+def test_a_deep_record_never_makes_read_envelope_raise_and_the_others_come_out_raw() -> None:
+    for depth in (1000, 100_000):
+        deep = _deep(depth)
+        body = b'{"id":"b-9","items":[{"n":1},' + deep + b',{"n":2}]}'
+        found = read_envelope(body)
+        assert isinstance(found, Envelope), found
+        assert found.batch_id == "b-9"
+        assert [bytes(r) for r in found.items or ()] == [b'{"n":1}', deep, b'{"n":2}']
+
+
+def test_a_lone_surrogate_in_one_record_does_not_cost_the_batch() -> None:
+    body = b'{"id":"b-3","items":[{"s":"\\ud800"}, {"v":1e400},{"n":2}]}'
+    found = read_envelope(body)
+    assert isinstance(found, Envelope), found
+    assert [bytes(r) for r in found.items or ()] == [b'{"s":"\\ud800"}', b'{"v":1e400}', b'{"n":2}']
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"b-1","items":[' + _deep(5000),  # cut inside the deep record
+        b'{"id":"b-1","items":[' + _deep(5000) + b"]",  # the outer object never closes
+        b'{"id":"b-1","items":[' + _deep(5000) + b"]}}",  # text after the end
+        b'{"id":"b-1" "items":[' + _deep(5000) + b"]}",  # a comma missing at the top
+        b'{"id":"b-1","items":[' + _deep(5000) + b",]}",  # an element missing
+    ],
+    ids=["cut", "unclosed", "trailing", "no-comma", "empty-element"],
+)
+def test_a_broken_envelope_around_a_deep_record_is_still_a_problem(body: bytes) -> None:
+    found = read_envelope(body)
+    assert isinstance(found, str) and "not valid JSON" in found
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"id":"b-1","items":[{"id":"r-1"}]}', "b-1"),
+        (b'{"items":[{"id":"r-1"}],"id":"b-1"}', "b-1"),
+        (b'{"items":[{"id":"r-1"}],"id":"b-1"', "b-1"),  # cut after the id: still provably top-level
+        (b'{"items":[{"id":"r-1"}],"id":"b-', None),
+        (b'{"items":[{"id":"r-1"},{"id":"r-2"', None),  # only records' ids before the cut
+        (b'{"items":[{"a":"\\"id\\":\\"r-3\\""}', None),  # an id inside a string
+        (b'{"id":"b-2","items":[{"id":"r-1"', "b-2"),
+        (b'{"id": 7, "items": [', "7"),
+        (b'[{"id":"r-1"}]', None),  # not an object: nothing in it is an envelope id
+        (b"<html>id</html>", None),
+        (b'{"id":"b-1","items":[{"a":"\xff"}]}', "b-1"),  # invalid UTF-8 in a record
+    ],
+)
+def test_envelope_id_is_the_envelopes_own_never_a_records(body: bytes, expected: str | None) -> None:
+    assert envelope_id(body) == expected
+
+
+@pytest.mark.parametrize("good", ["b-1", "0f3a9c", "a.b", "x:y", "%2F", "ünï"])
+def test_ordinary_ids_are_ackable(good: str) -> None:
+    assert is_ackable_id(good)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", ".", "..", "a/b", "a\\b", "a?b", "a#b", "a b", "a\tb", "a\nb", "a\x00", "a\x85", 7, None]
+)
+def test_ids_that_could_change_the_delete_are_not_ackable(bad: object) -> None:
+    assert not is_ackable_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "batch_id"),
+    [
+        (b"", "empty", None),
+        (b"{}", "empty", None),
+        (b'{"id":null,"items":[]}', "empty", None),
+        (b'{"items":[{"a":1}]}', "empty", None),
+        (b'{"error":"x"}', "empty", None),
+        (b'{"id":"e-1","items":[]}', "empty_batch", "e-1"),
+        (b'{"id":"d-1","items":[{"a":1}]}', "data", "d-1"),
+        (b'{"id":"m-1"}', "problem", "m-1"),
+        (b'{"id":"n-1","items":null}', "problem", "n-1"),
+        (b'{"id":"r-1","records":[{"a":1}]}', "problem", "r-1"),
+        (b'{"id":"u-1","items":[],"next":"x"}', "problem", "u-1"),
+        (b'{"id":"o-1","items":{"a":1}}', "problem", "o-1"),
+        (b'{"id":"s-1","items":"x"}', "problem", "s-1"),
+        (b'{"id":"..","items":[]}', "problem", None),
+        (b'{"id":"a/b","items":[{"a":1}]}', "problem", None),
+        (b'{"id":"","items":[{"a":1}]}', "problem", None),
+        (b'{"id":"t-1","items":[', "problem", "t-1"),
+        (b'{"id":"i-1","items":[{"a":1},7]}', "problem", "i-1"),
+    ],
+)
+def test_envelope_rules(body: bytes, kind: str, batch_id: str | None) -> None:
+    verdict = classify_body(body)
+    assert isinstance(verdict, BatchBody)
+    assert (verdict.kind, verdict.batch_id) == (kind, batch_id), verdict
+    assert bool(verdict.problem) == (kind == "problem")
+    assert bool(verdict.items) == (kind == "data")
 
 
 # -- errors with advice --------------------------------------------------------------------------------

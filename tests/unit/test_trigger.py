@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
+    KtExportBodyTooLargeError,
     KtExportConfigError,
     KtExportError,
     KtExportHTTPError,
@@ -119,10 +120,51 @@ def test_key_goes_in_the_header_by_default_and_in_the_query_when_asked():
 
 
 def test_an_id_with_no_items_is_acknowledged_and_counts_as_empty():
-    script = Script(httpx.Response(200, json={"id": "empty/1", "items": []}), batch(2, "real"))
+    script = Script(httpx.Response(200, json={"id": "empty:1", "items": []}), batch(2, "real"))
     found = asyncio.run(wait(script))
     assert found is not None and found.batch_id == "real"
-    assert [r.url.raw_path for r in script.deletes] == [b"/v2/stream/empty%2F1"]
+    assert [r.url.raw_path for r in script.deletes] == [b"/v2/stream/empty%3A1"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "x-1"},
+        {"id": "x-1", "items": None},
+        {"id": "x-1", "records": [{"a": 1}]},
+        {"id": "x-1", "items": [], "cursor": "c"},
+        {"id": "../x", "items": []},
+    ],
+    ids=["missing", "null", "renamed", "unknown-key", "unfit-id"],
+)
+def test_a_changed_envelope_is_data_for_the_drain_and_never_acknowledged(body):
+    # The same rules as the client (protocol.classify_body): the drain quarantines it.
+    script = Script(httpx.Response(200, json=body))
+    found = asyncio.run(wait(script))
+    assert found is not None and found.record_count is None
+    assert found.batch_id == ("x-1" if body["id"] == "x-1" else None)
+    assert script.deletes == []
+
+
+def test_a_deep_record_is_counted_not_raised():
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    script = Script(httpx.Response(200, content=b'{"id":"d-1","items":[{"n":1},' + deep + b"]}"))
+    found = asyncio.run(wait(script))
+    assert found is not None and found.record_count == 2 and found.batch_id == "d-1"
+
+
+def test_a_body_past_max_body_bytes_is_an_error_event_not_data():
+    import gzip
+
+    body = gzip.compress(b'{"id":"big","items":[{"p":"' + b"a" * 200_000 + b'"}]}')
+    script = Script(httpx.Response(200, content=body, headers={"content-encoding": "gzip"}))
+    with pytest.raises(KtExportBodyTooLargeError) as info:
+        asyncio.run(wait(script, max_body_bytes=100_000))
+    assert info.value.limit == 100_000 and "max_body_bytes" in str(info.value)
+    event = error_event(info.value)
+    assert event["cause"] == "body_too_large"
+    rebuilt = error_from_event(event)
+    assert isinstance(rebuilt, KtExportBodyTooLargeError) and rebuilt.limit == 100_000
 
 
 def test_an_undecodable_200_counts_as_data_for_the_drain_to_quarantine():

@@ -1,0 +1,116 @@
+"""The fetchers' hand-off (fetcher.py): bounded by batch count and by body bytes, and never stuck."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from airflow_provider_ktexport import fetcher as fetcher_module
+from airflow_provider_ktexport.fetcher import Fetcher, HandoffQueue
+
+
+@dataclass
+class FakeBatch:
+    id: str
+    body_size: int
+
+
+class EndlessSource:
+    """A queue that always has a batch of ``size`` bytes; counts the leases (GETs) taken."""
+
+    long_poll_seconds = 1.0
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.leased = 0
+        self.lock = threading.Lock()
+
+    def get_batch(self, *, deadline: float | None = None) -> FakeBatch:
+        with self.lock:
+            self.leased += 1
+            return FakeBatch(f"b-{self.leased}", self.size)
+
+    def ack(self, batch_id: str) -> bool:
+        return True
+
+
+def _settle(source: EndlessSource, seconds: float = 0.6) -> int:
+    """Wait until the lease count stops moving; return it."""
+    last = -1
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        time.sleep(seconds)
+        if source.leased == last:
+            return last
+        last = source.leased
+    return last
+
+
+@pytest.fixture
+def small_budget(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(fetcher_module, "HANDOFF_BYTES", 1000)
+    return 1000
+
+
+def test_the_hand_off_holds_no_more_bytes_than_its_budget(small_budget: int) -> None:
+    source = EndlessSource(size=300)
+    f = Fetcher(source, 4, time.monotonic() + 30, keep_polling=lambda: True)
+    f.start()
+    try:
+        leased = _settle(source)
+        # 3 x 300 fit in 1000, a 4th does not: the fetchers that leased more wait with it.
+        assert f.results.qsize() == 3 and f.results.bytes == 900
+        assert leased <= 3 + 4  # what is held + at most one lease per waiting fetcher
+        f.results.get_nowait()  # the drain takes one: room for exactly one more
+        time.sleep(0.5)
+        assert f.results.qsize() == 3 and f.results.bytes == 900
+    finally:
+        f.abandon()
+    end = time.monotonic() + 2
+    while f.alive() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not f.alive()
+
+
+def test_a_spent_budget_stops_new_leases_and_stop_wakes_the_waiters(
+    small_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetcher_module, "_WAIT_STEP", 10.0)  # only abandon()'s wake can end a wait soon
+    source = EndlessSource(size=600)  # two never fit: one batch is held, the budget is spent
+    f = Fetcher(source, 3, time.monotonic() + 30, keep_polling=lambda: True)
+    f.start()
+    try:
+        leased = _settle(source)
+        assert f.results.qsize() == 1
+        # Only fetchers that leased before the budget was spent hold a batch; none leases again.
+        assert leased <= 1 + 3
+        assert _settle(source) == leased
+    finally:
+        started = time.monotonic()
+        f.abandon()
+        while f.alive() and time.monotonic() - started < 2:
+            time.sleep(0.01)
+    assert not f.alive()
+    assert time.monotonic() - started < 1.0  # woken, not left to a long wait
+
+
+def test_one_batch_larger_than_the_budget_still_passes(small_budget: int) -> None:
+    q = HandoffQueue(maxsize=8, max_bytes=small_budget)
+    q.put(("batch", FakeBatch("huge", 5000)), timeout=0.1)
+    with pytest.raises(queue.Full):
+        q.put(("batch", FakeBatch("next", 1)), timeout=0.1)
+    q.put(("error", RuntimeError("x")), timeout=0.1)  # an error weighs nothing: never held back
+    assert q.get_nowait()[1].id == "huge" and q.bytes == 0
+    q.put(("batch", FakeBatch("next", 1)), timeout=0.1)
+
+
+def test_the_count_bound_still_holds() -> None:
+    q = HandoffQueue(maxsize=2, max_bytes=10**9)
+    q.put(("empty", None), timeout=0.1)
+    q.put(("empty", None), timeout=0.1)
+    with pytest.raises(queue.Full):
+        q.put(("empty", None), timeout=0.1)
