@@ -624,7 +624,7 @@ class Drain:
         share = len(rejects) / records
         self.log.warning(
             "%d of %d records could not be rows (%s) and were kept with their exact text in the rejects "
-            "table %s/; their batches were acknowledged. Read them with read_lake(..., rejected=True).",
+            "table %s/; their batches were acknowledged. Read them with read_rejects().",
             len(rejects),
             records,
             ", ".join(f"{n} {k}" for k, n in kinds.most_common()),

@@ -119,6 +119,16 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _as_record(entry: _Entry) -> dict[str, Any]:
+    """The record ``on_ack`` sees; a hostile one Python cannot decode (nested past its recursion
+    limit) as ``{"emulator_seq": seq, "_raw": text}``, so a hook can still tell which it is."""
+    try:
+        record = json.loads(entry.raw)
+    except (ValueError, RecursionError):
+        return {"emulator_seq": entry.seq, "_raw": entry.raw.decode("utf-8", "replace")}
+    return record if isinstance(record, dict) else {"emulator_seq": entry.seq, "_raw": entry.raw.decode()}
+
+
 def _error(status: int, message: str, **headers: str) -> Response:
     return Response(status, _json({"error": message}), {"Content-Type": _JSON, **headers})
 
@@ -593,7 +603,7 @@ class Emulator:
             entries = lease.entries
         if self.on_ack is not None:
             try:
-                self.on_ack(batch_id, [json.loads(e.raw) for e in entries])
+                self.on_ack(batch_id, [_as_record(e) for e in entries])
             except Exception as exc:  # the veto: a test asserting the lake refused this ack
                 log.info("on_ack vetoed batch %s: %r", batch_id, exc)
                 with self._cond:

@@ -1,0 +1,149 @@
+"""Hostile records and broken envelopes from the emulator, through the Drain and `airflow dags test`.
+
+Each hostile kind (valid JSON that cannot be a row) must end in the rejects table with its exact
+text while every ordinary record lands once, the queue ends empty and no DELETE comes before both
+tables hold the batch. Batches served with an id but no readable items must never be acknowledged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from airflow_provider_ktexport.client import KtExportClient
+from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.lake.rejects import read_rejects
+from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.testing.emulator import Emulator
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
+from tests.integration.conftest import ktexport_conn
+
+pytestmark = pytest.mark.integration
+
+_duck = threading.Lock()
+
+
+def landed_seqs(lake: Path) -> list[int]:
+    if not list(lake.glob("record_type=*/**/*.parquet")):
+        return []
+    with _duck, duckdb.connect() as con:
+        return [
+            r[0]
+            for r in con.sql(
+                f"SELECT emulator_seq FROM read_parquet('{lake}/record_type=*/**/*.parquet', "
+                "hive_partitioning=true, union_by_name=true)"
+            ).fetchall()
+        ]
+
+
+def rejected_texts(lake: Path) -> list[str]:
+    if not (lake / "_rejected").exists():
+        return []
+    return read_rejects(str(lake)).column("_raw").to_pylist()
+
+
+def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
+    """Veto (and record) a DELETE of a batch whose rows and rejects are not both in the lake yet."""
+    hostile = emu.hostile_records()
+
+    def on_ack(batch_id: str, records: list[dict]) -> None:
+        rows, rejects = set(landed_seqs(lake)), set(rejected_texts(lake))
+        for r in records:
+            seq = r["emulator_seq"]
+            if seq in hostile:
+                if hostile[seq][1].decode() not in rejects:
+                    violations.append(f"{batch_id}: hostile {seq} not in the rejects table at DELETE time")
+            elif seq not in rows:
+                violations.append(f"{batch_id}: record {seq} not in the lake at DELETE time")
+        if violations:
+            raise AssertionError(violations[-1])
+
+    emu.on_ack = on_ack
+
+
+def assert_everything_kept(emu: Emulator, lake: Path, emitted: int) -> None:
+    hostile = emu.hostile_records()
+    assert {kind for kind, _ in hostile.values()} == set(HOSTILE_KINDS)  # every kind was served
+    ordinary = [s for s in range(1, emitted + 1) if s not in hostile]
+    assert sorted(landed_seqs(lake)) == ordinary  # every ordinary record once
+    kept = rejected_texts(lake)
+    assert sorted(kept) == sorted(raw.decode() for _, raw in hostile.values())  # each exact text, once
+    stats = emu.stats()
+    assert stats["queued"] == 0 and stats["leased"] == 0, stats
+
+
+def test_every_hostile_kind_through_the_drain(tmp_path):
+    lake = tmp_path / "lake"
+    violations: list[str] = []
+    with Emulator(
+        api_key="poison-test-key-0123456789",
+        lease_seconds=30,
+        long_poll_seconds=1,
+        batch_size=100,
+        poison=0.05,
+        seed=11,
+    ) as emu:
+        emu.generate(1500)
+        guard_acks(emu, lake, violations)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=400)).run()
+        assert violations == []
+        assert_everything_kept(emu, lake, 1500)
+        assert result.rejected == len(emu.hostile_records()) and result.stopped == "empty"
+
+
+def _writer(lake: Path) -> LakeWriter:
+    import fsspec
+
+    return LakeWriter(fsspec.filesystem("file"), str(lake))
+
+
+def test_broken_envelopes_are_never_acknowledged_and_their_records_come_back(tmp_path):
+    lake = tmp_path / "lake"
+    with Emulator(
+        api_key="poison-test-key-0123456789", lease_seconds=5, long_poll_seconds=1, batch_size=50, seed=12
+    ) as emu:
+        emu.generate(600)
+        emu.set_faults(items_missing=0.1, items_null=0.1, items_renamed=0.1)
+        threading.Timer(4.0, emu.clear_faults).start()  # later deliveries are whole
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            config = DrainConfig(
+                max_runtime=60, lease_seconds=5, flush_seconds=2, drain_until=time.time() + 12
+            )
+            result = Drain(client, _writer(lake), config).run()
+        stats = emu.stats()
+    assert stats["broken_envelopes"] > 0 and stats["acked_broken_envelopes"] == 0, stats
+    assert result.quarantined == stats["broken_envelopes"]
+    assert sorted(set(landed_seqs(lake))) == list(range(1, 601))  # redelivered whole, then landed
+
+
+def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
+    lake = tmp_path / "lake"
+    violations: list[str] = []
+    with Emulator(
+        api_key="it-poison-key-0123456789",
+        lease_seconds=120,
+        long_poll_seconds=1,
+        batch_size=150,
+        poison=0.04,
+        seed=13,
+    ) as emu:
+        emu.generate(1200)
+        guard_acks(emu, lake, violations)
+        result = run_dag(
+            "ktexport_it_drain",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            variables={"ktexport_lake": lake.as_uri()},
+        )
+        assert result.returncode == 0, result.output[-5000:]
+        assert violations == []
+        assert_everything_kept(emu, lake, 1200)
+        summary = result.xcom("drain")
+        assert summary["rejected"] == len(emu.hostile_records()) > 0
+        assert summary["records"] == 1200 - summary["rejected"]
+        assert summary["rejected_files"] and all("/_rejected/" in f for f in summary["rejected_files"])
+        assert "could not be rows" in result.output  # the flush warned, naming the rejects table
