@@ -79,6 +79,11 @@ def test_example_iceberg_dag_commits_every_record_once_before_any_ack(run_dag, t
     summary = result.xcom("drain_to_iceberg")
     assert summary["records"] == 1200 and summary["destination"] == "iceberg://ktexport/ktexport"
     assert {c["table"] for c in summary["landed"]} == {f"ktexport.{t}" for t in per_table}
+    # The Asset event names the tables and snapshots the run committed.
+    (event,) = result.asset_events("iceberg://ktexport/ktexport")
+    assert {(c["table"], c["snapshot_id"]) for c in event["commits"]} == {
+        (c["table"], c["snapshot_id"]) for c in summary["landed"]
+    }
     # The table history names the batches each commit holds.
     catalog = load_catalog("ktexport", props)
     committed = set()
