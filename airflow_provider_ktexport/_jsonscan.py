@@ -86,7 +86,7 @@ def scan(body: bytes) -> Scan:
     out = Scan()
     stack = bytearray()  # expected closers, one per open container
     pos = 0
-    # Envelope-level state: "start", "key", "colon", "value", "after" (value done: , or }), "end".
+    # Envelope-level state: "start", then "key", "colon", "value" (until its , or }) in turn, "end".
     state = "start"
     key: str | None = None
     slot: _Slot | None = None  # the top-level value being read
