@@ -24,9 +24,14 @@ __all__ = ["Scan", "scan"]
 # A complete JSON string (escapes skipped pairwise), or one structural byte. Numbers, true,
 # false and null are not tokens: they are the text between tokens, checked where it matters.
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]', re.DOTALL)
+# Runs of text and whole strings, from the start: where this stops, a string opens that never
+# closes (the body was cut inside it). Tokens are only read up to there.
+_LEXABLE = re.compile(rb'(?:[^"]+|"[^"\\]*(?:\\.[^"\\]*)*")*', re.DOTALL)
 _SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
 _WS = b" \t\r\n"
 _CLOSER = {ord("{"): ord("}"), ord("["): ord("]")}
+_OPENERS = frozenset(b"{[")
+_CLOSERS = frozenset(b"}]")
 
 
 @dataclass
@@ -86,7 +91,7 @@ def scan(body: bytes) -> Scan:
     out = Scan()
     stack = bytearray()  # expected closers, one per open container
     pos = 0
-    # Envelope-level state: "start", "key", "colon", "value", "after" (value done: , or }), "end".
+    # Envelope-level state: "start", then "key", "colon", "value" (until its , or }) in turn, "end".
     state = "start"
     key: str | None = None
     slot: _Slot | None = None  # the top-level value being read
@@ -99,13 +104,31 @@ def scan(body: bytes) -> Scan:
         out.error = message
         return out
 
-    for match in _TOKEN.finditer(body):
+    lexable = _LEXABLE.match(body)
+    end = lexable.end() if lexable else 0
+    for match in _TOKEN.finditer(body, 0, end):
+        depth = len(stack)
+        if depth > 2 or (depth == 2 and not in_items):
+            # Inside a record or another top-level value: only brackets matter, and this loop
+            # runs for most tokens of a body, so it does as little as it can.
+            c = body[match.start()]
+            if c in _OPENERS:
+                stack.append(c + 2)  # '{' + 2 == '}', '[' + 2 == ']'
+            elif c in _CLOSERS:
+                if stack[-1] != c:
+                    return fail(f"brackets do not match at byte {match.start()}")
+                stack.pop()
+                pos = match.end()
+                if len(stack) == 2 and in_items:
+                    assert item is not None
+                    item.done = True
+                elif len(stack) == 1:
+                    assert slot is not None
+                    slot.done = True
+            continue
         tok = match.group()
         gap = body[pos : match.start()]
         pos = match.end()
-        depth = len(stack)
-        if b'"' in gap:
-            return fail(f"a string is not closed before byte {match.start()}")
         if state == "end":
             return fail(f"text follows the end of the body at byte {match.start()}")
 
@@ -212,26 +235,16 @@ def scan(body: bytes) -> Scan:
                 continue
             return fail(f"unexpected {tok.decode()!r} inside items at byte {match.start()}")
 
-        # Deeper: inside a record or another top-level value. Only brackets are matched here.
-        if tok in (b"{", b"["):
-            stack.append(_CLOSER[tok[0]])
-        elif tok in (b"}", b"]"):
-            if stack[-1] != tok[0]:
-                return fail(f"brackets do not match at byte {match.start()}")
-            stack.pop()
-            if len(stack) == 2 and in_items:
-                assert item is not None
-                item.done = True
-            elif len(stack) == 1:
-                assert slot is not None
-                slot.done = True
+        return fail(
+            f"unexpected {tok.decode(errors='replace')!r} at byte {match.start()}"
+        )  # pragma: no cover
     tail = body[pos:]
     if state == "value" and slot is not None and slot.done and key is not None and _gap_ok(tail):
         # Cut right after a complete string or container value: that key's value is whole (a
         # number is not: "7" may have been "71").
         out.keys.append((key, body[slot.start :].strip(_WS)))
-    if b'"' in tail:
-        return fail(f"a string is not closed (the body ends inside it, {len(body)} bytes)")
+    if end < len(body):
+        return fail(f"a string opened at byte {end} is not closed (the body ends inside it: truncated?)")
     if stack or state != "end":
         return fail(f"the body ends before the batch object does ({len(body)} bytes: truncated?)")
     if not _gap_ok(tail):
