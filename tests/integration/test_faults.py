@@ -232,7 +232,8 @@ BAD_BODIES = [
     (b'{"id":"$ID","items":[{"type":"telemetry","date":"2026-11-25T10:00:00Z","x":', "not valid JSON"),
     (b'{"id":"$ID","items":[{"type":"telemetry","name":"caf\xe9"}]}', "not valid UTF-8"),
     (b'{"id":"$ID","items":{"type":"telemetry"}}', "not a batch object"),
-    (b'{"id":"$ID","items":[1,"two",null]}', "is not a JSON object"),
+    (b'{"id":"$ID"}', "items are missing or null"),
+    (b'{"id":"$ID","items":null}', "items are missing or null"),
     (b"<html><body><h1>Service temporarily unavailable</h1></body></html>", "not valid JSON"),
     (b'["$ID"]', "not a batch object"),
 ]

@@ -615,8 +615,8 @@ def test_connection_refused_is_transient() -> None:
         (b"<html>oops</html>", None, "not valid JSON"),
         (b'{"id": "p-2", "items": [{"a": "\xff"}]}', "p-2", "UTF-8"),
         (b'{"id": "p-3", "items": {"a": 1}}', "p-3", "not a batch object"),
-        (b'{"id": "p-4", "items": [{"a": 1}, 7]}', "p-4", "item 1"),
-        (b'{"id": "p-5", "items": [[1]]}', "p-5", "item 0"),
+        (b'{"id": "p-4", "items": null}', "p-4", "missing or null"),
+        (b'{"id": "p-5", "items": [], "next": 3}', "p-5", "unknown top-level keys"),
         (b'[{"id": "p-6"}]', None, "not a batch object"),  # a record's id is never the batch's
         (b'{"items": [{"id": "r-7"}, {"a": 1}], "id": "p-7', None, "not valid JSON"),
         (b'{"items": [{"id": "r-8"}], "id": "p-8", "it', "p-8", "not valid JSON"),
@@ -626,8 +626,8 @@ def test_connection_refused_is_transient() -> None:
         "html",
         "utf8",
         "items-object",
-        "item-int",
-        "item-list",
+        "items-null",
+        "unknown-key",
         "body-list",
         "cut-in-id",
         "cut-after-id",
@@ -655,6 +655,16 @@ def test_a_body_kept_for_quarantine_holds_no_key(stub: Stub, auth_location: str)
     body = info.value.body
     assert KEY.encode() not in body and quote(KEY, safe="").encode() not in body
     assert body == b"<html>upstream failed for /v2/stream?token=*** (key ***)</html>"
+
+
+def test_items_that_are_not_objects_are_records_for_the_drain_to_reject(
+    stub: Stub, client: KtExportClient
+) -> None:
+    """One bad record is not a bad batch: the client hands it over raw, the drain keeps it as a reject."""
+    stub.add(Reply(200, b'{"id": "p-9", "items": [{"a": 1}, 7, [1]]}'))
+    batch = client.get_batch()
+    assert batch is not None and batch.id == "p-9"
+    assert [bytes(r) for r in batch.raw_items] == [b'{"a": 1}', b"7", b"[1]"]
 
 
 # ---------------------------------------------------------------------------- deadline
