@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -53,6 +55,18 @@ def parse_drain_until(value: Any) -> float | None:
     if isinstance(value, dict) and "lease_ends_at" in value:  # the sensor's whole XCom
         return parse_drain_until(value["lease_ends_at"])
     text = str(value).strip()
+    if text.startswith("{"):
+        # The sensor's whole XCom rendered by a template ("{{ ti.xcom_pull(task_ids='wait') }}")
+        # arrives as the dict's text: JSON, or Python's repr of it.
+        try:
+            parsed_dict = json.loads(text)
+        except ValueError:
+            try:
+                parsed_dict = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                parsed_dict = None
+        if isinstance(parsed_dict, dict) and "lease_ends_at" in parsed_dict:
+            return parse_drain_until(parsed_dict["lease_ends_at"])
     try:
         return float(text)
     except ValueError:

@@ -35,3 +35,15 @@ def test_operator_survives_deepcopy():
 def test_bad_settings_fail_at_parse_time_naming_the_setting(kw, setting):
     with pytest.raises(KtExportConfigError, match=setting):
         make(**kw)
+
+
+def test_drain_until_takes_the_sensors_whole_xcom_as_rendered_text():
+    from airflow_provider_ktexport.operators.ktexport import parse_drain_until
+
+    probe = {"lease_ends_at": "2026-12-01T10:00:00+00:00", "batch_id": "b1", "records": 3}
+    expected = 1796119200.0
+    assert parse_drain_until(probe) == expected
+    assert parse_drain_until(str(probe)) == expected  # what "{{ ti.xcom_pull(task_ids='wait') }}" renders
+    assert parse_drain_until(__import__("json").dumps(probe)) == expected
+    with pytest.raises(KtExportConfigError, match="drain_until"):
+        parse_drain_until("{'no_lease': 1}")
