@@ -98,7 +98,7 @@ def show_emulator(url: str) -> None:
 def show_lake(lake: Path) -> None:
     import duckdb
 
-    from airflow_provider_ktexport.lake.writer import read_lake
+    from airflow_provider_ktexport.lake.writer import read_lake_table
 
     files = sorted(lake.rglob("*.parquet"))
     print(f"\nLanded {len(files)} Parquet files under {lake}:")
@@ -119,8 +119,8 @@ def show_lake(lake: Path) -> None:
     )
     rows, distinct, batches = con.execute(query).fetchone()
     print(f"\nDuckDB> {query}\n  rows={rows} distinct_records={distinct} batches={batches}")
-    table = read_lake(lake.as_uri(), record_type="telemetry")
-    print(f"read_lake(record_type='telemetry'): {table.num_rows} rows x {table.num_columns} columns")
+    table = read_lake_table(lake.as_uri(), record_type="telemetry")
+    print(f"read_lake_table(record_type='telemetry'): {table.num_rows} rows x {table.num_columns} columns")
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_ktexport.lake.compact import compact_lake
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from tests.integration.conftest import aws_conn, s3_filesystem
 from tests.lake_support import land
 
@@ -46,7 +46,7 @@ def test_compaction_on_s3_merges_dedups_and_reconciles_types(s3_endpoint, s3_buc
         table = pq.read_table(fh)
     assert table.schema.field("ignition").type == pa.string()
     assert sorted(table.column("seq").to_pylist()) == list(range(200))
-    assert sorted(read_lake(fs, root).column("seq").to_pylist()) == list(range(200))
+    assert sorted(read_lake_table(fs, root).column("seq").to_pylist()) == list(range(200))
     assert not [p for p in fs.find(s3_bucket) if ".tmp" in p]
 
 

@@ -34,7 +34,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportWriteError,
 )
 from airflow_provider_ktexport.lake.schema import field_path
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_client, s3_filesystem
 from tests.integration.crash_worker import command
@@ -345,7 +345,7 @@ def test_deep_nesting_and_hostile_keys_round_trip_without_collisions(tmp_path):
         emu.enqueue(records)
         drain(emu, lake)
         audit(emu, lake, records)
-    table = read_lake(lake.as_uri())
+    table = read_lake_table(lake.as_uri())
     rows = {r["emulator_seq"]: r for r in table.to_pylist()}
     for record in records:
         assert _rebuild(rows[record["emulator_seq"]], table.schema) == record
@@ -376,7 +376,7 @@ def test_one_field_as_int_float_bool_string_object_list_across_records_and_flush
         emu.enqueue(records[1:])
         drain(emu, lake)
         audit(emu, lake, records)
-    table = read_lake(lake.as_uri())
+    table = read_lake_table(lake.as_uri())
     rows = {r["emulator_seq"]: r for r in table.to_pylist()}
     expected_v = {
         1: "1",
@@ -431,7 +431,7 @@ def test_record_type_cannot_steer_a_write_outside_the_lake(tmp_path):
         assert type_dir.startswith("record_type=") and type_dir not in ("record_type=..", "record_type=.")
         assert date_dir == "event_date=2026-11-25", rel  # from "received": "date" is not a time
         assert name.startswith("part-")
-    table = read_lake(lake.as_uri())
+    table = read_lake_table(lake.as_uri())
     assert sorted(table.column("type").to_pylist()) == sorted(types)  # the value itself is kept
 
 
@@ -490,7 +490,7 @@ def test_missing_bucket_acks_nothing_and_the_next_run_lands_everything(tmp_path,
             Drain(client, LakeWriter(fs, f"{bucket}/lake"), config).run()
         stats = emu.stats()
     assert stats["queued"] == 0 and stats["leased"] == 0
-    seqs = Counter(read_lake(fs, f"{bucket}/lake").column("emulator_seq").to_pylist())
+    seqs = Counter(read_lake_table(fs, f"{bucket}/lake").column("emulator_seq").to_pylist())
     assert set(seqs) == {r["emulator_seq"] for r in records} and max(seqs.values()) == 1
     assert not [p for p in fs.find(bucket) if ".tmp" in p]
 
@@ -636,9 +636,9 @@ def test_broken_destinations_fail_the_task_naming_them_and_the_next_run_lands_ev
             )
             assert second.returncode == 0, second.output[-5000:]
             landed = {
-                "local": read_lake(local.as_uri()),
-                "nobucket": read_lake(s3_filesystem(s3_endpoint), f"{bucket}/lake"),
-                "down": read_lake(s3_filesystem(down_endpoint), f"{down_bucket}/lake"),
+                "local": read_lake_table(local.as_uri()),
+                "nobucket": read_lake_table(s3_filesystem(s3_endpoint), f"{bucket}/lake"),
+                "down": read_lake_table(s3_filesystem(down_endpoint), f"{down_bucket}/lake"),
             }
         finally:
             server.stop()

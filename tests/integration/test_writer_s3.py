@@ -14,7 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.schema import build_tables
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_write_verify_and_read_back(fs: s3fs.S3FileSystem) -> None:
     for w in written:
         assert fs.info(w.path)["size"] == w.bytes
     assert fs.exists(f"{BUCKET}/lake/_schema/telemetry/w1.json")
-    table = read_lake(fs, f"{BUCKET}/lake")
+    table = read_lake_table(fs, f"{BUCKET}/lake")
     assert table.num_rows == 3
     assert sorted(v for v in table.column("location__speed").to_pylist() if v) == ["5", "n/a"]
     assert writer.load_schema("telemetry").field("location__speed").type == pa.string()
