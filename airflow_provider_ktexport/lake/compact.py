@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
-from airflow_provider_ktexport.lake.variants import fit_table, needs_fit
+from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
 from airflow_provider_ktexport.lake.writer import (
     QUARANTINE_DIR,
     SCHEMA_DIR,
@@ -208,8 +208,17 @@ def _key_rows(
 
 
 class _Compactor:
-    def __init__(self, writer: LakeWriter, *, target_bytes: int, min_age_seconds: float, now: float) -> None:
+    def __init__(
+        self,
+        writer: LakeWriter,
+        *,
+        target_bytes: int,
+        min_age_seconds: float,
+        now: float,
+        uniform_columns: bool = True,
+    ) -> None:
         self.writer = writer
+        self.uniform_columns = uniform_columns
         self.fs = writer.fs
         self.target_bytes = target_bytes
         self.min_age_seconds = min_age_seconds
@@ -251,8 +260,9 @@ class _Compactor:
                         types.setdefault(fld.name, fld.type)
         else:
             types = published_types(self.writer, rtype, oldest_first)
+        full = fitted_columns(oldest_first, types) if self.uniform_columns else {}
         for directory, partition, files in partitions:
-            self.partition(directory, partition, files, schemas, types)
+            self.partition(directory, partition, files, schemas, types, full)
 
     def partition(
         self,
@@ -261,6 +271,7 @@ class _Compactor:
         files: list[_File],
         schemas: dict[str, pa.Schema],
         types: dict[str, pa.DataType],
+        full: dict[str, pa.DataType],
     ) -> None:
         data = sorted((f for f in files if _is_data(f)), key=lambda f: posixpath.basename(f.path))
         if not data:
@@ -271,7 +282,12 @@ class _Compactor:
             self.result.partitions_skipped_recent += 1
             return
         big_limit = BIG_FILE_FRACTION * self.target_bytes
-        keep = [f for f in data if f.size >= big_limit and not needs_fit(schemas[f.path], types)]
+
+        def fine(f: _File) -> bool:  # at the published types, and (if asked) every column there
+            schema = schemas[f.path]
+            return not needs_fit(schema, types) and (not full or set(schema.names) == set(full))
+
+        keep = [f for f in data if f.size >= big_limit and fine(f)]
         rewrite = [f for f in data if f not in keep]
         if not rewrite:
             self.result.partitions_unchanged += 1
@@ -282,10 +298,10 @@ class _Compactor:
                 if pair is not None and ts < kept_first.get(pair, float("inf")):
                     kept_first[pair] = ts
         masks = self._first_copies(rewrite, schemas, kept_first)
-        if len(rewrite) == 1 and all(masks[0]) and not needs_fit(schemas[rewrite[0].path], types):
+        if len(rewrite) == 1 and all(masks[0]) and fine(rewrite[0]):
             self.result.partitions_unchanged += 1  # one small file: rewriting would change nothing
             return
-        self._rewrite(directory, partition, rewrite, masks, types)
+        self._rewrite(directory, partition, rewrite, masks, types, full)
 
     def _first_copies(
         self, rewrite: list[_File], schemas: dict[str, pa.Schema], kept_first: dict[_Pair, float]
@@ -318,6 +334,7 @@ class _Compactor:
         rewrite: list[_File],
         masks: list[list[bool]],
         types: dict[str, pa.DataType],
+        full: dict[str, pa.DataType],
     ) -> None:
         pending: list[pa.Table] = []
         pending_bytes = 0.0
@@ -333,10 +350,10 @@ class _Compactor:
             if kept.num_rows:
                 pending.append(kept)
             if pending_bytes >= self.target_bytes:
-                written.append(self._write(pending, partition))
+                written.append(self._write(pending, partition, full))
                 pending, pending_bytes = [], 0.0
         if pending:
-            written.append(self._write(pending, partition))
+            written.append(self._write(pending, partition, full))
         # Every new file is written and verified: only now may the old ones go.
         for f in rewrite:
             try:
@@ -345,9 +362,12 @@ class _Compactor:
                 pass
         self._count(directory, rewrite, rows_in, written)
 
-    def _write(self, pending: list[pa.Table], partition: dict[str, str]) -> WrittenFile:
+    def _write(
+        self, pending: list[pa.Table], partition: dict[str, str], full: dict[str, pa.DataType]
+    ) -> WrittenFile:
         # Every name has one type in all fitted tables; a column some lack reads as nulls there.
-        return self.writer.write(pa.concat_tables(pending, promote_options="default"), partition)
+        table = pa.concat_tables(pending, promote_options="default")
+        return self.writer.write(pad_table(table, full) if full else table, partition)
 
     def _count(self, directory: str, rewrite: list[_File], rows_in: int, written: list[WrittenFile]) -> None:
         rows_out = sum(w.rows for w in written)
@@ -383,6 +403,7 @@ def compact_lake(
     uri_prefix: str | None = None,
     writer_id: str | None = None,
     now: float | None = None,
+    uniform_columns: bool = True,
 ) -> CompactResult:
     """Compact every partition of the lake at ``root`` (or of one record type).
 
@@ -395,6 +416,9 @@ def compact_lake(
     :param uri_prefix: user-facing URL of ``root`` (for the URIs in the result)
     :param writer_id: the id the new files' schema is published under (default ``compactor``)
     :param now: the current time as epoch seconds (tests)
+    :param uniform_columns: give every file of a record type all its columns (nulls where a file
+        has no value), so readers that take one file's columns (pandas) or refuse others (Polars)
+        read every value; a new column then makes the next run rewrite each partition once
     :raises KtExportConfigError: ``root`` is not a lake root, or a folder holding files below it is
         not a pure partition path; nothing was changed
     :raises KtExportWriteError: a new file could not be written or verified; no old file was removed
@@ -412,5 +436,6 @@ def compact_lake(
         target_bytes=int(target_file_mb * 1024 * 1024),
         min_age_seconds=min_age_seconds,
         now=time.time() if now is None else now,
+        uniform_columns=uniform_columns,
     )
     return compactor.run(record_type)

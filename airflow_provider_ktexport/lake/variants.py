@@ -32,7 +32,15 @@ from airflow_provider_ktexport.lake.naming import (
 )
 from airflow_provider_ktexport.lake.types import MAX_INT_EXACT, canonical_text, widen_type
 
-__all__ = ["FoldMode", "current_name", "fit_table", "fold_variants", "needs_fit"]
+__all__ = [
+    "FoldMode",
+    "current_name",
+    "fit_table",
+    "fitted_columns",
+    "fold_variants",
+    "needs_fit",
+    "pad_table",
+]
 
 FoldMode = Literal["string", "widest"]
 
@@ -121,6 +129,56 @@ def fit_table(table: pa.Table, published: Mapping[str, pa.DataType]) -> pa.Table
     order = [n for n in published if n in out.columns] + [n for n in out.columns if n not in published]
     fields = [out.columns[n][0] for n in order]
     return pa.Table.from_arrays([out.columns[n][1] for n in order], schema=pa.schema(fields))
+
+
+def fitted_columns(schemas: list[pa.Schema], published: Mapping[str, pa.DataType]) -> dict[str, pa.DataType]:
+    """Every column :func:`fit_table` makes of tables of ``schemas``, with its type; published first.
+
+    (An int64 column under a published double whose ints exceed 2^53 also gets a ``___bigint``
+    variant; that needs the data and is left out here.)
+    """
+    full = dict(published)
+    for schema in schemas:
+        for f in schema:
+            if pa.types.is_null(f.type):
+                continue
+            if _is_meta(f.name):
+                full.setdefault(f.name, f.type)
+                continue
+            name = current_name(f)
+            target = _target_type(name, published)
+            if target is None or target == f.type:
+                full.setdefault(name, f.type)
+            elif f.type == pa.int64() and target == pa.float64():
+                full.setdefault(name, target)
+            else:
+                full.setdefault(variant_name(name, f.type), f.type)
+    return full
+
+
+def pad_table(table: pa.Table, columns: Mapping[str, pa.DataType]) -> pa.Table:
+    """``table`` with every one of ``columns`` (nulls where it has none), in that order, then its others.
+
+    Files of one record type with the same columns read with every engine's defaults: pandas
+    (pyarrow) takes the first file's columns and drops the rest, Polars refuses a file with a
+    column the first lacks.
+    """
+    n = table.num_rows
+    fields: list[pa.Field] = []
+    arrays: list[pa.Array | pa.ChunkedArray] = []
+    for name, t in columns.items():
+        if name in table.column_names:
+            fields.append(table.schema.field(name))
+            arrays.append(table.column(name))
+        else:
+            meta = None if _is_meta(name) else path_metadata(field_path(pa.field(name, t)))
+            fields.append(pa.field(name, t, metadata=meta))
+            arrays.append(pa.nulls(n, t))
+    for f in table.schema:
+        if f.name not in columns:
+            fields.append(f)
+            arrays.append(table.column(f.name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 # -- folding variants back ----------------------------------------------------------------------------
