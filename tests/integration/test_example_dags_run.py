@@ -149,7 +149,7 @@ def test_mapped_dag_drains_two_export_tasks_side_by_side(run_dag, tmp_path):
         "ktexport_us1": list(range(1, 301)),
         "ktexport_eu1": list(range(1, 201)),
     }
-    # Two writers share one schema store: each adds a file only to publish a widening, and the
+    # Two writers share one schema store: each adds a file only to publish columns it lacks, and the
     # published schema covers every column either of them wrote.
     for store in (lake / "_schema").iterdir():
         assert 1 <= len(list(store.glob("*.json"))) <= 2, store

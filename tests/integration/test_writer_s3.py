@@ -77,7 +77,7 @@ def test_write_verify_and_read_back(fs: s3fs.S3FileSystem) -> None:
 
 def test_missing_bucket_raises_write_error_naming_it(fs: s3fs.S3FileSystem) -> None:
     writer = LakeWriter(fs, "s3://no-such-bucket-xyz/lake", writer_id="w1")
-    writer._own["t"] = pa.schema([("a", pa.int64())])  # schema already published: the data PUT fails
+    writer._published["t"] = pa.schema([("a", pa.int64())])  # schema already published: the data PUT fails
     with pytest.raises(KtExportWriteError) as err:
         writer.write(pa.table({"a": [1]}), {"record_type": "t"})
     assert "no-such-bucket-xyz" in err.value.destination
