@@ -37,7 +37,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
-from airflow_provider_ktexport.lake.partitions import EVENT_TIME_FIELDS
+from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
@@ -427,7 +427,7 @@ class Drain:
 
         oldest = None
         for part in tables:
-            for name in EVENT_TIME_FIELDS:
+            for name in EVENT_TIME_COLUMNS:
                 if name in part.table.column_names and str(part.table.schema.field(name).type).startswith(
                     "timestamp"
                 ):

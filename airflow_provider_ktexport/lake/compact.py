@@ -194,7 +194,8 @@ def _key_rows(
     """``((_source, _record_key), ingested epoch)`` of each row; the pair is None without a key."""
     cols = [c for c in (_SOURCE, _KEY, _INGESTED) if c in schema.names]
     if _KEY not in cols:
-        return [(None, 0.0)] * pq.ParquetFile(fs.open(f.path, "rb")).metadata.num_rows
+        with fs.open(f.path, "rb") as fh:
+            return [(None, 0.0)] * pq.ParquetFile(fh).metadata.num_rows
     t = _read(fs, f.path, cols)
     n = t.num_rows
     sources = t.column(_SOURCE).to_pylist() if _SOURCE in cols else [None] * n

@@ -621,3 +621,13 @@ def test_record_type_from_bytes_equals_the_decoded_record(raw: bytes) -> None:
 def test_record_type_with_invalid_utf8_is_refused() -> None:
     with pytest.raises(ValueError, match="utf-8"):
         schema._type_of(b'{"type":"\xff\xfe","x":1}', {})
+
+
+def test_event_time_columns_name_the_columns_the_time_fields_land_in() -> None:
+    # The drain finds each flush's oldest record time by these names.
+    from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS, EVENT_TIME_FIELDS
+
+    when = "2026-11-25T10:00:00Z"
+    table = one_table([{"type": "t", **dict.fromkeys(EVENT_TIME_FIELDS, when)}])
+    for name in EVENT_TIME_COLUMNS:
+        assert table.schema.field(name).type == TIMESTAMP
