@@ -98,7 +98,7 @@ def show_emulator(url: str) -> None:
 def show_lake(lake: Path) -> None:
     import duckdb
 
-    from airflow_provider_ktexport.lake.writer import read_lake_table
+    from airflow_provider_ktexport.lake.reader import read_lake_table
 
     files = sorted(lake.rglob("*.parquet"))
     print(f"\nLanded {len(files)} Parquet files under {lake}:")

@@ -38,14 +38,9 @@ import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
+from airflow_provider_ktexport.lake.reader import published_types
 from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
-from airflow_provider_ktexport.lake.writer import (
-    QUARANTINE_DIR,
-    SCHEMA_DIR,
-    LakeWriter,
-    WrittenFile,
-    published_types,
-)
+from airflow_provider_ktexport.lake.writer import QUARANTINE_DIR, SCHEMA_DIR, LakeWriter, WrittenFile
 
 __all__ = ["CompactResult", "compact_lake"]
 
