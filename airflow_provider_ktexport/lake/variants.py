@@ -199,7 +199,9 @@ def _as_text(col: pa.ChunkedArray) -> pa.Array:
 
 
 def fold_variants(table: pa.Table, mode: FoldMode = "string") -> pa.Table:
-    """Each column and its variants as one column under the column's name.
+    """Each column that has variants merged with them into one column under the column's name.
+
+    Columns without variants are left as they are.
 
     ``string``: every value as its JSON text (strings as they are, times as ISO-8601 UTC);
     ``widest``: the lattice join of the column's types (int64 and double give double, exactly;
