@@ -279,6 +279,8 @@ def _type_table(
     seen: set[str] = set()
     if known is not None:
         for kf in known:
+            if pa.types.is_null(kf.type):  # a schema of an earlier version: no Null-typed columns now
+                continue
             seen.add(kf.name)
             if kf.name in columns:
                 f, arr = columns[kf.name]

@@ -631,3 +631,9 @@ def test_event_time_columns_name_the_columns_the_time_fields_land_in() -> None:
     table = one_table([{"type": "t", **dict.fromkeys(EVENT_TIME_FIELDS, when)}])
     for name in EVENT_TIME_COLUMNS:
         assert table.schema.field(name).type == TIMESTAMP
+
+
+def test_a_null_typed_column_in_a_known_schema_is_not_written() -> None:
+    old = pa.schema([("spare", pa.null()), ("a", pa.int64())])  # as earlier versions published
+    table = one_table([{"type": "t", "a": 1}], known={"t": old})
+    assert "spare" not in table.column_names and table.column("a").to_pylist() == [1]
