@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -98,7 +100,10 @@ def _old_file(part: Any, name: str, columns: dict[str, pa.Array], seq: int) -> N
     pq.write_table(pa.table({**columns, **meta}), str(part / name))
 
 
-def test_a_lake_widened_in_place_by_an_earlier_version_is_valid_after_one_compaction(tmp_path):
+@pytest.mark.parametrize("with_old_store", [False, True])
+def test_a_lake_widened_in_place_by_an_earlier_version_is_valid_after_one_compaction(
+    tmp_path, with_old_store
+):
     root = tmp_path / "lake"
     part = root / "record_type=telemetry" / "event_date=2026-11-25"
     ts = pa.timestamp("us", tz="UTC")
@@ -126,6 +131,12 @@ def test_a_lake_widened_in_place_by_an_earlier_version_is_valid_after_one_compac
         },
         3,
     )
+    if with_old_store:  # what the old drains published: the widened type, which they keep writing
+        old = pa.schema([("hours", pa.string()), ("%53peed", pa.float64()), ("nothing", pa.null())])
+        store = root / "_schema" / "telemetry"
+        store.mkdir(parents=True)
+        doc = {"format": 1, "writer_id": "old", "arrow_schema": base64.b64encode(old.serialize()).decode()}
+        (store / "old.json").write_text(json.dumps(doc))
     fs = LocalFileSystem()
     with pytest.raises(pa.ArrowException):  # as landed, a naive reader cannot merge the files
         pq.read_table(str(part))
@@ -133,18 +144,24 @@ def test_a_lake_widened_in_place_by_an_earlier_version_is_valid_after_one_compac
 
     table = pq.read_table(str(part))  # a naive reader works now
     types = {f.name: f.type for f in table.schema}
-    assert types["hours"] == pa.int64() and types["hours___string"] == pa.string()
-    assert types["when"] == ts and types["when___string"] == pa.string()
-    assert types["Speed___c1"] == pa.float64() and types["Speed___c1___string"] == pa.string()
-    assert types["nothing"] == pa.string() and "%53peed" not in types
     rows = {r["seq"]: r for r in table.to_pylist()}
-    assert [rows[s]["hours"] for s in (1, 2, 3, 4)] == [10, 11, None, None]
-    # Values keep their text and type: "12" stays text, 100.0 stays a double, the times stay apart.
-    assert [rows[s]["hours___string"] for s in (1, 2, 3, 4)] == [None, None, "12", "3642h"]
+    if with_old_store:  # hours keeps the store's string; the first file's ints go beside it
+        assert types["hours"] == pa.string() and types["hours___bigint"] == pa.int64()
+        assert [rows[s]["hours___bigint"] for s in (1, 2, 3, 4)] == [10, 11, None, None]
+        assert [rows[s]["hours"] for s in (1, 2, 3, 4)] == [None, None, "12", "3642h"]
+    else:  # no store: hours keeps its first file's int64
+        assert types["hours"] == pa.int64() and types["hours___string"] == pa.string()
+        assert [rows[s]["hours"] for s in (1, 2, 3, 4)] == [10, 11, None, None]
+        # Values keep their text and type: "12" stays text.
+        assert [rows[s]["hours___string"] for s in (1, 2, 3, 4)] == [None, None, "12", "3642h"]
+    # 100.0 stays a double, the times stay apart from the texts, old spellings are gone.
+    assert types["when"] == ts and types["when___string"] == pa.string()
     assert [rows[s]["when___string"] for s in (3, 4)] == ["2026-11-25T09:00:00+02:00", "soon"]
+    assert types["Speed___c1"] == pa.float64() and types["Speed___c1___string"] == pa.string()
     assert rows[2]["Speed___c1"] == 100.0 and rows[3]["Speed___c1___string"] == "fast"
+    assert types["nothing"] == pa.string() and "%53peed" not in types
     published = LakeWriter(fs, str(root)).load_schema("telemetry")
-    assert published is not None and published.field("hours").type == pa.int64()
+    assert published is not None and published.field("hours").type == types["hours"]
 
 
 def test_drift_lands_in_variants_and_compaction_changes_no_type(lake):
