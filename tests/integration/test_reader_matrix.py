@@ -95,6 +95,11 @@ HOSTILE = {
     "with space": "s",
     'quote"d': "q",
     "hours___string": "three underscores",
+    "tab\tkey": "control character",
+    "\u212aelvin": "Kelvin sign",
+    "Kelvin": "capital K",
+    "kelvin": "small k",
+    "SPEED": "shout",
     "tags": ["a", 1, None],
     "empty": {},
 }
