@@ -251,10 +251,27 @@ def _value_fits(v: Any, target: pa.DataType) -> bool:
     return False
 
 
+def _all_fit(values: list[Any], target: pa.DataType) -> bool:
+    kinds = set(map(type, values))
+    kinds.discard(_NoneType)
+    if not kinds:
+        return True
+    if target == TIMESTAMP:
+        return kinds == {str} and _timestamps(pa.array(values, pa.string())) is not None
+    if target == pa.bool_():
+        return kinds == {bool}
+    if not kinds <= ({int, float} if target == pa.float64() else {int}):
+        return False
+    ints = [v for v in values if type(v) is int]
+    return not ints or (min(ints) >= -MAX_INT_EXACT and max(ints) <= MAX_INT_EXACT)
+
+
 def _fit_values(values: list[Any], target: pa.DataType) -> list[bool] | None:
     """Per row: the value is null or fits ``target``; None when every row does."""
     if pa.types.is_string(target):
         return None  # everything fits a string column (as its JSON text)
+    if _all_fit(values, target):  # the usual case, decided per column rather than per value
+        return None
     mask = [v is None or _value_fits(v, target) for v in values]
     return None if all(mask) else mask
 
