@@ -40,7 +40,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
-from airflow_provider_ktexport.lake.partitions import EVENT_TIME_FIELDS
+from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import REJECTED_DIR, Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, ParquetSink, Sink
@@ -666,7 +666,7 @@ def _oldest_event_us(tables: Sequence[PartitionTable]) -> int | None:
 
     oldest: int | None = None
     for part in tables:
-        for name in EVENT_TIME_FIELDS:
+        for name in EVENT_TIME_COLUMNS:
             if name in part.table.column_names and pa.types.is_timestamp(part.table.schema.field(name).type):
                 col = part.table.column(name).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
                 value = pc.min(col).as_py()

@@ -1,4 +1,4 @@
-"""Daily compaction: merge the lake's small files, drop duplicate rows, fix old column types.
+"""Daily compaction: merge the lake's small files, drop duplicate rows, fit old files to fixed column types.
 
 Partitions changed in the last ``min_age_minutes`` are left for the next run, so compaction
 never races a drain. New files are written before old ones are removed: readers never miss a

@@ -20,8 +20,13 @@ from airflow.sdk import AssetAlias, ObjectStoragePath, Variable, dag, task
 
 DEFAULT_LAKE = "file:///tmp/ktexport/lake"
 DEFAULT_WAREHOUSE = "/tmp/ktexport/warehouse.duckdb"  # noqa: S108 - an example default; set the Variable
-# Columns that hold an asset id, by record type (telemetry/trip, event).
-ASSET_ID_COLUMNS = ("asset__id", "details__asset__id")
+# Columns that hold an asset id, by record type (telemetry/trip, event), each followed by the
+# variant columns that hold ids of another type than the column's first (docs/schema-mapping.md).
+ASSET_ID_COLUMNS = tuple(
+    f"{c}{v}"
+    for c in ("asset__id", "details__asset__id")
+    for v in ("", "___bigint", "___double", "___string")
+)
 
 RECORDS_DDL = """
 CREATE TABLE IF NOT EXISTS ktexport_records (

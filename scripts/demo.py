@@ -98,8 +98,8 @@ def show_emulator(url: str) -> None:
 def show_lake(lake: Path) -> None:
     import duckdb
 
+    from airflow_provider_ktexport.lake.reader import read_lake_table
     from airflow_provider_ktexport.lake.rejects import read_rejects
-    from airflow_provider_ktexport.lake.writer import read_lake
 
     files = sorted(lake.glob("record_type=*/**/*.parquet"))
     print(f"\nLanded {len(files)} Parquet files under {lake}:")
@@ -125,8 +125,8 @@ def show_lake(lake: Path) -> None:
         f"read_rejects(): {rejected.num_rows} records kept in {lake / '_rejected'} with their exact text "
         "(valid JSON that cannot be a row)"
     )
-    table = read_lake(lake.as_uri(), record_type="telemetry")
-    print(f"read_lake(record_type='telemetry'): {table.num_rows} rows x {table.num_columns} columns")
+    table = read_lake_table(lake.as_uri(), record_type="telemetry")
+    print(f"read_lake_table(record_type='telemetry'): {table.num_rows} rows x {table.num_columns} columns")
 
 
 def main() -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import pyarrow as pa
 
 from airflow_provider_ktexport.lake.schema import build_tables
 from airflow_provider_ktexport.lake.writer import LakeWriter, WrittenFile
@@ -20,6 +22,7 @@ def land(
     source: str = "conn",
     batch_id: str = "b",
     ingested_at: datetime = INGESTED_AT,
+    known: Callable[[str], pa.Schema | None] | None = None,
 ) -> list[WrittenFile]:
     """Build against the lake's published schema, then write every partition (as a flush does)."""
     parts = build_tables(
@@ -27,6 +30,6 @@ def land(
         [batch_id] * len(records),
         source=source,
         ingested_at=ingested_at,
-        known_schema=writer.load_schema,
+        known_schema=writer.load_schema if known is None else known,
     )
     return [writer.write(p.table, p.partition) for p in parts]

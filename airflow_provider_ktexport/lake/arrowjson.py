@@ -27,11 +27,13 @@ import pyarrow.json as pj
 
 from airflow_provider_ktexport.lake.types import MAX_INT_EXACT
 
-__all__ = ["LIST", "OBJECT", "read_columns"]
+__all__ = ["LIST", "OBJECT", "VALUE", "read_columns"]
 
-#: Probe kinds: the value at the path is a list (or null), or an object that may be null or {}.
+#: Probe kinds: the value at the path is a list (or null), an object that may be null or {}, or
+#: a number whose JSON spelling matters (``5`` or ``5.0`` under a published int64 column).
 LIST = "list"
 OBJECT = "object"
+VALUE = "value"
 _MAX_BLOCK = 2**31 - 2
 _LEAF_TYPES = (pa.null(), pa.bool_(), pa.int64(), pa.float64(), pa.string())
 
@@ -90,6 +92,7 @@ def _walk(
     parent_valid: pa.Array | None,
     leaves: dict[tuple[str, ...], pa.Array],
     probes: dict[tuple[str, ...], str],
+    value_paths: frozenset[tuple[str, ...]],
 ) -> None:
     t = arr.type
     if pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -97,6 +100,10 @@ def _walk(
         return
     if not pa.types.is_struct(t):
         _check_leaf(arr)
+        if pa.types.is_floating(t) and path in value_paths:
+            # The reader turned ints into doubles here; an int64 column takes the ints only.
+            probes[path] = VALUE
+            return
         leaves[path] = arr
         return
     children = arr.flatten()  # parent nulls carried into the children
@@ -114,13 +121,17 @@ def _walk(
         probes[path] = OBJECT
     valid = arr.is_valid()
     for f, child in zip(t, children, strict=True):
-        _walk((*path, f.name), child, valid, leaves, probes)
+        _walk((*path, f.name), child, valid, leaves, probes, value_paths)
 
 
 def read_columns(
     raws: Sequence[Any],
+    value_paths: frozenset[tuple[str, ...]] = frozenset(),
 ) -> tuple[dict[tuple[str, ...], pa.Array], dict[tuple[str, ...], str]] | None:
-    """Leaf columns by key path, and the probe paths, of one record type's records; None to fall back."""
+    """Leaf columns by key path, and the probe paths, of one record type's records; None to fall back.
+
+    :param value_paths: paths published as int64: a double leaf there becomes a ``VALUE`` probe
+    """
     buf = b"\n".join(raws)
     if not raws or len(buf) >= _MAX_BLOCK:
         return None
@@ -140,7 +151,7 @@ def read_columns(
     try:
         for field, col in zip(table.schema, table.columns, strict=True):
             arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-            _walk((field.name,), arr, None, leaves, probes)
+            _walk((field.name,), arr, None, leaves, probes, value_paths)
     except (_Reject, pa.ArrowException):
         return None
     return leaves, probes

@@ -17,7 +17,6 @@ import msgspec
 
 from airflow_provider_ktexport.lake import arrowjson
 from airflow_provider_ktexport.lake.keys import fast_key
-from airflow_provider_ktexport.lake.naming import column_name, escape_segment, is_plain
 
 __all__ = ["decode_record", "dict_columns", "reader_columns"]
 
@@ -27,30 +26,23 @@ _MISSING = object()
 class _Columns:
     """Flattens one record type's records straight into per-column value lists (padded with None).
 
-    A trie of raw keys caches each key path's escaped name and its value list, so a path is
-    escaped once per call and each leaf costs one dict lookup and one append.
+    A trie of raw keys caches each key path and its value list, so each leaf costs one dict
+    lookup and one append.
     """
 
     def __init__(self) -> None:
-        self.paths: dict[str, tuple[str, ...]] = {}
-        self.cols: dict[str, list[Any]] = {}
+        self.cols: dict[tuple[str, ...], list[Any]] = {}
         self._root: dict[str, list[Any]] = {}
 
     def _entry(self, node: dict[str, Any], key: str, parent: list[Any] | None) -> list[Any]:
-        if parent is None:
-            path: tuple[str, ...] = (key,)
-            name = column_name(path)
-        else:
-            path = (*parent[2], key)
-            name = parent[0] + "__" + (key if is_plain(key) else escape_segment(key))
-        ent: list[Any] = [name, {}, path, None]  # name, children, path, values
+        path: tuple[str, ...] = (key,) if parent is None else (*parent[2], key)
+        ent: list[Any] = [None, {}, path, None]  # (unused), children, path, values
         node[key] = ent
         return ent
 
     def _values(self, ent: list[Any]) -> list[Any]:
         lst: list[Any] = []
-        ent[3] = self.cols[ent[0]] = lst
-        self.paths[ent[0]] = ent[2]
+        ent[3] = self.cols[ent[2]] = lst
         return lst
 
     def add(self, record: dict[str, Any], j: int) -> None:
@@ -77,7 +69,7 @@ class _Columns:
         for lst in self.cols.values():
             if len(lst) != n:
                 lst.extend([None] * (n - len(lst)))
-        return {self.paths[name]: lst for name, lst in self.cols.items()}
+        return self.cols
 
 
 def decode_record(raw: Any) -> dict[str, Any]:
@@ -110,9 +102,14 @@ def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def reader_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
-    """The reader path (see :mod:`.arrowjson`); None when it cannot give the dict path's table."""
-    found = arrowjson.read_columns(raws)
+def reader_columns(
+    raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()
+) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
+    """The reader path (see :mod:`.arrowjson`); None when it cannot give the dict path's table.
+
+    :param value_paths: key paths whose numbers are needed as decoded (see ``arrowjson.VALUE``)
+    """
+    found = arrowjson.read_columns(raws, value_paths)
     if found is None:
         return None
     leaves, probes = found
@@ -124,12 +121,12 @@ def reader_columns(raws: Sequence[Any]) -> tuple[dict[tuple[str, ...], Any], lis
         keys.append(fast_key(record))
         for path, kind, values in probed:
             value = _probe(record, path)
-            if kind == arrowjson.LIST:
+            if kind == arrowjson.LIST or kind == arrowjson.VALUE:
                 values.append(None if value is _MISSING else value)
             else:  # an object path: the dict path makes a column of its null and {} values
                 values.append(value if value is None or value == {} else _MISSING)
     for path, kind, values in probed:
-        if kind == arrowjson.LIST:
+        if kind == arrowjson.LIST or kind == arrowjson.VALUE:
             columns[path] = values
         elif any(v is not _MISSING for v in values):
             columns[path] = [None if v is _MISSING else v for v in values]

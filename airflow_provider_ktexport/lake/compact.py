@@ -1,20 +1,24 @@
-"""Compaction: merge a lake partition's small files, drop duplicate rows, reconcile column types.
+"""Compaction: merge a lake partition's small files, drop duplicate rows, fit old files to the rules.
 
-fsspec + pyarrow, no Airflow. For each partition (a directory of ``part-*.parquet`` files):
+fsspec + pyarrow, no Airflow. First the root is checked: it must be a lake (``_schema/`` or
+partition folders right below it) and every folder holding files must be a pure partition path
+(``record_type=…/event_date=…``), or nothing is touched. Then for each partition:
 
 1. skip it when any file in it changed in the last ``min_age_seconds`` (a drain may be writing);
-2. read the files to rewrite, cast each to the record type's published schema (files written
-   before a widening get the current types), keep the first row of every ``_record_key``;
-3. write the result as new files of about ``target_bytes`` with :meth:`LakeWriter.write`
-   (atomic and verified);
+2. read the files to rewrite, fit each to the record type's published columns by the variant
+   rule (:func:`.variants.fit_table`: no column changes type, no value is re-spelt; files of
+   earlier versions get this version's names and lose their Null-typed columns), keep one row
+   per ``(_source, _record_key)``: the one ingested first;
+3. write the result as new files of about ``target_bytes`` into the same directory with
+   :meth:`LakeWriter.write` (atomic and verified);
 4. only then delete the files that were read.
 
 A reader therefore never misses a row: between steps 3 and 4 it may see old and new files
 together, i.e. duplicates, which ``_record_key`` removes. A compaction killed midway leaves at
 worst such duplicates, which the next compaction removes; nothing is lost.
 
-Files already at least ``0.75 * target_bytes`` with the published types are kept as they are;
-only their ``_record_key`` column is read, so rows they hold are not written again.
+Files already at least ``0.75 * target_bytes`` and at the published columns are kept as they
+are; only their key columns are read, so rows they hold are not written again.
 """
 
 from __future__ import annotations
@@ -32,22 +36,22 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_ktexport.lake.schema import widen
-from airflow_provider_ktexport.lake.writer import (
-    QUARANTINE_DIR,
-    SCHEMA_DIR,
-    LakeWriter,
-    WrittenFile,
-    _conform,
-)
+from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
+from airflow_provider_ktexport.lake.reader import published_types
+from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
+from airflow_provider_ktexport.lake.writer import QUARANTINE_DIR, SCHEMA_DIR, LakeWriter, WrittenFile
 
 __all__ = ["CompactResult", "compact_lake"]
 
 log = logging.getLogger(__name__)
 
-#: A file this fraction of the target size or bigger is "done" unless its types need fixing.
+#: A file this fraction of the target size or bigger is "done" unless its columns need fitting.
 BIG_FILE_FRACTION = 0.75
 _KEY = "_record_key"
+_SOURCE = "_source"
+_INGESTED = "_ingested_at"
+_Pair = tuple[str | None, str]
 
 
 @dataclass
@@ -96,20 +100,65 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
+def _is_partition_segment(segment: str) -> bool:
+    key, sep, value = segment.partition("=")
+    return bool(sep) and key in PARTITION_KEYS and is_safe_partition_value(value)
+
+
+def _check_root(fs: fsspec.AbstractFileSystem, root: str) -> bool:
+    """True for a lake root with data; False for an empty or missing one; raises for anything else."""
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return False
+    names = [posixpath.basename(str(e["name"]).rstrip("/")) for e in entries]
+    if not names:
+        return False
+    if SCHEMA_DIR in names or any(_is_partition_segment(n) for n in names):
+        return True
+    below = []
+    for e in entries:
+        if e.get("type") == "directory":
+            try:
+                inner = fs.ls(e["name"], detail=False)
+            except FileNotFoundError:
+                continue
+            if any(_is_partition_segment(posixpath.basename(p.rstrip("/"))) for p in inner):
+                below.append(str(e["name"]))
+    hint = f" Lakes found one level below: {', '.join(sorted(below))}; pass one of them." if below else ""
+    raise KtExportConfigError(
+        f"Refusing to compact {root}: it is not a lake root (no {SCHEMA_DIR}/ and no record_type=... "
+        f"partition folders directly below it). Pass the folder the drain writes to (its destination).{hint}"
+    )
+
+
 def _partitions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[_File]]:
-    """Every partition directory under ``root`` with all its files (data and temporary)."""
+    """Every partition directory under ``root`` with all its files; refuses impure directories."""
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
         return {}
     out: dict[str, list[_File]] = defaultdict(list)
+    bad: set[str] = set()
     for path, info in found.items():
         rel = path[len(root) :].strip("/")
         first = rel.split("/", 1)[0]
         if "/" not in rel or first in (SCHEMA_DIR, QUARANTINE_DIR) or first.startswith((".", "_")):
             continue
         directory = posixpath.dirname(path)
+        segments = directory[len(root) :].strip("/").split("/")
+        keys = [s.partition("=")[0] for s in segments]
+        if not all(_is_partition_segment(s) for s in segments) or len(set(keys)) != len(keys):
+            bad.add(directory)
+            continue
         out[directory].append(_File(path, int(info.get("size") or 0), _mtime(info)))
+    if bad:
+        raise KtExportConfigError(
+            f"Refusing to compact {root}: {', '.join(sorted(bad)[:5])} "
+            f"{'is not a partition path' if len(bad) == 1 else 'are not partition paths'} of this lake "
+            f"(only {'/'.join(k + '=...' for k in PARTITION_KEYS[:2])} folders may hold files below the "
+            "root). Nothing was changed; move those files out of the lake or pass the right root."
+        )
     return dict(out)
 
 
@@ -124,11 +173,6 @@ def _is_data(f: _File) -> bool:
     return name.endswith(".parquet") and not name.startswith(".")
 
 
-def _types_match(schema: pa.Schema, target: pa.Schema) -> bool:
-    """Every column of ``schema`` already has the target's type (missing columns are fine)."""
-    return all(target.get_field_index(f.name) < 0 or target.field(f.name).type == f.type for f in schema)
-
-
 def _read(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
     with fs.open(path, "rb") as fh:
         return pq.read_table(fh, columns=columns)
@@ -139,18 +183,24 @@ def _read_schema(fs: fsspec.AbstractFileSystem, path: str) -> pa.Schema:
         return pq.read_schema(fh)
 
 
-def _first_occurrences(keys: Iterable[str | None], seen: set[str]) -> list[bool]:
-    """Mask keeping a row unless its key was seen before (in this file or an earlier one)."""
-    mask = []
-    for key in keys:
-        if key is None:  # no key (should not happen): keep the row rather than guess
-            mask.append(True)
-        elif key in seen:
-            mask.append(False)
-        else:
-            seen.add(key)
-            mask.append(True)
-    return mask
+def _key_rows(
+    fs: fsspec.AbstractFileSystem, f: _File, schema: pa.Schema
+) -> Iterable[tuple[_Pair | None, float]]:
+    """``((_source, _record_key), ingested epoch)`` of each row; the pair is None without a key."""
+    cols = [c for c in (_SOURCE, _KEY, _INGESTED) if c in schema.names]
+    if _KEY not in cols:
+        with fs.open(f.path, "rb") as fh:
+            return [(None, 0.0)] * pq.ParquetFile(fh).metadata.num_rows
+    t = _read(fs, f.path, cols)
+    n = t.num_rows
+    sources = t.column(_SOURCE).to_pylist() if _SOURCE in cols else [None] * n
+    keys = t.column(_KEY).to_pylist()
+    times = (
+        [float("inf") if v is None else v.timestamp() for v in t.column(_INGESTED).to_pylist()]
+        if _INGESTED in cols
+        else [float("inf")] * n
+    )
+    return [(None if k is None else (s, k), ts) for s, k, ts in zip(sources, keys, times, strict=True)]
 
 
 class _Compactor:
@@ -161,32 +211,64 @@ class _Compactor:
         target_bytes: int,
         min_age_seconds: float,
         now: float,
+        uniform_columns: bool = True,
     ) -> None:
         self.writer = writer
+        self.uniform_columns = uniform_columns
         self.fs = writer.fs
         self.target_bytes = target_bytes
         self.min_age_seconds = min_age_seconds
         self.now = now
         self.result = CompactResult()
-        self._schemas: dict[str, pa.Schema | None] = {}
-
-    def published(self, record_type: str | None) -> pa.Schema | None:
-        if record_type is None:
-            return None
-        if record_type not in self._schemas:
-            self._schemas[record_type] = self.writer.load_schema(record_type)
-        return self._schemas[record_type]
 
     def run(self, record_type: str | None) -> CompactResult:
         root = self.writer.root
+        if not _check_root(self.fs, root):
+            log.info("Nothing to compact: %s is empty or missing", root)
+            return self.result
+        by_type: dict[str | None, list[tuple[str, dict[str, str], list[_File]]]] = defaultdict(list)
         for directory, files in sorted(_partitions(self.fs, root).items()):
             partition = _partition_of(root, directory)
+            if self.writer.partition_dir(partition) != directory:  # pragma: no cover - checked above
+                raise KtExportConfigError(f"Refusing to compact {directory}: not a partition path of {root}")
             if record_type is not None and partition.get("record_type") != record_type:
                 continue
-            self.partition(directory, partition, files)
+            by_type[partition.get("record_type")].append((directory, partition, files))
+        for rtype, partitions in by_type.items():
+            self.record_type(rtype, partitions)
         return self.result
 
-    def partition(self, directory: str, partition: dict[str, str], files: list[_File]) -> None:
+    def record_type(
+        self, rtype: str | None, partitions: list[tuple[str, dict[str, str], list[_File]]]
+    ) -> None:
+        """Fix the record type's column types once (across all its partitions), then each partition."""
+        schemas: dict[str, pa.Schema] = {}
+        for _, _, files in partitions:
+            for f in files:
+                if _is_data(f):
+                    schemas[f.path] = _read_schema(self.fs, f.path)
+        oldest_first = [schemas[p] for p in sorted(schemas, key=posixpath.basename)]
+        if rtype is None:
+            types: dict[str, pa.DataType] = {}
+            for schema in oldest_first:
+                for fld in schema:
+                    if not pa.types.is_null(fld.type):
+                        types.setdefault(fld.name, fld.type)
+        else:
+            types = published_types(self.writer, rtype, oldest_first)
+        full = fitted_columns(oldest_first, types) if self.uniform_columns else {}
+        for directory, partition, files in partitions:
+            self.partition(directory, partition, files, schemas, types, full)
+
+    def partition(
+        self,
+        directory: str,
+        partition: dict[str, str],
+        files: list[_File],
+        schemas: dict[str, pa.Schema],
+        types: dict[str, pa.DataType],
+        full: dict[str, pa.DataType],
+    ) -> None:
         data = sorted((f for f in files if _is_data(f)), key=lambda f: posixpath.basename(f.path))
         if not data:
             return
@@ -195,71 +277,95 @@ class _Compactor:
             log.info("Skipping %s: changed %.0f s ago (a drain may be writing)", directory, self.now - newest)
             self.result.partitions_skipped_recent += 1
             return
-        schemas = {f.path: _read_schema(self.fs, f.path) for f in data}
-        target = self.published(partition.get("record_type"))
-        for s in schemas.values():  # files older than the schema store, or partitions without a type
-            target = s if target is None else widen(target, s)
-        assert target is not None
         big_limit = BIG_FILE_FRACTION * self.target_bytes
-        keep = [f for f in data if f.size >= big_limit and _types_match(schemas[f.path], target)]
+
+        def fine(f: _File) -> bool:  # at the published types, and (if asked) every column there
+            schema = schemas[f.path]
+            return not needs_fit(schema, types) and (not full or set(schema.names) == set(full))
+
+        keep = [f for f in data if f.size >= big_limit and fine(f)]
         rewrite = [f for f in data if f not in keep]
         if not rewrite:
             self.result.partitions_unchanged += 1
             return
-        seen: set[str] = set()
-        for f in keep:  # rows already in a kept file are not written again
-            if _KEY in schemas[f.path].names:
-                seen.update(k for k in _read(self.fs, f.path, [_KEY]).column(_KEY).to_pylist() if k)
-        if len(rewrite) == 1 and _types_match(schemas[rewrite[0].path], target):
-            # One small file beside big ones (or alone): rewriting it would only fix duplicates.
-            keys = self._keys(rewrite[0], schemas)
-            if keys is None or (len(set(keys)) == len(keys) and seen.isdisjoint(keys)):
-                self.result.partitions_unchanged += 1
-                return
-        self._rewrite(directory, partition, rewrite, target, seen)
+        kept_first: dict[_Pair, float] = {}
+        for f in keep:  # rows already in a kept file are not written again (unless ingested earlier)
+            for pair, ts in _key_rows(self.fs, f, schemas[f.path]):
+                if pair is not None and ts < kept_first.get(pair, float("inf")):
+                    kept_first[pair] = ts
+        masks = self._first_copies(rewrite, schemas, kept_first)
+        if len(rewrite) == 1 and all(masks[0]) and fine(rewrite[0]):
+            self.result.partitions_unchanged += 1  # one small file: rewriting would change nothing
+            return
+        self._rewrite(directory, partition, rewrite, masks, types, full)
 
-    def _keys(self, f: _File, schemas: dict[str, pa.Schema]) -> list[str] | None:
-        if _KEY not in schemas[f.path].names:
-            return None
-        return _read(self.fs, f.path, [_KEY]).column(_KEY).to_pylist()
+    def _first_copies(
+        self, rewrite: list[_File], schemas: dict[str, pa.Schema], kept_first: dict[_Pair, float]
+    ) -> list[list[bool]]:
+        """Per file, per row: keep it (the first-ingested copy of its ``(_source, _record_key)``)."""
+        rows = [list(_key_rows(self.fs, f, schemas[f.path])) for f in rewrite]
+        best: dict[_Pair, tuple[float, int, int]] = {}
+        for i, file_rows in enumerate(rows):
+            for j, (pair, ts) in enumerate(file_rows):
+                if pair is None:
+                    continue
+                rank = (ts, i, j)
+                if pair not in best or rank < best[pair]:
+                    best[pair] = rank
+        masks = []
+        for i, file_rows in enumerate(rows):
+            mask = []
+            for j, (pair, ts) in enumerate(file_rows):
+                if pair is None:  # no key (should not happen): keep the row rather than guess
+                    mask.append(True)
+                else:
+                    mask.append(best[pair][1:] == (i, j) and ts < kept_first.get(pair, float("inf")))
+            masks.append(mask)
+        return masks
 
     def _rewrite(
         self,
         directory: str,
         partition: dict[str, str],
         rewrite: list[_File],
-        target: pa.Schema,
-        seen: set[str],
+        masks: list[list[bool]],
+        types: dict[str, pa.DataType],
+        full: dict[str, pa.DataType],
     ) -> None:
         pending: list[pa.Table] = []
         pending_bytes = 0.0
         written: list[WrittenFile] = []
         rows_in = 0
-        for f in rewrite:
+        for f, mask in zip(rewrite, masks, strict=True):
             table = _read(self.fs, f.path)
             rows_in += table.num_rows
-            table = _conform(table, target)
-            if _KEY in table.column_names:
-                mask = _first_occurrences(table.column(_KEY).to_pylist(), seen)
-                kept = table.filter(pa.array(mask, pa.bool_()))
-            else:
-                kept = table
+            kept = fit_table(table, types).filter(pa.array(mask, pa.bool_()))
             if table.num_rows:
                 # Estimate the output size from the input's compressed size, pro rata.
                 pending_bytes += f.size * kept.num_rows / table.num_rows
             if kept.num_rows:
                 pending.append(kept)
             if pending_bytes >= self.target_bytes:
-                written.append(self.writer.write(pa.concat_tables(pending), partition))
+                written.append(self._write(pending, partition, full))
                 pending, pending_bytes = [], 0.0
         if pending:
-            written.append(self.writer.write(pa.concat_tables(pending), partition))
+            written.append(self._write(pending, partition, full))
         # Every new file is written and verified: only now may the old ones go.
         for f in rewrite:
             try:
                 self.fs.rm_file(f.path)
             except FileNotFoundError:  # someone else compacted it meanwhile; its rows are in their files
                 pass
+        self._count(directory, rewrite, rows_in, written)
+
+    def _write(
+        self, pending: list[pa.Table], partition: dict[str, str], full: dict[str, pa.DataType]
+    ) -> WrittenFile:
+        # Every name has one type in all fitted tables; a column some lack reads as nulls there.
+        table = pa.concat_tables(pending, promote_options="default")
+        return self.writer.write(pad_table(table, full) if full else table, partition)
+
+    def _count(self, directory: str, rewrite: list[_File], rows_in: int, written: list[WrittenFile]) -> None:
         rows_out = sum(w.rows for w in written)
         r = self.result
         r.partitions += 1
@@ -293,6 +399,7 @@ def compact_lake(
     uri_prefix: str | None = None,
     writer_id: str | None = None,
     now: float | None = None,
+    uniform_columns: bool = True,
 ) -> CompactResult:
     """Compact every partition of the lake at ``root`` (or of one record type).
 
@@ -305,6 +412,11 @@ def compact_lake(
     :param uri_prefix: user-facing URL of ``root`` (for the URIs in the result)
     :param writer_id: the id the new files' schema is published under (default ``compactor``)
     :param now: the current time as epoch seconds (tests)
+    :param uniform_columns: give every file of a record type all its columns (nulls where a file
+        has no value), so readers that take one file's columns (pandas) or refuse others (Polars)
+        read every value; a new column then makes the next run rewrite each partition once
+    :raises KtExportConfigError: ``root`` is not a lake root, or a folder holding files below it is
+        not a pure partition path; nothing was changed
     :raises KtExportWriteError: a new file could not be written or verified; no old file was removed
         for that partition
     """
@@ -320,5 +432,6 @@ def compact_lake(
         target_bytes=int(target_file_mb * 1024 * 1024),
         min_age_seconds=min_age_seconds,
         now=time.time() if now is None else now,
+        uniform_columns=uniform_columns,
     )
     return compactor.run(record_type)

@@ -15,12 +15,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_ktexport.lake.naming import sanitize_partition_value
+from airflow_provider_ktexport.lake.naming import column_name, sanitize_partition_value
 from airflow_provider_ktexport.lake.types import TIMESTAMP
 
-__all__ = ["EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
+__all__ = ["EVENT_TIME_COLUMNS", "EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
 
 EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
+#: Their column names (``eventDate`` is ``eventDate___c20``: names carry a case tag).
+EVENT_TIME_COLUMNS = tuple(column_name((f,)) for f in EVENT_TIME_FIELDS)
 # event_date is a partition choice, not a stored value: it also takes a bare date, or a time
 # without zone (read as UTC).
 _ISO_LOOSE = re.compile(
@@ -76,25 +78,33 @@ def _days_of_times(arr: pa.Array) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def event_dates(columns: dict[tuple[str, ...], pa.Array], n: int) -> pa.Array:
-    """:func:`event_date` of every row, from the built columns (vectorised for timestamp columns)."""
+def event_dates(columns: dict[tuple[str, ...], list[pa.Array]], n: int) -> pa.Array:
+    """:func:`event_date` of every row, from the built columns (vectorised for timestamp columns).
+
+    ``columns`` holds each key path's column and its variant columns; a row has its value in one
+    of them, so their days are simply merged.
+    """
     days: pa.Array = pa.nulls(n, pa.string())
     for name in EVENT_TIME_FIELDS:
-        arr = columns.get((name,))
-        if arr is None:
-            continue
-        if pa.types.is_timestamp(arr.type):
-            # Arrow's cast accepted these strict RFC 3339 texts; fromisoformat reads them alike.
-            days = pc.coalesce(days, _days_of_times(arr))
-        elif pa.types.is_string(arr.type):
-            todo = pc.indices_nonzero(pc.fill_null(pc.and_(days.is_null(), arr.is_valid()), False))
-            if len(todo):
-                out = days.to_pylist()
-                for j, value in zip(todo.to_pylist(), arr.take(todo).to_pylist(), strict=True):
-                    parsed = _parse_loose(value)
-                    if parsed is not None:
-                        out[j] = parsed.strftime("%Y-%m-%d")
-                days = pa.array(out, pa.string())
+        for arr in columns.get((name,), ()):
+            days = _days_of(arr, days)
         if days.null_count == 0:
             break
     return pc.fill_null(days, "unknown")
+
+
+def _days_of(arr: pa.Array, days: pa.Array) -> pa.Array:
+    """``days`` with its nulls filled from the times in ``arr`` where they parse."""
+    if pa.types.is_timestamp(arr.type):
+        # Arrow's cast accepted these strict RFC 3339 texts; fromisoformat reads them alike.
+        days = pc.coalesce(days, _days_of_times(arr))
+    elif pa.types.is_string(arr.type):
+        todo = pc.indices_nonzero(pc.fill_null(pc.and_(days.is_null(), arr.is_valid()), False))
+        if len(todo):
+            out = days.to_pylist()
+            for j, value in zip(todo.to_pylist(), arr.take(todo).to_pylist(), strict=True):
+                parsed = _parse_loose(value)
+                if parsed is not None:
+                    out[j] = parsed.strftime("%Y-%m-%d")
+            days = pa.array(out, pa.string())
+    return days

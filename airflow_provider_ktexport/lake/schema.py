@@ -5,10 +5,10 @@ Pure functions, no I/O. The rules are documented for users in ``docs/schema-mapp
 - nested objects are flattened into columns joined by ``__``; every key is escaped by one
   reversible percent rule (:mod:`.naming`), so no two paths share a column and no data column
   can be mistaken for a partition key or a ``_`` metadata column;
-- column types come from a lattice (:mod:`.types`), widened against the lake's published schema
-  so types only ever widen;
-- nothing is dropped or nulled: a value that does not fit its column's type is stored as its
-  JSON text in a string column.
+- a column's type comes from a lattice (:mod:`.types`) in the flush where it first appears and is
+  then fixed: the lake's published schema is passed in, and a later value that does not fit its
+  column exactly goes to a variant column beside it (``<name>___string``...);
+- nothing is dropped, rounded or nulled; a field seen only as null makes no column.
 
 Columns come from Arrow's JSON reader over the raw bytes when it provably gives the documented
 result (:mod:`.arrowjson`), else from the decoded dicts; both give the same table
@@ -33,21 +33,18 @@ from airflow_provider_ktexport.lake.keys import RECORD_KEY_HASH, canonical_json,
 from airflow_provider_ktexport.lake.naming import (
     PARTITION_KEYS,
     PATH_METADATA_KEY,
-    assign_names,
+    base_name,
     column_name,
     column_path,
     field_path,
     is_safe_partition_value,
     path_metadata,
     sanitize_partition_value,
+    variant_name,
+    variant_type,
 )
 from airflow_provider_ktexport.lake.partitions import event_date, event_dates
-from airflow_provider_ktexport.lake.types import (
-    TIMESTAMP,
-    build_column,
-    widen,
-    widen_type,
-)
+from airflow_provider_ktexport.lake.types import TIMESTAMP, build_fitted, widen_type
 
 __all__ = [
     "META_COLUMNS",
@@ -65,7 +62,7 @@ __all__ = [
     "is_safe_partition_value",
     "record_key",
     "sanitize_partition_value",
-    "widen",
+    "variant_name",
     "widen_type",
 ]
 
@@ -77,7 +74,6 @@ META_COLUMNS: dict[str, pa.DataType] = {
     "_source": pa.string(),
     "_raw": pa.string(),
 }
-_RESERVED = {m.lower() for m in META_COLUMNS}
 
 
 # -- building tables --------------------------------------------------------------------------------------
@@ -115,10 +111,22 @@ def _type_of(raw: Any, cache: dict[str, str]) -> str:
     return rtype
 
 
-def _known_paths(known: pa.Schema | None) -> dict[tuple[str, ...], str]:
+def _published(known: pa.Schema | None) -> tuple[dict[str, pa.DataType], dict[str, tuple[pa.DataType, ...]]]:
+    """The published type of each base column, and the variant types published beside each."""
+    types: dict[str, pa.DataType] = {}
+    variants: dict[str, tuple[pa.DataType, ...]] = {}
     if known is None:
-        return {}
-    return {field_path(f): f.name for f in known if f.name not in META_COLUMNS}
+        return types, variants
+    for f in known:
+        if f.name in META_COLUMNS:
+            continue
+        vtype = variant_type(f.name)
+        if vtype is None:
+            types[f.name] = f.type
+        else:
+            base = base_name(f.name)
+            variants[base] = (*variants.get(base, ()), vtype)
+    return types, variants
 
 
 def build_tables(
@@ -139,8 +147,8 @@ def build_tables(
     :param ingested_at: the value of ``_ingested_at`` (and of the ``ingest_date`` partition)
     :param partition_by: partition keys, among ``record_type``, ``event_date``, ``ingest_date``
     :param include_raw: add ``_raw``, each record's original JSON text
-    :param known_schema: the lake's published schema of a record type (or None); the tables are
-        built at its types widened by the new data, so a type never narrows
+    :param known_schema: the lake's published schema of a record type (or None); its columns keep
+        their types, values that do not fit go to variant columns (docs/schema-mapping.md)
     :raises ValueError: a record is not a JSON object
     """
     # Millions of short-lived, acyclic objects (decoded records, column lists) trigger the
@@ -233,22 +241,24 @@ def _type_table(
     ingested_at: datetime,
     known: pa.Schema | None,
 ) -> tuple[pa.Table, pa.Array]:
-    """One record type's rows as a table at the widened (known + inferred) schema, and each row's event day."""
+    """One record type's rows as a table at the published schema (plus new columns), and each row's event day."""
     n = len(raws)
-    found = reader_columns(raws)
+    types, variants = _published(known)
+    # Where an int64 column is published, the JSON reader's doubles hide which numbers were ints.
+    value_paths = frozenset(column_path(name) for name, t in types.items() if t == pa.int64())
+    found = reader_columns(raws, value_paths)
     values, keys = found if found is not None else dict_columns(raws)
-    paths = {column_name(path): path for path in values}
-    names = assign_names(paths, _known_paths(known), _RESERVED)
     columns: dict[str, tuple[pa.Field, pa.Array]] = {}
-    by_path: dict[tuple[str, ...], pa.Array] = {}
+    by_path: dict[tuple[str, ...], list[pa.Array]] = {}
     unsafe: set[int] = set()
-    for canon, path in paths.items():
-        name = names[canon]
-        known_type = known.field(name).type if known is not None and name in known.names else None
-        target, arr, bad = build_column(values[path], known_type)
+    for path, vals in values.items():
+        name = column_name(path)
+        pieces, bad = build_fitted(vals, types.get(name), variants.get(name, ()))
         unsafe.update(bad)
-        columns[name] = (pa.field(name, target, metadata=path_metadata(path)), arr)
-        by_path[path] = arr
+        for vtype, arr in pieces:
+            col = name if vtype is None else variant_name(name, vtype)
+            columns[col] = (pa.field(col, arr.type, metadata=path_metadata(path)), arr)
+            by_path.setdefault(path, []).append(arr)
     del values
     for j in unsafe:
         keys[j] = record_key(decode_record(raws[j]))
@@ -269,13 +279,14 @@ def _type_table(
     seen: set[str] = set()
     if known is not None:
         for kf in known:
+            if pa.types.is_null(kf.type):  # a schema of an earlier version: no Null-typed columns now
+                continue
             seen.add(kf.name)
             if kf.name in columns:
                 f, arr = columns[kf.name]
             elif kf.name in meta_arrays:
                 arr = meta_arrays[kf.name]
-                f = pa.field(kf.name, widen_type(kf.type, arr.type))
-                arr = arr.cast(f.type) if arr.type != f.type else arr
+                f = pa.field(kf.name, arr.type)
             else:  # a column this batch does not have: nulls at the published type
                 f, arr = kf, pa.nulls(n, kf.type)
             fields.append(f)

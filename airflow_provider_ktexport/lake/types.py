@@ -1,8 +1,12 @@
-"""The column type lattice: inference from values, widening, and building columns at a type.
+"""The column type lattice: inference from values, and building columns at a published type.
 
 null < bool; null < int64 < float64 (ints only while |x| <= 2^53); null < timestamp[us, UTC]
 (strict RFC 3339 times with a zone); string on top. Lists and empty objects are canonical JSON
 text; a mix the lattice does not join is a string column of each value's JSON text.
+
+The lattice types a column only in the flush where it first appears; from then on its type is
+published and fixed. :func:`build_fitted` puts each later value that fits the published type
+exactly into the column, and the others into variant columns beside it (docs/schema-mapping.md).
 
 A column's values come either as a Python list (the dict path) or as an Arrow array of
 null/bool/int64/double/string (the JSON-reader path); both give the same column. Building a
@@ -27,7 +31,7 @@ __all__ = [
     "canonical_text",
     "fast_safe",
     "float_safe",
-    "widen",
+    "build_fitted",
     "widen_type",
 ]
 
@@ -94,23 +98,6 @@ def widen_type(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     if {a, b} == {pa.int64(), pa.float64()}:
         return pa.float64()
     return pa.string()
-
-
-def widen(a: pa.Schema, b: pa.Schema) -> pa.Schema:
-    """Per-column lattice join of two schemas; columns of ``a`` first, then those only in ``b``."""
-    fields = []
-    b_names = set(b.names)
-    for fa in a:
-        if fa.name in b_names:
-            fb = b.field(fa.name)
-            fields.append(
-                pa.field(fa.name, widen_type(fa.type, fb.type), metadata=fa.metadata or fb.metadata)
-            )
-        else:
-            fields.append(fa)
-    a_names = set(a.names)
-    fields.extend(fb for fb in b if fb.name not in a_names)
-    return pa.schema(fields, metadata=a.metadata or b.metadata)
 
 
 def _timestamps(arr: pa.Array) -> pa.Array | None:
@@ -204,12 +191,12 @@ def _build_array(arr: pa.Array, known: pa.DataType | None) -> tuple[pa.DataType,
     n = len(arr)
     inferred = arr.type
     built = arr
-    if pa.types.is_string(inferred):
+    if arr.null_count == n:  # also a typed array of nulls (the rows left after fitting)
+        inferred = pa.null()
+    elif pa.types.is_string(inferred):
         ts = _timestamps(arr)
         if ts is not None:
             inferred, built = TIMESTAMP, ts
-    elif arr.null_count == n:
-        inferred = pa.null()
     target = inferred if known is None else widen_type(known, inferred)
     unsafe = _unsafe_float_rows(arr) if pa.types.is_floating(arr.type) else []
     if pa.types.is_null(target) or pa.types.is_null(inferred):
@@ -231,3 +218,152 @@ def build_column(
     if isinstance(values, list):
         return _build_values(values, known)
     return _build_array(values, known)
+
+
+# -- fitting values to a published type -----------------------------------------------------------------
+
+#: Order in which existing variant columns are tried for a value that does not fit its column:
+#: the narrowest first, string (which takes anything) last.
+_VARIANT_ORDER = (pa.bool_(), pa.int64(), pa.float64(), TIMESTAMP, pa.string())
+
+
+def _is_time_text(v: str) -> bool:
+    if not _ISO_TS.match(v):
+        return False
+    try:
+        pa.scalar(v, pa.string()).cast(TIMESTAMP)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _value_fits(v: Any, target: pa.DataType) -> bool:
+    """Whether a JSON value goes into a column of ``target`` unchanged (exact; nothing rounded)."""
+    t = type(v)
+    if target == pa.float64():
+        return t is float or (t is int and -MAX_INT_EXACT <= v <= MAX_INT_EXACT)
+    if target == pa.int64():
+        return t is int and -MAX_INT_EXACT <= v <= MAX_INT_EXACT
+    if target == pa.bool_():
+        return t is bool
+    if target == TIMESTAMP:
+        return t is str and _is_time_text(v)
+    return False
+
+
+def _all_fit(values: list[Any], target: pa.DataType) -> bool:
+    kinds = set(map(type, values))
+    kinds.discard(_NoneType)
+    if not kinds:
+        return True
+    if target == TIMESTAMP:
+        return kinds == {str} and _timestamps(pa.array(values, pa.string())) is not None
+    if target == pa.bool_():
+        return kinds == {bool}
+    if not kinds <= ({int, float} if target == pa.float64() else {int}):
+        return False
+    ints = [v for v in values if type(v) is int]
+    return not ints or (min(ints) >= -MAX_INT_EXACT and max(ints) <= MAX_INT_EXACT)
+
+
+def _fit_values(values: list[Any], target: pa.DataType) -> list[bool] | None:
+    """Per row: the value is null or fits ``target``; None when every row does."""
+    if pa.types.is_string(target):
+        return None  # everything fits a string column (as its JSON text)
+    if _all_fit(values, target):  # the usual case, decided per column rather than per value
+        return None
+    mask = [v is None or _value_fits(v, target) for v in values]
+    return None if all(mask) else mask
+
+
+def _time_mask(arr: pa.Array) -> pa.Array:
+    mask = pc.fill_null(pc.match_substring_regex(arr, ISO_TS_RE), False)
+    try:
+        pc.cast(arr.filter(mask), TIMESTAMP)
+        return mask
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # an impossible date among them
+        return pa.array(
+            [bool(m) and _is_time_text(v) for m, v in zip(mask.to_pylist(), arr.to_pylist(), strict=True)]
+        )
+
+
+def _fit_array(arr: pa.Array, target: pa.DataType) -> pa.Array | None:
+    """Per row: null or fits ``target`` (a boolean array); None when every row does.
+
+    ``arr`` comes from the JSON reader: null, bool, int64 (|x| <= 2^53), double or string. A double
+    under an int64 column is ambiguous (``5`` or ``5.0``?): the caller passes those as values.
+    """
+    t = arr.type
+    if pa.types.is_null(t) or t == target or pa.types.is_string(target) or arr.null_count == len(arr):
+        return None
+    if t == pa.int64() and target == pa.float64():
+        return None
+    if pa.types.is_string(t) and target == TIMESTAMP:
+        fits = pc.or_(arr.is_null(), _time_mask(arr))
+    else:
+        fits = arr.is_null()
+    return None if pc.all(fits).as_py() else fits
+
+
+def _select(values: list[Any] | pa.Array, keep: list[bool] | pa.Array) -> list[Any] | pa.Array:
+    """``values`` with the rows not in ``keep`` set to null (row positions are kept)."""
+    if isinstance(values, list):
+        return [v if k else None for v, k in zip(values, keep, strict=True)]
+    return pc.if_else(keep, values, pa.nulls(len(values), values.type))
+
+
+def _invert(keep: list[bool] | pa.Array) -> list[bool] | pa.Array:
+    return [not k for k in keep] if isinstance(keep, list) else pc.invert(keep)
+
+
+def _fit(values: list[Any] | pa.Array, target: pa.DataType) -> list[bool] | pa.Array | None:
+    return _fit_values(values, target) if isinstance(values, list) else _fit_array(values, target)
+
+
+def build_fitted(
+    values: list[Any] | pa.Array,
+    published: pa.DataType | None,
+    variants: tuple[pa.DataType, ...] = (),
+) -> tuple[list[tuple[pa.DataType | None, pa.Array]], list[int]]:
+    """One key path's columns: ``[(None, column), (variant type, variant column), ...]``.
+
+    A column not yet published takes its lattice type from these values (none at all when every
+    value is null: no Null-typed columns). A published column keeps ``published``: values that
+    fit it exactly go in, the others go to the published non-string variants they fit (narrowest
+    first), and what is left to the variant of the type the lattice gives those values. Every row holds
+    its value in exactly one of the returned columns. Also returns the rows whose fast record
+    key is unsafe (see :func:`float_safe`).
+    """
+    if published is None:
+        target, arr, unsafe = build_column(values, None)
+        return ([] if pa.types.is_null(target) else [(None, arr)]), unsafe
+    if published == TIMESTAMP and not isinstance(values, list) and pa.types.is_string(values.type):
+        ts = _timestamps(values)  # the usual case, checked once: every text is a time
+        if ts is not None:
+            return [(None, ts)], []
+    fits = _fit(values, published)
+    if fits is None:
+        _, arr, unsafe = build_column(values, published)
+        return [(None, arr)], unsafe
+    _, base, unsafe = build_column(_select(values, fits), published)
+    out: list[tuple[pa.DataType | None, pa.Array]] = [(None, base)]
+    rest = _select(values, _invert(fits))
+    # string takes anything as its JSON text, so it only gets what the lattice makes a string:
+    # a 1.5 still gets a double variant after a "93.7 km" made a string one.
+    for vtype in sorted((v for v in variants if not pa.types.is_string(v)), key=_VARIANT_ORDER.index):
+        fits = _fit(rest, vtype)
+        if fits is None:  # every remaining value fits this variant
+            _, arr, bad = build_column(rest, vtype)
+            out.append((vtype, arr))
+            return out, sorted({*unsafe, *bad})
+        if (isinstance(fits, list) and any(fits)) or (not isinstance(fits, list) and pc.any(fits).as_py()):
+            # fits also holds the null rows: only the variant's own values count
+            _, arr, bad = build_column(_select(rest, fits), vtype)
+            if arr.null_count < len(arr):
+                out.append((vtype, arr))
+                unsafe = sorted({*unsafe, *bad})
+            rest = _select(rest, _invert(fits))
+    vtype, arr, bad = build_column(rest, None)
+    if not pa.types.is_null(vtype):
+        out.append((vtype, arr))
+    return out, sorted({*unsafe, *bad})

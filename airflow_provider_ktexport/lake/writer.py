@@ -10,6 +10,11 @@ fsspec only, no Airflow. A file becomes visible whole or not at all:
 
 Every write is then verified (visible, size, footer readable, row count) before it is reported,
 because the drain acknowledges batches on the strength of it.
+
+The schema store (``_schema/<type>/<writer id>.json``) publishes each column's type the first
+time any writer writes it; from then on the type is fixed (docs/schema-mapping.md). Each writer
+writes only its own file, so no write races another; the merge picks for every column the entry
+published first (then the smaller writer id), which every reader computes alike.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 import fsspec
 import fsspec.core
@@ -39,10 +43,14 @@ from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.schema import (
     is_safe_partition_value,
     sanitize_partition_value,
-    widen,
+)
+from airflow_provider_ktexport.lake.variants import (
+    current_name,
+    fit_table,
+    needs_fit,
 )
 
-__all__ = ["LakeWriter", "WrittenFile", "read_lake", "read_lake_pandas"]
+__all__ = ["LakeWriter", "WrittenFile"]
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +75,51 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem) or "file" in protocols or "local" in protocols
 
 
-def _schema_to_json(schema: pa.Schema, record_type: str, writer_id: str) -> bytes:
+#: Store format 2: types are first-published and fixed. Format-1 files (earlier versions) held
+#: widened types and old spellings; they still count, after every format-2 entry.
+_STORE_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One column as one writer's schema file publishes it."""
+
+    field: pa.Field
+    first_seen: float
+    writer_id: str
+    format: int
+
+    def rank(self) -> tuple[int, float, str]:
+        return (-self.format, self.first_seen, self.writer_id)
+
+
+def _schema_to_json(entries: Mapping[str, _Entry], record_type: str, writer_id: str) -> bytes:
+    schema = pa.schema([e.field for e in entries.values()])
     doc = {
-        "format": 1,
+        "format": _STORE_FORMAT,
         "record_type": record_type,
         "writer_id": writer_id,
         # Readable summary for humans; the serialized schema (with field metadata) is authoritative.
         "fields": {f.name: str(f.type) for f in schema},
+        "first_seen": {name: e.first_seen for name, e in entries.items()},
         "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
     }
     return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
 
 
-def _schema_from_json(data: bytes) -> pa.Schema:
+def _entries_from_json(data: bytes, default_writer: str) -> list[_Entry]:
     doc = json.loads(data)
-    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["arrow_schema"])))
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["arrow_schema"])))
+    fmt = int(doc.get("format", 1))
+    first_seen = doc.get("first_seen") or {}
+    writer_id = str(doc.get("writer_id") or default_writer)
+    out = []
+    for f in schema:
+        if pa.types.is_null(f.type):  # earlier versions published Null-typed columns: no type yet
+            continue
+        seen = float(first_seen.get(f.name, float("inf")))
+        out.append(_Entry(f.with_name(current_name(f)), seen, writer_id, fmt))
+    return out
 
 
 class LakeWriter:
@@ -115,9 +153,9 @@ class LakeWriter:
         self.uri_prefix = uri_prefix
         self.row_group_size = row_group_size
         self.local = _is_local(fs)
-        # This writer's own published schema per record type (what its schema file holds).
-        self._own: dict[str, pa.Schema] = {}
-        # The lake's published schema per record type as last read; it only ever widens.
+        # This writer's own schema file per record type: the columns it published first.
+        self._own: dict[str, dict[str, _Entry]] = {}
+        # The lake's published schema per record type as last read (it only ever gains columns).
         self._published: dict[str, pa.Schema] = {}
         # Concurrent writes of one flush share the schema store's state.
         self._publish_lock = threading.Lock()
@@ -211,8 +249,9 @@ class LakeWriter:
         path = posixpath.join(directory, f"part-{stamp}-{uuid.uuid4().hex}.parquet")
         record_type = partition.get("record_type")
         if record_type is not None and not area:
+            # One flush's files are written concurrently: they settle the schema one at a time.
             with self._publish_lock:
-                self._publish(record_type, table.schema)
+                table = self._settle(record_type, table)
         try:
             buf = pa.BufferOutputStream()
             pq.write_table(
@@ -262,10 +301,13 @@ class LakeWriter:
         return self._join(SCHEMA_DIR, sanitize_partition_value(record_type))
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
-        """The published schema of a record type: every writer's schema file merged by widening."""
+        """The published schema of a record type: every writer's schema file merged, first entry wins.
+
+        Columns are in the order they were first published; names are this version's spelling
+        (entries of earlier versions are re-keyed by their key path).
+        """
         directory = self._schema_dir(record_type)
         self.fs.invalidate_cache(directory)
-        merged = self._own.get(record_type)
         try:
             paths = sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".json"))
         except FileNotFoundError:
@@ -275,40 +317,75 @@ class LakeWriter:
             raise KtExportWriteError(
                 f"Reading the schema store {uri} failed: {type(exc).__name__}: {exc}", destination=uri
             ) from exc
+        best: dict[str, _Entry] = dict(self._own.get(record_type, {}))
         for p in paths:
-            if posixpath.basename(p).startswith("."):
+            name = posixpath.basename(p)
+            if name.startswith("."):
                 continue
             try:
-                schema = _schema_from_json(self.fs.cat_file(p))
+                entries = _entries_from_json(self.fs.cat_file(p), name[: -len(".json")])
             except FileNotFoundError:
                 continue
-            merged = schema if merged is None else widen(merged, schema)
-        if merged is not None:
-            self._published[record_type] = merged
+            except (ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+                # One unreadable file must not stop every writer; compaction still fits files to
+                # whatever the readable files publish.
+                log.warning("Ignoring unreadable schema file %s: %s", self.uri_of(p), exc)
+                continue
+            for e in entries:
+                have = best.get(e.field.name)
+                if have is None or e.rank() < have.rank():
+                    best[e.field.name] = e
+        if not best:
+            return None
+        ordered = sorted(best.values(), key=lambda e: (e.first_seen, e.writer_id, e.field.name))
+        merged = pa.schema([e.field for e in ordered])
+        self._published[record_type] = merged
         return merged
 
     def save_schema(self, record_type: str, schema: pa.Schema) -> None:
-        """Widen this writer's own schema file of ``record_type`` by ``schema`` (never narrows)."""
-        self._publish(record_type, schema)
+        """Publish the columns of ``schema`` the lake does not publish yet (published ones never change)."""
+        published = self.load_schema(record_type)
+        known = set() if published is None else set(published.names)
+        new = [f for f in schema if f.name not in known and not pa.types.is_null(f.type)]
+        if new:
+            self._add_own(record_type, new)
 
-    def _publish(self, record_type: str, schema: pa.Schema) -> None:
-        own = self._own.get(record_type)
-        if own is None:
-            # A writer adds a schema file only to publish a widening: a run whose types the lake
-            # already publishes writes none, so the store does not grow by a file per run.
-            published = self._published.get(record_type) or self.load_schema(record_type)
-            if published is not None and widen(published, schema).equals(published, check_metadata=True):
-                return
-        merged = schema if own is None else widen(own, schema)
-        if own is not None and merged.equals(own, check_metadata=True):
-            return
+    def _add_own(self, record_type: str, fields: list[pa.Field]) -> None:
+        own = dict(self._own.get(record_type, {}))
+        now = time.time()
+        for f in fields:
+            own[f.name] = _Entry(f, now, self.writer_id, _STORE_FORMAT)
         path = posixpath.join(self._schema_dir(record_type), f"{self.writer_id}.json")
         try:
-            self._put(path, _schema_to_json(merged, record_type, self.writer_id))
+            self._put(path, _schema_to_json(own, record_type, self.writer_id))
         except Exception as exc:
             uri = self.uri_of(path)
             raise KtExportWriteError(f"Writing schema file {uri} failed: {exc}", destination=uri) from exc
-        self._own[record_type] = merged
+        self._own[record_type] = own
+
+    def _settle(self, record_type: str, table: pa.Table) -> pa.Table:
+        """``table`` at the lake's published types, its new columns published before any file has them.
+
+        Fast path without I/O when every column is published at the table's type. Otherwise the
+        new columns go into this writer's schema file and the store is read again: if another
+        writer published one of them first with another type, its values move to variants
+        (:func:`fit_table`) and those are published in turn.
+        """
+        published = self._published.get(record_type) or self.load_schema(record_type)
+        for _ in range(4):
+            types = {} if published is None else dict(zip(published.names, published.types, strict=True))
+            if needs_fit(table.schema, types):
+                table = fit_table(table, types)
+            new = [f for f in table.schema if f.name not in types]
+            if not new:
+                return table
+            self._add_own(record_type, new)
+            published = self.load_schema(record_type)
+        raise KtExportWriteError(  # pragma: no cover - each round only adds variants, whose types are fixed
+            f"Could not settle the schema of {record_type!r} under {self.root}: writers keep publishing "
+            "conflicting types; nothing was written.",
+            destination=self.root,
+        )
 
     # -- quarantine and housekeeping ---------------------------------------------------------------
 
@@ -378,96 +455,14 @@ class LakeWriter:
         return removed
 
 
-# -- reading ------------------------------------------------------------------------------------------------
+_READER_NAMES = ("read_lake", "read_lake_pandas", "read_lake_table")
 
 
-def _data_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
-    try:
-        found = fs.find(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(p for p in found if p.endswith(".parquet") and not posixpath.basename(p).startswith("."))
+def __getattr__(name: str) -> Any:
+    # The reader lives in .reader (which imports LakeWriter); its functions stay importable from
+    # here, where callers have always found them, without a circular import at load time.
+    if name in _READER_NAMES:
+        from airflow_provider_ktexport.lake import reader
 
-
-def _partition_values(root: str, path: str) -> dict[str, str]:
-    rel = path[len(root) :].strip("/").split("/")[:-1]
-    return {k: unquote(v) for k, _, v in (seg.partition("=") for seg in rel) if _ == "="}
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast a file's table to the published schema (missing columns as nulls)."""
-    arrays = []
-    for field in schema:
-        if field.name in table.column_names:
-            col = table.column(field.name)
-            arrays.append(col if col.type == field.type else col.cast(field.type))
-        else:
-            arrays.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def read_lake(
-    fs_or_url: fsspec.AbstractFileSystem | str,
-    root: str | None = None,
-    *,
-    record_type: str | None = None,
-) -> pa.Table:
-    """Read every data file of the lake (or of one record type) through the published schema.
-
-    Files written before a widening are cast to the current types, so a lake whose types
-    changed reads as one table. Partition values come back as string columns (``record_type``,
-    ``event_date``...). ``_schema``, ``_quarantine`` and temporary files are skipped.
-
-    :param fs_or_url: an fsspec filesystem (then pass ``root``) or a URL such as ``s3://bucket/lake``
-    :param root: the lake root on the filesystem
-    :param record_type: read only this record type
-    """
-    if isinstance(fs_or_url, str):
-        fs, url_root = fsspec.core.url_to_fs(fs_or_url)
-        root = url_root if root is None else root
-    else:
-        fs = fs_or_url
-    if root is None:
-        raise ValueError("read_lake needs the lake root when given a filesystem")
-    writer = LakeWriter(fs, root, writer_id="reader")
-    base = writer.root
-    if record_type is not None:
-        type_dirs = [writer._join(f"record_type={sanitize_partition_value(record_type)}")]
-    else:
-        try:
-            entries = fs.ls(base, detail=False)
-        except FileNotFoundError:
-            entries = []
-        type_dirs = sorted(p for p in entries if posixpath.basename(p.rstrip("/")).startswith("record_type="))
-    pieces: list[tuple[pa.Schema, list[pa.Table]]] = []
-    for type_dir in type_dirs:
-        rtype = unquote(posixpath.basename(type_dir.rstrip("/")).partition("=")[2])
-        files = _data_files(fs, type_dir)
-        if not files:
-            continue
-        tables = []
-        for path in files:
-            with fs.open(path, "rb") as fh:
-                t = pq.read_table(fh)
-            for key, value in _partition_values(base, path).items():
-                t = t.append_column(
-                    pa.field(key, pa.string()), pa.repeat(pa.scalar(value, pa.string()), t.num_rows)
-                )
-            tables.append(t)
-        schema = writer.load_schema(rtype)
-        for t in tables:  # also covers files older than the schema store, and the partition columns
-            schema = t.schema if schema is None else widen(schema, t.schema)
-        pieces.append((schema, tables))
-    if not pieces:
-        return pa.table({})
-    union = pieces[0][0]
-    for schema, _ in pieces[1:]:
-        union = widen(union, schema)
-    return pa.concat_tables([_conform(t, union) for _, tables in pieces for t in tables])
-
-
-def read_lake_pandas(
-    fs_or_url: fsspec.AbstractFileSystem | str, root: str | None = None, *, record_type: str | None = None
-) -> Any:
-    """:func:`read_lake` as a pandas DataFrame."""
-    return read_lake(fs_or_url, root, record_type=record_type).to_pandas()
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""KtExportCompactOperator: merge the lake's small files, drop duplicates, reconcile column types."""
+"""KtExportCompactOperator: merge the lake's small files, drop duplicates, fit old files to the rules."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
+
+try:
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # pragma: no cover - Airflow 3.1
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.compact import compact_lake
@@ -24,8 +29,11 @@ def _lake_uri(path: ObjectStoragePath) -> str:
 class KtExportCompactOperator(BaseOperator):
     """
     Compact a ktexport lake: merge each partition's small files into files of about
-    ``target_file_mb``, remove duplicate ``_record_key`` rows, and rewrite files written before a
-    widening at the lake's published column types.
+    ``target_file_mb``, keep one row per ``(_source, _record_key)`` (the first ingested), and fit
+    files to the lake's published column types (values of another type go to variant columns;
+    no column changes type and no value is re-spelt, so lakes written by earlier versions read
+    everywhere after one run). The root must be a lake and every folder below it a partition
+    path, or the task fails without changing anything (retrying would not help).
 
     New files are written (atomically, verified) before the old ones are deleted, so a reader
     never misses a row; it may briefly see both, i.e. duplicates removable by ``_record_key``.
@@ -41,6 +49,8 @@ class KtExportCompactOperator(BaseOperator):
         compaction never races a running drain
     :param record_type: compact only this record type (default: all)
     :param compression: Parquet codec of the new files
+    :param uniform_columns: give every file of a record type all of its columns, so pandas and
+        Polars read every value with their defaults (see docs/compaction.md)
     """
 
     template_fields: Sequence[str] = ("source",)
@@ -54,6 +64,7 @@ class KtExportCompactOperator(BaseOperator):
         min_age_minutes: float = 10,
         record_type: str | None = None,
         compression: str = "zstd",
+        uniform_columns: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -66,6 +77,7 @@ class KtExportCompactOperator(BaseOperator):
         self.min_age_minutes = min_age_minutes
         self.record_type = record_type
         self.compression = compression
+        self.uniform_columns = uniform_columns
 
     def execute(self, context: Context) -> dict[str, Any]:
         root = ObjectStoragePath(self.source)
@@ -76,15 +88,19 @@ class KtExportCompactOperator(BaseOperator):
             self.target_file_mb,
             self.min_age_minutes,
         )
-        result = compact_lake(
-            root.fs,
-            str(root.path),
-            target_file_mb=self.target_file_mb,
-            min_age_seconds=timedelta(minutes=self.min_age_minutes).total_seconds(),
-            record_type=self.record_type,
-            compression=self.compression,
-            uri_prefix=uri,
-        )
+        try:
+            result = compact_lake(
+                root.fs,
+                str(root.path),
+                target_file_mb=self.target_file_mb,
+                min_age_seconds=timedelta(minutes=self.min_age_minutes).total_seconds(),
+                record_type=self.record_type,
+                compression=self.compression,
+                uri_prefix=uri,
+                uniform_columns=self.uniform_columns,
+            )
+        except KtExportConfigError as exc:  # a misrooted or foreign folder: a retry cannot fix it
+            raise AirflowFailException(str(exc)) from None
         summary = result.summary()
         summary["source"] = uri
         self.log.info(

@@ -19,7 +19,7 @@ import pytest
 
 from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import S3_KEY, s3_client
 
@@ -116,7 +116,7 @@ def test_backfill_over_many_days_acks_every_batch_in_its_lease(slow_s3, tmp_path
     assert len(result.files) >= DAYS  # one file per day at least: the backfill really spans them
     assert stats["redelivered"] == 0
     assert stats["queued"] == 0 and stats["leased"] == 0
-    landed = read_lake(fs, "backfill/lake")
+    landed = read_lake_table(fs, "backfill/lake")
     assert sorted(zip(landed.column("day").to_pylist(), landed.column("i").to_pylist(), strict=True)) == [
         (r["day"], r["i"]) for r in records
     ]

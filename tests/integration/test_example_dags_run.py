@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_ktexport.lake.schema import build_tables
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.operators.ktexport import parse_drain_until
 from airflow_provider_ktexport.testing.emulator import Emulator
 from airflow_provider_ktexport.triggers.ktexport import KtExportEventTrigger
@@ -82,7 +82,7 @@ def test_drain_then_downstream_duckdb_dag_loads_each_record_once(emulator, run_d
 
     drained = run_dag("ktexport_drain", connections=connections, variables=variables, dags_folder=DAGS)
     assert drained.returncode == 0, drained.output[-5000:]
-    assert read_lake(lake.as_uri()).num_rows == 700
+    assert read_lake_table(lake.as_uri()).num_rows == 700
     loaded = run_dag("ktexport_to_duckdb", connections={}, variables=variables, dags_folder=DAGS)
     assert loaded.returncode == 0, loaded.output[-5000:]
     assert loaded.xcom("load_into_duckdb") == {"loaded": 600, "records": 600}
@@ -139,7 +139,7 @@ def test_mapped_dag_drains_two_export_tasks_side_by_side(run_dag, tmp_path):
         stats = us.stats(), eu.stats()
     assert result.returncode == 0, result.output[-5000:]
     assert [s["acked_records"] for s in stats] == [300, 200]
-    table = read_lake(lake.as_uri())
+    table = read_lake_table(lake.as_uri())
     by_source: dict[str, list[int]] = {}
     for source, seq in zip(
         table.column("_source").to_pylist(), table.column("emulator_seq").to_pylist(), strict=True
@@ -149,7 +149,7 @@ def test_mapped_dag_drains_two_export_tasks_side_by_side(run_dag, tmp_path):
         "ktexport_us1": list(range(1, 301)),
         "ktexport_eu1": list(range(1, 201)),
     }
-    # Two writers share one schema store: each adds a file only to publish a widening, and the
+    # Two writers share one schema store: each adds a file only to publish columns it lacks, and the
     # published schema covers every column either of them wrote.
     for store in (lake / "_schema").iterdir():
         assert 1 <= len(list(store.glob("*.json"))) <= 2, store
@@ -175,7 +175,7 @@ def test_compaction_dag_merges_files_and_removes_duplicates(emulator, run_dag, t
         == 0
     )
     before = data_files(lake)
-    assert read_lake(lake.as_uri()).num_rows == 550
+    assert read_lake_table(lake.as_uri()).num_rows == 550
     partitions = {p.parent for p in before}
     assert len(before) > len(partitions)  # several files in some partitions
     # The files must be older than min_age_minutes (10) to be compacted.
@@ -188,7 +188,7 @@ def test_compaction_dag_merges_files_and_removes_duplicates(emulator, run_dag, t
     assert result.returncode == 0, result.output[-5000:]
     after = data_files(lake)
     assert {p.parent for p in after} == partitions and len(after) == len(partitions)
-    table = read_lake(lake.as_uri())
+    table = read_lake_table(lake.as_uri())
     assert sorted(table.column("emulator_seq").to_pylist()) == list(range(1, 501))
     summary = result.xcom("compact_lake")
     assert summary["duplicates_removed"] == 50
@@ -243,4 +243,4 @@ def test_sensor_example_lands_the_probed_batch_in_the_same_run(run_dag, tmp_path
         stats = emu.stats()
     assert result.returncode == 0, result.output[-5000:]
     assert stats["redelivered"] == 30 and stats["acked_records"] == 30 and stats["queued"] == 0
-    assert sorted(read_lake(lake.as_uri()).column("emulator_seq").to_pylist()) == list(range(1, 31))
+    assert sorted(read_lake_table(lake.as_uri()).column("emulator_seq").to_pylist()) == list(range(1, 31))

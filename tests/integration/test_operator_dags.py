@@ -10,7 +10,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_ktexport.lake.writer import read_lake
+from airflow_provider_ktexport.lake.writer import read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import aws_conn, ktexport_conn, s3_filesystem
 
@@ -96,7 +96,7 @@ def test_drain_to_s3_over_http(emulator, run_dag, s3_endpoint, s3_bucket):
     )
     assert result.returncode == 0, result.output[-5000:]
     fs = s3_filesystem(s3_endpoint)
-    table = read_lake(fs, f"{s3_bucket}/ktexport")
+    table = read_lake_table(fs, f"{s3_bucket}/ktexport")
     assert sorted(table.column("emulator_seq").to_pylist()) == list(range(1, 1201))
     summary = result.xcom("drain")
     assert summary["destination"] == f"s3://{s3_bucket}/ktexport"  # no conn_id@ in the Asset URI

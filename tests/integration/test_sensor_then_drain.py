@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from airflow_provider_ktexport.lake.writer import read_lake
+from airflow_provider_ktexport.lake.writer import read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import ktexport_conn
 
@@ -34,7 +34,7 @@ def test_single_batch_probed_by_the_sensor_lands_in_the_same_run(run_dag, tmp_pa
     assert stats["emitted"] == 40
     assert stats["redelivered"] == 40
     assert stats["acked_records"] == 40 and stats["queued"] == 0 and stats["leased"] == 0
-    assert sorted(read_lake(lake.as_uri()).column("emulator_seq").to_pylist()) == list(range(1, 41))
+    assert sorted(read_lake_table(lake.as_uri()).column("emulator_seq").to_pylist()) == list(range(1, 41))
     probe = result.xcom("wait_for_data")
     assert set(probe) == {"lease_ends_at", "record_count"} and probe["record_count"] == 40
     assert result.xcom("drain")["records"] == 40

@@ -14,7 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.schema import build_tables
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_write_verify_and_read_back(fs: s3fs.S3FileSystem) -> None:
     for w in written:
         assert fs.info(w.path)["size"] == w.bytes
     assert fs.exists(f"{BUCKET}/lake/_schema/telemetry/w1.json")
-    table = read_lake(fs, f"{BUCKET}/lake")
+    table = read_lake_table(fs, f"{BUCKET}/lake")
     assert table.num_rows == 3
     assert sorted(v for v in table.column("location__speed").to_pylist() if v) == ["5", "n/a"]
     assert writer.load_schema("telemetry").field("location__speed").type == pa.string()
@@ -77,7 +77,7 @@ def test_write_verify_and_read_back(fs: s3fs.S3FileSystem) -> None:
 
 def test_missing_bucket_raises_write_error_naming_it(fs: s3fs.S3FileSystem) -> None:
     writer = LakeWriter(fs, "s3://no-such-bucket-xyz/lake", writer_id="w1")
-    writer._own["t"] = pa.schema([("a", pa.int64())])  # schema already published: the data PUT fails
+    writer._published["t"] = pa.schema([("a", pa.int64())])  # schema already published: the data PUT fails
     with pytest.raises(KtExportWriteError) as err:
         writer.write(pa.table({"a": [1]}), {"record_type": "t"})
     assert "no-such-bucket-xyz" in err.value.destination

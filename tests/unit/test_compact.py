@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
 from airflow_provider_ktexport.lake.compact import compact_lake
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from tests.lake_support import land
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
@@ -52,7 +53,7 @@ def data_files(fs: Any, root: str, record_type: str = "telemetry") -> list[str]:
 
 
 def seqs(fs: Any, root: str) -> list[int]:
-    return sorted(read_lake(fs, root).column("seq").to_pylist())
+    return sorted(read_lake_table(fs, root).column("seq").to_pylist())
 
 
 def test_small_files_merge_and_duplicates_go(lake):
@@ -86,30 +87,152 @@ def test_small_files_merge_and_duplicates_go(lake):
     assert data_files(fs, root) == after
 
 
-def test_files_from_before_a_widening_get_the_published_types(tmp_path):
-    fs, root = LocalFileSystem(), str(tmp_path / "lake")
-    writer = LakeWriter(fs, root, writer_id="drain")
-    land(writer, [telemetry(1, ignition=1, n=1)])
-    land(writer, [telemetry(2, ignition="on", n=2.5)])
-    part = tmp_path / "lake" / "record_type=telemetry" / "event_date=2026-11-25"
-    # Two files, two types: a naive reader fails or not depending on which file it meets first.
-    assert {str(pq.read_schema(f).field("ignition").type) for f in part.glob("*.parquet")} == {
-        "int64",
-        "string",
+def _old_file(part: Any, name: str, columns: dict[str, pa.Array], seq: int) -> None:
+    """A file as earlier versions wrote it: widened types, old spellings, Null-typed columns."""
+    n = len(next(iter(columns.values())))
+    meta = {
+        "_record_key": pa.array([f"{seq + i:032x}" for i in range(n)]),
+        "_batch_id": pa.array(["old"] * n),
+        "_ingested_at": pa.array([NOW] * n, pa.timestamp("us", tz="UTC")),
+        "_source": pa.array(["conn"] * n),
     }
+    part.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({**columns, **meta}), str(part / name))
 
-    compact_lake(fs, root, now=LATER)
+
+@pytest.mark.parametrize("with_old_store", [False, True])
+def test_a_lake_widened_in_place_by_an_earlier_version_is_valid_after_one_compaction(
+    tmp_path, with_old_store
+):
+    root = tmp_path / "lake"
+    part = root / "record_type=telemetry" / "event_date=2026-11-25"
+    ts = pa.timestamp("us", tz="UTC")
+    _old_file(
+        part,
+        "part-20261125T080000Z-a.parquet",
+        {
+            "seq": pa.array([1, 2]),
+            "hours": pa.array([10, 11]),
+            "when": pa.array([datetime(2026, 11, 25, 8, tzinfo=UTC)] * 2, ts),
+            "%53peed": pa.array([5.0, 100.0]),
+            "nothing": pa.nulls(2),
+        },
+        1,
+    )
+    _old_file(
+        part,
+        "part-20261125T090000Z-b.parquet",
+        {
+            "seq": pa.array([3, 4]),
+            "hours": pa.array(["12", "3642h"]),  # widened in place to string
+            "when": pa.array(["2026-11-25T09:00:00+02:00", "soon"]),
+            "%53peed": pa.array(["fast", None]),
+            "nothing": pa.array(["x", None]),
+        },
+        3,
+    )
+    if with_old_store:  # what the old drains published: the widened type, which they keep writing
+        old = pa.schema([("hours", pa.string()), ("%53peed", pa.float64()), ("nothing", pa.null())])
+        store = root / "_schema" / "telemetry"
+        store.mkdir(parents=True)
+        doc = {"format": 1, "writer_id": "old", "arrow_schema": base64.b64encode(old.serialize()).decode()}
+        (store / "old.json").write_text(json.dumps(doc))
+    fs = LocalFileSystem()
+    with pytest.raises(pa.ArrowException):  # as landed, a naive reader cannot merge the files
+        pq.read_table(str(part))
+    compact_lake(fs, str(root), now=LATER)
 
     table = pq.read_table(str(part))  # a naive reader works now
-    assert table.schema.field("ignition").type == pa.string()
-    assert table.schema.field("n").type == pa.float64()
-    assert sorted(zip(table.column("seq").to_pylist(), table.column("ignition").to_pylist())) == [
-        (1, "1"),
-        (2, "on"),
+    types = {f.name: f.type for f in table.schema}
+    rows = {r["seq"]: r for r in table.to_pylist()}
+    if with_old_store:  # hours keeps the store's string; the first file's ints go beside it
+        assert types["hours"] == pa.string() and types["hours___bigint"] == pa.int64()
+        assert [rows[s]["hours___bigint"] for s in (1, 2, 3, 4)] == [10, 11, None, None]
+        assert [rows[s]["hours"] for s in (1, 2, 3, 4)] == [None, None, "12", "3642h"]
+    else:  # no store: hours keeps its first file's int64
+        assert types["hours"] == pa.int64() and types["hours___string"] == pa.string()
+        assert [rows[s]["hours"] for s in (1, 2, 3, 4)] == [10, 11, None, None]
+        # Values keep their text and type: "12" stays text.
+        assert [rows[s]["hours___string"] for s in (1, 2, 3, 4)] == [None, None, "12", "3642h"]
+    # 100.0 stays a double, the times stay apart from the texts, old spellings are gone.
+    assert types["when"] == ts and types["when___string"] == pa.string()
+    assert [rows[s]["when___string"] for s in (3, 4)] == ["2026-11-25T09:00:00+02:00", "soon"]
+    assert types["Speed___c1"] == pa.float64() and types["Speed___c1___string"] == pa.string()
+    assert rows[2]["Speed___c1"] == 100.0 and rows[3]["Speed___c1___string"] == "fast"
+    assert types["nothing"] == pa.string() and "%53peed" not in types
+    published = LakeWriter(fs, str(root)).load_schema("telemetry")
+    assert published is not None and published.field("hours").type == types["hours"]
+
+
+def test_drift_lands_in_variants_and_compaction_changes_no_type(lake):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    land(writer, [telemetry(1, hours=10, km=1.5, at="2026-11-25T08:00:00Z")])
+    land(writer, [telemetry(2, hours="3642h", km="93.7 km", at="2026-11-25T08:00:00.000Z")])
+    land(writer, [telemetry(3, hours=12, km=100.0, at="later")])
+    before = {f: pq.read_schema(fs.open(f, "rb")) for f in data_files(fs, root)}
+    typed = {name: t for s in before.values() for name, t in zip(s.names, s.types, strict=True)}
+    for s in before.values():  # every file agrees on every column's type
+        assert all(typed[name] == t for name, t in zip(s.names, s.types, strict=True))
+    compact_lake(fs, root, now=LATER)
+    (after,) = data_files(fs, root)
+    table = _read(fs, after)
+    assert all(typed[f.name] == f.type for f in table.schema)
+    rows = {r["seq"]: r for r in table.to_pylist()}
+    assert (rows[1]["hours"], rows[2]["hours___string"], rows[3]["hours"]) == (10, "3642h", 12)
+    assert (rows[2]["km___string"], rows[3]["km"]) == ("93.7 km", 100.0)
+    assert rows[1]["at"] == datetime(2026, 11, 25, 8, tzinfo=UTC) and rows[3]["at___string"] == "later"
+
+
+def _read(fs: Any, path: str) -> pa.Table:
+    with fs.open(path, "rb") as fh:
+        return pq.read_table(fh)
+
+
+def test_two_sources_copies_both_survive_and_the_first_ingested_copy_is_kept(lake):
+    fs, root = lake
+    writer = LakeWriter(fs, root, writer_id="drain")
+    later = datetime(2026, 11, 27, tzinfo=UTC)
+    land(writer, [telemetry(1)], source="task_a", batch_id="late", ingested_at=later)
+    land(writer, [telemetry(1)], source="task_a", batch_id="early", ingested_at=NOW)
+    land(writer, [telemetry(1)], source="task_b", batch_id="other")
+    result = compact_lake(fs, root, now=LATER)
+    assert result.duplicates_removed == 1
+    table = read_lake_table(fs, root)
+    assert sorted(zip(table.column("_source").to_pylist(), table.column("_batch_id").to_pylist())) == [
+        ("task_a", "early"),
+        ("task_b", "other"),
     ]
-    with duckdb.connect() as con:
-        got = con.sql(f"SELECT count(*) FROM read_parquet('{part}/*.parquet')").fetchall()
-    assert got == [(2,)]
+
+
+def test_a_root_that_is_not_a_lake_is_refused_and_nothing_moves(tmp_path):
+    fs = LocalFileSystem()
+    lake_a = str(tmp_path / "lakes" / "a")
+    land(LakeWriter(fs, lake_a, writer_id="drain"), [telemetry(1)])
+    land(LakeWriter(fs, lake_a, writer_id="drain"), [telemetry(2)])
+    before = data_files(fs, lake_a)
+    with pytest.raises(KtExportConfigError, match="not a lake root.*lakes/a"):
+        compact_lake(fs, str(tmp_path / "lakes"), now=LATER)
+    assert data_files(fs, lake_a) == before
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt").write_text("hi")
+    with pytest.raises(KtExportConfigError, match="not a lake root"):
+        compact_lake(fs, str(tmp_path / "nothing"), now=LATER)
+    assert compact_lake(fs, str(tmp_path / "empty"), now=LATER).partitions == 0  # no lake yet
+
+
+def test_a_folder_that_is_not_a_partition_path_is_refused(tmp_path):
+    fs = LocalFileSystem()
+    root = str(tmp_path / "lake")
+    land(LakeWriter(fs, root, writer_id="drain"), [telemetry(1)])
+    land(LakeWriter(fs, root, writer_id="drain"), [telemetry(2)])
+    stray = tmp_path / "lake" / "record_type=telemetry" / "backup"
+    stray.mkdir()
+    (stray / "part-x.parquet").write_bytes(b"not parquet")
+    before = data_files(fs, root)
+    with pytest.raises(KtExportConfigError, match="backup is not a partition path"):
+        compact_lake(fs, root, now=LATER)
+    assert data_files(fs, root) == before
 
 
 def test_a_single_clean_file_is_left_alone_but_one_with_duplicates_is_rewritten(lake):
@@ -122,7 +245,7 @@ def test_a_single_clean_file_is_left_alone_but_one_with_duplicates_is_rewritten(
     assert data_files(fs, root) == [only]
 
     # One file holding the same record twice (a batch redelivered within one drain run).
-    rows = read_lake(fs, root).drop_columns(["record_type", "event_date"])
+    rows = read_lake_table(fs, root).drop_columns(["record_type", "event_date"])
     fs.rm_file(only)
     writer.write(
         pa.concat_tables([rows, rows.slice(0, 2)]), {"record_type": "telemetry", "event_date": "2026-11-25"}
@@ -189,7 +312,7 @@ def test_killed_between_write_and_delete_loses_nothing_and_heals(lake, monkeypat
         compact_lake(fs, root, now=LATER)
     monkeypatch.undo()
     # Old and new files side by side: duplicates, removable by _record_key, and no row missing.
-    table = read_lake(fs, root)
+    table = read_lake_table(fs, root)
     assert len(data_files(fs, root)) == 3 and table.num_rows == 40
     assert len(set(table.column("_record_key").to_pylist())) == 20
 

@@ -8,8 +8,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
-from airflow_provider_ktexport.operators.compact import KtExportCompactOperator
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
+from airflow_provider_ktexport.operators.compact import AirflowFailException, KtExportCompactOperator
 from airflow_provider_ktexport.operators.ktexport import KtExportCompactOperator as ReExported
 from tests.lake_support import land
 
@@ -48,5 +48,16 @@ def test_execute_compacts_a_local_lake_and_returns_the_summary(tmp_path):
     }
     assert summary["duplicates_removed"] == 5 and summary["source"] == root.as_uri()
     assert all(f.startswith(root.as_uri() + "/record_type=trip/") for f in summary["files"])
-    assert sorted(read_lake(root.as_uri()).column("seq").to_pylist()) == list(range(20))
+    assert sorted(read_lake_table(root.as_uri()).column("seq").to_pylist()) == list(range(20))
     json.dumps(summary)  # fit for XCom
+
+
+def test_a_root_that_is_not_a_lake_fails_without_retry(tmp_path):
+    lake = tmp_path / "lakes" / "a"
+    writer = LakeWriter(LocalFileSystem(), str(lake), writer_id="drain")
+    land(writer, trips(range(3)))
+    land(writer, trips(range(3, 6)))
+    op = KtExportCompactOperator(task_id="compact", source=(tmp_path / "lakes").as_uri(), min_age_minutes=0)
+    with pytest.raises(AirflowFailException, match="not a lake root"):
+        op.execute({})  # type: ignore[arg-type]
+    assert len(list(lake.rglob("*.parquet"))) == 2

@@ -21,7 +21,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
     KtExportWriteError,
 )
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 
 EMPTY = object()
 
@@ -78,7 +78,7 @@ class FakeClient:
 def lake_seqs(lake: Path) -> list[int]:
     if not any(lake.rglob("*.parquet")):
         return []
-    return read_lake(lake.as_uri()).column("seq").to_pylist()
+    return read_lake_table(lake.as_uri()).column("seq").to_pylist()
 
 
 def writer_for(lake: Path) -> LakeWriter:

@@ -15,7 +15,7 @@ from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Buffer, Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportRejectsError, KtExportWriteError
 from airflow_provider_ktexport.lake.rejects import land_records, read_rejects
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from tests.unit.test_drain import FakeClient, make_batch, run, writer_for
 
 #: Valid JSON that cannot be a row, each kind the issue names (the exact bytes must be kept).
@@ -70,7 +70,7 @@ def test_a_hostile_record_is_kept_as_a_reject_and_its_batch_is_acked(tmp_path, k
     assert rejects.column("_error").to_pylist()[0]
     assert drain.result.rejected == 1
     assert drain.result.records == 8
-    seqs = read_lake(str(lake)).column("seq").to_pylist()
+    seqs = read_lake_table(str(lake)).column("seq").to_pylist()
     assert sorted(seqs) == [0, 1, 2, 3, 4, 5, 10, 11]
 
 
@@ -85,7 +85,7 @@ def test_every_hostile_kind_in_one_flush(tmp_path):
     assert client.acks == ["mixed"]
     kept = sorted(read_rejects(str(lake)).column("_raw").to_pylist())
     assert kept == sorted(h.decode() for h in HOSTILE.values())
-    assert sorted(read_lake(str(lake)).column("seq").to_pylist()) == list(range(10))
+    assert sorted(read_lake_table(str(lake)).column("seq").to_pylist()) == list(range(10))
     assert drain.result.rejected == len(HOSTILE)
 
 
@@ -198,7 +198,7 @@ def test_no_delete_for_a_lease_that_ran_out_on_our_clock(tmp_path):
     drain = run(client, lake, max_in_flight=1)
     assert client.acks == ["fresh"]
     assert drain.result.lease_expired == 1
-    assert sorted(read_lake(str(lake)).column("seq").to_pylist()) == [0, 1, 2, 3, 4]
+    assert sorted(read_lake_table(str(lake)).column("seq").to_pylist()) == [0, 1, 2, 3, 4]
 
 
 def test_a_flush_over_many_partitions_starts_early(tmp_path):
@@ -216,7 +216,7 @@ def test_a_flush_over_many_partitions_starts_early(tmp_path):
     drain = run(client, lake, max_in_flight=1, max_flush_partitions=4)
     assert sorted(client.acks) == sorted(b.id for b in batches)
     assert drain.result.flushes >= 3
-    assert read_lake(str(lake)).num_rows == 36
+    assert read_lake_table(str(lake)).num_rows == 36
 
 
 def test_buffer_add_is_the_commit_point():

@@ -1,4 +1,4 @@
-"""Records -> Arrow: naming, type lattice, widening, record keys, partitions."""
+"""Records -> Arrow: naming, type lattice, fixed published types and variants, record keys, partitions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_ktexport.lake import arrowjson, schema
+from airflow_provider_ktexport.lake.naming import base_name, variant_tag, variant_type
 from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.schema import (
     META_COLUMNS,
@@ -25,7 +26,7 @@ from airflow_provider_ktexport.lake.schema import (
     field_path,
     record_key,
     sanitize_partition_value,
-    widen,
+    variant_name,
 )
 from airflow_provider_ktexport.testing.records import RecordGenerator
 
@@ -65,22 +66,29 @@ def by_path(table: pa.Table) -> dict[tuple[str, ...], pa.Field]:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.text(), min_size=1, max_size=5).map(tuple), st.sampled_from([0, 1, 2]))
-def test_column_name_round_trips_for_any_path(path: tuple[str, ...], fold: int) -> None:
-    name = column_name(path, fold=fold)
+@given(st.lists(st.text(), min_size=1, max_size=5).map(tuple))
+def test_column_name_round_trips_for_any_path(path: tuple[str, ...]) -> None:
+    name = column_name(path)
     assert column_path(name) == path
-    assert name and not name.startswith("_")
+    assert name and not name.startswith("_") and not name.endswith("_")
     assert name.lower() not in ("record_type", "event_date", "ingest_date")
+    # A data column is never mistaken for a variant, and its variants lead back to it.
+    assert variant_tag(name) is None and base_name(name) == name
+    for t in (pa.string(), pa.float64(), TIMESTAMP):
+        v = variant_name(name, t)
+        assert base_name(v) == name and variant_type(v) == t and column_path(v) == path
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.lists(st.text(max_size=4), min_size=1, max_size=3).map(tuple), min_size=2, max_size=2, unique=True
-    )
-)
-def test_distinct_paths_never_share_a_name(paths: list[tuple[str, ...]]) -> None:
-    assert column_name(paths[0]) != column_name(paths[1])
+_KEYS = st.text(alphabet="aAbB_.%é É\u212aK", max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(_KEYS, min_size=1, max_size=3).map(tuple), min_size=2, max_size=2, unique=True))
+def test_distinct_paths_never_share_a_name_even_lower_cased(paths: list[tuple[str, ...]]) -> None:
+    names = [column_name(p) for p in paths]
+    assert names[0].lower() != names[1].lower()
+    # Nor does a variant of one ever equal (case-insensitively) the other's name.
+    assert variant_name(names[0], pa.string()).lower() != names[1].lower()
 
 
 def test_naming_examples() -> None:
@@ -92,6 +100,15 @@ def test_naming_examples() -> None:
     assert column_name(("record_type",)) == "%72ecord_type"  # ...unless they equal a partition key
     assert column_name(("",)) == "%-"
     assert column_name(("a/b", "x%")) == "a%2Fb__x%25"
+    # Upper-case letters keep their spelling and add a tag: the mask of the capitals among letters.
+    assert column_name(("Speed",)) == "Speed___c1"
+    assert column_name(("eventDate",)) == "eventDate___c20"
+    assert column_name(("location", "Speed")) == "location__Speed___c100"
+    assert column_name(("Öl",)) == "%C3%96l"  # non-ASCII capitals are escaped instead
+    assert variant_name("counters__hours", pa.string()) == "counters__hours___string"
+    # dlt's spelling would be a real nested field here; ours cannot be.
+    assert column_name(("counters", "hours", "v_double")) == "counters__hours__v_double"
+    assert column_name(("counters", "hours", "_string")) == "counters__hours__%5Fstring"
 
 
 def test_dotted_double_underscore_and_nested_keys_get_distinct_columns() -> None:
@@ -117,13 +134,14 @@ def test_keys_differing_in_case_stay_distinct_case_insensitively() -> None:
         assert column_path(field.name) == path
 
 
-def test_known_names_keep_theirs_when_a_new_case_variant_arrives() -> None:
+def test_names_do_not_depend_on_what_a_writer_met_first() -> None:
     first = one_table([{"type": "t", "Speed": 1}])
     second = one_table([{"type": "t", "speed": 2}], known={"t": first.schema})
-    cols = by_path(second)
-    assert cols[("Speed",)].name == "Speed"
-    assert cols[("speed",)].name.lower() != "speed"
-    assert column_path(cols[("speed",)].name) == ("speed",)
+    alone = one_table([{"type": "t", "speed": 3, "Speed": 4}])
+    for table in (first, second, alone):
+        cols = by_path(table)
+        assert cols.get(("Speed",), pa.field("Speed___c1", pa.int64())).name == "Speed___c1"
+        assert cols.get(("speed",), pa.field("speed", pa.int64())).name == "speed"
 
 
 def test_record_fields_named_like_partitions_or_metadata_are_kept() -> None:
@@ -158,7 +176,6 @@ def test_record_fields_named_like_partitions_or_metadata_are_kept() -> None:
         ([2**53, -(2**53)], pa.int64(), [2**53, -(2**53)]),
         ([2**53 + 1, 1], pa.string(), [str(2**53 + 1), "1"]),
         ([2**64, 1.5], pa.string(), [str(2**64), "1.5"]),
-        ([None, None], pa.null(), [None, None]),
         ([[1, 2], []], pa.string(), ["[1,2]", "[]"]),
         ([{}, 3], pa.string(), ["{}", "3"]),
         (["2026-11-25T10:11:12.345Z", "2026-11-25T12:00:00+02:00"], TIMESTAMP, None),
@@ -208,29 +225,56 @@ def test_all_rows_land_even_when_keys_appear_late() -> None:
     assert table.column("late").to_pylist() == [None, None, None, "x"]
 
 
-def test_widening_across_calls_via_known_schema() -> None:
-    t1 = one_table([{"type": "t", "n": 1, "s": 2, "ts": "2026-11-25T10:11:12Z", "gone": 1}])
-    t2 = one_table([{"type": "t", "n": 1.5, "s": "x", "ts": "later"}], known={"t": t1.schema})
-    assert t2.schema.field("n").type == pa.float64()
-    assert t2.schema.field("s").type == pa.string()
-    assert t2.schema.field("ts").type == pa.string()
-    assert t2.schema.field("gone").type == pa.int64()  # published columns stay, as nulls
-    assert t2.column("gone").to_pylist() == [None]
-    # A narrower batch after the widening is built at the wider types (the text kept as sent).
-    t3 = one_table([{"type": "t", "n": 2, "s": 3, "ts": "2026-11-25T10:11:12.000Z"}], known={"t": t2.schema})
-    assert t3.schema.field("n").type == pa.float64() and t3.column("n").to_pylist() == [2.0]
-    assert t3.column("s").to_pylist() == ["3"]
-    assert t3.column("ts").to_pylist() == ["2026-11-25T10:11:12.000Z"]
-    assert t3.schema.equals(widen(t2.schema, t3.schema))
+def test_a_field_seen_only_as_null_makes_no_column_until_a_value_arrives() -> None:
+    t1 = one_table([{"type": "t", "a": 1, "n": None, "o": {"p": None}}] * 2)
+    assert [n for n in t1.column_names if not n.startswith("_")] == ["a", "type"]
+    assert not any(pa.types.is_null(f.type) for f in t1.schema)
+    t2 = one_table([{"type": "t", "n": "x"}, {"type": "t", "n": None}], known={"t": t1.schema})
+    assert t2.schema.field("n").type == pa.string() and t2.column("n").to_pylist() == ["x", None]
+    assert t2.column("a").to_pylist() == [None, None]  # published, absent here: nulls at its type
+    assert t2.schema.field("a").type == pa.int64()
 
 
-def test_widen_is_a_lattice_join() -> None:
-    a = pa.schema([("x", pa.int64()), ("y", pa.bool_()), ("z", pa.null())])
-    b = pa.schema([("x", pa.float64()), ("y", pa.int64()), ("z", TIMESTAMP), ("w", pa.string())])
-    assert widen(a, b) == pa.schema(
-        [("x", pa.float64()), ("y", pa.string()), ("z", TIMESTAMP), ("w", pa.string())]
-    )
-    assert widen(b, b) == b
+def test_published_types_never_change_and_misfits_go_to_variants() -> None:
+    t1 = one_table([{"type": "t", "n": 1, "f": 0.5, "s": "a", "ts": "2026-11-25T10:11:12Z", "gone": 1}])
+    rows = [
+        {"type": "t", "n": "3642h", "f": "93.7 km", "s": 7, "ts": "later"},
+        {"type": "t", "n": 2, "f": 3, "s": "b", "ts": "2026-11-25T12:00:00+02:00"},
+        {"type": "t", "n": 2.5, "f": 2**53 + 1},
+    ]
+    t2 = one_table(rows, known={"t": t1.schema})
+    for name in ("n", "f", "s", "ts", "gone"):
+        assert t2.schema.field(name).type == t1.schema.field(name).type, name
+    got = {n: t2.column(n).to_pylist() for n in t2.column_names if not n.startswith("_")}
+    assert got["n"] == [None, 2, None]
+    # "3642h" and 2.5 do not fit int64; the lattice of the two is string (2.5 as its JSON text).
+    assert got["n___string"] == ["3642h", None, "2.5"]
+    assert got["f"] == [None, 3.0, None]  # an int fits float64 exactly...
+    assert got["f___string"] == ["93.7 km", None, str(2**53 + 1)]  # ...2^53 + 1 does not
+    assert got["s"] == ["7", "b", None]  # everything fits a string, as its JSON text
+    assert got["ts"] == [None, datetime(2026, 11, 25, 10, 0, tzinfo=UTC), None]
+    assert got["ts___string"] == ["later", None, None]
+    assert got["gone"] == [None] * 3
+    for f in t2.schema:
+        if variant_tag(f.name) is not None:
+            assert f.type == variant_type(f.name) and field_path(f) == column_path(base_name(f.name))
+    # A value fitting a published variant goes there, not to a new one; string takes only strings.
+    t3 = one_table([{"type": "t", "n": 1.5}], known={"t": t2.schema})
+    assert t3.column("n___double").to_pylist() == [1.5] and t3.column("n___string").to_pylist() == [None]
+    t4 = one_table([{"type": "t", "n": "y"}, {"type": "t", "n": 2.5}], known={"t": t3.schema})
+    assert t4.column("n___string").to_pylist() == ["y", None]
+    assert t4.column("n___double").to_pylist() == [None, 2.5]
+    assert t4.schema.field("n").type == pa.int64()
+
+
+def test_reader_path_keeps_ints_and_floats_apart_under_an_int_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    known = {"t": one_table([{"type": "t", "n": 1}]).schema}
+    raws = _raw([{"type": "t", "n": v} for v in (2, 2.0, 3.5, None)])
+    fast, slow, used = _both_paths(raws, monkeypatch, known_schema=known.get)
+    assert used == [True]
+    _assert_same(fast, slow)
+    assert fast[0].table.column("n").to_pylist() == [2, None, None, None]
+    assert fast[0].table.column("n___double").to_pylist() == [None, 2.0, 3.5, None]
 
 
 def test_one_schema_per_record_type_across_partitions() -> None:
@@ -418,7 +462,7 @@ def test_hostile_record_type_is_sanitized_in_the_partition() -> None:
 
 
 def _dict_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(arrowjson, "read_columns", lambda raws: None)
+    monkeypatch.setattr(arrowjson, "read_columns", lambda raws, *a: None)
 
 
 def _both_paths(
@@ -427,8 +471,8 @@ def _both_paths(
     used: list[bool] = []
     real = arrowjson.read_columns
 
-    def spy(group: Any) -> Any:
-        found = real(group)
+    def spy(group: Any, *args: Any) -> Any:
+        found = real(group, *args)
         used.append(found is not None)
         return found
 
@@ -456,7 +500,7 @@ def test_reader_path_equals_dict_path_on_generated_records(monkeypatch: pytest.M
     fast, slow, used = _both_paths(raws, monkeypatch)
     assert used.count(True) >= 4  # telemetry, event, trip, changenotification take the reader
     _assert_same(fast, slow)
-    # Against a published schema (widening), with _raw.
+    # Against a published schema (misfits to variants), with _raw.
     known = {
         p.record_type: p.table.schema
         for p in build_tables(raws[:50], ["b"] * 50, source="c", ingested_at=NOW)
@@ -577,3 +621,19 @@ def test_record_type_from_bytes_equals_the_decoded_record(raw: bytes) -> None:
 def test_record_type_with_invalid_utf8_is_refused() -> None:
     with pytest.raises(ValueError, match="utf-8"):
         schema._type_of(b'{"type":"\xff\xfe","x":1}', {})
+
+
+def test_event_time_columns_name_the_columns_the_time_fields_land_in() -> None:
+    # The drain finds each flush's oldest record time by these names.
+    from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS, EVENT_TIME_FIELDS
+
+    when = "2026-11-25T10:00:00Z"
+    table = one_table([{"type": "t", **dict.fromkeys(EVENT_TIME_FIELDS, when)}])
+    for name in EVENT_TIME_COLUMNS:
+        assert table.schema.field(name).type == TIMESTAMP
+
+
+def test_a_null_typed_column_in_a_known_schema_is_not_written() -> None:
+    old = pa.schema([("spare", pa.null()), ("a", pa.int64())])  # as earlier versions published
+    table = one_table([{"type": "t", "a": 1}], known={"t": old})
+    assert "spare" not in table.column_names and table.column("a").to_pylist() == [1]

@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_pandas
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_pandas, read_lake_table
 from tests.lake_support import land
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
@@ -113,7 +113,7 @@ def test_object_store_write_is_one_pipe_and_readable() -> None:
     written = w.write(pa.table({"a": [1, 2]}), {"record_type": "t", "event_date": "2026-11-25"})
     assert written.path.startswith("/lake-ok/record_type=t/event_date=2026-11-25/part-")
     assert written.uri.startswith("memory://")
-    assert read_lake(fs, "/lake-ok").column("a").to_pylist() == [1, 2]
+    assert read_lake(fs, "/lake-ok")["t"].column("a").to_pylist() == [1, 2]
 
 
 def test_unsanitised_partition_is_refused(writer: LakeWriter, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_hostile_record_type_lands_inside_the_root(writer: LakeWriter, tmp_path:
     (written,) = land(writer, [{"type": "../../etc", "x": 1}])
     path = written.path
     assert Path(path).resolve().is_relative_to(tmp_path.resolve())
-    assert read_lake(str(tmp_path)).column("record_type").to_pylist() == ["../../etc"]
+    assert read_lake_table(str(tmp_path)).column("record_type").to_pylist() == ["../../etc"]
 
 
 def test_quarantine_once_per_body(writer: LakeWriter, tmp_path: Path) -> None:
@@ -153,53 +153,89 @@ def test_quarantine_once_per_body(writer: LakeWriter, tmp_path: Path) -> None:
     assert (tmp_path / "_quarantine" / Path(first).name).read_bytes() == b"\x1f\x8b garbage"
 
 
-def test_schema_store_merges_two_writers(tmp_path: Path) -> None:
+def test_schema_store_keeps_the_first_published_type(tmp_path: Path) -> None:
     fs = LocalFileSystem()
     w1 = LakeWriter(fs, str(tmp_path), writer_id="w1")
     w2 = LakeWriter(fs, str(tmp_path), writer_id="w2")
-    w1.save_schema("t", pa.schema([("a", pa.int64()), ("b", pa.bool_())]))
-    w2.save_schema("t", pa.schema([("a", pa.float64()), ("c", pa.string())]))
-    # w1 narrower again: its file never narrows, and w2's widening is not lost.
-    w1.save_schema("t", pa.schema([("a", pa.int64())]))
-    merged = LakeWriter(fs, str(tmp_path), writer_id="reader").load_schema("t")
-    assert merged is not None
-    assert {f.name: f.type for f in merged} == {"a": pa.float64(), "b": pa.bool_(), "c": pa.string()}
+    w1.save_schema("t", pa.schema([("a", pa.int64()), ("b", pa.bool_()), ("z", pa.null())]))
+    # w2 started before w1 published and meant other types: the first entry wins everywhere.
+    w2._published.clear()
+    w2._add_own("t", [pa.field("a", pa.float64()), pa.field("c", pa.string())])
+    for reader in (w1, w2, LakeWriter(fs, str(tmp_path), writer_id="reader")):
+        merged = reader.load_schema("t")
+        assert merged is not None
+        assert {f.name: f.type for f in merged} == {"a": pa.int64(), "b": pa.bool_(), "c": pa.string()}
     assert sorted(p.name for p in (tmp_path / "_schema" / "t").iterdir()) == ["w1.json", "w2.json"]
     assert LakeWriter(fs, str(tmp_path)).load_schema("nothing") is None
 
 
-def test_runs_that_bring_no_widening_add_no_schema_file(tmp_path: Path) -> None:
+def test_a_writer_that_lost_the_race_moves_its_values_to_variants(tmp_path: Path) -> None:
+    fs = LocalFileSystem()
+    w1 = LakeWriter(fs, str(tmp_path), writer_id="w1")
+    w2 = LakeWriter(fs, str(tmp_path), writer_id="w2")
+    w2.load_schema("telemetry")  # w2's view: the store is empty
+    land(w1, [{"type": "telemetry", "n": 1}])
+    # w2 built its table before it could see w1's entry: n as string.
+    land(w2, [{"type": "telemetry", "n": "x"}], known=lambda t: None)
+    types = {
+        str(pq.read_schema(f).field("n").type)
+        for f in parquet_files(tmp_path)
+        if "n" in pq.read_schema(f).names
+    }
+    assert types == {"int64"}
+    table = read_lake(str(tmp_path))["telemetry"]
+    assert sorted(zip(table.column("n").to_pylist(), table.column("n___string").to_pylist()), key=str) == [
+        (1, None),
+        (None, "x"),
+    ]
+
+
+def test_runs_that_bring_no_new_column_add_no_schema_file(tmp_path: Path) -> None:
     fs = LocalFileSystem()
     record = {"type": "telemetry", "date": "2026-11-25T10:00:00Z", "speed": 5}
     for run in range(5):  # every run is a new writer, as every drain task is
         land(LakeWriter(fs, str(tmp_path), writer_id=f"run{run}"), [record])
     store = tmp_path / "_schema" / "telemetry"
     assert [p.name for p in store.iterdir()] == ["run0.json"]
-    # A run that widens a type publishes it in a file of its own; the merge keeps both.
+    # A run that brings a new column or a variant publishes it in a file of its own.
     land(LakeWriter(fs, str(tmp_path), writer_id="run5"), [{**record, "speed": 5.5, "new": True}])
     assert sorted(p.name for p in store.iterdir()) == ["run0.json", "run5.json"]
     merged = LakeWriter(fs, str(tmp_path)).load_schema("telemetry")
     assert merged is not None
-    assert merged.field("speed").type == pa.float64() and merged.field("new").type == pa.bool_()
+    assert merged.field("speed").type == pa.int64() and merged.field("speed___double").type == pa.float64()
+    assert merged.field("new").type == pa.bool_()
     assert len(parquet_files(tmp_path)) == 6
 
 
-def test_widened_lake_reads_through_published_schema(writer: LakeWriter, tmp_path: Path) -> None:
-    land(writer, [{"type": "telemetry", "telemetry": {"ignition": 1}, "n": 1}])
-    land(writer, [{"type": "telemetry", "telemetry": {"ignition": "on"}, "n": 2.5}])
-    land(writer, [{"type": "trip", "id": "t1", "dateEnd": "2026-11-25T10:00:00Z"}])
+def test_read_lake_gives_a_table_per_record_type_and_folds_on_request(
+    writer: LakeWriter, tmp_path: Path
+) -> None:
+    land(writer, [{"type": "telemetry", "telemetry": {"ignition": 1}, "n": 1, "at": "2026-11-25T10:00:00Z"}])
+    land(writer, [{"type": "telemetry", "telemetry": {"ignition": "on"}, "n": 2.5, "at": "x"}])
+    land(writer, [{"type": "trip", "id": "t1", "dateEnd": "2026-11-25T10:00:00Z", "n": "a"}])
     files = parquet_files(tmp_path / "record_type=telemetry")
-    assert {str(pq.read_schema(f).field("telemetry__ignition").type) for f in files} == {"int64", "string"}
-    table = read_lake(str(tmp_path))
-    assert table.num_rows == 3
-    assert table.schema.field("telemetry__ignition").type == pa.string()
-    assert table.schema.field("n").type == pa.float64()
-    rows = {r["_record_key"]: r for r in table.to_pylist()}
-    assert sorted(r["telemetry__ignition"] or "" for r in rows.values()) == ["", "1", "on"]
-    assert sorted(r["record_type"] for r in rows.values()) == ["telemetry", "telemetry", "trip"]
-    only_trip = read_lake(LocalFileSystem(), str(tmp_path), record_type="trip")
-    assert only_trip.column("id").to_pylist() == ["t1"]
-    assert only_trip.column("event_date").to_pylist() == ["2026-11-25"]
+    assert {str(pq.read_schema(f).field("telemetry__ignition").type) for f in files} == {"int64"}
+    lake = read_lake(str(tmp_path))
+    assert sorted(lake) == ["telemetry", "trip"]
+    tel = lake["telemetry"]
+    assert tel.num_rows == 2 and tel.schema.field("n").type == pa.int64()
+    assert sorted(tel.column("telemetry__ignition___string").to_pylist(), key=str) == [None, "on"]
+    assert lake["trip"].column("id").to_pylist() == ["t1"]
+    assert lake["trip"].column("event_date").to_pylist() == ["2026-11-25"]
+    as_text = read_lake(str(tmp_path), record_type="telemetry", fold="string")["telemetry"]
+    rows = sorted(as_text.select(["telemetry__ignition", "n", "at"]).to_pylist(), key=lambda r: r["n"])
+    assert rows == [
+        {"telemetry__ignition": "1", "n": "1", "at": "2026-11-25T10:00:00Z"},
+        {"telemetry__ignition": "on", "n": "2.5", "at": "x"},
+    ]
+    widest = read_lake(str(tmp_path), record_type="telemetry", fold="widest")["telemetry"]
+    assert widest.schema.field("n").type == pa.float64()
+    assert sorted(widest.column("n").to_pylist()) == [1.0, 2.5]
+    assert "n___double" not in widest.column_names
+    # One table for all types: trip's string n goes beside telemetry's int n, not over it.
+    table = read_lake_table(str(tmp_path))
+    assert table.num_rows == 3 and table.schema.field("n").type == pa.int64()
+    assert sorted(r["record_type"] for r in table.to_pylist()) == ["telemetry", "telemetry", "trip"]
     df = read_lake_pandas(str(tmp_path))
     assert len(df) == 3 and "telemetry__ignition" in df.columns
 
@@ -226,14 +262,17 @@ def test_duckdb_and_pandas_read_the_lake(writer: LakeWriter, tmp_path: Path) -> 
     land(writer, [{"type": "telemetry", "date": "2026-11-25T12:00:00Z", "location": {"speed": "fast"}}])
     con = duckdb.connect()
     rel = con.sql(
-        f"select record_type, event_date, date, location__speed, speed, nothing, details__asset__id "
+        f"select record_type, event_date, date, location__speed, speed, location__speed___string, "
+        "details__asset__id "
         f"from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true, union_by_name=true) "
         "order by _record_key"
     )
     rows = rel.fetchall()
     assert len(rows) == 4
     telemetry = sorted((r for r in rows if r[0] == "telemetry"), key=lambda r: str(r[3]))
-    assert [r[3] for r in telemetry] == ["5.0", "7.5", "fast"]  # DuckDB casts the older double file
+    # The published double stays a double; "fast" went beside it. No column is Null-typed.
+    assert [(r[3], r[5]) for r in telemetry] == [(5.0, None), (7.5, None), (None, "fast")]
+    assert not any("nothing" in pq.read_schema(f).names for f in parquet_files(tmp_path))
     # The record's own date survives next to the partition day.
     assert {str(r[2])[:19] for r in telemetry} >= {"2026-11-25 10:11:12"}
     assert {str(r[1]) for r in rows} == {"2026-11-25", "2026-11-24"}
