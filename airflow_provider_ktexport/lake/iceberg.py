@@ -37,6 +37,7 @@ import pyarrow as pa
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
+from airflow_provider_ktexport.lake.variants import fit_table
 
 __all__ = [
     "EVENT_DATE_COLUMN",
@@ -249,12 +250,21 @@ class IcebergSink:
             attempt += 1
             try:
                 handle = self._open(table, arrow.schema, partition_by=partition_by)
-                current = {f.name for f in handle.schema().fields}
-                if any(name not in current for name in arrow.schema.names):
-                    # Only ever adds columns: the lake never changes a published column's type.
+                published = _plain_arrow(handle.schema().as_arrow())
+                # Another writer may have given a new column its type first: values that do not fit
+                # it move to variant columns, so no column ever changes type.
+                rows = (
+                    arrow
+                    if rejected
+                    else fit_table(arrow, dict(zip(published.names, published.types, strict=True)))
+                )
+                if any(
+                    name not in published.names for name in rows.schema.names if name != EVENT_DATE_COLUMN
+                ):
+                    # Only ever adds columns (union by name): existing ones keep their types.
                     with handle.update_schema() as update:
-                        update.union_by_name(arrow.schema)
-                handle.append(arrow, snapshot_properties=self._properties(info, arrow.num_rows))
+                        update.union_by_name(rows.schema)
+                handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows))
                 snapshot = handle.current_snapshot()
                 break
             except (exc_types.CommitFailedException, exc_types.CommitStateUnknownException) as exc:

@@ -165,3 +165,29 @@ def test_table_names_are_plain_and_distinct():
     assert table_name("telemetry") == "telemetry"
     odd = {table_name(t) for t in ("Trip", "trip!", "%2E%2E", "TRIP")}
     assert len(odd) == 4 and all(n.islower() or "_" in n for n in odd)
+
+
+def test_a_type_drift_goes_to_a_variant_column_and_no_column_changes_type(tmp_path):
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog)
+    drain_into(sink, [batch_of("b1", records(range(2), counters={"hours": 120}))])
+    drain_into(sink, [batch_of("b2", records(range(2, 4), counters={"hours": "3642h"}))])
+    table = catalog.load_table("ktexport.telemetry")
+    types = {f.name: str(f.field_type) for f in table.schema().fields}
+    assert types["counters__hours"] == "long"
+    variant = [n for n in types if n.startswith("counters__hours") and n != "counters__hours"]
+    assert len(variant) == 1 and types[variant[0]] == "string"
+    rows = {r["seq"]: r for r in table.scan().to_arrow().to_pylist()}
+    assert [rows[s]["counters__hours"] for s in range(4)] == [120, 120, None, None]
+    assert [rows[s][variant[0]] for s in range(4)] == [None, None, "3642h", "3642h"]
+
+
+def test_polars_scan_iceberg_reads_the_tables_back(tmp_path):
+    pl = pytest.importorskip("polars")
+    catalog = catalog_for(tmp_path)
+    drain_into(IcebergSink(catalog), [batch_of("b1", records(range(6)) + records(range(6, 9), rtype="trip"))])
+    for name, seqs in (("telemetry", list(range(6))), ("trip", [6, 7, 8])):
+        df = pl.scan_iceberg(catalog.load_table(f"ktexport.{name}")).collect()
+        assert sorted(df["seq"].to_list()) == seqs
+        assert df["location__lat"].to_list() == [1.5] * len(seqs)
+        assert df["_record_key"].n_unique() == len(seqs)
