@@ -66,14 +66,15 @@ def published_types(writer: LakeWriter, record_type: str, schemas: list[pa.Schem
     return types
 
 
-def _open_lake(fs_or_url: fsspec.AbstractFileSystem | str, root: str | None) -> LakeWriter:
+def open_lake(fs_or_url: fsspec.AbstractFileSystem | str, root: str | None) -> LakeWriter:
+    """A read-only handle on a lake given as a filesystem and root, or as a URL."""
     if isinstance(fs_or_url, str):
         fs, url_root = fsspec.core.url_to_fs(fs_or_url)
         root = url_root if root is None else root
     else:
         fs = fs_or_url
     if root is None:
-        raise ValueError("read_lake needs the lake root when given a filesystem")
+        raise ValueError("reading a lake needs its root when given a filesystem")
     return LakeWriter(fs, root, writer_id="reader")
 
 
@@ -121,7 +122,7 @@ def read_lake(
         text) or ``"widest"`` (the lattice join of its types); by default variants stay apart
     :return: ``{record_type: table}`` for every record type with data
     """
-    writer = _open_lake(fs_or_url, root)
+    writer = open_lake(fs_or_url, root)
     out: dict[str, pa.Table] = {}
     for type_dir in _type_dirs(writer.fs, writer, record_type):
         table = _read_type(writer, type_dir)

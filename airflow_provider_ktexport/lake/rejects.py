@@ -320,17 +320,13 @@ def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | 
     :param root: the lake root on the filesystem
     :param record_type: only the rejects of this record type
     """
-    import fsspec.core
     import pyarrow.parquet as pq
 
-    if isinstance(fs_or_url, str):
-        fs, url_root = fsspec.core.url_to_fs(fs_or_url)
-        root = url_root if root is None else root
-    else:
-        fs = fs_or_url
-    if root is None:
-        raise ValueError("read_rejects needs the lake root when given a filesystem")
-    base = posixpath.join(fs._strip_protocol(root).rstrip("/"), REJECTED_DIR)
+    from airflow_provider_ktexport.lake.reader import open_lake
+
+    lake = open_lake(fs_or_url, root)
+    fs = lake.fs
+    base = posixpath.join(lake.root, REJECTED_DIR)
     if record_type is not None:
         base = posixpath.join(base, f"record_type={sanitize_partition_value(record_type)}")
     try:
@@ -354,5 +350,9 @@ def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | 
             )
         tables.append(table.select([*REJECTS_SCHEMA.names, "record_type", "ingest_date"]))
     if not tables:
-        return REJECTS_SCHEMA.empty_table()
+        return (
+            REJECTS_SCHEMA.append(pa.field("record_type", pa.string()))
+            .append(pa.field("ingest_date", pa.string()))
+            .empty_table()
+        )
     return pa.concat_tables(tables)

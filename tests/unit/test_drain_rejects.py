@@ -245,3 +245,14 @@ def test_buffer_estimates_partitions_from_samples():
     assert buf.partitions == 3
     buf.take()
     assert buf.partitions == 0 and buf.records == 0
+
+
+def test_read_rejects_of_a_lake_without_rejects_has_the_same_columns(tmp_path):
+    lake = tmp_path / "lake"
+    client = FakeClient([batch_of("b1", good_records(2) + [HOSTILE["not_an_object"]])])
+    run(client, lake)
+    some = read_rejects(str(lake))
+    none = read_rejects(str(tmp_path / "empty"))
+    assert none.num_rows == 0 and none.schema.names == some.schema.names
+    assert some.column("record_type").to_pylist() == ["unknown"]
+    assert read_rejects(str(lake), record_type="unknown").column("_raw").to_pylist() == ["[1,2,3]"]
