@@ -235,10 +235,10 @@ class _CheckedWriter:
         self._client = client
         self._write = split.wrap("parquet_write_and_verify", inner.write)
 
-    def write(self, table: Any, partition: Any) -> Any:
+    def write(self, table: Any, partition: Any, **kwargs: Any) -> Any:
         import pyarrow.compute as pc
 
-        written = self._write(table, partition)
+        written = self._write(table, partition, **kwargs)
         counts = pc.value_counts(table.column("_batch_id"))
         self._client.note_written(counts.field("values").to_pylist(), counts.field("counts").to_pylist())
         return written
@@ -277,14 +277,17 @@ def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
 
     from airflow_provider_ktexport import drain as drain_mod
     from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.lake import rejects as rejects_mod
+    from airflow_provider_ktexport.lake.sinks import ParquetSink
     from airflow_provider_ktexport.lake.writer import LakeWriter
 
     # pyarrow imports pandas (when installed) at the first pa.array() of a Python list: ~1 s of CPU
     # once per process here (no bytecode cache), which would pass for per-record cost in a short run.
     pa.array([0])
     split = _CpuSplit()
-    # The drain calls the module-level name: wrapping it there times Arrow building without touching it.
-    drain_mod.build_tables = split.wrap("build_tables", drain_mod.build_tables)
+    # The drain builds through lake.rejects (per-record isolation around build_tables): wrapping the
+    # name there times Arrow building without touching it.
+    rejects_mod.build_tables = split.wrap("build_tables", rejects_mod.build_tables)
     client = _CheckedClient(
         KtExportClient(
             url, API_KEY, long_poll_seconds=LONG_POLL_SECONDS, pool_size=drain_mod.connections_needed(4)
@@ -295,7 +298,8 @@ def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
     config = drain_mod.DrainConfig(
         max_runtime=CHILD_TIMEOUT / 2, lease_seconds=LEASE_SECONDS, source="benchmark"
     )
-    drain = drain_mod.Drain(client, writer, config)  # type: ignore[arg-type]
+    # The drain's own Parquet sink (concurrent writes) over the checked writer.
+    drain = drain_mod.Drain(client, ParquetSink(writer, concurrency=config.write_concurrency), config)  # type: ignore[arg-type]
     profiler = None
     if profile is not None:
         import cProfile

@@ -495,11 +495,14 @@ def test_missing_bucket_acks_nothing_and_the_next_run_lands_everything(tmp_path,
             config = DrainConfig(
                 lease_seconds=LEASE, flush_seconds=1, max_in_flight=2, drain_until=time.time() + LEASE + 1.0
             )
-            Drain(client, LakeWriter(fs, f"{bucket}/lake"), config).run()
+            rerun = Drain(client, LakeWriter(fs, f"{bucket}/lake"), config).run()
         stats = emu.stats()
     assert stats["queued"] == 0 and stats["leased"] == 0
     seqs = Counter(read_lake_table(fs, f"{bucket}/lake").column("emulator_seq").to_pylist())
-    assert set(seqs) == {r["emulator_seq"] for r in records} and max(seqs.values()) == 1
+    assert set(seqs) == {r["emulator_seq"] for r in records}
+    # Exactly once unless a flush outlived a 3 s lease on a loaded machine: then the design allows
+    # the redelivered copy (never a loss), and says so in the summary.
+    assert max(seqs.values()) == 1 or rerun.lease_expired + rerun.ack_failed > 0
     assert not [p for p in fs.find(bucket) if ".tmp" in p]
 
 
