@@ -28,7 +28,9 @@ from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.stores import (  # noqa: F401 - the fixtures, found by pytest by name
     Store,
     azure_endpoint_fixture,
+    bucket_name,
     gcs_endpoint_fixture,
+    gcs_filesystem,
     http_requests,
     object_store_fixture,
     store_fixture,
@@ -244,3 +246,44 @@ def test_compaction_merges_dedups_and_reconciles_types(store: Store) -> None:
     assert sorted(table.column("seq").to_pylist()) == list(range(200))
     assert sorted(read_lake(store.fs, store.root).column("seq").to_pylist()) == list(range(200))
     assert not [p for p in store.files() if ".tmp" in p]
+
+
+# -- GCS through the class users get -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zonal", [False, True], ids=["standard-bucket", "zonal-bucket"])
+def test_gcs_through_gcsfs_default_class_and_zonal_buckets_are_refused(
+    gcs_endpoint: str, monkeypatch, zonal: bool
+) -> None:
+    """Airflow's Google provider builds ``gcsfs.GCSFileSystem``, today ``ExtendedGcsFileSystem``.
+
+    It asks a gRPC API (which no emulator serves) for the bucket type; the answer is faked here.
+    A standard bucket writes through the same JSON-API upload as above; a zonal bucket, where
+    gcsfs writes appendable objects visible before they are complete, is refused before any byte.
+    """
+    from gcsfs.extended_gcsfs import BucketType, ExtendedGcsFileSystem
+
+    kind = BucketType.ZONAL_HIERARCHICAL if zonal else BucketType.NON_HIERARCHICAL
+
+    async def lookup(self, bucket: str) -> BucketType:
+        return kind
+
+    monkeypatch.setattr(ExtendedGcsFileSystem, "_lookup_bucket_type", lookup)
+    monkeypatch.setattr(ExtendedGcsFileSystem, "_sync_lookup_bucket_type", lambda self, bucket: kind)
+    bucket = bucket_name()
+    gcs_filesystem(gcs_endpoint).mkdir(bucket)
+    fs = ExtendedGcsFileSystem(
+        endpoint_url=gcs_endpoint, token="anon", project="ktexport-test", skip_instance_cache=True
+    )
+    store = Store("gcs", fs, f"{bucket}/lake", f"gs://{bucket}/lake")
+    writer = store.writer()
+    if zonal:
+        with http_requests() as calls, pytest.raises(KtExportWriteError, match="zonal") as err:
+            writer._put(f"{store.root}/record_type=t/part-x.parquet", b"PAR1")
+        assert err.value.destination == f"gs://{bucket}"
+        assert not writes(calls)
+        assert gcs_filesystem(gcs_endpoint).find(bucket) == []
+    else:
+        written = land(writer, telemetry(range(3)))
+        assert [w.rows for w in written] == [3]
+        assert sorted(read_lake(fs, store.root).column("seq").to_pylist()) == [0, 1, 2]
