@@ -1,10 +1,11 @@
 """Read a lake the way Spark users do, and print what Spark saw as JSON (run under .venv-spark).
 
-    .venv-spark/bin/python tests/integration/spark_read.py /path/to/lake
+    .venv-spark/bin/python tests/integration/spark_read.py /path/to/lake [/path/to/another/lake ...]
 
-Each ``record_type=*`` folder is read on its own with
+Each ``record_type=*`` folder of each lake is read on its own with
 ``spark.read.option("mergeSchema", "true").parquet(folder)`` (hive partition discovery on, as by
-default), Spark 3.5 in local mode. The output is one JSON object keyed by record type:
+default), Spark 3.5 in local mode, one session for all lakes. The output is one JSON line,
+``{"spark": version, "seconds": s, "lakes": {lake: {record_type: result}}}``, a result being
 ``{"ok": true, "count": N, "columns": [[name, spark type], ...], "rows": [{...}, ...]}`` or
 ``{"ok": false, "error": "..."}`` when Spark cannot read the folder. Timestamps are ISO-8601 in UTC.
 
@@ -60,7 +61,7 @@ def read_lake(spark: Any, lake: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     os.environ["TZ"] = "UTC"
@@ -81,12 +82,11 @@ def main(argv: list[str]) -> int:
     )
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        result = read_lake(spark, Path(argv[1]))
+        lakes = {lake: read_lake(spark, Path(lake)) for lake in argv[1:]}
     finally:
         spark.stop()
-    print(
-        json.dumps({"spark": spark.version, "seconds": round(time.monotonic() - started, 1), "types": result})
-    )
+    seconds = round(time.monotonic() - started, 1)
+    print(json.dumps({"spark": spark.version, "seconds": seconds, "lakes": lakes}))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Spark 3.5 reads the lake as landed: every record type, every value equal to the source JSON.
 
 The lake is built here (tests/lake_support.land(), two flushes by two writers, as two drain runs
-would), then ``tests/integration/spark_read.py`` reads each record-type folder with
+would) and a copy of it compacted (``compact_lake``); then ``tests/integration/spark_read.py``
+reads each record-type folder of both with
 ``spark.read.option("mergeSchema", "true").parquet(folder)`` under the interpreter in
 ``KTEXPORT_SPARK_PYTHON`` (Spark's own venv, .venv-spark; .ci/run sets it) and prints what it saw.
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
+from airflow_provider_ktexport.lake.compact import compact_lake
 from airflow_provider_ktexport.lake.naming import field_path
 from airflow_provider_ktexport.lake.schema import record_key
 from airflow_provider_ktexport.lake.writer import LakeWriter
@@ -162,15 +166,35 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spark_saw(spark_python: str, lake: Path) -> Iterator[dict[str, Any]]:
+def compacted(lake: Path) -> Path:
+    """A copy of the lake after compaction (every partition rewritten as one file)."""
+    root = lake.parent / "compacted"
+    shutil.copytree(lake, root)
+    result = compact_lake(LocalFileSystem(), str(root), now=time.time() + 3600)
+    assert result.partitions > 0 and result.files_out < result.files_in, result.summary()
+    return root
+
+
+@pytest.fixture(scope="module")
+def lakes(lake: Path, compacted: Path) -> dict[str, Path]:
+    return {"landed": lake, "compacted": compacted}
+
+
+@pytest.fixture(scope="module")
+def spark_saw(spark_python: str, lakes: dict[str, Path]) -> Iterator[dict[str, dict[str, Any]]]:
+    """What Spark read: ``{"landed" | "compacted": {record_type: result}}`` (one Spark session)."""
     env = {**os.environ, "PYSPARK_PYTHON": spark_python, "PYSPARK_DRIVER_PYTHON": spark_python}
     proc = subprocess.run(
-        [spark_python, str(SCRIPT), str(lake)], capture_output=True, text=True, timeout=300, env=env
+        [spark_python, str(SCRIPT), *(str(p) for p in lakes.values())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["spark"].startswith("3.5."), out["spark"]
-    yield out["types"]
+    yield {name: out["lakes"][str(path)] for name, path in lakes.items()}
 
 
 # -- comparing -----------------------------------------------------------------------------------------
@@ -275,13 +299,22 @@ def test_the_lake_holds_what_the_cases_need(lake: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("state", ["landed", "compacted"])
 @pytest.mark.parametrize("record_type", STABLE_TYPES)
 def test_spark_reads_every_record_type_with_every_value(
-    lake: Path, spark_saw: dict[str, Any], record_type: str
+    lakes: dict[str, Path], spark_saw: dict[str, Any], record_type: str, state: str
 ) -> None:
-    saw = spark_saw[record_type]
+    saw = spark_saw[state][record_type]
     assert saw["ok"], saw.get("error")
-    assert mismatches(lake, record_type, saw, sources_of(record_type)) == []
+    assert mismatches(lakes[state], record_type, saw, sources_of(record_type)) == []
+
+
+def test_spark_reads_a_drifted_record_type_after_compaction(
+    compacted: Path, spark_saw: dict[str, Any]
+) -> None:
+    saw = spark_saw["compacted"][DRIFT_TYPE]
+    assert saw["ok"], saw.get("error", "")[:1500]
+    assert mismatches(compacted, DRIFT_TYPE, saw, sources_of(DRIFT_TYPE)) == []
 
 
 @pytest.mark.xfail(
@@ -291,6 +324,6 @@ def test_spark_reads_every_record_type_with_every_value(
     "variant columns (design.md section 4).",
 )
 def test_spark_reads_a_record_type_whose_fields_drifted(lake: Path, spark_saw: dict[str, Any]) -> None:
-    saw = spark_saw[DRIFT_TYPE]
+    saw = spark_saw["landed"][DRIFT_TYPE]
     assert saw["ok"], saw.get("error", "")[:1500]
     assert mismatches(lake, DRIFT_TYPE, saw, sources_of(DRIFT_TYPE)) == []
