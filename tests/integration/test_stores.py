@@ -23,7 +23,7 @@ from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.compact import compact_lake
-from airflow_provider_ktexport.lake.writer import read_lake
+from airflow_provider_ktexport.lake.writer import read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.stores import (  # noqa: F401 - the fixtures, found by pytest by name
     Store,
@@ -73,12 +73,12 @@ def test_write_verify_and_read_back(store: Store) -> None:
         assert read_file(store, w.path).num_rows == w.rows
     assert sorted(store.data_files()) == sorted(w.path for w in written)
     assert store.fs.exists(f"{store.root}/_schema/telemetry/w1.json")
-    telemetry_rows = read_lake(store.fs, store.root, record_type="telemetry").to_pylist()
+    telemetry_rows = read_lake_table(store.fs, store.root, record_type="telemetry").to_pylist()
     assert sorted((r["location__speed"], r["location__lat"], r["io__in1"]) for r in telemetry_rows) == [
         (5, -33.9, None),
         (7, None, True),
     ]
-    assert read_lake(store.fs, store.root).num_rows == 3
+    assert read_lake_table(store.fs, store.root).num_rows == 3
 
 
 def test_a_failed_write_leaves_nothing_under_the_final_name(store: Store, monkeypatch) -> None:
@@ -101,7 +101,7 @@ def test_a_failed_write_leaves_nothing_under_the_final_name(store: Store, monkey
         assert len({c for c in calls if c[0].startswith("FAILED")}) == 1, calls
         assert not writes(calls), calls
     assert store.files() == before  # nothing new: no temporary file, no object
-    assert sorted(read_lake(store.fs, store.root).column("seq").to_pylist()) == [0, 1, 2]
+    assert sorted(read_lake_table(store.fs, store.root).column("seq").to_pylist()) == [0, 1, 2]
 
 
 def test_verification_catches_a_damaged_object_and_removes_it(store: Store, monkeypatch) -> None:
@@ -218,7 +218,7 @@ def test_drain_lands_every_record_once_and_acks_only_verified_files(store: Store
     assert result.records == 240 and result.acked == 6 and result.ack_failed == 0
     assert result.flushes >= 2  # several flushes, so acks interleave with later writes
     assert all(uri.startswith(store.uri + "/record_type=") for uri in result.files)
-    seqs = Counter(read_lake(store.fs, store.root).column("emulator_seq").to_pylist())
+    seqs = Counter(read_lake_table(store.fs, store.root).column("emulator_seq").to_pylist())
     assert set(seqs) == set(range(1, 241)) and max(seqs.values()) == 1
     assert not [p for p in store.files() if ".tmp" in p]
 
@@ -226,10 +226,10 @@ def test_drain_lands_every_record_once_and_acks_only_verified_files(store: Store
 # -- compaction ----------------------------------------------------------------------------------------
 
 
-def test_compaction_merges_dedups_and_reconciles_types(store: Store) -> None:
+def test_compaction_merges_dedups_and_keeps_types(store: Store) -> None:
     writer = store.writer(writer_id="drain")
     land(writer, telemetry(range(0, 100), ignition=1))
-    land(writer, telemetry(range(100, 200), ignition="on"))  # widens ignition to string
+    land(writer, telemetry(range(100, 200), ignition="on"))  # "on" goes to the variant ignition___string
     land(writer, telemetry(range(150, 200), ignition="on"))  # 50 duplicates
     before = store.data_files()
     assert len(before) == 3
@@ -241,9 +241,10 @@ def test_compaction_merges_dedups_and_reconciles_types(store: Store) -> None:
     assert (result.files_in, result.files_out, result.duplicates_removed) == (3, 1, 50)
     assert result.files == [store.uri + after[0][len(store.root) :]]
     table = read_file(store, after[0])
-    assert table.schema.field("ignition").type == pa.string()
+    assert table.schema.field("ignition").type == pa.int64()  # the published type stays
+    assert sorted(v for v in table.column("ignition___string").to_pylist() if v) == ["on"] * 100
     assert sorted(table.column("seq").to_pylist()) == list(range(200))
-    assert sorted(read_lake(store.fs, store.root).column("seq").to_pylist()) == list(range(200))
+    assert sorted(read_lake_table(store.fs, store.root).column("seq").to_pylist()) == list(range(200))
     assert not [p for p in store.files() if ".tmp" in p]
 
 
@@ -285,4 +286,4 @@ def test_gcs_through_gcsfs_default_class_and_zonal_buckets_are_refused(
     else:
         written = land(writer, telemetry(range(3)))
         assert [w.rows for w in written] == [3]
-        assert sorted(read_lake(fs, store.root).column("seq").to_pylist()) == [0, 1, 2]
+        assert sorted(read_lake_table(fs, store.root).column("seq").to_pylist()) == [0, 1, 2]
