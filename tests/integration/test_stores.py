@@ -11,6 +11,7 @@ that breaks off leaves no object behind.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -269,7 +270,14 @@ def test_gcs_through_gcsfs_default_class_and_zonal_buckets_are_refused(
         return kind
 
     monkeypatch.setattr(ExtendedGcsFileSystem, "_lookup_bucket_type", lookup)
-    monkeypatch.setattr(ExtendedGcsFileSystem, "_sync_lookup_bucket_type", lambda self, bucket: kind)
+    asked: list[str] = []
+
+    def sync_lookup(self, bucket: str) -> BucketType:
+        if sys._getframe(1).f_code.co_name == "_refuse_zonal_gcs_bucket":  # the writer asks, not gcsfs
+            asked.append(bucket)
+        return kind
+
+    monkeypatch.setattr(ExtendedGcsFileSystem, "_sync_lookup_bucket_type", sync_lookup)
     bucket = bucket_name()
     gcs_filesystem(gcs_endpoint).mkdir(bucket)
     fs = ExtendedGcsFileSystem(
@@ -284,6 +292,7 @@ def test_gcs_through_gcsfs_default_class_and_zonal_buckets_are_refused(
         assert not writes(calls)
         assert gcs_filesystem(gcs_endpoint).find(bucket) == []
     else:
-        written = land(writer, telemetry(range(3)))
-        assert [w.rows for w in written] == [3]
-        assert sorted(read_lake_table(fs, store.root).column("seq").to_pylist()) == [0, 1, 2]
+        written = land(writer, telemetry(range(3))) + land(writer, telemetry(range(3, 5), extra=1))
+        assert [w.rows for w in written] == [3, 2]
+        assert asked == [bucket]  # schema and data uploads of two flushes, one question from the writer
+        assert sorted(read_lake_table(fs, store.root).column("seq").to_pylist()) == [0, 1, 2, 3, 4]
