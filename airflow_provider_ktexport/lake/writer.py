@@ -4,8 +4,9 @@ fsspec only, no Airflow. A file becomes visible whole or not at all:
 
 - local filesystems: bytes go to a dot-named temporary file in the target directory (no
   ``*.parquet`` glob matches it), are fsynced, then renamed (atomic on POSIX);
-- object stores: one ``pipe()`` of bytes built in memory (a single PUT; s3fs uses a multipart
-  upload for big bodies, completed only at the end). Never ``fs.open(path, "wb")``: its
+- object stores: one ``pipe()`` of bytes built in memory (a single request; for big bodies s3fs,
+  gcsfs and adlfs upload in chunks committed only at the end: multipart, resumable, block list).
+  GCS zonal buckets are refused (see ``_refuse_zonal_gcs_bucket``). Never ``fs.open(path, "wb")``: its
   ``close()`` runs even when the body raised and commits a truncated object.
 
 Every write is then verified (visible, size, footer readable, row count) before it is reported,
@@ -73,6 +74,33 @@ class WrittenFile:
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return isinstance(fs, LocalFileSystem) or "file" in protocols or "local" in protocols
+
+
+def _refuse_zonal_gcs_bucket(fs: fsspec.AbstractFileSystem, path: str, checked: set[str]) -> None:
+    """Refuse a GCS zonal (Rapid) bucket: no write there is atomic.
+
+    Every other store writes a file in one request, or in chunks committed only at the end (S3
+    multipart, GCS resumable, Azure block list). In a zonal bucket gcsfs (its default
+    ``ExtendedGcsFileSystem``) instead opens an appendable object under the final name, then appends
+    the bytes, and closes it even when an append failed: readers can meet a partial file, and a
+    failed write leaves one behind. Asked once per bucket and writer (``checked``): gcsfs does not
+    cache an UNKNOWN answer (no permission for the layout API), which would cost a call per write.
+    """
+    lookup = getattr(fs, "_sync_lookup_bucket_type", None)
+    if lookup is None:  # not gcsfs, or a gcsfs without zonal support: nothing to check
+        return
+    bucket = fs.split_path(path)[0]  # type: ignore[attr-defined]
+    if bucket in checked:
+        return
+    kind = lookup(bucket)
+    if getattr(kind, "value", kind) == "ZONAL_HIERARCHICAL":
+        raise KtExportWriteError(
+            f"gs://{bucket} is a zonal (Rapid storage) bucket, where gcsfs writes appendable objects "
+            "that are visible before they are complete; use a standard (regional or multi-region) "
+            "bucket for the lake.",
+            destination=f"gs://{bucket}",
+        )
+    checked.add(bucket)
 
 
 #: Store format 2: types are first-published and fixed. Format-1 files (earlier versions) held
@@ -159,6 +187,8 @@ class LakeWriter:
         self._published: dict[str, pa.Schema] = {}
         # Concurrent writes of one flush share the schema store's state.
         self._publish_lock = threading.Lock()
+        # GCS buckets already checked not to be zonal (see _refuse_zonal_gcs_bucket).
+        self._gcs_buckets_checked: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LakeWriter(root={self.root!r}, writer_id={self.writer_id!r})"
@@ -193,6 +223,7 @@ class LakeWriter:
     def _put(self, path: str, data: bytes) -> None:
         """Make ``data`` visible at ``path`` whole or not at all."""
         if not self.local:
+            _refuse_zonal_gcs_bucket(self.fs, path, self._gcs_buckets_checked)
             self.fs.pipe(path, data)
             return
         directory = posixpath.dirname(path)
