@@ -10,7 +10,7 @@ the drain's rule "acknowledge only what has landed" holds whatever the destinati
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,7 +89,17 @@ class ParquetSink:
             (table, {"record_type": rtype, "ingest_date": info.ingest_day}, REJECTED_DIR, rtype)
             for rtype, table in rejects.items()
         ]
-        written = list(self._pool.map(lambda job: self.writer.write(job[0], job[1], area=job[2]), jobs))
+        futures = [self._pool.submit(self.writer.write, job[0], job[1], area=job[2]) for job in jobs]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            # Stop what has not started and wait for what has: no file of a failed flush may
+            # appear after the drain has given up on it (a retrying PUT could land later).
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise failed[0].exception()  # type: ignore[misc]
+        written = [f.result() for f in futures]
         return [
             Landed(w.uri, w.rows, w.bytes, rejected=bool(job[2]), record_type=job[3])
             for w, job in zip(written, jobs, strict=True)

@@ -1,0 +1,66 @@
+"""ParquetSink: a flush's files written concurrently, and nothing landing after a flush failed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fsspec
+import pyarrow as pa
+import pytest
+
+from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.lake.schema import PartitionTable
+from airflow_provider_ktexport.lake.sinks import FlushInfo, ParquetSink
+from airflow_provider_ktexport.lake.writer import LakeWriter
+
+INFO = FlushInfo(batch_ids=["b"], records=3, rejected=0, source="s", ingest_day="2026-12-01")
+
+
+def part(rtype: str) -> PartitionTable:
+    table = pa.table({"x": [1], "_batch_id": ["b"]})
+    return PartitionTable(rtype, {"record_type": rtype}, table, frozenset({"b"}))
+
+
+def test_a_failed_flush_returns_only_after_its_other_writes_ended(tmp_path):
+    finished: list[str] = []
+
+    class Writer(LakeWriter):
+        def write(self, table, partition, **kwargs):
+            if partition["record_type"] == "bad":
+                raise KtExportWriteError("no bucket", destination="x")
+            time.sleep(0.3)  # a slow PUT still in flight when the other one failed
+            out = super().write(table, partition, **kwargs)
+            finished.append(partition["record_type"])
+            return out
+
+    sink = ParquetSink(Writer(fsspec.filesystem("file"), str(tmp_path)), concurrency=4)
+    with pytest.raises(KtExportWriteError, match="no bucket"):
+        sink.land([part("slow1"), part("bad"), part("slow2")], {}, INFO)
+    # Nothing of the failed flush is still being written once land() has raised.
+    done_at_raise = list(finished)
+    time.sleep(0.5)
+    assert finished == done_at_raise
+    sink.close()
+
+
+def test_files_of_a_flush_go_up_at_once(tmp_path):
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    class Writer(LakeWriter):
+        def write(self, table, partition, **kwargs):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.1)
+            try:
+                return super().write(table, partition, **kwargs)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    sink = ParquetSink(Writer(fsspec.filesystem("file"), str(tmp_path)), concurrency=4)
+    landed = sink.land([part(f"t{i}") for i in range(8)], {}, INFO)
+    assert len(landed) == 8 and peak[0] > 1
+    sink.close()
