@@ -1,4 +1,4 @@
-"""The drain loop: lease batches, land them as verified Parquet, then acknowledge.
+"""The drain loop: lease batches, land them (verified Parquet or Iceberg commits), then acknowledge.
 
 Plain Python, no Airflow: the operator adapts it, the benchmark and the crash
 suite drive it directly.
@@ -15,7 +15,14 @@ How the time rules are kept (design.md section 3):
   end. ``flush_seconds`` is validated to leave a margin under the lease for
   the write and the acknowledgements.
 * A batch is acknowledged only after every file holding its records was
-  written and verified. A failed write acknowledges nothing and raises.
+  written and verified (or, with an Iceberg sink, the commit holding them is
+  visible), never after its lease ran out on our clock. A failed write
+  acknowledges nothing and raises.
+* A record that cannot be a row goes to the rejects table with its exact text
+  (:mod:`.lake.rejects`); written plus rejected rows must equal each batch's
+  records before anything is acknowledged.
+* A flush also starts early when the held batches span ``max_flush_partitions``
+  partition files, and writes its files concurrently (:mod:`.lake.sinks`).
 """
 
 from __future__ import annotations
