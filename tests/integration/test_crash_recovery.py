@@ -182,7 +182,7 @@ def audit(emu: Emulator, lake: Path, emitted: list[dict]) -> Counter[int]:
 CRASH_POINTS = {
     "after_get": 3,  # the third GET returned a batch
     "before_write": 1,  # the first flush built its tables
-    "mid_write": 2,  # half of the second data file is on disk (the first one is complete)
+    "mid_write": 2,  # half of the second data file is on disk (the first is written concurrently)
     "before_rename": 2,  # the second data file is complete under its temporary name
     "after_write": 1,  # one file of the first flush is verified, the other not written
     "before_ack": 5,  # the second flush is verified, none of its acks sent
@@ -274,6 +274,11 @@ def test_sigkill_at_a_dangerous_point_loses_nothing(crash_runs, point):
         if point in ("after_get", "before_write"):
             # Nothing of the crashed flush was visible, so nothing is in the lake twice.
             assert max(in_lake.values()) == 1
+        elif point in ("mid_write", "before_rename"):
+            # A flush writes its files concurrently: whether the other file of the flush was
+            # already renamed into place when the process died is down to timing. Either way
+            # nothing is lost (audit) and nothing was acknowledged early (violations).
+            assert max(in_lake.values()) in (1, 2)
         else:
             # Files of the crashed flush landed but (some of) its acks never went out: those
             # records came back and are in the lake twice; the audit showed _record_key removes them.
