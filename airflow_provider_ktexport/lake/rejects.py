@@ -38,6 +38,7 @@ from airflow_provider_ktexport.lake.types import TIMESTAMP
 
 __all__ = [
     "DATA_ERRORS",
+    "MAX_DEPTH",
     "REJECTED_DIR",
     "REJECTS_SCHEMA",
     "Landing",
@@ -63,6 +64,10 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
     msgspec.MsgspecError,
     pa.ArrowException,
 )
+
+#: Deepest nesting of objects and lists a record may have to become a row.
+MAX_DEPTH = 64
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 #: Longest error message kept per reject (the exact record text is kept whole).
 _MAX_MESSAGE = 2000
@@ -112,7 +117,7 @@ def land_records(
     :param build_options: passed to :func:`build_tables` (``source``, ``ingested_at``, ...)
     """
     rejects: list[Reject] = []
-    keep = list(range(len(raw_records)))
+    keep = _within_depth(raw_records, batch_ids, rejects)
     tables = _try_build(raw_records, batch_ids, keep, build_options)
     if tables is None:
         keep = _screen(raw_records, batch_ids, keep, rejects)
@@ -136,6 +141,42 @@ def land_records(
         keep = [j for j in keep if j not in bad]
         tables = _build(raw_records, batch_ids, keep, build_options)
     return Landing(tables, rejects)
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deeply objects and lists nest in a JSON text (strings skipped), without recursion."""
+    depth = deepest = 0
+    for c in _STRINGS.sub(b"", raw):
+        if c == 0x7B or c == 0x5B:  # { [
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == 0x7D or c == 0x5D:  # } ]
+            depth -= 1
+    return deepest
+
+
+def _within_depth(raws: Sequence[bytes], batch_ids: Sequence[str], rejects: list[Reject]) -> list[int]:
+    """Positions of records nested at most :data:`MAX_DEPTH` deep; deeper ones become rejects.
+
+    A fixed limit, not the interpreter's recursion limit (which a library may raise), decides,
+    so the same record is a reject in every process. Counting brackets runs in C; only a record
+    holding more than ``MAX_DEPTH`` of them is measured.
+    """
+    keep = []
+    for j, raw in enumerate(raws):
+        if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and nesting_depth(bytes(raw)) > MAX_DEPTH:
+            rejects.append(
+                _reject(
+                    raw,
+                    batch_ids[j],
+                    "NestingTooDeep",
+                    f"the record nests objects or lists more than {MAX_DEPTH} levels deep; columns are "
+                    "flattened key paths, and no engine reads a path that long",
+                )
+            )
+        else:
+            keep.append(j)
+    return keep
 
 
 def _build(

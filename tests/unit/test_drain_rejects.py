@@ -98,7 +98,14 @@ def test_rejects_say_what_is_wrong():
     )
     why = {r.raw: (r.error_class, r.error) for r in landing.rejects}
     assert "surrogate" in why[HOSTILE["lone_surrogate"]][1]
-    assert "nested too deeply" in why[HOSTILE["object_1000_deep"]][1]
+    assert (
+        why[HOSTILE["object_1000_deep"]]
+        == (
+            "NestingTooDeep",
+            why[HOSTILE["object_1000_deep"]][1],
+        )
+        and "more than 64 levels" in why[HOSTILE["object_1000_deep"]][1]
+    )
     assert why[HOSTILE["year_0_utc"]][0] == "OutOfRangeTime"
     assert landing.tables == []
 
@@ -256,3 +263,28 @@ def test_read_rejects_of_a_lake_without_rejects_has_the_same_columns(tmp_path):
     assert none.num_rows == 0 and none.schema.names == some.schema.names
     assert some.column("record_type").to_pylist() == ["unknown"]
     assert read_rejects(str(lake), record_type="unknown").column("_raw").to_pylist() == ["[1,2,3]"]
+
+
+def test_the_depth_limit_does_not_depend_on_the_recursion_limit():
+    """A library may raise sys.setrecursionlimit: deep records are rejects all the same."""
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        landing = land_records(
+            [HOSTILE["list_400_deep"], HOSTILE["object_1000_deep"], *good_records(2)],
+            ["b"] * 4,
+            source="s",
+            ingested_at=drain_module.datetime.now(drain_module.UTC),
+        )
+    finally:
+        sys.setrecursionlimit(old)
+    assert sorted(r.error_class for r in landing.rejects) == ["NestingTooDeep", "NestingTooDeep"]
+    assert sum(p.table.num_rows for p in landing.tables) == 2
+
+
+def test_records_64_levels_deep_still_land():
+    deep = b'{"type":"t","v":' + b'{"a":' * 62 + b"1" + b"}" * 62 + b"}"
+    landing = land_records([deep], ["b"], source="s", ingested_at=drain_module.datetime.now(drain_module.UTC))
+    assert landing.rejects == [] and sum(p.table.num_rows for p in landing.tables) == 1
