@@ -412,6 +412,7 @@ class Drain:
         if not batches:
             return
         t0 = time.monotonic()
+        oldest_lease = min(b.leased_at for b in batches)
         records = [raw for b in batches for raw in b.raw_items]
         batch_ids = [b.id for b in batches for _ in b.raw_items]
         ingested_at = datetime.now(UTC)
@@ -438,7 +439,7 @@ class Drain:
             rejected=len(landing.rejects),
             source=self.config.source,
             ingest_day=ingested_at.strftime("%Y-%m-%d"),
-            land_by=min(b.leased_at for b in batches) + self.config.lease_seconds - self._ack_margin(),
+            land_by=oldest_lease + self.config.lease_seconds - self._ack_margin(),
         )
         landed = self.sink.land(landing.tables, rejected, info)
         written_bytes = sum(piece.bytes for piece in landed)
@@ -450,7 +451,6 @@ class Drain:
         self.result.rejected += info.rejected
         self._note_lag(landing.tables, ingested_at)
         t_written = time.monotonic()
-        oldest_lease = min(b.leased_at for b in batches)
         acked, expired = self._ack_all(batches)
         self.result.flushes += 1
         prev = self.result.max_ack_lease_age_s or 0.0

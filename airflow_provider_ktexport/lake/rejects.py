@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from airflow_provider_ktexport.lake.columns import decode_record
 from airflow_provider_ktexport.lake.keys import record_key
 from airflow_provider_ktexport.lake.naming import sanitize_partition_value
+from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
 from airflow_provider_ktexport.lake.types import TIMESTAMP
 
@@ -298,7 +299,7 @@ def _explain(raw: bytes, exc: BaseException) -> str:
 
 
 def record_type_of_raw(raw: bytes) -> str:
-    """The record's ``type`` for the rejects table's partition, read without decoding the record."""
+    """The record's ``type`` for the rejects table's partition (by text search when it does not decode)."""
     try:
         value = msgspec.json.decode(raw)
     except DATA_ERRORS:
@@ -309,8 +310,7 @@ def record_type_of_raw(raw: bytes) -> str:
             value = {"type": json.loads(b'"' + match.group(1) + b'"')}
         except ValueError:
             return "unknown"
-    t = value.get("type") if type(value) is dict else None
-    return sanitize_partition_value(t) if type(t) is str and t else "unknown"
+    return record_type_of(value) if type(value) is dict else "unknown"
 
 
 def _key_or_none(raw: bytes) -> str | None:
