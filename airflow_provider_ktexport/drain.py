@@ -33,9 +33,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_ktexport.buffer import Buffer, HeldBatch
 from airflow_provider_ktexport.exceptions import (
@@ -49,7 +49,7 @@ from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import REJECTED_DIR, Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
-from airflow_provider_ktexport.lake.sinks import FlushInfo, ParquetSink, Sink
+from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.protocol import is_ackable_id
 
@@ -139,6 +139,46 @@ class DrainConfig:
             )
 
 
+class Metrics(Protocol):
+    """Where a drain reports its counters, timings and gauges (names without a prefix).
+
+    The operator adapts Airflow's ``Stats``; the default reports nothing. Docs: docs/monitoring.md.
+    """
+
+    def incr(self, name: str, count: int) -> None: ...
+
+    def timing(self, name: str, seconds: float) -> None: ...
+
+    def gauge(self, name: str, value: float) -> None: ...
+
+
+class NoMetrics:
+    """Reports nothing."""
+
+    def incr(self, name: str, count: int) -> None:
+        pass
+
+    def timing(self, name: str, seconds: float) -> None:
+        pass
+
+    def gauge(self, name: str, value: float) -> None:
+        pass
+
+
+@dataclass
+class DatasetStats:
+    """What a run landed in one dataset (a record type's folder, or a table), for lineage."""
+
+    record_type: str
+    location: str
+    rejected: bool = False
+    rows: int = 0
+    bytes: int = 0
+    files: int = 0
+    #: The columns of what landed (the union over the run's files); never in XCom.
+    schema: Any = None
+
+
 @dataclass
 class DrainResult:
     """What a run did; ``summary()`` is the small dict that goes to XCom."""
@@ -160,11 +200,50 @@ class DrainResult:
     stopped: str = ""
     oldest_record_age_s: float | None = None
     max_ack_lease_age_s: float | None = None
+    #: Per dataset URI (folder or table): rows, bytes, files and schema landed. Kept off XCom.
+    datasets: dict[str, DatasetStats] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        out = asdict(self)
+        """The small dict for XCom: counts, file URIs and timings (no schemas, no per-dataset facts)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "datasets"}
         out["duration_s"] = round(self.duration_s, 3)
         return out
+
+    def add_landed(self, pieces: Sequence[Landed]) -> None:
+        """Count landed pieces per dataset (their rows, bytes, files and columns)."""
+        for piece in pieces:
+            key = piece.dataset or piece.uri
+            stats = self.datasets.get(key)
+            if stats is None:
+                stats = self.datasets[key] = DatasetStats(
+                    piece.record_type, piece.location or key, rejected=piece.rejected
+                )
+            stats.rows += piece.rows
+            stats.bytes += piece.bytes
+            stats.files += piece.files
+            stats.schema = _union_schema(stats.schema, piece.schema)
+
+
+def _plain(value: Any) -> Any:
+    # asdict()'s deep copy of lists and dicts, for the fields summary() keeps.
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _union_schema(known: Any, new: Any) -> Any:
+    """Columns of both schemas by name, the first type of each kept (a column never changes type)."""
+    if new is None:
+        return known
+    if known is None:
+        return new
+    import pyarrow as pa
+
+    names = set(known.names)
+    extra = [f for f in new if f.name not in names]
+    return pa.schema(list(known) + extra) if extra else known
 
 
 class Drain:
@@ -176,6 +255,7 @@ class Drain:
     :param config: the run's settings.
     :param should_stop: polled between steps; ``True`` stops leasing at once (kill, timeout).
     :param logger: where progress lines go (a ``logging.Logger`` or Airflow's task logger).
+    :param metrics: where counters, timings and gauges go (see :class:`Metrics`); none by default.
     """
 
     def __init__(
@@ -186,8 +266,10 @@ class Drain:
         *,
         should_stop: Callable[[], bool] | None = None,
         logger: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
+        self.metrics: Metrics = metrics or NoMetrics()
         self.sink: Sink = (
             ParquetSink(writer, concurrency=config.write_concurrency)
             if isinstance(writer, LakeWriter)
@@ -381,6 +463,7 @@ class Drain:
             body, reason=self._redact(str(exc).encode()).decode("utf-8", "replace"), batch_id=exc.batch_id
         )
         self.result.quarantined += 1
+        self._metric("incr", "batches_quarantined", 1)
         outcome = "not acknowledged: the server will deliver it again after its lease"
         if self.config.ack_quarantined and exc.batch_id:
             seen = self.sink.quarantine_sightings(body)
@@ -393,9 +476,11 @@ class Drain:
                 )
             elif self._ack_one(exc.batch_id):
                 self.result.acked += 1
+                self._metric("incr", "batches_acked", 1)
                 outcome = f"acknowledged after {seen} sightings (ack_quarantined=True)"
             else:
                 self.result.ack_failed += 1
+                self._metric("incr", "ack_failures", 1)
                 outcome = "its acknowledgement failed; it will be delivered again"
         self.log.warning(
             "Quarantined an undecodable batch body (%d bytes, id %s) at %s; %s",
@@ -449,6 +534,9 @@ class Drain:
         self.result.bytes += written_bytes
         self.result.records += info.records
         self.result.rejected += info.rejected
+        self.result.add_landed(landed)
+        self._metric("incr", "records_landed", info.records)
+        self._metric("incr", "records_rejected", info.rejected)
         self._note_lag(landing.tables, ingested_at)
         t_written = time.monotonic()
         acked, expired = self._ack_all(batches)
@@ -456,6 +544,7 @@ class Drain:
         prev = self.result.max_ack_lease_age_s or 0.0
         self.result.max_ack_lease_age_s = max(prev, time.monotonic() - oldest_lease)
         elapsed = time.monotonic() - t0
+        self._metric("timing", "flush_duration", elapsed)
         self.log.info(
             "Flush (%s): %d records from %d batches -> %d files (%d rejected records), %d bytes in %.2f s "
             "(%.0f records/s); acked %d/%d, oldest lease %.1f s old at ack",
@@ -511,6 +600,9 @@ class Drain:
         self.result.acked += acked
         self.result.lease_expired += expired
         self.result.ack_failed += len(outcomes) - acked - expired
+        self._metric("incr", "batches_acked", acked)
+        self._metric("incr", "leases_expired", expired)
+        self._metric("incr", "ack_failures", len(outcomes) - acked - expired)
         if expired:
             self.log.warning(
                 "%d batches landed after their %g s lease had run out: not acknowledged (the server may "
@@ -575,6 +667,17 @@ class Drain:
             age = (now.timestamp() * 1_000_000 - oldest) / 1_000_000
             prev = self.result.oldest_record_age_s
             self.result.oldest_record_age_s = age if prev is None else max(prev, age)
+            # This flush's lag (not the run's maximum): the gauge follows the queue as it drains.
+            self._metric("gauge", "oldest_record_age_seconds", age)
+
+    def _metric(self, kind: str, name: str, value: float) -> None:
+        """Report one metric; a metrics backend can never fail a flush or cost its acknowledgements."""
+        if kind == "incr" and not value:
+            return  # counters only move when something happened: no zero packets
+        try:
+            getattr(self.metrics, kind)(name, value)
+        except Exception:  # noqa: BLE001 - a metric must not cost the flush its acknowledgements
+            self.log.debug("Could not report metric %s", name, exc_info=True)
 
 
 def _oldest_event_us(tables: Sequence[PartitionTable]) -> int | None:

@@ -69,10 +69,15 @@ class CompactResult:
     partitions_unchanged: int = 0  # nothing to do (one file, right types, no duplicates)
     partitions_skipped_recent: int = 0  # touched within min_age_seconds
     files: list[str] = field(default_factory=list)  # URIs of the new files
+    #: Per folder compacted (a record type's folder, or the root): its counts and the new files'
+    #: columns, for lineage. Kept out of the summary (XCom).
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-serialisable summary."""
-        return asdict(self)
+        out = asdict(self)
+        del out["datasets"]
+        return out
 
 
 @dataclass
@@ -377,6 +382,7 @@ class _Compactor:
         r.bytes_in += sum(f.size for f in rewrite)
         r.bytes_out += sum(w.bytes for w in written)
         r.files.extend(w.uri for w in written)
+        self._count_dataset(directory, rewrite, rows_in, written)
         log.info(
             "Compacted %s: %d files (%d rows) -> %d files (%d rows, %d duplicates removed)",
             directory,
@@ -386,6 +392,32 @@ class _Compactor:
             rows_out,
             rows_in - rows_out,
         )
+
+    def _count_dataset(
+        self, directory: str, rewrite: list[_File], rows_in: int, written: list[WrittenFile]
+    ) -> None:
+        root = self.writer.root
+        first = directory[len(root) :].strip("/").split("/", 1)[0]
+        folder = posixpath.join(root, first) if first.startswith("record_type=") else root
+        d = self.result.datasets.setdefault(
+            self.writer.uri_of(folder),
+            {"rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0, "files_in": 0, "files_out": 0},
+        )
+        d["rows_in"] += rows_in
+        d["rows_out"] += sum(w.rows for w in written)
+        d["bytes_in"] += sum(f.size for f in rewrite)
+        d["bytes_out"] += sum(w.bytes for w in written)
+        d["files_in"] += len(rewrite)
+        d["files_out"] += len(written)
+        for w in written:
+            if w.schema is not None:
+                known = d.get("schema")
+                if known is None:
+                    d["schema"] = w.schema
+                else:
+                    extra = [f for f in w.schema if f.name not in set(known.names)]
+                    if extra:
+                        d["schema"] = pa.schema(list(known) + extra)
 
 
 def compact_lake(

@@ -301,6 +301,10 @@ class IcebergSink:
             rejected=rejected,
             record_type=record_type,
             extra=extra,
+            dataset=self.uri(table),
+            location=str(handle.location()),
+            files=int(summary.get("added-data-files", 1)),
+            schema=rows.schema,
         )
 
     def _verify_visible(self, table: str, snapshot_id: int) -> None:

@@ -9,6 +9,7 @@ the drain's rule "acknowledge only what has landed" holds whatever the destinati
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -46,6 +47,15 @@ class Landed:
     rejected: bool = False
     record_type: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The dataset the piece belongs to, for lineage: a record type's folder (or the lake root when
+    #: the first partition key is not the record type), or a table's URI.
+    dataset: str = ""
+    #: Where the dataset's data lives (a table's location); the dataset itself for a folder.
+    location: str = ""
+    #: Data files the piece added (a commit may add several).
+    files: int = 1
+    #: The Arrow schema of the rows as they landed (after fitting to the published types).
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)
 
 
 class Sink(Protocol):
@@ -101,9 +111,26 @@ class ParquetSink:
             raise failed[0].exception()  # type: ignore[misc]
         written = [f.result() for f in futures]
         return [
-            Landed(w.uri, w.rows, w.bytes, rejected=bool(job[2]), record_type=job[3])
+            Landed(
+                w.uri,
+                w.rows,
+                w.bytes,
+                rejected=bool(job[2]),
+                record_type=job[3],
+                dataset=self.dataset_of(job[1], job[2]),
+                schema=w.schema,
+            )
             for w, job in zip(written, jobs, strict=True)
         ]
+
+    def dataset_of(self, partition: Mapping[str, str], area: str = "") -> str:
+        """The folder a file belongs to as a dataset: its record type's folder when the record type
+        is the first partition key, else the lake root (or the area's folder, e.g. ``_rejected``)."""
+        first = next(iter(partition.items()), None)
+        parts = [area] if area else []
+        if first is not None and first[0] == "record_type" and not area:
+            parts.append(f"record_type={first[1]}")
+        return self.writer.uri_of(posixpath.join(self.writer.root, *parts))
 
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
         return self.writer.quarantine(body, reason=reason, batch_id=batch_id)

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +69,8 @@ class WrittenFile:
     uri: str
     rows: int
     bytes: int
+    #: The file's Arrow schema (for lineage); not part of its identity.
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -305,7 +307,9 @@ class LakeWriter:
             ) from exc
         self._verify(path, len(data), table.num_rows)
         log.debug("Wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
-        return WrittenFile(path=path, uri=self.uri_of(path), rows=table.num_rows, bytes=len(data))
+        return WrittenFile(
+            path=path, uri=self.uri_of(path), rows=table.num_rows, bytes=len(data), schema=table.schema
+        )
 
     def _verify(self, path: str, size: int, rows: int) -> None:
         uri = self.uri_of(path)

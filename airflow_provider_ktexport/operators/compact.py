@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - Airflow 3.1
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.compact import compact_lake
+from airflow_provider_ktexport.operators import _lineage
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -78,6 +79,8 @@ class KtExportCompactOperator(BaseOperator):
         self.record_type = record_type
         self.compression = compression
         self.uniform_columns = uniform_columns
+        # What get_openlineage_facets_on_complete reports, set by execute (never XCom).
+        self._lineage_facts: _lineage.RunFacts | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         root = ObjectStoragePath(self.source)
@@ -101,6 +104,9 @@ class KtExportCompactOperator(BaseOperator):
             )
         except KtExportConfigError as exc:  # a misrooted or foreign folder: a retry cannot fix it
             raise AirflowFailException(str(exc)) from None
+        self._lineage_facts = _lineage.compaction_facts(
+            result.datasets, azure_account=getattr(root.fs, "account_name", None)
+        )
         summary = result.summary()
         summary["source"] = uri
         self.log.info(
@@ -116,3 +122,8 @@ class KtExportCompactOperator(BaseOperator):
             result.partitions_skipped_recent,
         )
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage of the run (OpenLineage provider): each folder compacted, as input and output, with
+        the new files' columns and rows, bytes and files written."""
+        return _lineage.operator_lineage(self._lineage_facts)

@@ -11,6 +11,7 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import _mask_secret
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.operators import _lineage
 from airflow_provider_ktexport.operators.ktexport import KtExportDrainOperatorBase
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         for key, value in props.items():
             if value and any(word in key.lower() for word in ("token", "secret", "password", "credential")):
                 _mask_secret(str(value))  # a catalog error or log line must not show it
+        self._lineage_catalog = _lineage.catalog_facts(self.catalog_name, props)
         sink = IcebergSink(
             load_catalog(self.catalog_name, props), self.namespace, catalog_name=self.catalog_name
         )

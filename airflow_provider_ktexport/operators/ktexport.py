@@ -16,6 +16,8 @@ from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConf
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.operators import _lineage
+from airflow_provider_ktexport.operators._metrics import AirflowStatsMetrics
 
 try:  # Airflow 3.2+ exposes it from the Task SDK
     from airflow.sdk.exceptions import AirflowFailException
@@ -142,6 +144,10 @@ class KtExportDrainOperatorBase(BaseOperator):
         # Made in execute: an Event holds a lock, and Airflow deep-copies operators (partial(),
         # mapped tasks, render_template_fields) before they run.
         self._stop: threading.Event | None = None
+        # What get_openlineage_facets_on_complete reports, set by execute (never XCom).
+        self._lineage_facts: _lineage.RunFacts | None = None
+        self._lineage_catalog: dict[str, str] | None = None
+        self._azure_account: str | None = None
         # Validate the numbers now so a bad DAG fails at parse time, not after leasing data.
         self._config(drain_until=None)
 
@@ -178,12 +184,16 @@ class KtExportDrainOperatorBase(BaseOperator):
         self.log.info("Draining connection %r into %s", self.ktexport_conn_id, uri)
         self._stop = stop = threading.Event()
         try:
-            result = Drain(hook.client, sink, config, should_stop=stop.is_set, logger=self.log).run()
+            metrics = AirflowStatsMetrics(self.ktexport_conn_id)
+            result = Drain(
+                hook.client, sink, config, should_stop=stop.is_set, logger=self.log, metrics=metrics
+            ).run()
         except KtExportAuthError as exc:
             # A wrong key does not fix itself: fail now instead of retrying into the same wall.
             raise AirflowFailException(str(exc)) from None
         finally:
             hook.close()
+        self._keep_lineage(hook.client.base_url, result)
         summary = result.summary()
         summary["destination"] = uri
         if result.files:
@@ -204,6 +214,19 @@ class KtExportDrainOperatorBase(BaseOperator):
             events[AssetAlias(self.asset_alias)].add(lake, extra=extra)
         if self.asset is not None:
             events[self.asset].extra.update(extra)
+
+    def _keep_lineage(self, base_url: str, result: Any) -> None:
+        """Remember what the run read and landed for OpenLineage (on the operator, not in XCom)."""
+        self._lineage_facts = _lineage.RunFacts(
+            inputs=[_lineage.source_dataset(base_url, self.ktexport_conn_id)],
+            outputs=_lineage.outputs_from(result.datasets),
+            catalog=self._lineage_catalog,
+        )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage of the run (OpenLineage provider): the export task in, each dataset landed out,
+        with its columns and this run's rows, bytes and files. See docs/monitoring.md."""
+        return _lineage.operator_lineage(self._lineage_facts, azure_account=self._azure_account)
 
     def on_kill(self) -> None:
         # Stop leasing at once; the drain lands what it holds only if the leases leave time.
@@ -260,6 +283,7 @@ class KtExportToParquetOperator(KtExportDrainOperatorBase):
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
         root = ObjectStoragePath(self.destination)
         uri = lake_uri(root)
+        self._azure_account = getattr(root.fs, "account_name", None)  # lineage names Azure by account
         writer = LakeWriter(root.fs, str(root.path), compression=self.compression, uri_prefix=uri)
         removed = writer.cleanup_temp()
         if removed:

@@ -123,8 +123,11 @@ def run_dag(airflow_home: Path):
         options: dict | None = None,
         dags_folder: Path | None = None,
         timeout: float = 300,
+        env: dict[str, str] | None = None,
     ) -> DagRunResult:
+        extra_env = env or {}
         env = dict(os.environ)
+        env.update(extra_env)
         env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder or HERE / "dags")
         for conn_id, conn in connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
