@@ -1,0 +1,290 @@
+"""Metrics (the drain's Metrics sink, the Airflow Stats adapter) and OpenLineage facets of the operators."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.exceptions import KtExportProtocolError
+from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.operators import _lineage
+from airflow_provider_ktexport.operators._metrics import AirflowStatsMetrics, airflow_stats
+from airflow_provider_ktexport.testing.emulator import Emulator
+from tests.unit.test_drain import FakeClient, make_batch, writer_for
+from tests.unit.test_drain_rejects import HOSTILE, batch_of, good_records
+
+pytest.importorskip("airflow.providers.openlineage")
+
+
+class FakeMetrics:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[str, str, float]] = []
+        self.fail = fail
+
+    def _note(self, kind: str, name: str, value: float) -> None:
+        if self.fail:
+            raise RuntimeError("metrics backend down")
+        self.calls.append((kind, name, value))
+
+    def incr(self, name: str, count: int) -> None:
+        self._note("incr", name, count)
+
+    def timing(self, name: str, seconds: float) -> None:
+        self._note("timing", name, seconds)
+
+    def gauge(self, name: str, value: float) -> None:
+        self._note("gauge", name, value)
+
+    def sums(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for kind, name, value in self.calls:
+            if kind == "incr":
+                out[name] += value
+        return dict(out)
+
+    def of(self, kind: str, name: str) -> list[float]:
+        return [v for k, n, v in self.calls if k == kind and n == name]
+
+
+def drain(client, lake: Path, metrics, **cfg) -> Drain:
+    cfg = {"max_runtime": 20, "lease_seconds": 8, "flush_seconds": 3, "max_in_flight": 1, **cfg}
+    d = Drain(client, writer_for(lake), DrainConfig(**cfg), metrics=metrics)
+    d.run()
+    return d
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def test_counters_add_up_to_what_landed_was_rejected_quarantined_and_acked(tmp_path):
+    metrics = FakeMetrics()
+    client = FakeClient(
+        [
+            make_batch("a", range(0, 30)),
+            batch_of("b", good_records(5, 100) + [HOSTILE["number_out_of_range"], HOSTILE["lone_surrogate"]]),
+            KtExportProtocolError("truncated", body=b'{"id": "q", "items": [1', batch_id="q"),
+            make_batch("c", range(30, 40)),
+        ]
+    )
+    result = drain(client, tmp_path / "lake", metrics, flush_records=20).result
+    assert result.records == 45 and result.rejected == 2
+    assert metrics.sums() == {
+        "records_landed": 45,
+        "records_rejected": 2,
+        "batches_quarantined": 1,
+        "batches_acked": 3,
+    }
+    assert len(metrics.of("timing", "flush_duration")) == result.flushes >= 2
+    ages = metrics.of("gauge", "oldest_record_age_seconds")
+    assert len(ages) == result.flushes and max(ages) == result.oldest_record_age_s
+    # The records are from 2026-11-25T10:00Z: the lag is their age when they landed.
+    expected = (datetime.now(UTC) - datetime(2026, 11, 25, 10, tzinfo=UTC)).total_seconds()
+    assert max(ages) == pytest.approx(expected, abs=60)
+
+
+def test_failed_acks_are_counted(tmp_path):
+    metrics = FakeMetrics()
+    client = FakeClient([make_batch("x", range(2)), make_batch("y", range(2, 4))], ack_result=False)
+    drain(client, tmp_path / "lake", metrics)
+    assert metrics.sums() == {"records_landed": 4, "ack_failures": 2}
+
+
+def test_a_failing_metrics_backend_never_costs_a_flush_its_acks(tmp_path):
+    client = FakeClient([make_batch("x", range(3))])
+    result = drain(client, tmp_path / "lake", FakeMetrics(fail=True)).result
+    assert client.acks == ["x"] and result.acked == 1 and result.records == 3
+
+
+def test_the_stats_adapter_prefixes_names_and_tags_the_connection():
+    calls = []
+
+    class FakeStats:
+        def incr(self, stat, count, *, tags):
+            calls.append(("incr", stat, count, tags))
+
+        def timing(self, stat, dt, *, tags):
+            calls.append(("timing", stat, dt, tags))
+
+        def gauge(self, stat, value, *, tags):
+            calls.append(("gauge", stat, value, tags))
+
+    m = AirflowStatsMetrics("kt_prod", stats=FakeStats())
+    m.incr("records_landed", 7)
+    m.timing("flush_duration", 1.5)
+    m.gauge("oldest_record_age_seconds", 42.0)
+    tags = {"conn_id": "kt_prod"}
+    assert calls == [
+        ("incr", "ktexport.records_landed", 7, tags),
+        ("timing", "ktexport.flush_duration", timedelta(seconds=1.5), tags),
+        ("gauge", "ktexport.oldest_record_age_seconds", 42.0, tags),
+    ]
+
+
+def test_airflows_stats_is_found_on_this_airflow():
+    stats = airflow_stats()
+    assert all(callable(getattr(stats, name)) for name in ("incr", "timing", "gauge"))
+
+
+# -- lineage helpers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base_url, namespace",
+    [
+        ("https://export.us1.kt1.io", "https://export.us1.kt1.io"),
+        ("https://user:pa55@export.eu1.kt1.io:8443/v2/?token=s3cret", "https://export.eu1.kt1.io:8443"),
+        ("export.uk1.kt1.io", "https://export.uk1.kt1.io"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+    ],
+)
+def test_the_source_is_the_base_urls_scheme_and_host_and_the_connection_id(base_url, namespace):
+    assert _lineage.source_dataset(base_url, "kt_prod") == (namespace, "kt_prod")
+
+
+@pytest.mark.parametrize(
+    "uri, azure, expected",
+    [
+        ("file:///data/lake/record_type=trip", None, ("file", "/data/lake/record_type=trip")),
+        ("s3://bucket/kt/record_type=trip", None, ("s3://bucket", "kt/record_type=trip")),
+        ("s3://aws_default@bucket/kt", None, ("s3://bucket", "kt")),
+        ("gcs://bucket/kt", None, ("gs://bucket", "kt")),
+        ("gs://bucket/kt", None, ("gs://bucket", "kt")),
+        ("abfs://lake/kt/x", "acct", ("abfss://lake@acct.dfs.core.windows.net", "kt/x")),
+        ("s3://bucket", None, ("s3://bucket", "/")),
+    ],
+)
+def test_folders_follow_openlineage_object_storage_naming(uri, azure, expected):
+    assert _lineage.storage_dataset(uri, azure_account=azure) == expected
+
+
+def test_catalog_facts_keep_no_credentials():
+    facts = _lineage.catalog_facts(
+        "prod",
+        {"type": "sql", "uri": "postgresql://u:pw@db:5432/cat?sslmode=require", "token": "t0k"},
+    )
+    assert facts == {"name": "prod", "type": "sql", "uri": "postgresql://db:5432/cat"}
+
+
+# -- lineage after an execute against the emulator ---------------------------------------------------
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    with Emulator(api_key="unit-key-5ecret", long_poll_seconds=1, batch_size=100, seed=5) as emu:
+        conn = {
+            "conn_type": "ktexport",
+            "host": emu.url,
+            "password": emu.api_key,
+            "extra": {"long_poll_seconds": 1},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_KTEXPORT_DEFAULT", json.dumps(conn))
+        yield emu
+
+
+def source_of(emu: Emulator) -> tuple[str, str]:
+    return (emu.url.rstrip("/"), "ktexport_default")
+
+
+def test_parquet_drain_reports_each_record_type_folder_with_schema_and_statistics(emulator, tmp_path):
+    from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
+
+    lake = tmp_path / "lake"
+    emulator.generate(600)
+    op = KtExportToParquetOperator(
+        task_id="drain", destination=lake.as_uri(), max_runtime=60, flush_records=250, asset_alias=None
+    )
+    summary = op.execute({"outlet_events": {}})  # type: ignore[arg-type]
+    assert summary["records"] == 600
+    json.dumps(summary)
+    assert "datasets" not in summary and "schema" not in json.dumps(summary)
+
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [source_of(emulator)]
+    folders = sorted(p for p in lake.iterdir() if p.name.startswith("record_type="))
+    assert len(folders) >= 3
+    outputs = {d.name: d for d in lineage.outputs}
+    assert sorted(outputs) == [str(f) for f in folders]
+    for folder in folders:
+        out = outputs[str(folder)]
+        assert out.namespace == "file"
+        files = list(folder.rglob("*.parquet"))
+        stats = out.outputFacets["outputStatistics"]
+        assert stats.rowCount == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        assert stats.fileCount == len(files)
+        assert stats.size == sum(f.stat().st_size for f in files)
+        columns = {f.name: f.type for f in out.facets["schema"].fields}
+        for f in files:
+            for col in pq.read_schema(f):
+                assert columns[col.name] == str(col.type)
+    assert sum(o.outputFacets["outputStatistics"].rowCount for o in lineage.outputs) == 600
+
+
+def test_iceberg_drain_reports_each_table_by_location_with_its_catalog_name(emulator, tmp_path):
+    from airflow_provider_ktexport.operators.iceberg import KtExportToIcebergOperator
+
+    (tmp_path / "wh").mkdir()
+    props = {
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path}/catalog.db",
+        "warehouse": (tmp_path / "wh").as_uri(),
+    }
+    emulator.generate(300)
+    op = KtExportToIcebergOperator(
+        task_id="drain", catalog_properties=props, catalog_name="lakecat", max_runtime=60, asset_alias=None
+    )
+    summary = op.execute({"outlet_events": {}})  # type: ignore[arg-type]
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [source_of(emulator)]
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+
+    catalog = load_catalog("lakecat", props)
+    by_table = {o.facets["symlinks"].identifiers[0].name: o for o in lineage.outputs}
+    assert set(by_table) == {c["table"] for c in summary["landed"]}
+    total = 0
+    for name, out in by_table.items():
+        table = catalog.load_table(name)
+        assert (out.namespace, out.name) == _lineage.storage_dataset(table.location())
+        assert out.facets["symlinks"].identifiers[0].type == "TABLE"
+        assert out.facets["catalog"].name == "lakecat" and out.facets["catalog"].framework == "iceberg"
+        rows = table.scan().to_arrow().num_rows
+        assert out.outputFacets["outputStatistics"].rowCount == rows
+        columns = {f.name for f in out.facets["schema"].fields}
+        assert columns == set(table.schema().column_names)
+        total += rows
+    assert total == 300
+
+
+def test_compaction_reports_each_folder_it_compacted_as_input_and_output(tmp_path):
+    from airflow_provider_ktexport.operators.compact import KtExportCompactOperator
+    from tests.lake_support import land
+    from tests.unit.test_compact_operator import trips
+
+    root = tmp_path / "lake"
+    writer = LakeWriter(LocalFileSystem(), str(root), writer_id="drain")
+    land(writer, trips(range(10)))
+    land(writer, trips(range(5, 20)))
+    op = KtExportCompactOperator(task_id="compact", source=root.as_uri(), min_age_minutes=0)
+    op.execute({})  # type: ignore[arg-type]
+    lineage = op.get_openlineage_facets_on_complete(None)
+    folder = ("file", str(root / "record_type=trip"))
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [folder]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [folder]
+    stats = lineage.outputs[0].outputFacets["outputStatistics"]
+    files = list((root / "record_type=trip").rglob("*.parquet"))
+    assert (stats.rowCount, stats.fileCount) == (20, len(files))
+    assert "seq" in {f.name for f in lineage.outputs[0].facets["schema"].fields}
+
+
+def test_no_lineage_before_execute():
+    from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
+
+    op = KtExportToParquetOperator(task_id="d", destination="file:///tmp/x")
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert lineage.inputs == [] and lineage.outputs == []
