@@ -82,6 +82,9 @@ def test_drain_reports_lineage_and_metrics(emulator, run_dag, tmp_path):
                     {"type": "file", "log_file_path": str(events / "event"), "append": False}
                 ),
                 "AIRFLOW__OPENLINEAGE__NAMESPACE": "ktexport_it",
+                # Emit from a thread of the task process: the default fork added ~15 s to this
+                # `dags test` run (measured: 57.7 s off, 72.6 s fork, 56.7 s thread).
+                "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
                 "AIRFLOW__METRICS__STATSD_ON": "True",
                 "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
                 "AIRFLOW__METRICS__STATSD_PORT": str(listener.port),
