@@ -35,3 +35,42 @@ def airflow_home() -> Path:
         )
         marker.touch()
     return _AIRFLOW_HOME
+
+
+# ---------------------------------------------------------------- the "airflow" marker
+# CI runs every test once on the current Airflow and again, on the oldest supported Airflow, only the
+# tests that drive Airflow (`pytest -m airflow`). A test drives Airflow when it runs a DAG (the
+# run_dag / airflow_home fixtures) or its module imports Airflow or the provider's Airflow-facing
+# modules (hooks, operators, sensors, triggers). Imports are read from the module's syntax tree,
+# so a DAG file's text inside a string does not count.
+_AIRFLOW_MODULES = ("airflow", "airflow_provider_ktexport.hooks", "airflow_provider_ktexport.operators")
+_AIRFLOW_MODULES += ("airflow_provider_ktexport.sensors", "airflow_provider_ktexport.triggers")
+_AIRFLOW_FIXTURES = frozenset({"run_dag", "airflow_home"})
+_imports_airflow: dict[Path, bool] = {}
+
+
+def _module_imports_airflow(path: Path) -> bool:
+    import ast
+
+    if path not in _imports_airflow:
+        names: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        _imports_airflow[path] = any(
+            name == prefix or name.startswith(prefix + ".") for name in names for prefix in _AIRFLOW_MODULES
+        )
+    return _imports_airflow[path]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "airflow: drives Airflow itself (CI runs these on every Airflow it supports)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _AIRFLOW_FIXTURES or _module_imports_airflow(Path(str(item.path))):
+            item.add_marker(pytest.mark.airflow)
