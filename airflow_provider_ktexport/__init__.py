@@ -2,11 +2,62 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 __version__ = "0.1.0"
 
 _HOOK = "airflow_provider_ktexport.hooks.ktexport.KtExportHook"
+
+#: The connection form's extra fields (JSON Schema per field, as Airflow 3.2+ reads them).
+#: A "default" is what the client uses when the extra is absent, so a saved form changes nothing.
+_CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "auth_location": {
+        "label": "Send the key as",
+        "schema": {"type": "string", "enum": ["header", "query"], "default": "header"},
+        "description": "header: x-access-token (keeps the key out of URLs and logs); query: ?token=",
+    },
+    "verify": {
+        "label": "Verify TLS",
+        "schema": {"type": "boolean", "default": True},
+        "description": "check the server's certificate; turn off only for a test server",
+    },
+    "ca_bundle": {
+        "label": "CA bundle path",
+        "schema": {"type": ["string", "null"]},
+        "description": "a PEM file of CA certificates to trust instead of the system's (a private CA); "
+        "blank: the system's",
+    },
+    "proxy": {
+        "label": "Proxy URL",
+        "schema": {"type": ["string", "null"]},
+        "description": "optional, e.g. http://proxy.internal:3128",
+    },
+    "long_poll_seconds": {
+        "label": "Long poll (s)",
+        "schema": {"type": ["number", "null"], "default": 45, "exclusiveMinimum": 0},
+        "description": "how long the server holds an empty GET (45 s on the real API)",
+    },
+    "connect_timeout": {
+        "label": "Connect timeout (s)",
+        "schema": {"type": ["number", "null"], "default": 10, "exclusiveMinimum": 0},
+    },
+    "read_timeout": {
+        "label": "Read timeout (s)",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "description": "blank: long poll + 30 s (75 s); if set, it must exceed the long poll",
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
+        "description": "retries of a transient failure (429, 5xx, reset)",
+    },
+    "max_body_bytes": {
+        "label": "Max body (bytes)",
+        "schema": {"type": ["integer", "null"], "default": 67108864, "minimum": 1024},
+        "description": "largest batch body accepted once gzip is undone (67108864 = 64 MiB)",
+    },
+}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -56,57 +107,20 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "ktexport",
                 "hook-class-name": _HOOK,
                 "hook-name": "KT Export",
+                # The connection form. Airflow 3.2+ reads these two keys directly; 3.1 gets the same
+                # form from KtExportHook.get_connection_form_widgets / get_ui_field_behaviour.
+                # Extra fields can show a default ("default" below, which the form saves) but no
+                # placeholder; a default the client derives (read_timeout) is said in its description.
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "extra"],
+                    # port: the base URL carries it (the hook still honours a port set another way).
+                    "hidden-fields": ["schema", "login", "port"],
                     "relabeling": {"host": "Base URL", "password": "API key"},
                     "placeholders": {
                         "host": "https://export.us1.kt1.io",
                         "password": "the export task's API key",
-                        "auth_location": "header",
-                        "verify": "true",
-                        "long_poll_seconds": "45",
-                        "connect_timeout": "10",
-                        "read_timeout": "75",
-                        "max_retries": "5",
-                        "max_body_bytes": "67108864",
                     },
                 },
-                "conn-fields": {
-                    "auth_location": {
-                        "label": "Send the key as",
-                        "schema": {"type": ["string", "null"], "enum": ["header", "query", None]},
-                        "description": "header (x-access-token, default) or query (?token=)",
-                    },
-                    "verify": {
-                        "label": "Verify TLS",
-                        "schema": {"type": ["string", "boolean", "null"]},
-                        "description": "true (default), false, or a CA bundle path",
-                    },
-                    "long_poll_seconds": {
-                        "label": "Long poll (s)",
-                        "schema": {"type": ["number", "null"]},
-                        "description": "how long the server holds an empty GET (45 s on the real API)",
-                    },
-                    "connect_timeout": {
-                        "label": "Connect timeout (s)",
-                        "schema": {"type": ["number", "null"]},
-                    },
-                    "max_retries": {
-                        "label": "Max retries",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
-                        "description": "retries of a transient failure (429, 5xx, reset); default 5",
-                    },
-                    "read_timeout": {
-                        "label": "Read timeout (s)",
-                        "schema": {"type": ["number", "null"]},
-                        "description": "must exceed the long poll; default long poll + 30 s",
-                    },
-                    "max_body_bytes": {
-                        "label": "Max body (bytes)",
-                        "schema": {"type": ["integer", "null"], "minimum": 1024},
-                        "description": "largest batch body accepted once gzip is undone; default 67108864 (64 MiB)",
-                    },
-                },
+                "conn-fields": copy.deepcopy(_CONN_FIELDS),
             }
         ],
     }

@@ -52,7 +52,8 @@ class KtExportHook(BaseHook):
 
     The connection (type ``ktexport``): host = base URL or bare host (https
     assumed), port (optional), password = API key; extras ``auth_location``
-    (``header``/``query``), ``verify`` (true/false/CA path), ``connect_timeout``,
+    (``header``/``query``), ``verify`` (true/false/CA path), ``ca_bundle`` (a CA path to
+    verify with: the form's field, combined with ``verify``), ``connect_timeout``,
     ``read_timeout``, ``long_poll_seconds``, ``max_retries``, ``max_body_bytes`` (the
     largest body accepted once gzip is undone; the trigger honours it too).
 
@@ -200,6 +201,7 @@ class KtExportHook(BaseHook):
         # The 3.1 form stores fields as extra__ktexport__<name>; 3.2+ and JSON use the bare name.
         prefix = f"extra__{self.conn_type}__"
         values = {key.removeprefix(prefix): value for key, value in extra.items()}
+        ca_bundle = values.pop("ca_bundle", None)  # the form's CA path field, folded into verify
         unknown = sorted(set(values) - _KNOWN_EXTRAS)
         if unknown:
             self.log.warning("%s: ignoring unknown extras %s", label, unknown)
@@ -215,6 +217,9 @@ class KtExportHook(BaseHook):
                 out[key] = _parse_number(key, value, label, float)
             else:
                 out[key] = _parse_number(key, value, label, int)
+        verify = _with_ca_bundle(out.get("verify"), ca_bundle, label)
+        if verify is not None:
+            out["verify"] = verify
         return out
 
     def _redacted(self, text: str) -> str:
@@ -227,7 +232,7 @@ class KtExportHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Field labels for the Airflow 3.1 connection form (3.2+ read provider info instead)."""
+        """Hidden and relabelled standard fields for the Airflow 3.1 form (3.2+ read provider info)."""
         declared = _connection_type()["ui-field-behaviour"]
         return {
             "hidden_fields": list(declared["hidden-fields"]),
@@ -237,24 +242,40 @@ class KtExportHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields for the Airflow 3.1 connection form, from the provider info's ``conn-fields``."""
+        """Extra fields for the Airflow 3.1 form, from the provider info's ``conn-fields``.
+
+        Airflow 3.1's UI calls this with stand-ins for wtforms that accept only a label,
+        validators, a description, a default and a widget, and know string, integer and boolean
+        fields (a number becomes a string field; the hook parses either).
+        """
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
-        from wtforms.validators import NumberRange, Optional
+        from wtforms import BooleanField, IntegerField, StringField
+        from wtforms.validators import NumberRange, Optional, any_of
 
         widgets: dict[str, Any] = {}
         for name, spec in _connection_type()["conn-fields"].items():
-            kwargs: dict[str, Any] = {
-                "widget": BS3TextFieldWidget(),
-                "description": spec.get("description", ""),
-            }
-            if "integer" in spec["schema"]["type"]:
+            schema = spec["schema"]
+            types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            label = lazy_gettext(spec["label"])
+            kwargs: dict[str, Any] = {"description": spec.get("description", "")}
+            if "boolean" in types:
+                widgets[name] = BooleanField(label, default=schema.get("default"), **kwargs)
+                continue
+            validators: list[Any] = [Optional()]
+            if "enum" in schema:
+                validators.append(any_of(schema["enum"]))
+            if "default" in schema:
+                kwargs["default"] = schema["default"] if "integer" in types else str(schema["default"])
+            if "integer" in types:
+                validators.append(NumberRange(min=schema.get("minimum", 0)))
                 widgets[name] = IntegerField(
-                    lazy_gettext(spec["label"]), validators=[Optional(), NumberRange(min=0)], **kwargs
+                    label, validators=validators, widget=BS3TextFieldWidget(), **kwargs
                 )
             else:
-                widgets[name] = StringField(lazy_gettext(spec["label"]), **kwargs)
+                widgets[name] = StringField(
+                    label, validators=validators, widget=BS3TextFieldWidget(), **kwargs
+                )
         return widgets
 
 
@@ -279,6 +300,31 @@ def _parse_verify(value: Any, label: str) -> bool | str:
     raise KtExportConfigError(
         f"{label}: extra 'verify' must be true, false or a CA bundle path, not {json.dumps(value)}"
     )
+
+
+def _with_ca_bundle(verify: bool | str | None, ca_bundle: Any, label: str) -> bool | str | None:
+    """The form's two TLS fields as the client's one ``verify``: a CA bundle path means verify with it.
+
+    ``verify`` may itself hold a path (connections made before the form had a CA field).
+    """
+    if ca_bundle is None or (isinstance(ca_bundle, str) and not ca_bundle.strip()):
+        return verify
+    if not isinstance(ca_bundle, str):
+        raise KtExportConfigError(
+            f"{label}: extra 'ca_bundle' must be a CA bundle path, not {json.dumps(ca_bundle)}"
+        )
+    path = ca_bundle.strip()
+    if verify is False:
+        raise KtExportConfigError(
+            f"{label}: extra 'ca_bundle' is set but 'verify' is off: turn TLS verification on "
+            "to verify with that CA bundle, or clear the CA bundle path"
+        )
+    if isinstance(verify, str) and verify != path:
+        raise KtExportConfigError(
+            f"{label}: extras 'verify' ({verify!r}) and 'ca_bundle' ({path!r}) name different CA "
+            "bundles: keep the path in 'ca_bundle' and set 'verify' to true"
+        )
+    return path
 
 
 def _parse_number(key: str, value: Any, label: str, kind: type[int] | type[float]) -> int | float:

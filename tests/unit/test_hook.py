@@ -265,6 +265,47 @@ def test_ui_field_behaviour_mirrors_provider_info() -> None:
     assert declared["placeholders"].items() <= behaviour["placeholders"].items()
 
 
+def test_form_hides_the_fields_the_connection_does_not_use() -> None:
+    (conn_type,) = get_provider_info()["connection-types"]
+    # The base URL carries the port; there is no login or schema.
+    assert set(conn_type["ui-field-behaviour"]["hidden-fields"]) == {"schema", "login", "port"}
+
+
+def test_form_defaults_are_the_clients_defaults() -> None:
+    """A form saved untouched must configure the client exactly as no extras would."""
+    (conn_type,) = get_provider_info()["connection-types"]
+    fields = conn_type["conn-fields"]
+    shown = {name: spec["schema"]["default"] for name, spec in fields.items() if "default" in spec["schema"]}
+    assert shown == {
+        "auth_location": "header",
+        "verify": True,
+        "long_poll_seconds": 45,
+        "connect_timeout": 10,
+        "max_retries": 5,
+        "max_body_bytes": 64 * 1024 * 1024,
+    }
+    client_defaults = KtExportClient("https://export.us1.kt1.io", GOOD_KEY)
+    for name, value in shown.items():
+        assert getattr(client_defaults, name) == value, name
+    # read_timeout derives from the long poll, so the form leaves it blank and says so.
+    assert "default" not in fields["read_timeout"]["schema"]
+    assert "75 s" in fields["read_timeout"]["description"]
+    assert client_defaults.read_timeout == 75
+    # One field per kind of input: a dropdown, a switch, plain text.
+    assert fields["auth_location"]["schema"]["type"] == "string"
+    assert fields["auth_location"]["schema"]["enum"] == ["header", "query"]
+    assert fields["verify"]["schema"]["type"] == "boolean"
+    for text in ("ca_bundle", "proxy"):
+        assert fields[text]["schema"] == {"type": ["string", "null"]}
+
+
+def test_provider_info_hands_out_copies() -> None:
+    (first,) = get_provider_info()["connection-types"]
+    first["conn-fields"]["auth_location"]["schema"]["default"] = "query"
+    (second,) = get_provider_info()["connection-types"]
+    assert second["conn-fields"]["auth_location"]["schema"]["default"] == "header"
+
+
 def _fake_web_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand-ins for wtforms / flask_appbuilder / flask_babel (not installed with Airflow 3.3)."""
 
@@ -278,9 +319,16 @@ def _fake_web_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     class IntegerField(Field):
         pass
 
+    class BooleanField(Field):
+        pass
+
     modules = {
-        "wtforms": {"StringField": StringField, "IntegerField": IntegerField},
-        "wtforms.validators": {"Optional": lambda: "optional", "NumberRange": lambda **kw: kw},
+        "wtforms": {"StringField": StringField, "IntegerField": IntegerField, "BooleanField": BooleanField},
+        "wtforms.validators": {
+            "Optional": lambda: "optional",
+            "NumberRange": lambda **kw: kw,
+            "any_of": lambda values: ("any_of", values),
+        },
         "flask_appbuilder": {},
         "flask_appbuilder.fieldwidgets": {"BS3TextFieldWidget": lambda: "widget"},
         "flask_babel": {"lazy_gettext": str},
@@ -303,4 +351,80 @@ def test_form_widgets_mirror_provider_info(monkeypatch: pytest.MonkeyPatch) -> N
             == field["label"]
         )
     # Only the field classes Airflow 3.1 accepts.
-    assert {type(w).__name__ for w in widgets.values()} <= {"StringField", "IntegerField", "UnboundField"}
+    assert {type(w).__name__ for w in widgets.values()} <= {
+        "StringField",
+        "IntegerField",
+        "BooleanField",
+        "UnboundField",
+    }
+
+
+def test_airflow_31_form_shows_the_choice_the_switch_and_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hook's widgets through the stand-ins Airflow's UI service uses for 3.1's form."""
+    ui = pytest.importorskip("airflow.api_fastapi.core_api.services.ui.connections")
+    mocks = ui.HookMetaService
+    _fake_web_stack(monkeypatch)
+    wtforms, validators = sys.modules["wtforms"], sys.modules["wtforms.validators"]
+    monkeypatch.setattr(wtforms, "StringField", mocks.MockStringField)
+    monkeypatch.setattr(wtforms, "IntegerField", mocks.MockIntegerField)
+    monkeypatch.setattr(wtforms, "BooleanField", mocks.MockBooleanField)
+    monkeypatch.setattr(validators, "Optional", mocks.MockOptional)
+    monkeypatch.setattr(validators, "any_of", mocks.MockEnum)
+    form = {name: field.param.dump() for name, field in KtExportHook.get_connection_form_widgets().items()}
+    assert form["auth_location"]["value"] == "header"
+    assert form["auth_location"]["schema"]["enum"] == ["header", "query"]
+    assert form["verify"]["value"] is True
+    assert form["verify"]["schema"]["type"][0] == "boolean"
+    assert form["ca_bundle"]["value"] is None and form["ca_bundle"]["schema"]["type"][0] == "string"
+    assert form["proxy"]["value"] is None
+    assert form["max_retries"]["value"] == 5 and form["max_retries"]["schema"]["type"][0] == "integer"
+    assert float(form["long_poll_seconds"]["value"]) == 45  # a string field on 3.1; the hook parses it
+    assert form["read_timeout"]["value"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "verify"),
+    [
+        ({"verify": True, "ca_bundle": "{ca}"}, "{ca}"),
+        ({"ca_bundle": "{ca}"}, "{ca}"),
+        ({"verify": "true", "ca_bundle": " {ca} "}, "{ca}"),
+        ({"verify": "{ca}", "ca_bundle": "{ca}"}, "{ca}"),
+        ({"verify": "{ca}"}, "{ca}"),  # connections made before the form had a CA field
+        ({"verify": "{ca}", "ca_bundle": ""}, "{ca}"),
+        ({"verify": False, "ca_bundle": None}, False),
+        ({"verify": True, "ca_bundle": ""}, True),
+        ({"extra__ktexport__verify": True, "extra__ktexport__ca_bundle": "{ca}"}, "{ca}"),
+    ],
+)
+def test_ca_bundle_is_folded_into_verify(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, extra: dict, verify: object
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed here")
+    fill = lambda v: v.replace("{ca}", str(ca)) if isinstance(v, str) else v  # noqa: E731
+    set_conn(
+        monkeypatch, host="export.us1.kt1.io", password=GOOD_KEY, extra={k: fill(v) for k, v in extra.items()}
+    )
+    hook = KtExportHook()
+    assert hook.client_settings().get("verify", True) == fill(verify)
+    assert hook.client.verify == fill(verify)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"verify": False, "ca_bundle": "/etc/ssl/ca.pem"}, "'ca_bundle' is set but 'verify' is off"),
+        ({"verify": "no", "ca_bundle": "/etc/ssl/ca.pem"}, "'ca_bundle' is set but 'verify' is off"),
+        ({"verify": "/etc/ssl/a.pem", "ca_bundle": "/etc/ssl/b.pem"}, "different CA bundles"),
+        ({"ca_bundle": True}, "'ca_bundle' must be a CA bundle path"),
+    ],
+)
+def test_conflicting_tls_extras_are_explained(
+    monkeypatch: pytest.MonkeyPatch, extra: dict, fragment: str
+) -> None:
+    set_conn(monkeypatch, "kt_tls", host="export.us1.kt1.io", password=GOOD_KEY, extra=extra)
+    with pytest.raises(KtExportConfigError, match=fragment) as info:
+        KtExportHook("kt_tls").client_settings()
+    assert "'kt_tls'" in str(info.value)

@@ -88,3 +88,39 @@ def test_task_runtime_finds_the_hook() -> None:
     hook_info = runtime.ProvidersManagerTaskRuntime().hooks.get("ktexport")
     assert hook_info is not None
     assert hook_info.hook_class_name == "airflow_provider_ktexport.hooks.ktexport.KtExportHook"
+
+
+_UI_META = """
+import json
+from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+(meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "ktexport"]
+print(json.dumps(meta.model_dump(mode="json")))
+"""
+
+
+@pytest.mark.slow
+def test_ui_service_serves_the_form() -> None:
+    """What the API server hands the React form (3.2+: provider info; 3.1: the hook's methods).
+
+    In a subprocess: on 3.1 the service puts stand-ins for wtforms into ``sys.modules``.
+    """
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("airflow.api_fastapi.core_api.services.ui.connections")
+    done = subprocess.run([sys.executable, "-c", _UI_META], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads(done.stdout.strip().splitlines()[-1])
+    standard = meta["standard_fields"]
+    assert standard["port"]["hidden"] and standard["login"]["hidden"] and standard["url_schema"]["hidden"]
+    assert standard["host"]["title"] == "Base URL" and standard["password"]["title"] == "API key"
+    fields = meta["extra_fields"]
+    assert fields["auth_location"]["value"] == "header"
+    assert fields["auth_location"]["schema"]["enum"] == ["header", "query"]
+    assert fields["verify"]["value"] is True
+    assert "boolean" in fields["verify"]["schema"]["type"]
+    assert "string" not in fields["verify"]["schema"]["type"]  # a switch, not a free-text box
+    for name, value in {"long_poll_seconds": 45, "connect_timeout": 10, "max_retries": 5}.items():
+        assert float(fields[name]["value"]) == value, name
+    assert fields["ca_bundle"]["value"] is None and fields["proxy"]["value"] is None
