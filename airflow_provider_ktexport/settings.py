@@ -235,9 +235,12 @@ def check_proxy(value: Any, what: str) -> str:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
+        parts, port = None, None
+    if parts is None or parts.netloc.count("@") > 1:
         raise KtExportConfigError(
-            f"{what} ({shown}) is not a valid URL: use e.g. http://proxy:3128"
-        ) from None
+            f"{what} ({shown}) is not a valid URL: use e.g. http://user:password@proxy:3128, with "
+            "'@', ':' and '/' in the user name or password percent-encoded (%40, %3A, %2F)"
+        )
     if parts.scheme.lower() not in ("http", "https"):
         raise KtExportConfigError(
             f"{what} ({shown}) has scheme {parts.scheme!r}: only http:// and https:// proxies are supported"
@@ -255,7 +258,11 @@ def safe_proxy(url: str | None) -> str | None:
     """A proxy URL fit for logs: its ``user:password@`` masked."""
     if url is None:
         return None
-    return _USERINFO.sub(r"\1" + _MASK + "@", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    # The last '@' ends the credentials, even when a password holds a raw '@' or '/'.
+    return f"{scheme}://{_MASK}@{rest.rpartition('@')[2]}"
 
 
 def env_proxy(url: str) -> str | None:

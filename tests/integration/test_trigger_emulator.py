@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import importlib
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_ktexport.exceptions import KtExportBodyTooLargeError
+from airflow_provider_ktexport.settings import _ssl_context
 from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, Emulator
 from airflow_provider_ktexport.triggers.ktexport import AsyncProber, KtExportEventTrigger, KtExportTrigger
 
@@ -76,32 +78,39 @@ TICK = 0.01
 
 
 class Watchdog:
-    """Ticks every 10 ms on the event loop; the longest gap between ticks, less the tick, is the
-    longest time anything else held the loop."""
+    """Ticks every 10 ms on the event loop and keeps the longest gap between ticks, less the tick.
+
+    Two clocks: ``wall`` is what the triggerer's own watchdog sees; ``cpu`` is CPU time the loop
+    thread spent between two ticks, which is what a trigger's code costs the loop. On this shared
+    machine (load averages of 10 on 2 cores) the OS can leave the whole process unscheduled for
+    longer than the bound, so the assertion is on ``cpu`` and ``wall`` is reported beside it.
+    """
 
     def __init__(self) -> None:
-        self.worst = 0.0
+        self.wall = 0.0
+        self.cpu = 0.0
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        last = time.perf_counter()
+        last, last_cpu = time.perf_counter(), time.thread_time()
         while not self._stop.is_set():
             await asyncio.sleep(TICK)
-            now = time.perf_counter()
-            self.worst = max(self.worst, now - last - TICK)
-            last = now
+            now, now_cpu = time.perf_counter(), time.thread_time()
+            self.wall = max(self.wall, now - last - TICK)
+            self.cpu = max(self.cpu, now_cpu - last_cpu)
+            last, last_cpu = now, now_cpu
 
     def stop(self) -> None:
         self._stop.set()
 
 
 def _large_ca_bundle(tmp_path: Path) -> str:
-    """certifi's bundle four times over (~600 certificates): the size of a system bundle plus a
-    corporate chain, whose load costs 0.1-0.3 s of CPU here."""
+    """certifi's bundle eight times over (~1200 certificates): a load that costs 0.3-0.6 s of CPU
+    here, so building its context on the loop cannot pass on a fast machine either."""
     import certifi
 
     path = tmp_path / "corporate-ca-bundle.pem"
-    path.write_text(Path(certifi.where()).read_text() * 4)
+    path.write_text(Path(certifi.where()).read_text() * 8)
     return str(path)
 
 
@@ -113,6 +122,7 @@ def test_the_triggers_never_block_the_event_loop(monkeypatch, tmp_path, bundle) 
     # Loaded in every triggerer before its first trigger (airflow/jobs/triggerer_job_runner.py
     # imports it at the top); outside one, Airflow's aget_connection imports it on first use.
     importlib.import_module("airflow.sdk.execution_time.supervisor")
+    _ssl_context.cache_clear()  # a fresh triggerer: the first trigger builds the TLS context
     extra: dict[str, object] = {"long_poll_seconds": 0.3}
     if bundle == "large":
         extra["verify"] = _large_ca_bundle(tmp_path)
@@ -120,7 +130,7 @@ def test_the_triggers_never_block_the_event_loop(monkeypatch, tmp_path, bundle) 
         conn = {"conn_type": "ktexport", "host": emu.url, "password": emu.api_key, "extra": extra}
         monkeypatch.setenv("AIRFLOW_CONN_KT_LOOP", json.dumps(conn))
 
-        async def scenario() -> tuple[list[dict], float]:
+        async def scenario() -> tuple[list[dict], Watchdog]:
             dog = Watchdog()
             ticking = asyncio.create_task(dog.run())
             await asyncio.sleep(0.05)
@@ -134,11 +144,20 @@ def test_the_triggers_never_block_the_event_loop(monkeypatch, tmp_path, bundle) 
                 await watcher.aclose()
             dog.stop()
             await ticking
-            return events, dog.worst
+            return events, dog
 
-        events, worst = asyncio.run(scenario())
+        # A full garbage collection of this process (Airflow loaded) takes 0.1-0.3 s here, on
+        # whichever thread trips it: the process's pause, not a trigger's.
+        gc.disable()
+        try:
+            events, dog = asyncio.run(scenario())
+        finally:
+            gc.enable()
     assert [e["status"] for e in events] == ["success"] * 3, events
-    assert worst < MAX_BLOCK, f"the event loop was blocked for {worst:.3f} s"
+    assert dog.cpu < MAX_BLOCK, (
+        f"the event loop thread ran {dog.cpu:.3f} s without yielding (longest wall gap {dog.wall:.3f} s)"
+    )
+    print(f"longest loop block: {dog.cpu:.3f} s CPU, {dog.wall:.3f} s wall")
 
 
 async def _first(gen) -> dict:
