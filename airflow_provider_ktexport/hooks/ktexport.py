@@ -48,6 +48,16 @@ def _mask_secret(secret: str) -> None:
     mask(secret)
 
 
+async def _amask_secret(secret: str) -> None:
+    """:func:`_mask_secret` for the event loop: Airflow 3.2+'s ``amask_secret`` (3.1: the sync one)."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # pragma: no cover - Airflow 3.1
+        _mask_secret(secret)
+        return
+    await amask_secret(secret)
+
+
 class KtExportHook(BaseHook):
     """Connect to a Key Telematics HTTP Export Task.
 
@@ -106,7 +116,17 @@ class KtExportHook(BaseHook):
             from asgiref.sync import sync_to_async
 
             conn = await sync_to_async(self._get_connection)()
-        return self._settings_from(conn)
+        # In a triggerer, the sync masker and extra_dejson send to the supervisor with a blocking
+        # call on the event loop (Airflow 3.2+ raises DeadlockImminentError when another trigger's
+        # request is in flight): use their async forms, where this Airflow has them.
+        aextra = getattr(conn, "aextra_dejson", None)
+        extra = await aextra() if aextra is not None else None
+        secrets: list[str] = []
+        try:
+            return self._settings_from(conn, extra=extra, mask=secrets.append)
+        finally:
+            for secret in secrets:
+                await _amask_secret(secret)
 
     @cached_property
     def client(self) -> KtExportClient:
@@ -171,12 +191,16 @@ class KtExportHook(BaseHook):
             f'"password": "<API key>"}}\''
         )
 
-    def _settings_from(self, conn: Connection) -> ClientSettings:
+    def _settings_from(
+        self, conn: Connection, *, extra: Any = None, mask: Callable[[str], None] = _mask_secret
+    ) -> ClientSettings:
+        """Validated settings of ``conn``; ``extra``: its extras already decoded (async path),
+        ``mask``: registers each secret with the masker before any check can fail."""
         label = f"connection {self.ktexport_conn_id!r}"
         password = (conn.password or "").strip()
         if password:
             # Before any check can fail, so even an error path cannot print it unmasked.
-            _mask_secret(password)
+            mask(password)
         host = (conn.host or "").strip()
         if not host:
             raise KtExportConfigError(
@@ -191,15 +215,16 @@ class KtExportHook(BaseHook):
         except KtExportConfigError as exc:
             raise KtExportConfigError(f"{label}: {exc}") from None
         settings: dict[str, Any] = {"base_url": base_url, "api_key": password, "conn_label": label}
-        settings.update(self._extras(conn, label))
+        settings.update(self._extras(conn, label, extra))
         settings.update(self.client_overrides)
         for secret in proxy_credentials(settings.get("proxy")):
-            _mask_secret(secret)  # before validation, so even its error cannot print it
+            mask(secret)  # before validation, so even its error cannot print it
         return build_client_settings(**settings)
 
-    def _extras(self, conn: Connection, label: str) -> dict[str, Any]:
+    def _extras(self, conn: Connection, label: str, extra: Any = None) -> dict[str, Any]:
         try:
-            extra = conn.extra_dejson
+            if extra is None:
+                extra = conn.extra_dejson
         except Exception:  # noqa: BLE001 - malformed extra JSON
             raise KtExportConfigError(f"{label} has an extra that is not valid JSON: fix it") from None
         if not isinstance(extra, dict):

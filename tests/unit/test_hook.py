@@ -306,3 +306,40 @@ def test_form_widgets_mirror_provider_info(monkeypatch: pytest.MonkeyPatch) -> N
         )
     # Only the field classes Airflow 3.1 accepts.
     assert {type(w).__name__ for w in widgets.values()} <= {"StringField", "IntegerField", "UnboundField"}
+
+
+def test_async_settings_mask_secrets_without_a_blocking_call_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a triggerer SUPERVISOR_COMMS is set: the sync masker's send() is a blocking round trip on
+    # the loop, and Airflow 3.2+ raises DeadlockImminentError (a BaseException) from it when
+    # another trigger's request is in flight. The async path must use asend() only.
+    log_module = pytest.importorskip("airflow.sdk.log")
+    if not hasattr(log_module, "amask_secret"):
+        pytest.skip("Airflow 3.1 has no async masker: the sync one is the only one")
+    from airflow.sdk.execution_time import task_runner
+
+    class Comms:
+        def __init__(self) -> None:
+            self.sent: list[object] = []
+            self.asent: list[object] = []
+
+        def send(self, msg: object) -> None:
+            self.sent.append(msg)
+
+        async def asend(self, msg: object) -> None:
+            self.asent.append(msg)
+
+    comms = Comms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    set_conn(
+        monkeypatch,
+        host="https://export.us1.kt1.io",
+        password=GOOD_KEY,
+        extra={"proxy": "http://user:pr0xy-secret@proxy.corp:3128"},
+    )
+    settings = asyncio.run(KtExportHook().aclient_settings())
+    assert settings.proxy == "http://user:pr0xy-secret@proxy.corp:3128"
+    assert comms.sent == []
+    masked = [getattr(m, "value", None) for m in comms.asent]
+    assert GOOD_KEY in masked and "pr0xy-secret" in masked
