@@ -13,7 +13,6 @@ transport-free rules (statuses, body shape, backoff, errors, redaction) are in
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
@@ -41,37 +40,29 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.protocol import (
     AUTH_STATUSES,
-    DEFAULT_USER_AGENT,
     EMPTY_STATUSES,
     STREAM_PATH,
     TRANSIENT_STATUSES,
+    ack_answer,
     auth_error,
     auth_parts,
     backoff_delay,
+    body_excerpt,
     body_too_large_error,
-    check_api_key,
-    check_auth_location,
-    check_max_body_bytes,
-    check_read_timeout,
     classify_body,
     guard_http_logs,
     has_cause,
     http_error,
     is_ackable_id,
-    normalize_base_url,
-    redact,
-    redact_bytes,
     shown_id,
     tls_error,
     transient_status_error,
 )
+from airflow_provider_ktexport.settings import ClientSettings, build_client_settings, safe_proxy
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Batch", "KtExportClient"]
-
-_BODY_EXCERPT = 200
-
 
 _RECORD_DECODER = msgspec.json.Decoder()
 
@@ -131,6 +122,12 @@ class KtExportClient:
     :param conn_label: what to name in error messages, e.g. ``"connection 'ktexport_default'"``
     :param max_body_bytes: the largest body accepted once gzip is undone (default 64 MiB); a
         larger one raises :class:`KtExportBodyTooLargeError` and its lease is abandoned
+    :param proxy: an ``http(s)://[user:password@]host:port`` proxy for every request; wins over the
+        environment's ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, which apply otherwise
+
+    The arguments are validated by :func:`~airflow_provider_ktexport.settings.build_client_settings`;
+    :meth:`from_settings` takes a :class:`~airflow_provider_ktexport.settings.ClientSettings` built
+    once (the async trigger takes the same settings).
     """
 
     def __init__(
@@ -150,34 +147,62 @@ class KtExportClient:
         user_agent: str | None = None,
         conn_label: str | None = None,
         max_body_bytes: int | None = None,
+        proxy: str | None = None,
     ) -> None:
-        self.base_url = normalize_base_url(base_url)
-        self._api_key = check_api_key(api_key, conn_label or "the export API")
-        location = check_auth_location(auth_location)
-        self.auth_location = location
-        self.conn_label = conn_label
-        self.verify = _check_verify(verify)
-        self.long_poll_seconds = _positive("long_poll_seconds", long_poll_seconds)
-        self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        if read_timeout is None:
-            read_timeout = self.long_poll_seconds + 30.0
-        self.read_timeout = check_read_timeout(
-            _positive("read_timeout", read_timeout), self.long_poll_seconds
+        self._setup(
+            build_client_settings(
+                base_url,
+                api_key,
+                auth_location=auth_location,
+                verify=verify,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                long_poll_seconds=long_poll_seconds,
+                max_retries=max_retries,
+                backoff_base=backoff_base,
+                backoff_max=backoff_max,
+                pool_size=pool_size,
+                user_agent=user_agent,
+                conn_label=conn_label,
+                max_body_bytes=max_body_bytes,
+                proxy=proxy,
+            )
         )
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise KtExportConfigError(f"max_retries must be an integer >= 0, not {max_retries!r}")
-        self.max_retries = max_retries
-        self.backoff_base = _positive("backoff_base", backoff_base, allow_zero=True)
-        self.backoff_max = _positive("backoff_max", backoff_max, allow_zero=True)
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise KtExportConfigError(f"pool_size must be an integer >= 1, not {pool_size!r}")
-        self.pool_size = pool_size
-        self.user_agent = user_agent or DEFAULT_USER_AGENT
-        self.max_body_bytes = check_max_body_bytes(max_body_bytes)
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings) -> KtExportClient:
+        """A client for settings already validated (what the hook builds, once per connection)."""
+        client = cls.__new__(cls)
+        client._setup(settings)
+        return client
+
+    def _setup(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.base_url = settings.base_url
+        self._api_key = settings.api_key
+        self.auth_location = settings.auth_location
+        self.conn_label = settings.conn_label
+        self.verify = settings.verify
+        self.long_poll_seconds = settings.long_poll_seconds
+        self.connect_timeout = settings.connect_timeout
+        self.read_timeout = settings.read_timeout
+        self.max_retries = settings.max_retries
+        self.backoff_base = settings.backoff_base
+        self.backoff_max = settings.backoff_max
+        self.pool_size = settings.pool_size
+        self.user_agent = settings.user_agent
+        self.max_body_bytes = settings.max_body_bytes
+        # Resolved once, by the rules the trigger applies too (settings.py): the environment is
+        # not consulted again per request (the session's trust_env is off).
+        self._verify = settings.ca_bundle()
+        proxy = settings.proxy_url()
+        self._proxies = {"http": proxy, "https": proxy} if proxy else {}
+        if proxy:
+            log.info("%s: requests go through proxy %s", settings.where, safe_proxy(proxy))
 
         self._stream_url = self.base_url + STREAM_PATH
-        self._auth_headers, self._auth_params = auth_parts(self._api_key, location)
-        if location == "query":
+        self._auth_headers, self._auth_params = auth_parts(self._api_key, self.auth_location)
+        if self.auth_location == "query":
             guard_http_logs()
         self._session = self._new_session()
         self._closed = False
@@ -185,19 +210,16 @@ class KtExportClient:
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
+        # Proxy and CA bundle were resolved from the environment by settings.py, the same way the
+        # trigger resolves them; .netrc must not add an Authorization header either.
+        session.trust_env = False
         # Retries are ours (they know Retry-After, auth and the deadline): urllib3 must not retry too.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        session.headers.update(
-            {
-                "user-agent": self.user_agent,
-                "accept-encoding": "gzip",
-                "accept": "application/json",
-                "connection": "keep-alive",
-            }
-        )
-        session.verify = self.verify
+        session.headers.update({**self.settings.headers(), "connection": "keep-alive"})
+        session.verify = self._verify
+        session.proxies.update(self._proxies)
         return session
 
     def __repr__(self) -> str:
@@ -257,17 +279,17 @@ class KtExportClient:
         url = f"{self._stream_url}/{quote(batch_id, safe='')}"
         reply = self._send("DELETE", url, deadline=None, max_retries=self.max_retries)
         assert reply is not None  # no deadline, so _send always answers
-        if 200 <= reply.status < 300:
-            return True
-        if reply.status in (404, 500):
+        acked = ack_answer(reply.status)
+        if acked is None:
+            raise self._http_error("DELETE", reply, url)
+        if not acked:
             log.debug("ack of batch %s answered %d: unknown or expired id", batch_id, reply.status)
-            return False
-        raise self._http_error("DELETE", reply, url)
+        return acked
 
     def redact_body(self, body: bytes) -> bytes:
         """``body`` with this client's API key (raw, URL-encoded) and any ``token=`` value masked:
         what a quarantined body or a rejected record may store."""
-        return redact_bytes(body, self._api_key)
+        return self.settings.redact_bytes(body)
 
     def check(self) -> None:
         """Prove the key is accepted without leasing data (for ``test_connection``).
@@ -281,7 +303,7 @@ class KtExportClient:
         url = f"{self._stream_url}/ktexport-connection-test-{uuid.uuid4().hex}"
         reply = self._send("DELETE", url, deadline=None, max_retries=min(self.max_retries, 1))
         assert reply is not None  # no deadline, so _send always answers
-        if 200 <= reply.status < 300 or reply.status in (404, 500):
+        if ack_answer(reply.status) is not None:
             return
         raise self._http_error("DELETE", reply, url)
 
@@ -362,8 +384,8 @@ class KtExportClient:
             stream=True,
             # A redirect would carry x-access-token to wherever it points: never follow one.
             allow_redirects=False,
-            # Per request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override Session.verify.
-            verify=self.verify,
+            verify=self._verify,
+            proxies=self._proxies,
         )
         received_at = time.monotonic()
         too_large: BodyTooLarge | None = None
@@ -430,18 +452,17 @@ class KtExportClient:
 
     def _safe(self, url: str | None = None) -> str:
         """A URL fit for logs: no query string, no key."""
-        return redact(url or self._stream_url, self._api_key)
+        return self.settings.redact(url or self._stream_url)
 
     def _where(self) -> str:
-        return self.conn_label or "the connection"
+        return self.settings.where
 
     def _excerpt(self, body: bytes) -> str:
-        text = body[:_BODY_EXCERPT].decode("utf-8", "replace").strip()
-        return redact(text, self._api_key)
+        return self.settings.redact(body_excerpt(body))
 
     def _transport_error(self, method: str, url: str, exc: requests.RequestException) -> KtExportError:
         # Only the type name and a redacted text survive: the original holds the full URL.
-        text = redact(str(exc), self._api_key)
+        text = self.settings.redact(str(exc))
         if has_cause(exc, ssl.SSLCertVerificationError):
             return tls_error(self.base_url, text, self._where())
         if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
@@ -467,7 +488,7 @@ class KtExportClient:
             reply.status,
             base_url=self.base_url,
             where=self._where(),
-            location=None if location is None else redact(location, self._api_key),
+            location=None if location is None else self.settings.redact(location),
             detail=self._excerpt(reply.body),
         )
 
@@ -482,29 +503,6 @@ class KtExportClient:
             body=body,
             batch_id=batch_id,
         )
-
-
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise KtExportConfigError(f"{name} must be a number of seconds {bound}, not {value!r}")
-    return number
-
-
-def _check_verify(verify: bool | str) -> bool | str:
-    if isinstance(verify, bool):
-        return verify
-    if isinstance(verify, str) and verify:
-        if not os.path.exists(verify):
-            raise KtExportConfigError(
-                f"verify={verify!r} is neither true/false nor an existing CA bundle path: fix the path"
-            )
-        return verify
-    raise KtExportConfigError(f"verify must be true, false or a CA bundle path, not {verify!r}")
 
 
 #: Wire bytes per read: one read for a typical (compressed) batch, yet bounded for any body.

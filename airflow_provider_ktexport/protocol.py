@@ -35,6 +35,7 @@ __all__ = [
     "AUTH_LOCATIONS",
     "AUTH_QUERY_PARAM",
     "AUTH_STATUSES",
+    "BODY_EXCERPT_BYTES",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_USER_AGENT",
     "EMPTY_STATUSES",
@@ -42,13 +43,17 @@ __all__ = [
     "HTTP_LOGGERS",
     "STREAM_PATH",
     "TRANSIENT_STATUSES",
+    "UNKNOWN_ID_STATUSES",
     "ENVELOPE_KEYS",
     "BatchBody",
     "Envelope",
     "RedactTokenFilter",
+    "SENSOR_BACKOFF_FLOOR",
+    "ack_answer",
     "auth_error",
     "auth_parts",
     "backoff_delay",
+    "body_excerpt",
     "body_too_large_error",
     "check_api_key",
     "check_auth_location",
@@ -84,6 +89,12 @@ TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})
 AUTH_STATUSES = frozenset({401, 403})
 #: A GET that found nothing within the long poll: 500 is the documented answer, 204 is tolerated.
 EMPTY_STATUSES = frozenset({500, 204})
+#: A DELETE of an id the server no longer knows (its lease had ended): 500, sometimes 404.
+UNKNOWN_ID_STATUSES = frozenset({404, 500})
+#: Bytes of a body quoted in an error message (redacted by the caller).
+BODY_EXCERPT_BYTES = 200
+#: The shortest pause between a waiting sensor's tries, even when jitter draws near zero.
+SENSOR_BACKOFF_FLOOR = 0.2
 
 _MASK = "***"
 _MASK_BYTES = b"***"
@@ -316,7 +327,24 @@ def has_cause(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+def ack_answer(status: int) -> bool | None:
+    """What a DELETE's final status means: ``True`` acknowledged (2xx), ``False`` the id was
+    unknown or its lease had ended (404/500: redelivered later), ``None`` a status the protocol
+    does not expect (raise :func:`http_error`). Auth and transient statuses are the caller's
+    retry loop's, before this."""
+    if 200 <= status < 300:
+        return True
+    if status in UNKNOWN_ID_STATUSES:
+        return False
+    return None
+
+
 # -- errors with advice --------------------------------------------------------------------------------
+
+
+def body_excerpt(body: bytes) -> str:
+    """The start of a body, as text for an error message (redact it before use)."""
+    return body[:BODY_EXCERPT_BYTES].decode("utf-8", "replace").strip()
 
 
 def _said(detail: str) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_ktexport.client import Batch, KtExportClient
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError
 from airflow_provider_ktexport.protocol import normalize_base_url, redact
+from airflow_provider_ktexport.settings import ClientSettings, build_client_settings, proxy_credentials
 
 try:
     from airflow.sdk import BaseHook
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 #: Extras read from the connection, with the parser of each.
 _FLOAT_EXTRAS = ("connect_timeout", "read_timeout", "long_poll_seconds")
 _INT_EXTRAS = ("max_retries", "max_body_bytes")
-_KNOWN_EXTRAS = frozenset({"auth_location", "verify", *_FLOAT_EXTRAS, *_INT_EXTRAS})
+_KNOWN_EXTRAS = frozenset({"auth_location", "verify", "proxy", *_FLOAT_EXTRAS, *_INT_EXTRAS})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 #: Keyword arguments of KtExportClient a caller may override (everything but the connection's own).
@@ -47,6 +48,16 @@ def _mask_secret(secret: str) -> None:
     mask(secret)
 
 
+async def _amask_secret(secret: str) -> None:
+    """:func:`_mask_secret` for the event loop: Airflow 3.2+'s ``amask_secret`` (3.1: the sync one)."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # pragma: no cover - Airflow 3.1
+        _mask_secret(secret)
+        return
+    await amask_secret(secret)
+
+
 class KtExportHook(BaseHook):
     """Connect to a Key Telematics HTTP Export Task.
 
@@ -55,7 +66,8 @@ class KtExportHook(BaseHook):
     (``header``/``query``), ``verify`` (true/false/CA path), ``ca_bundle`` (a CA path to
     verify with: the form's field, combined with ``verify``), ``connect_timeout``,
     ``read_timeout``, ``long_poll_seconds``, ``max_retries``, ``max_body_bytes`` (the
-    largest body accepted once gzip is undone; the trigger honours it too).
+    largest body accepted once gzip is undone; the trigger honours it too), ``proxy``
+    (``http://[user:password@]host:port``; wins over ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``).
 
     Nothing is read or sent until the client is first used.
 
@@ -81,11 +93,14 @@ class KtExportHook(BaseHook):
 
     # ------------------------------------------------------------------ client
 
-    def client_settings(self) -> dict[str, Any]:
-        """Everything needed to rebuild the client elsewhere (e.g. the triggerer); holds the key, never log it."""
+    def client_settings(self) -> ClientSettings:
+        """The connection's validated settings, which the client and the trigger's prober both take.
+
+        Holds the key: never log it (``repr`` hides it).
+        """
         return self._settings_from(self._get_connection())
 
-    async def aclient_settings(self) -> dict[str, Any]:
+    async def aclient_settings(self) -> ClientSettings:
         """Async :meth:`client_settings`, for triggers (does not block the event loop)."""
         getter = getattr(self, "aget_connection", None)
         if getter is not None:
@@ -102,12 +117,22 @@ class KtExportHook(BaseHook):
             from asgiref.sync import sync_to_async
 
             conn = await sync_to_async(self._get_connection)()
-        return self._settings_from(conn)
+        # In a triggerer, the sync masker and extra_dejson send to the supervisor with a blocking
+        # call on the event loop (Airflow 3.2+ raises DeadlockImminentError when another trigger's
+        # request is in flight): use their async forms, where this Airflow has them.
+        aextra = getattr(conn, "aextra_dejson", None)
+        extra = await aextra() if aextra is not None else None
+        secrets: list[str] = []
+        try:
+            return self._settings_from(conn, extra=extra, mask=secrets.append)
+        finally:
+            for secret in secrets:
+                await _amask_secret(secret)
 
     @cached_property
     def client(self) -> KtExportClient:
         """The client, built on first use and kept (with its keep-alive connections) for the hook's life."""
-        return KtExportClient(**self.client_settings())
+        return KtExportClient.from_settings(self.client_settings())
 
     def get_conn(self) -> KtExportClient:
         """Return the :class:`KtExportClient` (Airflow's conventional accessor)."""
@@ -167,12 +192,16 @@ class KtExportHook(BaseHook):
             f'"password": "<API key>"}}\''
         )
 
-    def _settings_from(self, conn: Connection) -> dict[str, Any]:
+    def _settings_from(
+        self, conn: Connection, *, extra: Any = None, mask: Callable[[str], None] = _mask_secret
+    ) -> ClientSettings:
+        """Validated settings of ``conn``; ``extra``: its extras already decoded (async path),
+        ``mask``: registers each secret with the masker before any check can fail."""
         label = f"connection {self.ktexport_conn_id!r}"
         password = (conn.password or "").strip()
         if password:
             # Before any check can fail, so even an error path cannot print it unmasked.
-            _mask_secret(password)
+            mask(password)
         host = (conn.host or "").strip()
         if not host:
             raise KtExportConfigError(
@@ -187,13 +216,16 @@ class KtExportHook(BaseHook):
         except KtExportConfigError as exc:
             raise KtExportConfigError(f"{label}: {exc}") from None
         settings: dict[str, Any] = {"base_url": base_url, "api_key": password, "conn_label": label}
-        settings.update(self._extras(conn, label))
+        settings.update(self._extras(conn, label, extra))
         settings.update(self.client_overrides)
-        return settings
+        for secret in proxy_credentials(settings.get("proxy")):
+            mask(secret)  # before validation, so even its error cannot print it
+        return build_client_settings(**settings)
 
-    def _extras(self, conn: Connection, label: str) -> dict[str, Any]:
+    def _extras(self, conn: Connection, label: str, extra: Any = None) -> dict[str, Any]:
         try:
-            extra = conn.extra_dejson
+            if extra is None:
+                extra = conn.extra_dejson
         except Exception:  # noqa: BLE001 - malformed extra JSON
             raise KtExportConfigError(f"{label} has an extra that is not valid JSON: fix it") from None
         if not isinstance(extra, dict):
@@ -209,7 +241,7 @@ class KtExportHook(BaseHook):
         for key, value in values.items():
             if key not in _KNOWN_EXTRAS or value is None or value == "":
                 continue
-            if key == "auth_location":
+            if key in ("auth_location", "proxy"):
                 out[key] = str(value)
             elif key == "verify":
                 out[key] = _parse_verify(value, label)
@@ -224,7 +256,7 @@ class KtExportHook(BaseHook):
 
     def _redacted(self, text: str) -> str:
         try:
-            return redact(text, self.client_settings()["api_key"])
+            return self.client_settings().redact(text)
         except Exception:  # noqa: BLE001 - the connection itself may be the problem
             return redact(text, None)
 

@@ -15,6 +15,7 @@ sync client uses too, so the sensor and the drain read the server the same way.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import ssl
 import time
@@ -40,27 +41,24 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.protocol import (
     AUTH_STATUSES,
-    DEFAULT_USER_AGENT,
     EMPTY_STATUSES,
+    SENSOR_BACKOFF_FLOOR,
     STREAM_PATH,
     TRANSIENT_STATUSES,
+    ack_answer,
     auth_error,
     auth_parts,
     backoff_delay,
+    body_excerpt,
     body_too_large_error,
-    check_api_key,
-    check_auth_location,
-    check_max_body_bytes,
-    check_read_timeout,
     classify_body,
     guard_http_logs,
     has_cause,
     http_error,
-    normalize_base_url,
-    redact,
     tls_error,
     transient_status_error,
 )
+from airflow_provider_ktexport.settings import ClientSettings, safe_proxy, settings_of, ssl_context
 
 try:  # Airflow 3.2+ (the same class is re-exported by airflow.exceptions)
     from airflow.sdk.exceptions import AirflowNotFoundException
@@ -84,8 +82,6 @@ DEFAULT_LEASE_SECONDS = 120.0
 # An empty answer that came back faster than this (a server without long poll) is followed by
 # a pause, so an idle queue is never polled in a tight loop.
 _MIN_EMPTY_CYCLE = 1.0
-_BACKOFF_BASE = 0.5
-_BACKOFF_MAX = 30.0
 
 
 def lease_end_iso(epoch_seconds: float) -> str:
@@ -171,15 +167,16 @@ def error_from_event(event: Mapping[str, Any]) -> KtExportError:
 # ---------------------------------------------------------------------------- connection settings
 
 
-async def aclient_settings(conn_id: str) -> dict[str, Any]:
+async def aclient_settings(conn_id: str) -> ClientSettings:
     """The hook's ``client_settings()`` for ``conn_id``, read without blocking the event loop.
 
     The connection (and its key) is looked up here, in the triggerer: trigger
     kwargs only ever carry the connection id.
     """
-    from airflow_provider_ktexport.hooks.ktexport import KtExportHook
-
-    hook = KtExportHook(ktexport_conn_id=conn_id)
+    # The hook module pulls in requests and the sync client (0.2-0.5 s of imports on a first
+    # use): imported in a worker thread, not on the triggerer's event loop.
+    hooks = await asyncio.to_thread(importlib.import_module, "airflow_provider_ktexport.hooks.ktexport")
+    hook = hooks.KtExportHook(ktexport_conn_id=conn_id)
     asettings = getattr(hook, "aclient_settings", None)
     if asettings is not None:
         return await asettings()
@@ -188,21 +185,46 @@ async def aclient_settings(conn_id: str) -> dict[str, Any]:
     return await sync_to_async(hook.client_settings)()
 
 
-def _ssl_verify(verify: Any) -> bool | ssl.SSLContext:
-    if isinstance(verify, str):
-        # httpx wants a context for a CA bundle path (a bare path is deprecated there).
-        return ssl.create_default_context(cafile=verify)
-    return bool(verify)
-
-
 # ---------------------------------------------------------------------------- the async probe
+
+
+#: Modules httpx and httpcore import lazily on a client's first construction or first request
+#: (measured: 0.2-0.5 s on a first use), which would run on the event loop.
+_LAZY_IO_MODULES = ("httpcore", "httpcore._backends.anyio", "anyio._backends._asyncio")
+
+
+def _preload_io_modules() -> None:
+    """Import what a first request would import, here in a worker thread (names may move)."""
+    for name in _LAZY_IO_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - another httpcore/anyio layout: only slower
+            pass
+
+
+def _proxy(url: str | None, context: ssl.SSLContext) -> httpx.Proxy | None:
+    """httpx's proxy for ``url``; TLS to an https:// proxy trusts what the server link trusts."""
+    if url is None:
+        return None
+    return httpx.Proxy(url, ssl_context=context if url.lower().startswith("https://") else None)
+
+
+#: A body larger than this is classified in a worker thread: decoding tens of MB of JSON on the
+#: event loop would stall every other trigger of the triggerer.
+_CLASSIFY_INLINE_BYTES = 1 << 20
 
 
 class AsyncProber:
     """One async HTTP client that long-polls the queue; use as ``async with``.
 
-    :param settings: ``KtExportHook.client_settings()`` (base_url, api_key, auth_location, verify,
-        connect_timeout, read_timeout, long_poll_seconds, max_body_bytes)
+    It takes the same :class:`~airflow_provider_ktexport.settings.ClientSettings` as the drain's
+    :class:`~airflow_provider_ktexport.client.KtExportClient` and applies the same rules (proxy,
+    TLS trust, key placement, body cap, statuses, errors, redaction). Building the HTTP client
+    (a CA bundle load, httpx's first import of httpcore: 0.05-0.5 s of CPU) happens in a worker
+    thread on entry, so the triggerer's event loop is never blocked by it.
+
+    :param settings: ``KtExportHook.client_settings()``, or a mapping of
+        :func:`~airflow_provider_ktexport.settings.build_client_settings` arguments
     :param lease_seconds: the server's lease, used for the lease end
     :param logger: where warnings go (the trigger's own logger)
     :param transport: an httpx transport to use instead of the network (tests)
@@ -210,52 +232,69 @@ class AsyncProber:
 
     def __init__(
         self,
-        settings: Mapping[str, Any],
+        settings: ClientSettings | Mapping[str, Any],
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         logger: Any = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = normalize_base_url(settings.get("base_url") or "")
-        self.conn_label = str(settings.get("conn_label") or "the connection")
-        self._api_key = check_api_key(settings.get("api_key"), self.conn_label)
-        location = check_auth_location(settings.get("auth_location"))
-        self.long_poll_seconds = float(settings.get("long_poll_seconds") or 45.0)
-        read_timeout = check_read_timeout(
-            float(settings.get("read_timeout") or self.long_poll_seconds + 30.0), self.long_poll_seconds
-        )
-        connect_timeout = float(settings.get("connect_timeout") or 10.0)
-        self.max_body_bytes = check_max_body_bytes(settings.get("max_body_bytes"))
-        if location == "query":
+        self.settings = settings_of(settings)
+        self.base_url = self.settings.base_url
+        self.conn_label = self.settings.where
+        self.long_poll_seconds = self.settings.long_poll_seconds
+        self.max_body_bytes = self.settings.max_body_bytes
+        if self.settings.auth_location == "query":
             guard_http_logs()  # httpx logs each request's URL at INFO
         self.lease_seconds = float(lease_seconds)
         self.log = logger or log
         self._stream_url = self.base_url + STREAM_PATH
-        auth_headers, self._params = auth_parts(self._api_key, location)
-        headers = {
-            "user-agent": DEFAULT_USER_AGENT,
-            "accept-encoding": "gzip",
-            "accept": "application/json",
-            **auth_headers,
-        }
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(connect_timeout, read=read_timeout),
-            verify=_ssl_verify(settings.get("verify", True)),
-            # A redirect would carry the key elsewhere; the environment's proxy must not see it.
-            follow_redirects=False,
-            trust_env=False,
-            transport=transport,
-        )
+        auth_headers, self._params = auth_parts(self.settings.api_key, self.settings.auth_location)
+        self._headers = {**self.settings.headers(), **auth_headers}
+        self._transport = transport
+        self._client_or_none: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> AsyncProber:
+        self._client_or_none, proxy = await asyncio.to_thread(self._new_client)
+        if proxy:
+            self.log.info("%s: probing through proxy %s", self.conn_label, safe_proxy(proxy))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.aclose()
+        if self._client_or_none is not None:
+            await self._client_or_none.aclose()
+            self._client_or_none = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        if self._client_or_none is None:
+            raise RuntimeError("use AsyncProber as 'async with AsyncProber(...) as prober'")
+        return self._client_or_none
+
+    def _new_client(self) -> tuple[httpx.AsyncClient, str | None]:
+        """The httpx client and its proxy; runs in a worker thread (CA bundle load, imports)."""
+        _preload_io_modules()
+        settings = self.settings
+        context = ssl_context(settings.ca_bundle())
+        proxy_url = settings.proxy_url()
+        client = httpx.AsyncClient(
+            headers=self._headers,
+            timeout=httpx.Timeout(settings.connect_timeout, read=settings.read_timeout),
+            verify=context,
+            # The proxy comes from settings.proxy_url() (the same rule as the drain's client), so
+            # httpx must not read the environment itself.
+            proxy=_proxy(proxy_url, context),
+            trust_env=False,
+            # A redirect would carry the key elsewhere.
+            follow_redirects=False,
+            transport=self._transport,
+        )
+        return client, proxy_url
 
     def _safe(self, text: str) -> str:
-        return redact(text, self._api_key)
+        return self.settings.redact(text)
+
+    def _excerpt(self, body: bytes) -> str:
+        return self._safe(body_excerpt(body))
 
     async def probe_once(self) -> Probe | None:
         """One GET: a :class:`Probe` when it leased data, ``None`` when the queue answered empty.
@@ -264,59 +303,71 @@ class AsyncProber:
         :raises KtExportTransientError: 429/408/502-504, network errors, timeouts
         :raises KtExportHTTPError: any other unexpected status
         """
-        failure: KtExportTransientError | None = None
-        tls_failure: KtExportConfigError | None = None
+        status, headers, body, headers_at = await self._request("GET", self._stream_url)
+        if status in AUTH_STATUSES:
+            raise auth_error(status, self.conn_label, self._excerpt(body))
+        if status in TRANSIENT_STATUSES:
+            raise transient_status_error("GET", self._stream_url, status, headers.get("retry-after"))
+        if status in EMPTY_STATUSES:
+            return None  # nothing within the long poll
+        if status != 200:
+            raise self._http_error("GET", self._stream_url, status, headers, body)
+        return await self._classify(body, headers_at)
+
+    async def _request(self, method: str, url: str) -> tuple[int, httpx.Headers, bytes, float]:
+        """One request: status, headers, the capped body, and when the headers arrived (epoch
+        seconds: a GET's lease clock starts then); failures mapped as the client maps them.
+
+        :raises KtExportTransientError: network errors, timeouts, a corrupt gzip body
+        :raises KtExportConfigError: the server's certificate is not trusted
+        :raises KtExportBodyTooLargeError: the decoded body passed ``max_body_bytes``
+        """
+        failure: KtExportError | None = None
         too_large: BodyTooLarge | None = None
-        body = b""
         try:
-            async with self._client.stream("GET", self._stream_url, params=self._params) as response:
-                # Headers are in: the lease clock has started.
+            async with self._client.stream(method, url, params=self._params) as response:
                 headers_at = time.time()
                 body = await self._read_capped(response)
+                return response.status_code, response.headers, body, headers_at
         except BodyTooLarge as exc:
             too_large = exc
         except zlib.error as exc:
-            failure = KtExportTransientError(f"GET {self._stream_url} sent a corrupt gzip body ({exc})")
+            failure = KtExportTransientError(f"{method} {self._safe(url)} sent a corrupt gzip body ({exc})")
         except httpx.TransportError as exc:
+            # httpx texts can hold the URL (with ?token= in query mode) or the proxy's URL: redact,
+            # and raise outside the except block so the original is not chained as __context__.
+            text = self._safe(str(exc))
             if has_cause(exc, ssl.SSLCertVerificationError):
-                tls_failure = tls_error(self.base_url, self._safe(str(exc)), self.conn_label)
+                failure = tls_error(self.base_url, text, self.conn_label)
             else:
-                # httpx texts can hold the URL (with ?token= in query mode): redact, and raise outside
-                # the except block so the original is not chained as __context__.
                 failure = KtExportTransientError(
-                    f"GET {self._stream_url} failed ({type(exc).__name__}: {self._safe(str(exc))})"
+                    f"{method} {self._safe(url)} failed ({type(exc).__name__}: {text})"
                 )
         if too_large is not None:
             raise body_too_large_error(
-                "GET",
-                self._stream_url,
+                method,
+                self._safe(url),
                 limit=too_large.limit,
                 received=too_large.received,
                 wire_bytes=too_large.wire_bytes,
                 where=self.conn_label,
             )
-        if tls_failure is not None:
-            raise tls_failure
-        if failure is not None:
-            raise failure
-        status = response.status_code
-        if status in AUTH_STATUSES:
-            raise auth_error(status, self.conn_label)
-        if status in TRANSIENT_STATUSES:
-            raise transient_status_error("GET", self._stream_url, status, response.headers.get("retry-after"))
-        if status in EMPTY_STATUSES:
-            return None  # nothing within the long poll
-        if status != 200:
-            location = response.headers.get("location")
-            raise http_error(
-                "GET",
-                self._stream_url,
-                status,
-                base_url=self.base_url,
-                where=self.conn_label,
-                location=None if location is None else self._safe(location),
-            )
-        return await self._classify(body, headers_at)
+        assert failure is not None  # the try block returns otherwise
+        raise failure
+
+    def _http_error(
+        self, method: str, url: str, status: int, headers: httpx.Headers, body: bytes
+    ) -> KtExportHTTPError:
+        location = headers.get("location")
+        return http_error(
+            method,
+            self._safe(url),
+            status,
+            base_url=self.base_url,
+            where=self.conn_label,
+            location=None if location is None else self._safe(location),
+            detail=self._excerpt(body),
+        )
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         """The body with its gzip undone, stopped past ``max_body_bytes`` (raises BodyTooLarge)."""
@@ -338,7 +389,10 @@ class AsyncProber:
         """Empty (no id; or an id with ``"items": []``, acknowledged at once) or data, by the same
         envelope rules as the drain's client (:func:`~airflow_provider_ktexport.protocol.classify_body`)."""
         lease_end = headers_at + self.lease_seconds
-        verdict = classify_body(body)
+        if len(body) > _CLASSIFY_INLINE_BYTES:
+            verdict = await asyncio.to_thread(classify_body, body)
+        else:
+            verdict = classify_body(body)
         if verdict.kind == "problem":
             # Only a lease answers 200 (an empty queue answers 500): count it as data. The drain
             # meets the same body, keeps it in quarantine and reports it, instead of a sensor
@@ -351,23 +405,60 @@ class AsyncProber:
             )
             return Probe(lease_end, None, verdict.batch_id)
         if verdict.kind == "empty":
-            return None  # the vendor's sample client reads a 200 without id as empty
+            # The vendor's sample client reads a 200 without id as empty; the drain warns the same.
+            if verdict.note:
+                self.log.warning(
+                    "GET %s answered 200 but %s; treating the queue as empty", self._stream_url, verdict.note
+                )
+            return None
         assert verdict.batch_id is not None  # an empty batch or data always has its id
         if verdict.kind == "data":
             return Probe(lease_end, len(verdict.items), verdict.batch_id)
         await self._ack_empty(verdict.batch_id)
         return None
 
-    async def _ack_empty(self, batch_id: str) -> None:
-        # Nothing to land: acknowledge now, as the drain does, or it keeps coming back.
+    async def ack(self, batch_id: str) -> bool:
+        """Acknowledge a batch as :meth:`KtExportClient.ack` does: ``True`` on 2xx, ``False`` when the
+        id is unknown or expired; transient failures retried up to ``max_retries`` with backoff.
+
+        :raises KtExportAuthError: 401/403
+        :raises KtExportTransientError: retries exhausted
+        :raises KtExportHTTPError: another unexpected status
+        """
         url = f"{self._stream_url}/{quote(batch_id, safe='')}"
+        failures = 0
+        while True:
+            failure: KtExportTransientError | None = None
+            try:
+                status, headers, body, _ = await self._request("DELETE", url)
+            except KtExportTransientError as exc:
+                failure = exc
+            else:
+                if status in AUTH_STATUSES:
+                    raise auth_error(status, self.conn_label, self._excerpt(body))
+                if status in TRANSIENT_STATUSES:
+                    failure = transient_status_error("DELETE", url, status, headers.get("retry-after"))
+                else:
+                    acked = ack_answer(status)
+                    if acked is None:
+                        raise self._http_error("DELETE", url, status, headers, body)
+                    return acked
+            failures += 1
+            if failures > self.settings.max_retries:
+                raise failure
+            await asyncio.sleep(self._backoff(failures, failure.retry_after))
+
+    async def _ack_empty(self, batch_id: str) -> None:
+        # Nothing to land: acknowledge now, as the drain does (same rule, same warnings).
         try:
-            response = await self._client.delete(url, params=self._params)
-        except httpx.TransportError as exc:
-            self.log.warning("could not acknowledge empty batch %s (%s)", batch_id, type(exc).__name__)
+            acked = await self.ack(batch_id)
+        except KtExportTransientError as exc:
+            self.log.warning(
+                "could not acknowledge empty batch %s (%s); it will be redelivered", batch_id, exc
+            )
             return
-        if response.status_code in AUTH_STATUSES:
-            raise auth_error(response.status_code, self.conn_label)
+        if not acked:
+            self.log.warning("empty batch %s was unknown when acknowledged; its lease had ended", batch_id)
 
     async def wait_for_data(self, *, deadline: float | None = None) -> Probe | None:
         """Long-poll until a batch is leased; ``None`` once ``deadline`` (epoch seconds) has passed.
@@ -397,10 +488,16 @@ class AsyncProber:
                 await asyncio.sleep(self._capped(pause, deadline))
         return None
 
-    @staticmethod
-    def _backoff(failures: int, retry_after: float | None) -> float:
-        # A sensor waits on: never a tight loop, even when jitter draws near zero.
-        return backoff_delay(failures, retry_after, base=_BACKOFF_BASE, cap=_BACKOFF_MAX, floor=0.2)
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
+        # The drain's backoff settings; a sensor waits on, so never a tight loop even when jitter
+        # draws near zero.
+        return backoff_delay(
+            failures,
+            retry_after,
+            base=self.settings.backoff_base,
+            cap=self.settings.backoff_max,
+            floor=SENSOR_BACKOFF_FLOOR,
+        )
 
     @staticmethod
     def _capped(delay: float, deadline: float | None) -> float:

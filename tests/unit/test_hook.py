@@ -116,7 +116,7 @@ def test_client_built_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (client.connect_timeout, client.read_timeout, client.long_poll_seconds) == (3.0, 50.0, 20.0)
     assert client.max_retries == 2
     assert client.max_body_bytes == 1048576
-    assert hook.client_settings()["max_body_bytes"] == 1048576  # what the trigger reads too
+    assert hook.client_settings().max_body_bytes == 1048576  # what the trigger reads too
     hook.close()
 
 
@@ -179,8 +179,10 @@ def test_client_settings_rebuild_the_same_client(monkeypatch: pytest.MonkeyPatch
     set_conn(monkeypatch, host="http://127.0.0.1:9", password=GOOD_KEY, extra={"auth_location": "query"})
     hook = KtExportHook(pool_size=2)
     settings = hook.client_settings()
-    json.dumps(settings)  # crosses to the triggerer as plain data
-    rebuilt = KtExportClient(**settings)
+    # Built where it is used: the trigger reads the connection in the triggerer (it serialises
+    # only the connection id), so the settings never cross a process boundary with the key.
+    assert GOOD_KEY not in repr(settings)
+    rebuilt = KtExportClient.from_settings(settings)
     assert (rebuilt.base_url, rebuilt.auth_location, rebuilt.pool_size) == ("http://127.0.0.1:9", "query", 2)
     assert asyncio.run(hook.aclient_settings()) == settings
 
@@ -408,7 +410,7 @@ def test_ca_bundle_is_folded_into_verify(
         monkeypatch, host="export.us1.kt1.io", password=GOOD_KEY, extra={k: fill(v) for k, v in extra.items()}
     )
     hook = KtExportHook()
-    assert hook.client_settings().get("verify", True) == fill(verify)
+    assert hook.client_settings().verify == fill(verify)
     assert hook.client.verify == fill(verify)
 
 
@@ -428,3 +430,40 @@ def test_conflicting_tls_extras_are_explained(
     with pytest.raises(KtExportConfigError, match=fragment) as info:
         KtExportHook("kt_tls").client_settings()
     assert "'kt_tls'" in str(info.value)
+
+
+def test_async_settings_mask_secrets_without_a_blocking_call_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a triggerer SUPERVISOR_COMMS is set: the sync masker's send() is a blocking round trip on
+    # the loop, and Airflow 3.2+ raises DeadlockImminentError (a BaseException) from it when
+    # another trigger's request is in flight. The async path must use asend() only.
+    log_module = pytest.importorskip("airflow.sdk.log")
+    if not hasattr(log_module, "amask_secret"):
+        pytest.skip("Airflow 3.1 has no async masker: the sync one is the only one")
+    from airflow.sdk.execution_time import task_runner
+
+    class Comms:
+        def __init__(self) -> None:
+            self.sent: list[object] = []
+            self.asent: list[object] = []
+
+        def send(self, msg: object) -> None:
+            self.sent.append(msg)
+
+        async def asend(self, msg: object) -> None:
+            self.asent.append(msg)
+
+    comms = Comms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    set_conn(
+        monkeypatch,
+        host="https://export.us1.kt1.io",
+        password=GOOD_KEY,
+        extra={"proxy": "http://user:pr0xy-secret@proxy.corp:3128"},
+    )
+    settings = asyncio.run(KtExportHook().aclient_settings())
+    assert settings.proxy == "http://user:pr0xy-secret@proxy.corp:3128"
+    assert comms.sent == []
+    masked = [getattr(m, "value", None) for m in comms.asent]
+    assert GOOD_KEY in masked and "pr0xy-secret" in masked

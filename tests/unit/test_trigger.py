@@ -358,3 +358,67 @@ def test_error_events_round_trip_to_the_same_error_class(exc, cause, kind):
     assert type(rebuilt) is kind
     assert str(rebuilt) == str(exc)
     assert rebuilt.status_code == exc.status_code
+
+
+# ---------------------------------------------------------------------------- the client's rules, shared
+
+
+def test_errors_quote_the_body_as_the_client_does_with_the_key_redacted():
+    script = Script(httpx.Response(401, text=f"key {KEY} is disabled for this task"))
+    with pytest.raises(KtExportAuthError, match="server said: key \\*\\*\\* is disabled") as info:
+        asyncio.run(wait(script))
+    assert KEY not in str(info.value)
+    script = Script(httpx.Response(418, text="I'm a teapot"))
+    with pytest.raises(KtExportHTTPError, match="server said: I'm a teapot"):
+        asyncio.run(wait(script))
+
+
+def test_the_user_agent_setting_reaches_the_prober():
+    script = Script(batch())
+    asyncio.run(wait(script, user_agent="acme-etl/2"))
+    assert script.gets[0].headers["user-agent"] == "acme-etl/2"
+
+
+def test_items_that_are_not_objects_count_as_records_like_the_client():
+    script = Script(httpx.Response(200, content=b'{"id":"m-1","items":[{"a":1},7,"x",null,[1]]}'))
+    found = asyncio.run(wait(script))
+    assert found is not None and found.record_count == 5  # the drain rejects four, lands one
+
+
+@pytest.mark.parametrize(
+    ("answers", "acks", "warning"),
+    [
+        ([503, 200], 2, None),
+        ([500], 1, "was unknown when acknowledged"),
+        ([503, 503, 503], 3, "could not acknowledge empty batch"),
+    ],
+    ids=["retried", "unknown", "gave-up"],
+)
+def test_an_empty_batch_ack_follows_the_client_rules(answers, acks, warning, caplog):
+    deletes: list[httpx.Request] = []
+    gets = [httpx.Response(200, json={"id": "e-1", "items": []}), batch(1, "real")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            deletes.append(request)
+            return httpx.Response(answers[min(len(deletes), len(answers)) - 1])
+        return gets.pop(0)
+
+    with caplog.at_level("WARNING"):
+        found = asyncio.run(_wait_with(handler, max_retries=2))
+    assert found is not None and found.batch_id == "real"
+    assert len(deletes) == acks
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (warning is None and not warnings) or any(warning in w for w in warnings)
+
+
+async def _wait_with(handler, **extra) -> Probe | None:
+    async with AsyncProber(settings(**extra), lease_seconds=120, transport=httpx.MockTransport(handler)) as p:
+        return await p.wait_for_data()
+
+
+def test_a_200_with_items_but_no_id_warns_as_the_client_does(caplog):
+    script = Script(httpx.Response(200, json={"items": [{"a": 1}]}), batch(1))
+    with caplog.at_level("WARNING"):
+        asyncio.run(wait(script))
+    assert any("treating the queue as empty" in r.getMessage() for r in caplog.records)
