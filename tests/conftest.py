@@ -66,7 +66,9 @@ def _module_imports_airflow(path: Path) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "airflow: drives Airflow itself (CI runs these on every Airflow it supports)")
+    config.addinivalue_line(
+        "markers", "airflow: drives Airflow itself (CI runs these on every Airflow it supports)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
