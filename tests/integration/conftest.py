@@ -123,6 +123,7 @@ def run_dag(airflow_home: Path):
         options: dict | None = None,
         dags_folder: Path | None = None,
         timeout: float = 300,
+        conf: dict | None = None,
     ) -> DagRunResult:
         env = dict(os.environ)
         env["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder or HERE / "dags")
@@ -133,7 +134,15 @@ def run_dag(airflow_home: Path):
         env["KTEXPORT_IT_OPTIONS"] = json.dumps(options or {})
         before = _newest_dag_run(airflow_home)
         proc = subprocess.run(
-            [sys.executable, "-m", "airflow", "dags", "test", dag_id],
+            [
+                sys.executable,
+                "-m",
+                "airflow",
+                "dags",
+                "test",
+                dag_id,
+                *(["-c", json.dumps(conf)] if conf else []),
+            ],
             env=env,
             capture_output=True,
             text=True,
