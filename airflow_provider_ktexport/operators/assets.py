@@ -121,7 +121,7 @@ def emit(
     """
     landed = bool(summary["files"] or summary["rejected_files"])
     lake = Asset(uri)
-    keep: set[Asset] = set()
+    keep: list[Asset] = []  # not a set: Airflow 3.1's Asset is unhashable (its extra is a dict)
     extra = None
     if landed:
         extra = event_extra(summary, uri)
@@ -131,7 +131,7 @@ def emit(
         if asset is not None and not (asset_alias and asset == lake):
             # The lake through the alias is already its one event: a declared copy would be a second.
             events[asset].extra.update(extra)
-            keep.add(asset)
+            keep.append(asset)
     dropped = [a for a in own if a not in keep]
     if dropped:
         # A new list: the one read at parse time is shared with the DAG's own copy of the task.
