@@ -194,6 +194,8 @@ class DrainResult:
     rejected_files: list[str] = field(default_factory=list)
     #: Table commits (Iceberg): table, snapshot id, rows, per commit.
     landed: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows landed per record type (rejected records not counted).
+    rows_by_type: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     flushes: int = 0
     duration_s: float = 0.0
@@ -531,6 +533,10 @@ class Drain:
         self.result.files.extend(piece.uri for piece in landed if not piece.rejected)
         self.result.rejected_files.extend(piece.uri for piece in landed if piece.rejected)
         self.result.landed.extend(piece.extra for piece in landed if piece.extra)
+        for piece in landed:
+            if not piece.rejected:
+                by_type = self.result.rows_by_type
+                by_type[piece.record_type] = by_type.get(piece.record_type, 0) + piece.rows
         self.result.bytes += written_bytes
         self.result.records += info.records
         self.result.rejected += info.rejected

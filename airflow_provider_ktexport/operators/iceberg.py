@@ -12,6 +12,7 @@ from airflow_provider_ktexport.hooks.ktexport import _mask_secret
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.operators import _lineage
+from airflow_provider_ktexport.operators.assets import is_templated
 from airflow_provider_ktexport.operators.ktexport import KtExportDrainOperatorBase
 
 if TYPE_CHECKING:
@@ -53,7 +54,11 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
     :param catalog_name: the catalog's name (for pyiceberg and in Asset URIs)
     """
 
-    template_fields: Sequence[str] = ("namespace", "catalog_properties", "drain_until")
+    template_fields: Sequence[str] = (
+        "namespace",
+        "catalog_properties",
+        *KtExportDrainOperatorBase.template_fields,
+    )
 
     def __init__(
         self,
@@ -79,6 +84,7 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         self.catalog_properties = catalog_properties
         self.catalog_conn_id = catalog_conn_id
         self.catalog_name = catalog_name
+        self._declare_lake(None if is_templated(namespace) else self._uri())
 
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
         from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
@@ -95,4 +101,7 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         sink = IcebergSink(
             load_catalog(self.catalog_name, props), self.namespace, catalog_name=self.catalog_name
         )
-        return sink, f"iceberg://{self.catalog_name}/{self.namespace}"
+        return sink, self._uri()
+
+    def _uri(self) -> str:
+        return f"iceberg://{self.catalog_name}/{self.namespace}"

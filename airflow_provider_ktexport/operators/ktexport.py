@@ -9,15 +9,16 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator, ObjectStoragePath
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
-from airflow_provider_ktexport.operators import _lineage
+from airflow_provider_ktexport.operators import _lineage, assets
 from airflow_provider_ktexport.operators._metrics import AirflowStatsMetrics
+from airflow_provider_ktexport.operators.assets import declared_outlets, is_templated
 
 try:  # Airflow 3.2+ exposes it from the Task SDK
     from airflow.sdk.exceptions import AirflowFailException
@@ -36,9 +37,16 @@ def lake_uri(path: ObjectStoragePath) -> str:
     return f"{path.protocol or 'file'}://{str(path.path).rstrip('/') or '/'}"
 
 
-def _seconds(value: timedelta | float | int, name: str) -> float:
+def _seconds(value: timedelta | float | int | str, name: str) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, str):  # a templated field, rendered: "5", "60.0"
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise KtExportConfigError(
+                f"{name} must be a number of seconds, got {value!r} (as rendered from its template)"
+            ) from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise KtExportConfigError(f"{name} must be a timedelta or a number of seconds, got {value!r}")
     return float(value)
@@ -93,7 +101,7 @@ class KtExportDrainOperatorBase(BaseOperator):
     :class:`KtExportToParquetOperator`.
     """
 
-    template_fields: Sequence[str] = ("drain_until",)
+    template_fields: Sequence[str] = ("drain_until", "lease_seconds", "flush_seconds")
     ui_color = "#d4ecf7"
 
     def __init__(
@@ -102,8 +110,8 @@ class KtExportDrainOperatorBase(BaseOperator):
         ktexport_conn_id: str = KtExportHook.default_conn_name,
         max_runtime: timedelta | float = timedelta(minutes=10),
         flush_records: int = 50_000,
-        flush_seconds: float = 60.0,
-        lease_seconds: float = 120.0,
+        flush_seconds: float | str = 60.0,
+        lease_seconds: float | str = 120.0,
         stop_when_empty: bool = True,
         drain_until: str | float | None = None,
         partition_by: Sequence[str] = ("record_type", "event_date"),
@@ -118,11 +126,9 @@ class KtExportDrainOperatorBase(BaseOperator):
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
-        outlets = list(kwargs.pop("outlets", None) or [])
-        if asset is not None:
-            outlets.append(asset)
-        if asset_alias:
-            outlets.append(AssetAlias(asset_alias))
+        outlets, self._own_assets = declared_outlets(
+            list(kwargs.pop("outlets", None) or []), asset=asset, asset_alias=asset_alias, lake=None
+        )
         super().__init__(outlets=outlets, **kwargs)
         self.ktexport_conn_id = ktexport_conn_id
         self.max_runtime = max_runtime
@@ -148,8 +154,10 @@ class KtExportDrainOperatorBase(BaseOperator):
         self._lineage_facts: _lineage.RunFacts | None = None
         self._lineage_catalog: dict[str, str] | None = None
         self._azure_account: str | None = None
-        # Validate the numbers now so a bad DAG fails at parse time, not after leasing data.
-        self._config(drain_until=None)
+        # Validate the numbers now so a bad DAG fails at parse time, not after leasing data (a
+        # templated lease or flush age is known, and checked, only when the task runs).
+        if not (is_templated(lease_seconds) or is_templated(flush_seconds)):
+            self._config(drain_until=None)
 
     def _config(self, *, drain_until: float | None) -> DrainConfig:
         return DrainConfig(
@@ -196,24 +204,29 @@ class KtExportDrainOperatorBase(BaseOperator):
         self._keep_lineage(hook.client.base_url, result)
         summary = result.summary()
         summary["destination"] = uri
-        if result.files:
-            self._emit_asset_events(context, uri, summary)
+        self._emit_asset_events(context, uri, summary)
         return summary
 
-    def _emit_asset_events(self, context: Context, uri: str, summary: dict[str, Any]) -> None:
-        extra = {k: summary[k] for k in ("records", "rejected", "bytes", "stopped")}
-        extra["files"] = len(summary["files"])
-        if summary.get("landed"):
-            extra["commits"] = [
-                {"table": c["table"], "snapshot_id": c["snapshot_id"], "rows": c["rows"]}
-                for c in summary["landed"]
-            ]
-        events = context["outlet_events"]
+    def _declare_lake(self, uri: str | None) -> None:
+        """Declare the lake's Asset at parse time, when its URI does not wait for a template."""
+        if uri is None or not self.asset_alias:
+            return
         lake = Asset(uri)
-        if self.asset_alias:
-            events[AssetAlias(self.asset_alias)].add(lake, extra=extra)
-        if self.asset is not None:
-            events[self.asset].extra.update(extra)
+        if lake not in self._own_assets:
+            self._own_assets.append(lake)
+            self.outlets = [*self.outlets, lake]
+
+    def _emit_asset_events(self, context: Context, uri: str, summary: dict[str, Any]) -> None:
+        # Nothing landed, no event on any Asset (docs/warehouse.md, "Asset events").
+        assets.emit(
+            self,
+            context,
+            uri=uri,
+            summary=summary,
+            asset=self.asset,
+            asset_alias=self.asset_alias,
+            own=self._own_assets,
+        )
 
     def _keep_lineage(self, base_url: str, result: Any) -> None:
         """Remember what the run read and landed for OpenLineage (on the operator, not in XCom)."""
@@ -249,8 +262,9 @@ class KtExportToParquetOperator(KtExportDrainOperatorBase):
         flush and acknowledge what is held; size ``execution_timeout`` above it
     :param flush_records: flush when this many records are buffered
     :param flush_seconds: flush when the oldest unacknowledged lease is this old; must leave a
-        margin under ``lease_seconds`` (the larger of 2 s and a quarter of the lease)
-    :param lease_seconds: the server's lease (120 s on the real API)
+        margin under ``lease_seconds`` (the larger of 2 s and a quarter of the lease) (templated)
+    :param lease_seconds: the server's lease (120 s on the real API) (templated: a rendered value
+        is read as a number of seconds)
     :param stop_when_empty: end the run at the first empty answer (after a final flush)
     :param drain_until: keep polling through empty answers until this time plus one long poll
         (ISO-8601 or epoch seconds; the sensor's ``lease_ends_at``) (templated)
@@ -268,17 +282,20 @@ class KtExportToParquetOperator(KtExportDrainOperatorBase):
         files (a backfill over many days on a slow object store)
     :param write_concurrency: partition files written at once during a flush
     :param max_in_flight: GET requests kept outstanding while earlier batches are written
-    :param asset: an Asset to emit an event on when files land (in addition to the alias)
+    :param asset: an Asset to emit an event on when files land (in addition to the alias); a run
+        that lands nothing emits no event on it
     :param asset_alias: name of the AssetAlias the lake Asset is added to when files land
-        (``None`` to emit none)
+        (``None`` to emit none); with a destination that is not templated, the lake Asset is also
+        declared at parse time, so Airflow knows it before its first event
     """
 
-    template_fields: Sequence[str] = ("destination", "drain_until")
+    template_fields: Sequence[str] = ("destination", *KtExportDrainOperatorBase.template_fields)
 
     def __init__(self, *, destination: str, compression: str = "zstd", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.destination = destination
         self.compression = compression
+        self._declare_lake(None if is_templated(destination) else lake_uri(ObjectStoragePath(destination)))
 
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
         root = ObjectStoragePath(self.destination)

@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_ktexport.exceptions import KtExportProtocolError, KtExportTransientError
+from airflow_provider_ktexport.exceptions import (
+    KtExportConfigError,
+    KtExportProtocolError,
+    KtExportTransientError,
+)
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.triggers.ktexport import (
     DEFAULT_LEASE_SECONDS,
@@ -62,6 +66,7 @@ class KtExportSensor(BaseSensorOperator):
 
     :param ktexport_conn_id: the KT Export connection (templated)
     :param lease_seconds: the server's lease, 120 s on the real API (as on the drain operator)
+        (templated: a rendered value is read as a number of seconds)
     :param deferrable: wait in the triggerer (async long poll) instead of a worker slot; default
         ``[operators] default_deferrable``
     :param poke_interval: seconds between pokes (a poke itself can last one long poll)
@@ -70,14 +75,14 @@ class KtExportSensor(BaseSensorOperator):
     :param soft_fail: skip instead of failing on timeout (never on an auth error)
     """
 
-    template_fields: Sequence[str] = ("ktexport_conn_id",)
+    template_fields: Sequence[str] = ("ktexport_conn_id", "lease_seconds")
     ui_color = "#d9ecf2"
 
     def __init__(
         self,
         *,
         ktexport_conn_id: str = KtExportHook.default_conn_name,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        lease_seconds: float | str = DEFAULT_LEASE_SECONDS,
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -92,9 +97,15 @@ class KtExportSensor(BaseSensorOperator):
         return KtExportHook(ktexport_conn_id=self.ktexport_conn_id)
 
     def _lease_seconds(self) -> float:
-        value = float(self.lease_seconds)
-        if value <= 0:
-            raise ValueError(f"lease_seconds must be > 0, not {self.lease_seconds!r}")
+        # Templated: a rendered "{{ params.lease_seconds }}" arrives as text.
+        try:
+            value = float(self.lease_seconds)
+        except (TypeError, ValueError):
+            raise KtExportConfigError(
+                f"lease_seconds must be a number of seconds, got {self.lease_seconds!r}"
+            ) from None
+        if not value > 0:
+            raise KtExportConfigError(f"lease_seconds must be > 0, not {self.lease_seconds!r}")
         return value
 
     def probe(self) -> Probe | None:

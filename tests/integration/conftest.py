@@ -124,6 +124,7 @@ def run_dag(airflow_home: Path):
         dags_folder: Path | None = None,
         timeout: float = 300,
         env: dict[str, str] | None = None,
+        conf: dict | None = None,
     ) -> DagRunResult:
         extra_env = env or {}
         env = dict(os.environ)
@@ -136,7 +137,15 @@ def run_dag(airflow_home: Path):
         env["KTEXPORT_IT_OPTIONS"] = json.dumps(options or {})
         before = _newest_dag_run(airflow_home)
         proc = subprocess.run(
-            [sys.executable, "-m", "airflow", "dags", "test", dag_id],
+            [
+                sys.executable,
+                "-m",
+                "airflow",
+                "dags",
+                "test",
+                dag_id,
+                *(["-c", json.dumps(conf)] if conf else []),
+            ],
             env=env,
             capture_output=True,
             text=True,

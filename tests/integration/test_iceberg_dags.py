@@ -81,6 +81,8 @@ def test_example_iceberg_dag_commits_every_record_once_before_any_ack(run_dag, t
     assert {c["table"] for c in summary["landed"]} == {f"ktexport.{t}" for t in per_table}
     # The Asset event names the tables and snapshots the run committed.
     (event,) = result.asset_events("iceberg://ktexport/ktexport")
+    assert event["commit_count"] == len(summary["landed"]) and sum(event["record_types"].values()) == 1200
+    assert "AssetModel" not in result.output  # the namespace is literal: the Asset is declared at parse time
     assert {(c["table"], c["snapshot_id"]) for c in event["commits"]} == {
         (c["table"], c["snapshot_id"]) for c in summary["landed"]
     }

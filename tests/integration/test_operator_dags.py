@@ -81,7 +81,9 @@ def test_example_dag_lands_every_record_once_and_acks_only_after_the_write(emula
     assert sum(pq.read_metadata(f.removeprefix("file://")).num_rows for f in summary["files"]) == 3000
     # Downstream DAGs hear of the new files: an Asset event on the lake URI, through the alias.
     (event,) = result.asset_events(lake.as_uri())
-    assert event["records"] == 3000 and event["files"] == len(summary["files"])
+    assert event["records"] == 3000 and event["file_count"] == len(summary["files"])
+    assert sorted(f"{lake.as_uri()}/{f}" for f in event["files"]) == sorted(summary["files"])
+    assert sum(event["record_types"].values()) == 3000
     # The key never reaches Airflow's logs or XCom.
     assert emulator.api_key not in result.output
     assert emulator.api_key not in str(summary)
@@ -228,3 +230,35 @@ def test_execution_timeout_stops_the_drain_without_loss_and_a_rerun_lands_the_re
     assert early == []
     assert stats["emitted"] > 0 and stats["queued"] == 0 and stats["leased"] == 0, stats
     assert set(lake_seqs(lake)) == set(range(1, stats["emitted"] + 1))
+
+
+ASSET_WARNINGS = (
+    "AssetModel",
+    "inactive asset",
+)  # Airflow's "AssetModel ... not found", "... inactive AssetModel"
+
+
+def test_asset_events_only_for_runs_that_landed_and_no_asset_warnings(emulator, run_dag, tmp_path):
+    """A literal destination with the default declaration: no Airflow asset warnings; an empty run
+    records no event, neither on the lake (alias) nor on an explicit ``asset=``."""
+    lake = tmp_path / "lake"
+    announce = f"file://{tmp_path}/announce"
+    options = {"destination": lake.as_uri(), "asset": announce}
+    connections = {"ktexport_default": ktexport_conn(emulator)}
+    emulator.generate(300)
+
+    landed = run_dag("ktexport_it_drain", connections=connections, options=options)
+    assert landed.returncode == 0, landed.output[-5000:]
+    assert [line for line in landed.output.splitlines() if any(w in line for w in ASSET_WARNINGS)] == []
+    (event,) = landed.asset_events(lake.as_uri())
+    assert landed.asset_events(announce) == [event]
+    assert event["records"] == 300 and event["file_count"] == len(landed.xcom("drain")["files"])
+    assert sum(event["record_types"].values()) == 300 and not event["files_truncated"]
+    assert all((lake / f).is_file() for f in event["files"])
+
+    empty = run_dag("ktexport_it_drain", connections=connections, options=options)
+    assert empty.returncode == 0, empty.output[-5000:]
+    assert empty.xcom("drain")["records"] == 0
+    assert empty.asset_events(lake.as_uri()) == [event]  # no new event on either asset
+    assert empty.asset_events(announce) == [event]
+    assert [line for line in empty.output.splitlines() if any(w in line for w in ASSET_WARNINGS)] == []

@@ -47,3 +47,20 @@ def test_drain_until_takes_the_sensors_whole_xcom_as_rendered_text():
     assert parse_drain_until(__import__("json").dumps(probe)) == expected
     with pytest.raises(KtExportConfigError, match="drain_until"):
         parse_drain_until("{'no_lease': 1}")
+
+
+def test_lease_and_flush_age_are_templated_and_read_as_seconds_when_the_task_runs():
+    assert {"lease_seconds", "flush_seconds"} <= set(KtExportToParquetOperator.template_fields)
+    # Templated: not checked at parse time (a 60 s flush age would not fit a 5 s lease).
+    op = make(lease_seconds="{{ params.lease_seconds }}", flush_seconds="{{ params.lease_seconds / 2 }}")
+    op.lease_seconds, op.flush_seconds = "5", "2.5"  # as rendered
+    config = op._config(drain_until=None)
+    assert (config.lease_seconds, config.flush_seconds) == (5.0, 2.5)
+    op.lease_seconds, op.flush_seconds = "5", "60"
+    with pytest.raises(KtExportConfigError, match="flush_seconds"):
+        op._config(drain_until=None)
+    op.lease_seconds = "five"
+    with pytest.raises(KtExportConfigError, match="lease_seconds must be a number of seconds, got 'five'"):
+        op._config(drain_until=None)
+    with pytest.raises(KtExportConfigError, match="flush_seconds"):
+        make(lease_seconds=5)  # a literal lease is still checked at parse time

@@ -11,6 +11,7 @@ from airflow.sdk import PokeReturnValue
 from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
+    KtExportConfigError,
     KtExportHTTPError,
     KtExportProtocolError,
     KtExportTransientError,
@@ -196,3 +197,21 @@ def test_no_hook_or_connection_at_construction(monkeypatch):
 
     monkeypatch.setattr(KtExportHook, "get_connection", boom)
     KtExportSensor(task_id="parse_only", ktexport_conn_id="{{ var.value.kt }}")
+
+
+def test_lease_is_templated_and_rendered_text_is_read_as_seconds(answers):
+    assert "lease_seconds" in KtExportSensor.template_fields
+    answers(a_batch(2, leased_ago=0))
+    result = sensor(lease_seconds="5").poke({})  # "{{ params.lease_seconds }}" rendered
+    assert iso_epoch(result.xcom_value["lease_ends_at"]) == pytest.approx(time.time() + 5, abs=2)
+    answers(None)
+    with pytest.raises(TaskDeferred) as info:
+        sensor(deferrable=True, lease_seconds=" 7.5 ").execute({})
+    assert info.value.trigger.serialize()[1]["lease_seconds"] == 7.5
+
+
+@pytest.mark.parametrize("bad", ["five", "", "0", "-3"])
+def test_a_lease_that_is_not_a_positive_number_fails_naming_it(answers, bad):
+    answers(a_batch(1))
+    with pytest.raises(KtExportConfigError, match="lease_seconds"):
+        sensor(lease_seconds=bad).poke({})

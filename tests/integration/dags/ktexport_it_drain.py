@@ -7,13 +7,15 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag
+from airflow.sdk import Asset, dag
 
 from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
 
 OPTIONS = json.loads(os.environ.get("KTEXPORT_IT_OPTIONS", "{}"))
 if "execution_timeout" in OPTIONS:  # JSON has no timedelta: seconds
     OPTIONS["execution_timeout"] = timedelta(seconds=OPTIONS["execution_timeout"])
+if "asset" in OPTIONS:  # JSON has no Asset: its URI
+    OPTIONS["asset"] = Asset(OPTIONS["asset"])
 
 
 @dag(
@@ -25,8 +27,7 @@ if "execution_timeout" in OPTIONS:  # JSON has no timedelta: seconds
 def ktexport_it_drain():
     KtExportToParquetOperator(
         task_id="drain",
-        destination="{{ var.value.ktexport_lake }}",
-        **OPTIONS,
+        **{"destination": "{{ var.value.ktexport_lake }}", **OPTIONS},
     )
 
 
