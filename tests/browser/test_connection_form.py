@@ -43,7 +43,7 @@ for conn_id in sys.argv[1:]:
     out[conn_id] = {
         "extra": conn.extra_dejson,
         "port": conn.port,
-        "api_key_ok": settings["api_key"] == key,  # compared here: the key is never printed
+        "api_key_ok": settings.api_key == key,  # compared here: the key is never printed
         "client": {name: getattr(client, name) for name in names},
     }
 print(json.dumps(out))
