@@ -32,7 +32,7 @@ if [ -z "${KTEXPORT_UV:-}" ]; then
   fi
   export KTEXPORT_UV
   # --locked: install exactly what uv.lock says (fails if pyproject.toml and the lock disagree).
-  $KTEXPORT_UV sync --quiet --locked --extra dev
+  $KTEXPORT_UV sync --quiet --locked --extra dev --compile-bytecode
 fi
 PY="$ROOT/.venv/bin/python"
 export PATH="$ROOT/.venv/bin:$PATH"

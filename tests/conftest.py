@@ -24,17 +24,43 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
-    """An Airflow home with a migrated SQLite database (``airflow db migrate``)."""
+    """An Airflow home with a migrated SQLite database (``airflow db migrate``).
+
+    Under pytest-xdist every worker has its own home (set above, at import); the first worker to
+    get here migrates one database for the whole run and the others copy it, so the suite pays for
+    one migration (20-40 s of CPU) instead of one per worker.
+    """
     marker = _AIRFLOW_HOME / ".migrated"
-    if not marker.exists():
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        marker.touch()
+    if marker.exists():
+        return _AIRFLOW_HOME
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None:
+        _migrate()
+    else:
+        import fcntl
+        import shutil
+
+        shared = Path(tempfile.gettempdir()) / f"ktexport-airflow-db-{run_id}"
+        shared.mkdir(exist_ok=True)
+        with open(shared / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one worker migrates; the others wait, then copy
+            if not (shared / ".migrated").exists():
+                _migrate()
+                shutil.copy2(_AIRFLOW_HOME / "airflow.db", shared / "airflow.db")
+                (shared / ".migrated").touch()
+            elif not (_AIRFLOW_HOME / "airflow.db").exists():
+                shutil.copy2(shared / "airflow.db", _AIRFLOW_HOME / "airflow.db")
+    marker.touch()
     return _AIRFLOW_HOME
+
+
+def _migrate() -> None:
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 # ---------------------------------------------------------------- the "airflow" marker
