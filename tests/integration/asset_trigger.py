@@ -75,7 +75,9 @@ def trigger(dag_id: str) -> dict:
         due = [dm for dm in query.all() if dm.dag_id == dag_id and dm.dag_id in triggered_date_by_dag]
         if not due:
             return {"run_id": None, "events": 0}
-        runner = SchedulerJobRunner(job=Job(), executors=[])
+        # 3.3 takes the executors (none are needed to create runs); 3.1 has no such argument.
+        takes_executors = "executors" in inspect.signature(SchedulerJobRunner.__init__).parameters
+        runner = SchedulerJobRunner(job=Job(), **({"executors": []} if takes_executors else {}))
         create = runner._create_dag_runs_asset_triggered
         if "triggered_date_by_dag" in inspect.signature(create).parameters:  # Airflow 3.1
             create(dag_models=due, triggered_date_by_dag=triggered_date_by_dag, session=session)
@@ -88,6 +90,12 @@ def trigger(dag_id: str) -> dict:
             .order_by(DagRun.id.desc())
         ).first()
         assert run is not None
+        if run.start_date is None:
+            # The scheduler stamps a run's start when it starts it; Airflow 3.1's execution API
+            # refuses to run a task of a run without one (TIRunContext.dag_run.start_date).
+            from airflow.utils import timezone
+
+            run.start_date = timezone.utcnow()
         return {"run_id": run.run_id, "events": len(run.consumed_asset_events)}
 
 

@@ -135,6 +135,10 @@ def run_dag(airflow_home: Path):
         for key, value in (variables or {}).items():
             env[f"AIRFLOW_VAR_{key.upper()}"] = value
         env["KTEXPORT_IT_OPTIONS"] = json.dumps(options or {})
+        # One stream, unbuffered, in the order written: Airflow 3.1 prints a task's log lines on
+        # stdout and the "[DAG TEST] starting/end task" markers on stderr, and task_output() cuts
+        # one task's lines out between its markers.
+        env["PYTHONUNBUFFERED"] = "1"
         before = _newest_dag_run(airflow_home)
         proc = subprocess.run(
             [
@@ -147,11 +151,12 @@ def run_dag(airflow_home: Path):
                 *(["-c", json.dumps(conf)] if conf else []),
             ],
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=timeout,
         )
-        return DagRunResult(proc.returncode, proc.stdout + proc.stderr, airflow_home, dag_id, before)
+        return DagRunResult(proc.returncode, proc.stdout, airflow_home, dag_id, before)
 
     return run
 
