@@ -218,15 +218,22 @@ def test_execution_timeout_stops_the_drain_without_loss_and_a_rerun_lands_the_re
         # What it held then was landed if its leases allowed (usually: "Flush (end of run)"), else
         # left to be redelivered; which one depends on when the timeout struck, so the test checks
         # the outcome both must give: no early ack (on_ack) and nothing lost after the rerun.
-        emu.rate = 0  # the producer stops; the rerun drains what is left, redeliveries included
-        rerun = run_dag(
-            "ktexport_it_drain",
-            connections=common,
-            variables={"ktexport_lake": lake.as_uri()},
-            options={"lease_seconds": 8, "flush_seconds": 3, "drain_until": time.time() + 9},
-        )
-        stats = emu.stats()
-    assert rerun.returncode == 0, rerun.output[-5000:]
+        emu.rate = 0  # the producer stops; the reruns drain what is left, redeliveries included
+        # On a loaded machine a rerun can land batches after their 8 s lease (not acknowledged,
+        # by design: the server delivers them again), so the next rerun lands those; three at most.
+        for _ in range(3):
+            rerun = run_dag(
+                "ktexport_it_drain",
+                connections=common,
+                variables={"ktexport_lake": lake.as_uri()},
+                options={"lease_seconds": 8, "flush_seconds": 3, "drain_until": time.time() + 9},
+            )
+            assert rerun.returncode == 0, rerun.output[-5000:]
+            stats = emu.stats()
+            if stats["queued"] == 0 and stats["leased"] == 0:
+                break
+            summary = rerun.xcom("drain")
+            assert summary["lease_expired"] + summary["ack_failed"] > 0, (stats, summary)
     assert early == []
     assert stats["emitted"] > 0 and stats["queued"] == 0 and stats["leased"] == 0, stats
     assert set(lake_seqs(lake)) == set(range(1, stats["emitted"] + 1))
