@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
-from packaging.version import Version
 
 from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig, DrainResult
@@ -561,13 +559,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-#: Airflow 3.1's ``dags test`` relays a task's log lines through its supervisor; on a loaded machine
-#: some arrive late or not at all in the command's output (seen twice in CI's 3.1 leg), so checks of
-#: a task's log text run on 3.2+ only. What the task did (its state, acks, the lake) is checked on
-#: every version.
-TASK_LOGS_IN_OUTPUT = Version(version("apache-airflow")) >= Version("3.2")
-
-
 def task_output(output: str, task_id: str) -> str:
     """One task's part of ``airflow dags test`` output (3.3 writes no task log files in this mode).
 
@@ -640,11 +631,8 @@ def test_broken_destinations_fail_the_task_naming_them_and_the_next_run_lands_ev
         for name in emus:
             log = task_output(first.output, name)
             bucket_or_dir = destinations[name].split("@")[-1].removeprefix("file://")
-            if TASK_LOGS_IN_OUTPUT:
-                assert bucket_or_dir.split("/")[0] in log and causes[name] in log, (name, log[-3000:])
-            if (
-                TASK_LOGS_IN_OUTPUT and name != "down"
-            ):  # see test_s3_server_down_fails_with_a_write_error_naming_the_lake
+            assert bucket_or_dir.split("/")[0] in log and causes[name] in log, (name, log[-3000:])
+            if name != "down":  # see test_s3_server_down_fails_with_a_write_error_naming_the_lake
                 dest = destinations[name].replace("aws_default@", "")
                 assert "KtExportWriteError" in log and dest in log, (name, log[-3000:])
             assert emus[name].stats()["acked"] == 0, name

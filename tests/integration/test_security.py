@@ -45,7 +45,7 @@ from airflow_provider_ktexport.triggers.ktexport import (
     error_event,
 )
 from tests.integration.conftest import aws_conn, ktexport_conn
-from tests.integration.test_faults import TASK_LOGS_IN_OUTPUT, task_output
+from tests.integration.test_faults import task_output
 
 pytestmark = pytest.mark.integration
 
@@ -555,10 +555,9 @@ def test_airflow_logs_xcom_rendered_fields_and_trigger_rows_hold_no_key(
         "sensor_query_404": "failed",
     }
     assert states == expected, result.output[-6000:]
-    if TASK_LOGS_IN_OUTPUT:
-        for sensor in ("sensor_header", "sensor_query"):  # they deferred: the trigger found the data
-            assert "KtExportTrigger" in task_output(result.output, sensor), sensor
-        assert "answered HTTP 404" in task_output(result.output, "sensor_query_404")  # the trigger's error
+    for sensor in ("sensor_header", "sensor_query"):  # they deferred: the trigger found the data
+        assert "KtExportTrigger" in task_output(result.output, sensor), sensor
+    assert "answered HTTP 404" in task_output(result.output, "sensor_query_404")  # the trigger's error event
     assert "TLS certificate verification failed" in result.output  # verification on by default
     assert emus["tls"].stats()["acked"] > 0  # ... and off only where the connection says so
 
