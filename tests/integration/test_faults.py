@@ -560,14 +560,9 @@ def _free_port() -> int:
 
 
 def task_output(output: str, task_id: str) -> str:
-    """One task's part of ``airflow dags test`` output (3.3 writes no task log files in this mode).
-
-    It runs from the task's "[DAG TEST] starting" marker to the next task's, not to its own "end
-    task" marker: Airflow 3.1 relays a task's log lines through its supervisor, and on a loaded
-    machine the last of them (the error) can be printed just after that marker.
-    """
+    """One task's part of ``airflow dags test`` output (3.3 writes no task log files in this mode)."""
     start = output.index(f"[DAG TEST] starting task_id={task_id} ")
-    end = output.find("[DAG TEST] starting task_id=", start + 1)
+    end = output.find(f"[DAG TEST] end task task_id={task_id} ", start)
     return output[start : end if end != -1 else len(output)]
 
 
