@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -476,7 +477,7 @@ def test_unwritable_local_lake_acks_nothing_and_the_next_run_lands_everything(tm
 
 def test_missing_bucket_acks_nothing_and_the_next_run_lands_everything(tmp_path, s3_endpoint):
 
-    bucket = "it-faults-created-late"
+    bucket = f"it-faults-created-late-{uuid.uuid4().hex[:8]}"  # unique: the S3 server may be shared
     records = simple_records(120)
     fs = s3_filesystem(s3_endpoint)
     with emulator(batch_size=40) as emu:
@@ -577,8 +578,11 @@ def test_broken_destinations_fail_the_task_naming_them_and_the_next_run_lands_ev
     local.chmod(0o555)
     down_port = _free_port()
     down_endpoint = f"http://127.0.0.1:{down_port}"
-    bucket = "it-storage-late-bucket"
-    down_bucket = "it-storage-down-server"
+    # Unique per run: CI's two Airflow legs share one S3 server, and the second run below creates
+    # this bucket; a fixed name made the 3.1 leg find it already there.
+    run = uuid.uuid4().hex[:8]
+    bucket = f"it-storage-late-bucket-{run}"
+    down_bucket = f"it-storage-down-server-{run}"
     emus = {name: emulator(batch_size=40, seed=i) for i, name in enumerate(("local", "nobucket", "down"))}
     records = {name: simple_records(120) for name in emus}
     destinations = {
