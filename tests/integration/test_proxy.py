@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -156,23 +155,6 @@ def test_the_proxy_extra_wins_over_the_environment_and_its_password_is_never_sho
     shown = "\n".join([str(info.value), json.dumps(event), caplog.text, repr(hook.client_settings())])
     for secret in ("pr0xy-p@ss:w/rd", "pr0xy-p%40ss%3Aw%2Frd", "wr0ng-p@ss:w/rd", "wr0ng-p%40ss%3Aw%2Frd"):
         assert secret not in shown
-
-
-@pytest.fixture(scope="module")
-def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (openssl): (certfile, keyfile)."""
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 @pytest.mark.parametrize("source", ["env", "extra"])
