@@ -75,16 +75,28 @@ def assert_killed_at(proc: subprocess.CompletedProcess[str], point: str) -> str:
     return lines[-1].split(" ", 2)[2] if len(lines[-1].split(" ", 2)) > 2 else ""
 
 
-def finish(emu: Emulator, lake: Path) -> dict:
-    """Right after a crash, run a worker to the end; return its summary.
+def finish(emu: Emulator, lake: Path, deadline_s: float = 300) -> dict:
+    """Right after a crash, run workers until the queue is empty; return the first one's summary.
 
-    It polls through empty answers until every lease the dead worker held (or a long poll it left
-    open could still take) has ended, so it lands the redeliveries too.
+    Each polls through empty answers until every lease the dead worker held (or a long poll it
+    left open could still take) has ended, so it lands the redeliveries too. On a loaded machine
+    a worker can land a batch after its 3 s lease (not acknowledged, by design: it comes back),
+    so workers run until the emulator holds nothing queued or leased, within a generous deadline,
+    and every worker but the first must have had such a reason (an expired lease or a lost ack).
     """
-    until = time.time() + LONG_POLL_SECONDS + LEASE_SECONDS + 0.5
-    proc = run_worker(emu, lake, "--drain-until", f"{until:.3f}")
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    stop = time.monotonic() + deadline_s
+    first: dict | None = None
+    while True:
+        until = time.time() + LONG_POLL_SECONDS + LEASE_SECONDS + 0.5
+        proc = run_worker(emu, lake, "--drain-until", f"{until:.3f}")
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        first = first or summary
+        stats = emu.stats()
+        if stats["queued"] == 0 and stats["leased"] == 0:
+            return first
+        assert summary["lease_expired"] + summary["ack_failed"] > 0, (stats, summary)
+        assert time.monotonic() < stop, f"the queue still holds records after {deadline_s} s: {stats}"
 
 
 def lake_glob(lake: Path) -> str:

@@ -200,6 +200,8 @@ def test_wrong_key_fails_fast_even_with_soft_fail(run_dag, empty_emulator):
     assert result["tis"] == {"wait_for_data": "failed"}, result["log"][-5000:]
     assert "KtExportAuthError" in result["log"]
     assert "not-the-key" not in result["log"]
-    # One refused GET, then the failure: not a wait through the 25 s timeout.
+    # One refused GET, then the failure: not a wait through the 25 s timeout (a sensor that
+    # retried the key would show more refused GETs, and one that waited would fail by timeout;
+    # the wall clock proves nothing on a loaded machine).
     assert empty_emulator.stats()["unauthorized"] - before == 1
-    assert result["elapsed"] < 25
+    assert "AirflowSensorTimeout" not in result["log"]
