@@ -1,0 +1,146 @@
+"""Hostile input of every kind, through both sinks, with ``airflow dags test``, twice.
+
+Hostile records (poison mode) and broken envelopes (faults on the first run's deliveries) are
+served to the Parquet drain and to the Iceberg drain. The first run must end green having
+acknowledged nothing early; the second, started once the faults stop, polls past every lease the
+first run left and lands the redeliveries. Then the queue is empty, every ordinary record is a
+row, every hostile record is a reject with its exact text, and the API key is in no file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("pyiceberg")
+
+from airflow_provider_ktexport.lake.iceberg import REJECTS_TABLE, load_catalog  # noqa: E402
+from airflow_provider_ktexport.testing.emulator import Emulator  # noqa: E402
+from tests.integration.conftest import ktexport_conn  # noqa: E402
+from tests.integration.test_poison import landed_seqs, rejected_texts  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+KEY = "hostile-dags-key-0123456789"
+LEASE = 10.0
+RECORDS = 1000
+#: Envelope faults served on the first run only (each rate per GET).
+ENVELOPE_FAULTS = {"items_missing": 0.08, "items_null": 0.04, "items_renamed": 0.04}
+
+
+class Lake:
+    """Where one sink put things, read the way its users read them."""
+
+    def __init__(self, sink: str, root: Path) -> None:
+        self.sink = sink
+        self.root = root
+        self.lake = root / "lake"
+        self.warehouse = root / "warehouse"
+        self.catalog_uri = f"sqlite:///{root}/catalog.db"
+
+    def dag(self) -> tuple[str, dict[str, str]]:
+        if self.sink == "parquet":
+            return "ktexport_it_drain", {"ktexport_lake": self.lake.as_uri()}
+        self.warehouse.mkdir(parents=True, exist_ok=True)
+        return "ktexport_it_iceberg", {
+            "ktexport_iceberg_catalog_uri": self.catalog_uri,
+            "ktexport_iceberg_warehouse": self.warehouse.as_uri(),
+        }
+
+    def rows_and_rejects(self) -> tuple[list[int], list[str]]:
+        """``emulator_seq`` of every row, and the exact text of every rejected record."""
+        if self.sink == "parquet":
+            return landed_seqs(self.lake), rejected_texts(self.lake)
+        if not (self.root / "catalog.db").exists():
+            return [], []
+        catalog = load_catalog(
+            "ktexport", {"type": "sql", "uri": self.catalog_uri, "warehouse": self.warehouse.as_uri()}
+        )
+        if ("ktexport",) not in catalog.list_namespaces():
+            return [], []
+        rows: list[int] = []
+        raws: list[str] = []
+        for _ns, name in catalog.list_tables("ktexport"):
+            table = catalog.load_table(f"ktexport.{name}")
+            if name == REJECTS_TABLE:
+                raws += table.scan(selected_fields=("_raw",)).to_arrow().column("_raw").to_pylist()
+            elif not name.startswith("_"):
+                rows += table.scan(selected_fields=("emulator_seq",)).to_arrow().column(0).to_pylist()
+        return rows, raws
+
+    def texts(self) -> str:
+        """Every file under the sink's folders as text: Parquet files by their values (they are
+        compressed), every other file (schema store, metadata, catalog) by its bytes."""
+        parts = []
+        for path in sorted(self.root.rglob("*")):
+            if not path.is_file():
+                continue
+            if path.suffix == ".parquet":
+                parts.append(str(pq.read_table(path).to_pylist()))
+            else:
+                parts.append(path.read_bytes().decode("utf-8", "replace"))
+        return "\n".join(parts)
+
+
+def guard_acks(emu: Emulator, lake: Lake, violations: list[str]) -> None:
+    """Veto (and record) a DELETE of a batch whose rows and rejects are not both in the lake yet."""
+    hostile = emu.hostile_records()
+
+    def on_ack(batch_id: str, records: list[dict]) -> None:
+        rows, raws = lake.rows_and_rejects()
+        landed, rejected = set(rows), set(raws)
+        for r in records:
+            seq = r["emulator_seq"]
+            if seq in hostile:
+                if hostile[seq][1].decode() not in rejected:
+                    violations.append(f"{batch_id}: hostile record {seq} not a reject at DELETE time")
+            elif seq not in landed:
+                violations.append(f"{batch_id}: record {seq} not in the lake at DELETE time")
+        if violations:
+            raise AssertionError(violations[-1])
+
+    emu.on_ack = on_ack
+
+
+@pytest.mark.parametrize("sink", ["parquet", "iceberg"])
+def test_hostile_input_through_both_sinks_twice_loses_nothing(sink, run_dag, tmp_path):
+    lake = Lake(sink, tmp_path)
+    dag_id, variables = lake.dag()
+    options = {"lease_seconds": LEASE, "flush_seconds": 3, "max_runtime": 120}
+    violations: list[str] = []
+    with Emulator(
+        api_key=KEY, lease_seconds=LEASE, long_poll_seconds=1, batch_size=100, poison=0.05, seed=18
+    ) as emu:
+        emu.generate(RECORDS)
+        emu.set_faults(**ENVELOPE_FAULTS)
+        guard_acks(emu, lake, violations)
+        connections = {"ktexport_default": ktexport_conn(emu)}
+        first = run_dag(dag_id, connections=connections, variables=variables, options=options)
+        assert first.returncode == 0, first.output[-6000:]
+        summaries = [first.xcom("drain")]  # read now: xcom() reads the newest run of the DAG
+        broken = emu.stats()["broken_envelopes"]
+        emu.clear_faults()
+        # Past every lease the first run left (its quarantined batches come back whole).
+        until = {"drain_until": time.time() + LEASE + 2}
+        second = run_dag(dag_id, connections=connections, variables=variables, options={**options, **until})
+        assert second.returncode == 0, second.output[-6000:]
+        summaries.append(second.xcom("drain"))
+        stats = emu.stats()
+        hostile = emu.hostile_records()
+    assert violations == []
+    assert broken > 0 and stats["acked_broken_envelopes"] == 0, stats
+    assert stats["queued"] == 0 and stats["leased"] == 0, stats
+    assert sum(s["quarantined"] for s in summaries) >= broken
+
+    rows, raws = lake.rows_and_rejects()
+    ordinary = [s for s in range(1, RECORDS + 1) if s not in hostile]
+    assert hostile and sorted(set(rows)) == ordinary
+    assert sorted(set(raws)) == sorted({raw.decode() for _, raw in hostile.values()})
+    if not any(s["lease_expired"] + s["ack_failed"] for s in summaries):
+        # Nothing came back for a lost ack: every record is in the lake once.
+        assert max(Counter(rows).values()) == 1 and max(Counter(raws).values()) == 1
+    assert KEY not in lake.texts()
