@@ -63,6 +63,10 @@ PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 ACK_CONCURRENCY = 16
 
 
+#: Entries of each list kept in a run's XCom summary (the Asset event's extra keeps as many).
+MAX_SUMMARY_FILES = 500
+
+
 def connections_needed(max_in_flight: int) -> int:
     """HTTP connections a drain keeps busy at once: outstanding GETs plus concurrent acks."""
     return max_in_flight + ACK_CONCURRENCY
@@ -205,10 +209,27 @@ class DrainResult:
     #: Per dataset URI (folder or table): rows, bytes, files and schema landed. Kept off XCom.
     datasets: dict[str, DatasetStats] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
-        """The small dict for XCom: counts, file URIs and timings (no schemas, no per-dataset facts)."""
+    def summary(self, max_files: int | None = MAX_SUMMARY_FILES) -> dict[str, Any]:
+        """The small dict for XCom: counts, file URIs and timings (no schemas, no per-dataset facts).
+
+        ``files``, ``rejected_files`` and ``landed`` list at most ``max_files`` entries each (None:
+        all of them): a long drain on a wide backfill writes thousands of files, and XCom is for
+        metadata. ``file_count``, ``rejected_file_count`` and ``commit_count`` stay exact, and
+        ``files_truncated`` says whether a list was cut (as in the Asset event's extra).
+        """
         out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "datasets"}
         out["duration_s"] = round(self.duration_s, 3)
+        truncated = False
+        for name, count in (
+            ("files", "file_count"),
+            ("rejected_files", "rejected_file_count"),
+            ("landed", "commit_count"),
+        ):
+            out[count] = len(out[name])
+            if max_files is not None and len(out[name]) > max_files:
+                out[name] = out[name][:max_files]
+                truncated = True
+        out["files_truncated"] = truncated
         return out
 
     def add_landed(self, pieces: Sequence[Landed]) -> None:

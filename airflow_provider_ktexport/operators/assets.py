@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias
 
+from airflow_provider_ktexport.drain import MAX_SUMMARY_FILES
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 #: At most this many file paths (or Iceberg commits) are named in one event's extra; the counts
-#: stay exact and ``files_truncated`` says when the list is cut.
-MAX_EVENT_FILES = 500
+#: stay exact and ``files_truncated`` says when the list is cut (the XCom summary's bound too).
+MAX_EVENT_FILES = MAX_SUMMARY_FILES
 
 _JINJA_MARKERS = ("{{", "{%", "{#")
 

@@ -202,10 +202,10 @@ class KtExportDrainOperatorBase(BaseOperator):
         finally:
             hook.close()
         self._keep_lineage(hook.client.base_url, result)
-        summary = result.summary()
-        summary["destination"] = uri
-        self._emit_asset_events(context, uri, summary)
-        return summary
+        # The Asset event counts every file (its own list is capped the same way); XCom gets the
+        # capped summary.
+        self._emit_asset_events(context, uri, {**result.summary(max_files=None), "destination": uri})
+        return {**result.summary(), "destination": uri}
 
     def _declare_lake(self, uri: str | None) -> None:
         """Declare the lake's Asset at parse time, when its URI does not wait for a template."""
