@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
-from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
+from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError, KtExportError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
@@ -240,6 +240,25 @@ class KtExportDrainOperatorBase(BaseOperator):
         """Lineage of the run (OpenLineage provider): the export task in, each dataset landed out,
         with its columns and this run's rows, bytes and files. See docs/monitoring.md."""
         return _lineage.operator_lineage(self._lineage_facts, azure_account=self._azure_account)
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """The START event names the export task the run reads (what it lands is known at the end)."""
+        return _lineage.operator_lineage(self._source_facts())
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """The FAIL event names the export task, so a failed run shows on the lineage graph too."""
+        if self._lineage_facts is not None:
+            return self.get_openlineage_facets_on_complete(task_instance)
+        return _lineage.operator_lineage(self._source_facts())
+
+    def _source_facts(self) -> _lineage.RunFacts | None:
+        """The input dataset read from the connection; None when the connection cannot be read
+        (the task itself reports that error: lineage must not add a second one)."""
+        try:
+            base_url = KtExportHook(ktexport_conn_id=self.ktexport_conn_id).client_settings().base_url
+        except KtExportError:
+            return None
+        return _lineage.RunFacts(inputs=[_lineage.source_dataset(base_url, self.ktexport_conn_id)])
 
     def on_kill(self) -> None:
         # Stop leasing at once; the drain lands what it holds only if the leases leave time.

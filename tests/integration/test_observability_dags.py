@@ -111,6 +111,14 @@ def test_drain_reports_lineage_and_metrics(emulator, run_dag, tmp_path):
         (f"http://{host_port}", "ktexport_default")
     ]
     assert emulator.api_key not in json.dumps(event)
+    # The START event names the same input already (what landed is known at the end).
+    start = [
+        e
+        for e in (json.loads(p.read_text()) for p in sorted(events.iterdir()))
+        if e.get("eventType") == "START" and e["job"]["name"].endswith(".drain")
+    ]
+    assert len(start) == 1 and start[0]["inputs"] == event["inputs"], start
+    assert emulator.api_key not in json.dumps(start)
 
     folders = sorted(p for p in lake.iterdir() if p.name.startswith("record_type="))
     outputs = {o["name"]: o for o in event["outputs"]}

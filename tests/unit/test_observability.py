@@ -288,3 +288,17 @@ def test_no_lineage_before_execute():
     op = KtExportToParquetOperator(task_id="d", destination="file:///tmp/x")
     lineage = op.get_openlineage_facets_on_complete(None)
     assert lineage.inputs == [] and lineage.outputs == []
+
+
+def test_start_and_fail_events_name_the_export_task_they_read(emulator, monkeypatch, tmp_path):
+    from airflow_provider_ktexport.operators.ktexport import KtExportToParquetOperator
+
+    op = KtExportToParquetOperator(task_id="d", destination=(tmp_path / "lake").as_uri(), asset_alias=None)
+    start = op.get_openlineage_facets_on_start()
+    assert [(d.namespace, d.name) for d in start.inputs] == [source_of(emulator)] and start.outputs == []
+    failed = op.get_openlineage_facets_on_failure(None)
+    assert [(d.namespace, d.name) for d in failed.inputs] == [source_of(emulator)] and failed.outputs == []
+    assert emulator.api_key not in repr(start) + repr(failed)
+    # A connection that cannot be read gives no lineage, never a second error.
+    monkeypatch.delenv("AIRFLOW_CONN_KTEXPORT_DEFAULT")
+    assert op.get_openlineage_facets_on_start().inputs == []
