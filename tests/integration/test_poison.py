@@ -1,12 +1,14 @@
 """Hostile records and broken envelopes from the emulator, through the Drain and `airflow dags test`.
 
-Each hostile kind (valid JSON that cannot be a row) must end in the rejects table with its exact
-text while every ordinary record lands once, the queue ends empty and no DELETE comes before both
+Each hostile kind that cannot be a row must end in the rejects table with its exact text, each
+that can (a record type that makes a bad folder name: 120 CJK characters, ``_rejected``...) as a
+row, while every ordinary record lands once, the queue ends empty and no DELETE comes before both
 tables hold the batch. Batches served with an id but no readable items must never be acknowledged.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.lake.rejects import read_rejects
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.emulator import Emulator
-from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, HOSTILE_ROW_KINDS
 from tests.integration.conftest import ktexport_conn
 
 pytestmark = pytest.mark.integration
@@ -40,15 +42,36 @@ def landed_seqs(lake: Path) -> list[int]:
         ]
 
 
+def assert_row_kinds_keep_their_type(emu: Emulator, lake: Path) -> None:
+    """Hostile types that are valid records landed as rows holding their exact type, under folders
+    every file system can name."""
+    with _duck, duckdb.connect() as con:
+        types = dict(
+            con.sql(
+                f"SELECT emulator_seq, type FROM read_parquet('{lake}/record_type=*/**/*.parquet', "
+                "hive_partitioning=false, union_by_name=true)"
+            ).fetchall()
+        )
+    rows = {seq: raw for seq, (kind, raw) in emu.hostile_records().items() if kind in HOSTILE_ROW_KINDS}
+    assert rows and all(types[seq] == json.loads(raw)["type"] for seq, raw in rows.items())
+    names = [p.name for p in lake.rglob("*")]
+    assert max(len(n.encode()) for n in names) <= 200 + len("record_type=")
+
+
 def rejected_texts(lake: Path) -> list[str]:
     if not (lake / "_rejected").exists():
         return []
     return read_rejects(str(lake)).column("_raw").to_pylist()
 
 
+def must_reject(emu: Emulator) -> dict[int, tuple[str, bytes]]:
+    """The hostile records that cannot be rows (the others must land as rows)."""
+    return {seq: h for seq, h in emu.hostile_records().items() if h[0] not in HOSTILE_ROW_KINDS}
+
+
 def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
     """Veto (and record) a DELETE of a batch whose rows and rejects are not both in the lake yet."""
-    hostile = emu.hostile_records()
+    hostile = must_reject(emu)
 
     def on_ack(batch_id: str, records: list[dict]) -> None:
         rows, rejects = set(landed_seqs(lake)), set(rejected_texts(lake))
@@ -66,10 +89,10 @@ def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
 
 
 def assert_everything_kept(emu: Emulator, lake: Path, emitted: int) -> None:
-    hostile = emu.hostile_records()
-    assert {kind for kind, _ in hostile.values()} == set(HOSTILE_KINDS)  # every kind was served
+    assert {kind for kind, _ in emu.hostile_records().values()} == set(HOSTILE_KINDS)  # all served
+    hostile = must_reject(emu)
     ordinary = [s for s in range(1, emitted + 1) if s not in hostile]
-    assert sorted(landed_seqs(lake)) == ordinary  # every ordinary record once
+    assert sorted(landed_seqs(lake)) == ordinary  # every record that can be a row, once
     kept = rejected_texts(lake)
     assert sorted(kept) == sorted(raw.decode() for _, raw in hostile.values())  # each exact text, once
     stats = emu.stats()
@@ -93,7 +116,8 @@ def test_every_hostile_kind_through_the_drain(tmp_path):
             result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=400)).run()
         assert violations == []
         assert_everything_kept(emu, lake, 1500)
-        assert result.rejected == len(emu.hostile_records()) and result.stopped == "empty"
+        assert_row_kinds_keep_their_type(emu, lake)
+        assert result.rejected == len(must_reject(emu)) and result.stopped == "empty"
 
 
 def _writer(lake: Path) -> LakeWriter:
@@ -143,7 +167,7 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
         assert violations == []
         assert_everything_kept(emu, lake, 1200)
         summary = result.xcom("drain")
-        assert summary["rejected"] == len(emu.hostile_records()) > 0
+        assert summary["rejected"] == len(must_reject(emu)) > 0
         assert summary["records"] == 1200 - summary["rejected"]
         assert summary["rejected_files"] and all("/_rejected/" in f for f in summary["rejected_files"])
         assert "could not be rows" in result.output  # the flush warned, naming the rejects table
