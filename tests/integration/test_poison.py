@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
 
 from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.rejects import read_rejects
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.emulator import Emulator
@@ -69,12 +72,36 @@ def must_reject(emu: Emulator) -> dict[int, tuple[str, bytes]]:
     return {seq: h for seq, h in emu.hostile_records().items() if h[0] not in HOSTILE_ROW_KINDS}
 
 
-def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
-    """Veto (and record) a DELETE of a batch whose rows and rejects are not both in the lake yet."""
+#: What a destination holds: the ``emulator_seq`` of every row, the exact text of every reject.
+View = Callable[[], tuple[list[int], list[str]]]
+
+
+def parquet_view(lake: Path) -> View:
+    return lambda: (landed_seqs(lake), rejected_texts(lake))
+
+
+def iceberg_view(catalog: Any) -> View:
+    def view() -> tuple[list[int], list[str]]:
+        seqs: list[int] = []
+        texts: list[str] = []
+        for ident in catalog.list_tables("ktexport"):
+            table = catalog.load_table(ident).scan().to_arrow()
+            if ident[-1] == REJECTED_DIR:
+                texts += table.column("_raw").to_pylist()
+            elif "emulator_seq" in table.schema.names:
+                seqs += table.column("emulator_seq").to_pylist()
+        return seqs, texts
+
+    return view
+
+
+def guard_acks(emu: Emulator, view: View, violations: list[str]) -> None:
+    """Veto (and record) a DELETE of a batch whose rows and rejects are not both landed yet."""
     hostile = must_reject(emu)
 
     def on_ack(batch_id: str, records: list[dict]) -> None:
-        rows, rejects = set(landed_seqs(lake)), set(rejected_texts(lake))
+        landed, kept = view()
+        rows, rejects = set(landed), set(kept)
         for r in records:
             seq = r["emulator_seq"]
             if seq in hostile:
@@ -88,12 +115,12 @@ def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
     emu.on_ack = on_ack
 
 
-def assert_everything_kept(emu: Emulator, lake: Path, emitted: int) -> None:
+def assert_everything_kept(emu: Emulator, view: View, emitted: int) -> None:
     assert {kind for kind, _ in emu.hostile_records().values()} == set(HOSTILE_KINDS)  # all served
     hostile = must_reject(emu)
     ordinary = [s for s in range(1, emitted + 1) if s not in hostile]
-    assert sorted(landed_seqs(lake)) == ordinary  # every record that can be a row, once
-    kept = rejected_texts(lake)
+    landed, kept = view()
+    assert sorted(landed) == ordinary  # every record that can be a row, once
     assert sorted(kept) == sorted(raw.decode() for _, raw in hostile.values())  # each exact text, once
     stats = emu.stats()
     assert stats["queued"] == 0 and stats["leased"] == 0, stats
@@ -111,13 +138,41 @@ def test_every_hostile_kind_through_the_drain(tmp_path):
         seed=11,
     ) as emu:
         emu.generate(1500)
-        guard_acks(emu, lake, violations)
+        guard_acks(emu, parquet_view(lake), violations)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
             result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=400)).run()
         assert violations == []
-        assert_everything_kept(emu, lake, 1500)
+        assert_everything_kept(emu, parquet_view(lake), 1500)
         assert_row_kinds_keep_their_type(emu, lake)
         assert result.rejected == len(must_reject(emu)) and result.stopped == "empty"
+
+
+def test_every_hostile_kind_through_the_drain_into_iceberg(tmp_path):
+    pytest.importorskip("pyiceberg")
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from tests.unit.test_iceberg import catalog_for
+
+    catalog = catalog_for(tmp_path)
+    violations: list[str] = []
+    with Emulator(
+        api_key="poison-test-key-0123456789",
+        lease_seconds=30,
+        long_poll_seconds=1,
+        batch_size=100,
+        poison=0.05,
+        seed=14,
+    ) as emu:
+        emu.generate(800)
+        guard_acks(emu, iceberg_view(catalog), violations)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            config = DrainConfig(max_runtime=60, flush_records=200)
+            result = Drain(client, IcebergSink(catalog, "ktexport"), config).run()
+        assert violations == []
+        assert_everything_kept(emu, iceberg_view(catalog), 800)
+        assert result.rejected == len(must_reject(emu)) and result.stopped == "empty"
+        names = [ident[-1] for ident in catalog.list_tables("ktexport")]
+        assert all(len(n.encode()) <= 200 for n in names)
+        assert sum(not n.startswith("_") for n in names) == len(names) - 1  # only _rejected is ours
 
 
 def _writer(lake: Path) -> LakeWriter:
@@ -157,7 +212,7 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
         seed=13,
     ) as emu:
         emu.generate(1200)
-        guard_acks(emu, lake, violations)
+        guard_acks(emu, parquet_view(lake), violations)
         result = run_dag(
             "ktexport_it_drain",
             connections={"ktexport_default": ktexport_conn(emu)},
@@ -165,7 +220,7 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
         )
         assert result.returncode == 0, result.output[-5000:]
         assert violations == []
-        assert_everything_kept(emu, lake, 1200)
+        assert_everything_kept(emu, parquet_view(lake), 1200)
         summary = result.xcom("drain")
         assert summary["rejected"] == len(must_reject(emu)) > 0
         assert summary["records"] == 1200 - summary["rejected"]
