@@ -126,8 +126,33 @@ def assert_everything_kept(emu: Emulator, view: View, emitted: int) -> None:
     assert stats["queued"] == 0 and stats["leased"] == 0, stats
 
 
-def test_every_hostile_kind_through_the_drain(tmp_path):
-    lake = tmp_path / "lake"
+def assert_tables_are_named_by_the_rule(catalog: Any) -> None:
+    """Every table name is short, and only the sink's own tables start with ``_``."""
+    names = [ident[-1] for ident in catalog.list_tables("ktexport")]
+    assert all(len(n.encode()) <= 200 for n in names)
+    assert [n for n in names if n.startswith("_")] == [REJECTED_DIR]
+
+
+def destination(tmp_path: Path, kind: str) -> tuple[Any, View, Callable[[Emulator], None]]:
+    """A sink, what it holds, and the check of its names, for the Parquet lake or Iceberg."""
+    if kind == "parquet":
+        lake = tmp_path / "lake"
+        return _writer(lake), parquet_view(lake), lambda emu: assert_row_kinds_keep_their_type(emu, lake)
+    pytest.importorskip("pyiceberg")
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from tests.unit.test_iceberg import catalog_for
+
+    catalog = catalog_for(tmp_path)
+    return (
+        IcebergSink(catalog, "ktexport"),
+        iceberg_view(catalog),
+        lambda _: assert_tables_are_named_by_the_rule(catalog),
+    )
+
+
+@pytest.mark.parametrize("kind", ["parquet", "iceberg"])
+def test_every_hostile_kind_through_the_drain(tmp_path, kind):
+    sink, view, check_names = destination(tmp_path, kind)
     violations: list[str] = []
     with Emulator(
         api_key="poison-test-key-0123456789",
@@ -138,41 +163,13 @@ def test_every_hostile_kind_through_the_drain(tmp_path):
         seed=11,
     ) as emu:
         emu.generate(1500)
-        guard_acks(emu, parquet_view(lake), violations)
+        guard_acks(emu, view, violations)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
-            result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=400)).run()
+            result = Drain(client, sink, DrainConfig(max_runtime=60, flush_records=400)).run()
         assert violations == []
-        assert_everything_kept(emu, parquet_view(lake), 1500)
-        assert_row_kinds_keep_their_type(emu, lake)
+        assert_everything_kept(emu, view, 1500)
+        check_names(emu)
         assert result.rejected == len(must_reject(emu)) and result.stopped == "empty"
-
-
-def test_every_hostile_kind_through_the_drain_into_iceberg(tmp_path):
-    pytest.importorskip("pyiceberg")
-    from airflow_provider_ktexport.lake.iceberg import IcebergSink
-    from tests.unit.test_iceberg import catalog_for
-
-    catalog = catalog_for(tmp_path)
-    violations: list[str] = []
-    with Emulator(
-        api_key="poison-test-key-0123456789",
-        lease_seconds=30,
-        long_poll_seconds=1,
-        batch_size=100,
-        poison=0.05,
-        seed=14,
-    ) as emu:
-        emu.generate(800)
-        guard_acks(emu, iceberg_view(catalog), violations)
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
-            config = DrainConfig(max_runtime=60, flush_records=200)
-            result = Drain(client, IcebergSink(catalog, "ktexport"), config).run()
-        assert violations == []
-        assert_everything_kept(emu, iceberg_view(catalog), 800)
-        assert result.rejected == len(must_reject(emu)) and result.stopped == "empty"
-        names = [ident[-1] for ident in catalog.list_tables("ktexport")]
-        assert all(len(n.encode()) <= 200 for n in names)
-        assert sum(not n.startswith("_") for n in names) == len(names) - 1  # only _rejected is ours
 
 
 def _writer(lake: Path) -> LakeWriter:
