@@ -70,7 +70,8 @@ _MAX_MESSAGE = 2000
 
 _MIN_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
 _MAX_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TIMESTAMP)
-_TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+# Long enough for any type the layout names (120 CJK characters are 720 bytes as \u escapes).
+_TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,4000})"')
 
 REJECTS_SCHEMA = pa.schema(
     [

@@ -123,4 +123,6 @@ def test_the_engine_keys_records_by_their_folder():
         assert record_type_of({"type": rtype}) == record_type_folder(rtype)
         raw = json.dumps({"type": rtype}).encode()
         assert record_type_of_raw(raw) == record_type_folder(rtype)
+        # A record that does not decode (a lone surrogate elsewhere) is filed under its type too.
+        assert record_type_of_raw(raw[:-1] + b',"s":"\\ud800"}') == record_type_folder(rtype)
     assert record_type_of({"type": ""}) == record_type_of({"type": 5}) == record_type_of({}) == "unknown"
