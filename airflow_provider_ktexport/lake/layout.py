@@ -1,8 +1,8 @@
 """The lake's names: the folders it reserves, and how a record type becomes a folder and a table.
 
 A record's ``type`` is free text from the server, yet it names a hive partition folder
-(``record_type=<folder>``, ``_schema/<folder>``, ``_rejected/record_type=<folder>``) and an
-Iceberg table. :func:`record_type_folder` is the one rule for that, used by every writer, reader,
+(``record_type=<folder>``, ``_rejected/record_type=<folder>``, the schema store's
+:func:`schema_folder`) and an Iceberg table. :func:`record_type_folder` is the one rule for that, used by every writer, reader,
 sink and compaction, so they all agree on where a type lives:
 
 - valid UTF-8 whatever the text (a lone surrogate is percent-encoded, never written raw);
@@ -42,7 +42,7 @@ __all__ = [
 
 #: Names starting with this are the lake's own (its folders and tables); a record type never is one.
 RESERVED_PREFIX = "_"
-#: The schema store: ``_schema/<record type folder>/<writer id>.json``.
+#: The schema store: ``_schema/<name>/<writer id>.json`` (see :func:`schema_folder`).
 SCHEMA_DIR = "_schema"
 #: The rejects table: ``_rejected/record_type=<folder>/ingest_date=<day>/`` (an Iceberg table too).
 REJECTED_DIR = "_rejected"
