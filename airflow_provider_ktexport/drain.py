@@ -46,8 +46,9 @@ from airflow_provider_ktexport.exceptions import (
     KtExportTransientError,
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
+from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
-from airflow_provider_ktexport.lake.rejects import REJECTED_DIR, Landing, Reject, land_records, rejects_table
+from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter

@@ -37,10 +37,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.lake.layout import QUARANTINE_DIR, SCHEMA_DIR, record_type_folder
 from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
 from airflow_provider_ktexport.lake.reader import published_types
 from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
-from airflow_provider_ktexport.lake.writer import QUARANTINE_DIR, SCHEMA_DIR, LakeWriter, WrittenFile
+from airflow_provider_ktexport.lake.writer import LakeWriter, WrittenFile
 
 __all__ = ["CompactResult", "compact_lake"]
 
@@ -236,7 +237,7 @@ class _Compactor:
             partition = _partition_of(root, directory)
             if self.writer.partition_dir(partition) != directory:  # pragma: no cover - checked above
                 raise KtExportConfigError(f"Refusing to compact {directory}: not a partition path of {root}")
-            if record_type is not None and partition.get("record_type") != record_type:
+            if record_type is not None and partition.get("record_type") != record_type_folder(record_type):
                 continue
             by_type[partition.get("record_type")].append((directory, partition, files))
         for rtype, partitions in by_type.items():

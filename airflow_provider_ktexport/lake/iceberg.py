@@ -6,7 +6,8 @@ for Parquet and hands them here; :meth:`IcebergSink.land` appends each record ty
 commit and returns only once the catalog shows that snapshot, so the drain acknowledges a batch
 only after the commits holding all its records (and its rejects) are visible.
 
-- Tables ``<namespace>.<record type>`` with the Parquet lake's columns, plus ``_event_date`` (the
+- Tables ``<namespace>.<record type table>`` (:func:`.layout.folder_table`: the type itself for
+  ordinary types, never a reserved ``_`` name) with the Parquet lake's columns, plus ``_event_date`` (the
   event day the Parquet lake keeps in its path), partitioned by identity on it.
 - The schema only gains columns (``union_by_name``); a column never changes type (the lake's
   variant rule sends a value that does not fit to a column of its own).
@@ -26,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -35,6 +35,12 @@ from typing import Any
 import pyarrow as pa
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
+from airflow_provider_ktexport.lake.layout import (
+    QUARANTINE_DIR,
+    REJECTED_DIR,
+    folder_table,
+    record_type_of_folder,
+)
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table
@@ -51,11 +57,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVENT_DATE_COLUMN = "_event_date"
-REJECTS_TABLE = "_rejected"
-QUARANTINE_TABLE = "_quarantine"
+REJECTS_TABLE = REJECTED_DIR
+QUARANTINE_TABLE = QUARANTINE_DIR
 #: Longest snapshot property value kept (batch ids of a very large flush are cut, and say so).
 _MAX_PROPERTY = 16_000
-_PLAIN_TABLE = re.compile(r"^[a-z0-9_]{1,100}$")
 
 _QUARANTINE_SCHEMA = pa.schema(
     [
@@ -94,13 +99,8 @@ def load_catalog(name: str, properties: Mapping[str, Any]) -> Any:
         ) from exc
 
 
-def table_name(record_type: str) -> str:
-    """The table of a record type: the type itself when it is a plain lowercase name, else a
-    lowercase spelling plus a short hash of the type (so two types never share a table)."""
-    if _PLAIN_TABLE.match(record_type):
-        return record_type
-    plain = re.sub(r"[^a-z0-9_]+", "_", record_type.lower()).strip("_")[:60] or "type"
-    return f"{plain}_{hashlib.blake2b(record_type.encode(), digest_size=4).hexdigest()}"
+#: The table of a record type as the engine keys it (its folder, :mod:`.layout`).
+table_name = folder_table
 
 
 def _plain_arrow(schema: pa.Schema) -> pa.Schema:
@@ -213,7 +213,10 @@ class IcebergSink:
         if rejects:
             arrow = pa.concat_tables(
                 [
-                    t.append_column("record_type", pa.repeat(pa.scalar(rtype, pa.string()), t.num_rows))
+                    t.append_column(
+                        "record_type",
+                        pa.repeat(pa.scalar(record_type_of_folder(rtype), pa.string()), t.num_rows),
+                    )
                     for rtype, t in rejects.items()
                 ]
             )

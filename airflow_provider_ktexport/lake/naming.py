@@ -18,11 +18,12 @@ tag and variant type.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
 import pyarrow as pa
+
+from airflow_provider_ktexport.lake.layout import is_safe_folder_name, safe_folder_name
 
 __all__ = [
     "PARTITION_KEYS",
@@ -48,7 +49,6 @@ PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 #: Separates a column's key path from its tags; escaped key paths never contain it.
 TAG_SEP = "___"
 _CASE_TAG = "c"
-_PARTITION_MAX_LEN = 100
 _EMPTY_SEGMENT = "%-"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -209,42 +209,7 @@ def field_path(field: pa.Field) -> tuple[str, ...]:
 
 # -- partitions ----------------------------------------------------------------------------------------
 
-_PARTITION_UNSAFE = set('/\\=%:*?"<>|#')
-
-
-def sanitize_partition_value(value: object) -> str:
-    """A safe hive partition value: never a path separator, ``..``, control character or ``=``.
-
-    Unsafe characters (``/ \\ = % : * ? " < > | #``, control characters, a leading ``.`` and a
-    ``.`` following another ``.``) are percent-encoded (readers decode them: DuckDB and pyarrow
-    both do); ``None``/empty becomes ``unknown``; values longer than 100 characters are cut and
-    get a hash suffix so distinct values stay distinct.
-    """
-    text = "" if value is None else str(value)
-    if not text:
-        return "unknown"
-    out = []
-    prev = ""
-    for i, c in enumerate(text):
-        o = ord(c)
-        if c in _PARTITION_UNSAFE or o < 0x20 or 0x7F <= o <= 0x9F or (c == "." and (i == 0 or prev == ".")):
-            out.append(_pct(c))
-        else:
-            out.append(c)
-        prev = c
-    safe = "".join(out)
-    if len(safe) > _PARTITION_MAX_LEN:
-        cut = safe[:_PARTITION_MAX_LEN]
-        pos = cut.rfind("%", len(cut) - 2)
-        if pos != -1:  # never cut an escape in half
-            cut = cut[:pos]
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        safe = f"{cut}~{digest}"
-    return safe
-
-
-def is_safe_partition_value(value: str) -> bool:
-    """True for a value :func:`sanitize_partition_value` could have produced (checked before writing)."""
-    if not value or len(value) > _PARTITION_MAX_LEN + 17 or value.startswith(".") or ".." in value:
-        return False
-    return not any(c in "/\\=" or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+#: A safe hive partition value (the record type folder rule of :mod:`.layout`, for any value).
+sanitize_partition_value = safe_folder_name
+#: True for a value safe as one path segment (see :func:`.layout.is_safe_folder_name`).
+is_safe_partition_value = is_safe_folder_name

@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_ktexport.lake.naming import column_name, sanitize_partition_value
+from airflow_provider_ktexport.lake.layout import record_type_folder
+from airflow_provider_ktexport.lake.naming import column_name
 from airflow_provider_ktexport.lake.types import TIMESTAMP
 
 __all__ = ["EVENT_TIME_COLUMNS", "EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
@@ -55,9 +56,8 @@ def event_date(record: dict[str, Any]) -> str:
 
 
 def record_type_of(record: dict[str, Any]) -> str:
-    """The sanitised record type: the record's ``type`` if a non-empty string, else ``unknown``."""
-    t = record.get("type")
-    return sanitize_partition_value(t) if type(t) is str and t else "unknown"
+    """The record type's folder (:func:`.layout.record_type_folder`): what the engine keys a type by."""
+    return record_type_folder(record.get("type"))
 
 
 _YEAR_1000 = pa.scalar(datetime(1000, 1, 1, tzinfo=UTC), TIMESTAMP)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import posixpath
 from typing import Any
-from urllib.parse import unquote
 
 import fsspec
 import fsspec.core
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_ktexport.lake.naming import sanitize_partition_value
+from airflow_provider_ktexport.lake.layout import record_type_folder, record_type_of_folder
 from airflow_provider_ktexport.lake.variants import FoldMode, current_name, fit_table, fold_variants
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
@@ -34,12 +33,12 @@ def _data_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
 
 def _partition_values(root: str, path: str) -> dict[str, str]:
     rel = path[len(root) :].strip("/").split("/")[:-1]
-    return {k: unquote(v) for k, _, v in (seg.partition("=") for seg in rel) if _ == "="}
+    return {k: record_type_of_folder(v) for k, _, v in (seg.partition("=") for seg in rel) if _ == "="}
 
 
 def _type_dirs(fs: fsspec.AbstractFileSystem, writer: LakeWriter, record_type: str | None) -> list[str]:
     if record_type is not None:
-        return [writer._join(f"record_type={sanitize_partition_value(record_type)}")]
+        return [writer._join(f"record_type={record_type_folder(record_type)}")]
     try:
         entries = fs.ls(writer.root, detail=False)
     except FileNotFoundError:
@@ -78,9 +77,15 @@ def open_lake(fs_or_url: fsspec.AbstractFileSystem | str, root: str | None) -> L
     return LakeWriter(fs, root, writer_id="reader")
 
 
+def _folder_of(type_dir: str) -> str:
+    """The record type folder of a ``record_type=<folder>`` directory."""
+    return posixpath.basename(type_dir.rstrip("/")).partition("=")[2]
+
+
 def _read_type(writer: LakeWriter, type_dir: str) -> pa.Table | None:
     fs, base = writer.fs, writer.root
-    rtype = unquote(posixpath.basename(type_dir.rstrip("/")).partition("=")[2])
+    # The schema store is keyed by the folder, as the drain and compaction key it.
+    rtype = _folder_of(type_dir)
     files = sorted(_data_files(fs, type_dir), key=posixpath.basename)
     if not files:
         return None
@@ -128,8 +133,9 @@ def read_lake(
         table = _read_type(writer, type_dir)
         if table is None:
             continue
-        rtype = unquote(posixpath.basename(type_dir.rstrip("/")).partition("=")[2])
-        out[rtype] = table if fold is None else fold_variants(table, fold)
+        out[record_type_of_folder(_folder_of(type_dir))] = (
+            table if fold is None else fold_variants(table, fold)
+        )
     return out
 
 

@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 import msgspec
 import pyarrow as pa
@@ -32,7 +31,7 @@ import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.columns import decode_record
 from airflow_provider_ktexport.lake.keys import record_key
-from airflow_provider_ktexport.lake.naming import sanitize_partition_value
+from airflow_provider_ktexport.lake.layout import REJECTED_DIR, record_type_folder, record_type_of_folder
 from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
 from airflow_provider_ktexport.lake.types import TIMESTAMP
@@ -48,10 +47,6 @@ __all__ = [
     "read_rejects",
     "rejects_table",
 ]
-
-#: Folder of the rejects table under the lake root. The leading underscore keeps it out of
-#: Hive-style readers (Spark, pyarrow datasets, Athena) that scan the record-type folders.
-REJECTED_DIR = "_rejected"
 
 #: What building a record's row can raise because of the record's content (not of our code's
 #: state): these route the record to the rejects table; anything else still fails the flush.
@@ -75,7 +70,8 @@ _MAX_MESSAGE = 2000
 
 _MIN_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
 _MAX_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TIMESTAMP)
-_TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+# Long enough for any type the layout names (120 CJK characters are 720 bytes as \u escapes).
+_TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,4000})"')
 
 REJECTS_SCHEMA = pa.schema(
     [
@@ -126,13 +122,32 @@ def land_records(
         if tables is None:
             keep = _halve(raw_records, batch_ids, keep, build_options, rejects)
             tables = _build(raw_records, batch_ids, keep, build_options)
-    out_of_range = _out_of_range_rows(tables)
-    if out_of_range:
-        bad = _positions_of(raw_records, batch_ids, keep, out_of_range)
-        for j in bad:
+    keep, tables = _reject_out_of_range(raw_records, batch_ids, keep, tables, build_options, rejects)
+    return Landing(tables, rejects)
+
+
+def _reject_out_of_range(
+    raws: Sequence[bytes],
+    batch_ids: Sequence[str],
+    keep: list[int],
+    tables: list[PartitionTable],
+    options: dict[str, Any],
+    rejects: list[Reject],
+) -> tuple[list[int], list[PartitionTable]]:
+    """Reject the records holding a time outside years 1-9999 until the built tables hold none.
+
+    One pass is not enough: a column is typed from all its values, so a text that read as string
+    beside another record's value can be a timestamp once that record is gone, and a year-0 time
+    in it would land. Each round rejects at least one record, so this ends.
+    """
+    while out_of_range := _out_of_range_rows(tables):
+        bad = _positions_of(raws, batch_ids, keep, out_of_range)
+        if not bad:  # pragma: no cover - every flagged row comes from a kept record
+            raise RuntimeError("rows with out-of-range times matched no record of the flush")
+        for j in sorted(bad):
             rejects.append(
                 _reject(
-                    raw_records[j],
+                    raws[j],
                     batch_ids[j],
                     "OutOfRangeTime",
                     "a time value's UTC instant is outside years 1-9999, which Parquet readers "
@@ -140,8 +155,8 @@ def land_records(
                 )
             )
         keep = [j for j in keep if j not in bad]
-        tables = _build(raw_records, batch_ids, keep, build_options)
-    return Landing(tables, rejects)
+        tables = _build(raws, batch_ids, keep, options)
+    return keep, tables
 
 
 def nesting_depth(raw: bytes) -> int:
@@ -369,7 +384,7 @@ def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | 
     fs = lake.fs
     base = posixpath.join(lake.root, REJECTED_DIR)
     if record_type is not None:
-        base = posixpath.join(base, f"record_type={sanitize_partition_value(record_type)}")
+        base = posixpath.join(base, f"record_type={record_type_folder(record_type)}")
     try:
         found = sorted(
             p for p in fs.find(base) if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
@@ -383,7 +398,7 @@ def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | 
         for seg in path[len(base) :].strip("/").split("/")[:-1]:
             key, _, value = seg.partition("=")
             table = table.append_column(
-                key, pa.repeat(pa.scalar(unquote(value), pa.string()), table.num_rows)
+                key, pa.repeat(pa.scalar(record_type_of_folder(value), pa.string()), table.num_rows)
             )
         if record_type is not None:
             table = table.append_column(

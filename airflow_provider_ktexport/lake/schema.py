@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.columns import decode_record, dict_columns, reader_columns
 from airflow_provider_ktexport.lake.keys import RECORD_KEY_HASH, canonical_json, record_key
+from airflow_provider_ktexport.lake.layout import record_type_folder
 from airflow_provider_ktexport.lake.naming import (
     PARTITION_KEYS,
     PATH_METADATA_KEY,
@@ -103,11 +104,11 @@ def _type_of(raw: Any, cache: dict[str, str]) -> str:
         t = _HEAD.decode(raw).type
     except msgspec.DecodeError:
         t = decode_record(raw).get("type")  # raises the dict path's error for a bad record
-    if type(t) is not str or not t:
-        return "unknown"
+    if type(t) is not str:
+        return record_type_folder(t)
     rtype = cache.get(t)
     if rtype is None:
-        rtype = cache[t] = sanitize_partition_value(t)
+        rtype = cache[t] = record_type_folder(t)
     return rtype
 
 

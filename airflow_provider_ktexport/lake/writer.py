@@ -41,9 +41,11 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
-from airflow_provider_ktexport.lake.schema import (
-    is_safe_partition_value,
-    sanitize_partition_value,
+from airflow_provider_ktexport.lake.layout import (
+    QUARANTINE_DIR,
+    is_safe_folder_name,
+    safe_folder_name,
+    schema_folder,
 )
 from airflow_provider_ktexport.lake.variants import (
     current_name,
@@ -55,8 +57,6 @@ __all__ = ["LakeWriter", "WrittenFile"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_DIR = "_schema"
-QUARANTINE_DIR = "_quarantine"
 DEFAULT_ROW_GROUP_SIZE = 128 * 1024
 _TMP_MARK = ".tmp-"
 
@@ -177,7 +177,7 @@ class LakeWriter:
         self.fs = fs
         self.root = fs._strip_protocol(root).rstrip("/") or "/"
         self.compression = compression
-        self.writer_id = sanitize_partition_value(
+        self.writer_id = safe_folder_name(
             writer_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         self.uri_prefix = uri_prefix
@@ -208,10 +208,10 @@ class LakeWriter:
         return self.fs.unstrip_protocol(path)
 
     def partition_dir(self, partition: Mapping[str, str], area: str = "") -> str:
-        """``<root>[/<area>]/k=v/...``; values must be sanitised (see ``sanitize_partition_value``)."""
+        """``<root>[/<area>]/k=v/...``; values must be safe folder names (see :mod:`.layout`)."""
         parts = [area] if area else []
         for key, value in partition.items():
-            if not (is_safe_partition_value(key) and is_safe_partition_value(value)):
+            if not (is_safe_folder_name(key) and is_safe_folder_name(value)):
                 raise KtExportWriteError(
                     f"Refusing to write partition {key}={value!r} under {self.root}: the value is not "
                     "sanitised (it could point outside the lake).",
@@ -333,7 +333,7 @@ class LakeWriter:
     # -- schema store ------------------------------------------------------------------------------
 
     def _schema_dir(self, record_type: str) -> str:
-        return self._join(SCHEMA_DIR, sanitize_partition_value(record_type))
+        return self._join(schema_folder(record_type))
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
         """The published schema of a record type: every writer's schema file merged, first entry wins.

@@ -10,6 +10,7 @@ keys appear, an int field starts to carry floats).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Any
@@ -329,7 +330,24 @@ HOSTILE_KINDS: tuple[str, ...] = (
     "date_before_year_1",
     "date_after_year_9999",
     "lone_surrogate",
+    "type_lone_surrogate",
+    "type_cjk_120",
+    "type_emoji_70",
+    "type_rejected",
+    "type_quarantine",
 )
+#: The hostile kinds that are valid records: their type makes a bad folder or table name, yet
+#: every one must land as a row (the others must land as rejects, with their exact text).
+HOSTILE_ROW_KINDS: frozenset[str] = frozenset(
+    {"type_cjk_120", "type_emoji_70", "type_rejected", "type_quarantine"}
+)
+#: The record types of the ``type_*`` kinds (a lone surrogate escape is written as text below).
+HOSTILE_TYPES: dict[str, str] = {
+    "type_cjk_120": "\u6570" * 120,  # 360 UTF-8 bytes
+    "type_emoji_70": "\U0001f69a" * 70,  # 280 UTF-8 bytes
+    "type_rejected": "_rejected",
+    "type_quarantine": "_quarantine",
+}
 #: Nesting of the deep kinds: past msgspec's and Python's default recursion limits (1000) for
 #: the object, past a naive flattener's for the list.
 DEEP_LIST_LEVELS = 400
@@ -345,6 +363,12 @@ def hostile_record(kind: str, seq: int) -> bytes:
     - ``date_before_year_1`` / ``date_after_year_9999``: an ``eventDate`` whose UTC instant falls
       outside years 1-9999 (``0001-01-01T00:30:00+01:00``, ``9999-12-31T23:30:00-01:00``)
     - ``lone_surrogate``: a string holding the escape ``\\ud800`` alone
+    - ``type_lone_surrogate``: the record type ``"trip\\ud800"`` (a reject: no folder can say it)
+    - ``type_cjk_120`` / ``type_emoji_70``: a type of 120 CJK characters (360 UTF-8 bytes) or 70
+      emoji (280 bytes), past file systems' 255-byte names
+    - ``type_rejected`` / ``type_quarantine``: a type named like the lake's own folders and tables
+
+    The ``type_*`` kinds other than the surrogate are valid records (:data:`HOSTILE_ROW_KINDS`).
     """
     if kind == "number_out_of_range":
         body = b'"type":"telemetry","v":1e400'
@@ -359,6 +383,11 @@ def hostile_record(kind: str, seq: int) -> bytes:
         body = b'"type":"event","eventDate":"9999-12-31T23:30:00-01:00","eventClass":"hostile"'
     elif kind == "lone_surrogate":
         body = b'"type":"telemetry","name":"Truck \\ud800 lone"'
+    elif kind == "type_lone_surrogate":
+        body = b'"type":"trip\\ud800","dateEnd":"2026-11-25T10:00:00Z","tripType":"hostile"'
+    elif kind in HOSTILE_TYPES:
+        rtype = json.dumps(HOSTILE_TYPES[kind], ensure_ascii=False).encode("utf-8")
+        body = b'"type":' + rtype + b',"date":"2026-11-25T10:00:00Z","kind":"hostile"'
     else:
         raise ValueError(f"unknown hostile kind {kind!r}; known: {', '.join(HOSTILE_KINDS)}")
     return b"{" + body + b',"emulator_seq":%d}' % seq

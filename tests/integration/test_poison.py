@@ -1,25 +1,30 @@
 """Hostile records and broken envelopes from the emulator, through the Drain and `airflow dags test`.
 
-Each hostile kind (valid JSON that cannot be a row) must end in the rejects table with its exact
-text while every ordinary record lands once, the queue ends empty and no DELETE comes before both
+Each hostile kind that cannot be a row must end in the rejects table with its exact text, each
+that can (a record type that makes a bad folder name: 120 CJK characters, ``_rejected``...) as a
+row, while every ordinary record lands once, the queue ends empty and no DELETE comes before both
 tables hold the batch. Batches served with an id but no readable items must never be acknowledged.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
 
 from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.rejects import read_rejects
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.emulator import Emulator
-from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, HOSTILE_ROW_KINDS
 from tests.integration.conftest import ktexport_conn
 
 pytestmark = pytest.mark.integration
@@ -40,18 +45,63 @@ def landed_seqs(lake: Path) -> list[int]:
         ]
 
 
+def assert_row_kinds_keep_their_type(emu: Emulator, lake: Path) -> None:
+    """Hostile types that are valid records landed as rows holding their exact type, under folders
+    every file system can name."""
+    with _duck, duckdb.connect() as con:
+        types = dict(
+            con.sql(
+                f"SELECT emulator_seq, type FROM read_parquet('{lake}/record_type=*/**/*.parquet', "
+                "hive_partitioning=false, union_by_name=true)"
+            ).fetchall()
+        )
+    rows = {seq: raw for seq, (kind, raw) in emu.hostile_records().items() if kind in HOSTILE_ROW_KINDS}
+    assert rows and all(types[seq] == json.loads(raw)["type"] for seq, raw in rows.items())
+    names = [p.name for p in lake.rglob("*")]
+    assert max(len(n.encode()) for n in names) <= 200 + len("record_type=")
+
+
 def rejected_texts(lake: Path) -> list[str]:
     if not (lake / "_rejected").exists():
         return []
     return read_rejects(str(lake)).column("_raw").to_pylist()
 
 
-def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
-    """Veto (and record) a DELETE of a batch whose rows and rejects are not both in the lake yet."""
-    hostile = emu.hostile_records()
+def must_reject(emu: Emulator) -> dict[int, tuple[str, bytes]]:
+    """The hostile records that cannot be rows (the others must land as rows)."""
+    return {seq: h for seq, h in emu.hostile_records().items() if h[0] not in HOSTILE_ROW_KINDS}
+
+
+#: What a destination holds: the ``emulator_seq`` of every row, the exact text of every reject.
+View = Callable[[], tuple[list[int], list[str]]]
+
+
+def parquet_view(lake: Path) -> View:
+    return lambda: (landed_seqs(lake), rejected_texts(lake))
+
+
+def iceberg_view(catalog: Any) -> View:
+    def view() -> tuple[list[int], list[str]]:
+        seqs: list[int] = []
+        texts: list[str] = []
+        for ident in catalog.list_tables("ktexport"):
+            table = catalog.load_table(ident).scan().to_arrow()
+            if ident[-1] == REJECTED_DIR:
+                texts += table.column("_raw").to_pylist()
+            elif "emulator_seq" in table.schema.names:
+                seqs += table.column("emulator_seq").to_pylist()
+        return seqs, texts
+
+    return view
+
+
+def guard_acks(emu: Emulator, view: View, violations: list[str]) -> None:
+    """Veto (and record) a DELETE of a batch whose rows and rejects are not both landed yet."""
+    hostile = must_reject(emu)
 
     def on_ack(batch_id: str, records: list[dict]) -> None:
-        rows, rejects = set(landed_seqs(lake)), set(rejected_texts(lake))
+        landed, kept = view()
+        rows, rejects = set(landed), set(kept)
         for r in records:
             seq = r["emulator_seq"]
             if seq in hostile:
@@ -65,19 +115,44 @@ def guard_acks(emu: Emulator, lake: Path, violations: list[str]) -> None:
     emu.on_ack = on_ack
 
 
-def assert_everything_kept(emu: Emulator, lake: Path, emitted: int) -> None:
-    hostile = emu.hostile_records()
-    assert {kind for kind, _ in hostile.values()} == set(HOSTILE_KINDS)  # every kind was served
+def assert_everything_kept(emu: Emulator, view: View, emitted: int) -> None:
+    assert {kind for kind, _ in emu.hostile_records().values()} == set(HOSTILE_KINDS)  # all served
+    hostile = must_reject(emu)
     ordinary = [s for s in range(1, emitted + 1) if s not in hostile]
-    assert sorted(landed_seqs(lake)) == ordinary  # every ordinary record once
-    kept = rejected_texts(lake)
+    landed, kept = view()
+    assert sorted(landed) == ordinary  # every record that can be a row, once
     assert sorted(kept) == sorted(raw.decode() for _, raw in hostile.values())  # each exact text, once
     stats = emu.stats()
     assert stats["queued"] == 0 and stats["leased"] == 0, stats
 
 
-def test_every_hostile_kind_through_the_drain(tmp_path):
-    lake = tmp_path / "lake"
+def assert_tables_are_named_by_the_rule(catalog: Any) -> None:
+    """Every table name is short, and only the sink's own tables start with ``_``."""
+    names = [ident[-1] for ident in catalog.list_tables("ktexport")]
+    assert all(len(n.encode()) <= 200 for n in names)
+    assert [n for n in names if n.startswith("_")] == [REJECTED_DIR]
+
+
+def destination(tmp_path: Path, kind: str) -> tuple[Any, View, Callable[[Emulator], None]]:
+    """A sink, what it holds, and the check of its names, for the Parquet lake or Iceberg."""
+    if kind == "parquet":
+        lake = tmp_path / "lake"
+        return _writer(lake), parquet_view(lake), lambda emu: assert_row_kinds_keep_their_type(emu, lake)
+    pytest.importorskip("pyiceberg")
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from tests.unit.test_iceberg import catalog_for
+
+    catalog = catalog_for(tmp_path)
+    return (
+        IcebergSink(catalog, "ktexport"),
+        iceberg_view(catalog),
+        lambda _: assert_tables_are_named_by_the_rule(catalog),
+    )
+
+
+@pytest.mark.parametrize("kind", ["parquet", "iceberg"])
+def test_every_hostile_kind_through_the_drain(tmp_path, kind):
+    sink, view, check_names = destination(tmp_path, kind)
     violations: list[str] = []
     with Emulator(
         api_key="poison-test-key-0123456789",
@@ -88,12 +163,13 @@ def test_every_hostile_kind_through_the_drain(tmp_path):
         seed=11,
     ) as emu:
         emu.generate(1500)
-        guard_acks(emu, lake, violations)
+        guard_acks(emu, view, violations)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
-            result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=400)).run()
+            result = Drain(client, sink, DrainConfig(max_runtime=60, flush_records=400)).run()
         assert violations == []
-        assert_everything_kept(emu, lake, 1500)
-        assert result.rejected == len(emu.hostile_records()) and result.stopped == "empty"
+        assert_everything_kept(emu, view, 1500)
+        check_names(emu)
+        assert result.rejected == len(must_reject(emu)) and result.stopped == "empty"
 
 
 def _writer(lake: Path) -> LakeWriter:
@@ -133,7 +209,7 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
         seed=13,
     ) as emu:
         emu.generate(1200)
-        guard_acks(emu, lake, violations)
+        guard_acks(emu, parquet_view(lake), violations)
         result = run_dag(
             "ktexport_it_drain",
             connections={"ktexport_default": ktexport_conn(emu)},
@@ -141,9 +217,9 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
         )
         assert result.returncode == 0, result.output[-5000:]
         assert violations == []
-        assert_everything_kept(emu, lake, 1200)
+        assert_everything_kept(emu, parquet_view(lake), 1200)
         summary = result.xcom("drain")
-        assert summary["rejected"] == len(emu.hostile_records()) > 0
+        assert summary["rejected"] == len(must_reject(emu)) > 0
         assert summary["records"] == 1200 - summary["rejected"]
         assert summary["rejected_files"] and all("/_rejected/" in f for f in summary["rejected_files"])
         assert "could not be rows" in result.output  # the flush warned, naming the rejects table

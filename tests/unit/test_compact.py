@@ -17,7 +17,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
 from airflow_provider_ktexport.lake.compact import compact_lake
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
+from airflow_provider_ktexport.lake.layout import record_type_folder
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_table
 from tests.lake_support import land
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
@@ -354,3 +355,17 @@ def test_bad_arguments_are_refused(tmp_path):
         compact_lake(LocalFileSystem(), str(tmp_path), target_file_mb=0)
     with pytest.raises(ValueError, match="min_age_seconds"):
         compact_lake(LocalFileSystem(), str(tmp_path), min_age_seconds=-1)
+
+
+@pytest.mark.parametrize("rtype", ["\u6570" * 120, "_rejected", "a/b"], ids=["cjk_120", "_rejected", "slash"])
+def test_a_record_type_named_by_the_layout_rule_compacts_by_its_type(tmp_path, rtype):
+    fs, root = LocalFileSystem(), str(tmp_path / "lake")
+    writer = LakeWriter(fs, root, writer_id="drain")
+    for i in range(2):
+        land(writer, [{"type": rtype, "date": "2026-11-25T10:00:00Z", "seq": i}, telemetry(i)])
+    folder = record_type_folder(rtype)
+    result = compact_lake(fs, root, record_type=rtype, now=LATER)
+    assert result.partitions == 1 and result.rows_out == 2 and len(data_files(fs, root, folder)) == 1
+    assert len(data_files(fs, root)) == 2  # telemetry untouched
+    (table,) = read_lake(fs, root, record_type=rtype).values()
+    assert table.column("type").to_pylist() == [rtype] * 2

@@ -15,7 +15,7 @@ from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Buffer, Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportRejectsError, KtExportWriteError
 from airflow_provider_ktexport.lake.rejects import land_records, read_rejects
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_table
 from tests.unit.test_drain import FakeClient, make_batch, run, writer_for
 
 #: Valid JSON that cannot be a row, each kind the issue names (the exact bytes must be kept).
@@ -288,3 +288,73 @@ def test_records_64_levels_deep_still_land():
     deep = b'{"type":"t","v":' + b'{"a":' * 62 + b"1" + b"}" * 62 + b"}"
     landing = land_records([deep], ["b"], source="s", ingested_at=drain_module.datetime.now(drain_module.UTC))
     assert landing.rejects == [] and sum(p.table.num_rows for p in landing.tables) == 1
+
+
+def test_a_time_a_reject_leaves_out_of_range_is_rejected_too():
+    # "note" is text beside a's plain words; once a (a year-0 eventDate) is rejected, b's note is
+    # the column's only value, the column becomes a timestamp, and b's year-0 time must not land.
+    a = b'{"type":"event","eventDate":"0001-01-01T00:30:00+01:00","note":"plain words","id":"a"}'
+    b = b'{"type":"event","note":"0001-01-01T00:30:00+01:00","id":"b"}'
+    c = b'{"type":"event","eventDate":"2026-11-25T10:00:00Z","id":"c"}'
+    landing = land_records(
+        [a, b, c], ["b1"] * 3, source="s", ingested_at=drain_module.datetime.now(drain_module.UTC)
+    )
+    assert sorted((r.raw, r.error_class) for r in landing.rejects) == [
+        (a, "OutOfRangeTime"),
+        (b, "OutOfRangeTime"),
+    ]
+    (part,) = landing.tables
+    assert part.table.column("id").to_pylist() == ["c"]
+
+
+def test_a_year_0_time_never_lands_after_a_reject_retypes_its_column(tmp_path):
+    lake = tmp_path / "lake"
+    raws = [
+        b'{"type":"event","eventDate":"0001-01-01T00:30:00+01:00","note":"plain words","seq":1}',
+        b'{"type":"event","note":"0001-01-01T00:30:00+01:00","seq":2}',
+        *good_records(2, start=3),
+    ]
+    client = FakeClient([batch_of("b1", raws)], lake=lake)
+    drain = run(client, lake)
+    assert client.acks == ["b1"] and drain.result.rejected == 2
+    assert sorted(read_rejects(str(lake)).column("_raw").to_pylist()) == sorted(r.decode() for r in raws[:2])
+    assert sorted(read_lake_table(str(lake)).column("seq").to_pylist()) == [3, 4]
+
+
+#: Record types that make bad folder names; all but the lone surrogate are valid records.
+BAD_TYPES = {
+    "lone_surrogate": b'{"type":"trip\\ud800","seq":100}',
+    "cjk_120": json.dumps({"type": "\u6570" * 120, "seq": 101}, ensure_ascii=False).encode(),
+    "emoji_70": json.dumps({"type": "\U0001f69a" * 70, "seq": 102}, ensure_ascii=False).encode(),
+    "rejected": b'{"type":"_rejected","seq":103}',
+    "quarantine": b'{"type":"_quarantine","seq":104}',
+    "schema": b'{"type":"_schema","seq":105}',
+}
+
+
+def test_record_types_that_make_bad_names_all_land(tmp_path):
+    lake = tmp_path / "lake"
+    at_ack: dict[str, tuple[int, int]] = {}
+
+    class Watching(FakeClient):
+        def ack(self, batch_id):
+            at_ack[batch_id] = (len(rejected_files(lake)), len(list(lake.glob("record_type=*/**/*.parquet"))))
+            return super().ack(batch_id)
+
+    answers = [batch_of(f"b{i}", good_records(4, start=10 * i) + list(BAD_TYPES.values())) for i in range(2)]
+    client = Watching(answers, lake=lake)
+    drain = run(client, lake, max_in_flight=1)
+    assert sorted(client.acks) == ["b0", "b1"] and all(r and f for r, f in at_ack.values())
+    assert drain.result.rejected == 2 and drain.result.records == 2 * 9
+    rejects = read_rejects(str(lake))
+    assert rejects.column("_raw").to_pylist() == [BAD_TYPES["lone_surrogate"].decode()] * 2
+    tables = read_lake(str(lake))
+    for kind, raw in BAD_TYPES.items():
+        if kind != "lone_surrogate":
+            rtype = json.loads(raw)["type"]
+            (table,) = [t for t in tables.values() if rtype in t.column("type").to_pylist()]
+            assert table.column("type").to_pylist() == [rtype] * 2  # the exact type, in its own folder
+            assert read_lake(str(lake), record_type=rtype)  # found by its type
+    names = [p.name for p in lake.rglob("*")]
+    assert max(len(n.encode("utf-8")) for n in names) <= 200 + len("record_type=")
+    assert not (lake / "record_type=_rejected").exists() and not (lake / "_schema" / "_rejected").exists()

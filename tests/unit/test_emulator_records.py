@@ -126,5 +126,10 @@ def test_each_hostile_kind_is_the_documented_text() -> None:
     assert json.loads(texts["date_before_year_1"])["eventDate"] == "0001-01-01T00:30:00+01:00"
     assert json.loads(texts["date_after_year_9999"])["eventDate"] == "9999-12-31T23:30:00-01:00"
     assert json.loads(texts["lone_surrogate"])["name"] == "Truck \ud800 lone"
+    types = {kind: json.loads(texts[kind])["type"] for kind in HOSTILE_KINDS if kind.startswith("type_")}
+    assert types["type_lone_surrogate"] == "trip\ud800"
+    assert len(types["type_cjk_120"]) == 120 and len(types["type_cjk_120"].encode()) == 360
+    assert len(types["type_emoji_70"]) == 70 and len(types["type_emoji_70"].encode()) == 280
+    assert (types["type_rejected"], types["type_quarantine"]) == ("_rejected", "_quarantine")
     with pytest.raises(ValueError, match="unknown hostile kind"):
         hostile_record("nope", 1)

@@ -18,8 +18,10 @@ from airflow_provider_ktexport.lake.iceberg import (  # noqa: E402
     load_catalog,
     table_name,
 )
+from airflow_provider_ktexport.lake.layout import record_type_table  # noqa: E402
+from airflow_provider_ktexport.lake.rejects import REJECTS_SCHEMA  # noqa: E402
 from tests.unit.test_drain import FakeClient  # noqa: E402
-from tests.unit.test_drain_rejects import HOSTILE, batch_of  # noqa: E402
+from tests.unit.test_drain_rejects import BAD_TYPES, HOSTILE, batch_of  # noqa: E402
 
 
 def catalog_for(tmp_path: Path):
@@ -191,3 +193,43 @@ def test_polars_scan_iceberg_reads_the_tables_back(tmp_path):
         assert sorted(df["seq"].to_list()) == seqs
         assert df["location__lat"].to_list() == [1.5] * len(seqs)
         assert df["_record_key"].n_unique() == len(seqs)
+
+
+def test_record_types_that_make_bad_names_land_and_every_flush_commits(tmp_path):
+    # Two flushes in a row, each with a reject: a "_rejected" type once took over the rejects
+    # table (the next flush then failed on its "_event_date"), a lone surrogate could not be
+    # encoded, and long types made names past the limits.
+    catalog = catalog_for(tmp_path)
+    at_ack: dict[str, int] = {}
+
+    class Watching(FakeClient):
+        def ack(self, batch_id):
+            at_ack[batch_id] = catalog.load_table("ktexport._rejected").scan().to_arrow().num_rows
+            return super().ack(batch_id)
+
+    answers = [
+        batch_of(f"b{i}", records(range(10 * i, 10 * i + 3)) + list(BAD_TYPES.values())) for i in range(2)
+    ]
+    client = Watching(answers)
+    drain = Drain(
+        client,
+        IcebergSink(catalog),
+        DrainConfig(max_runtime=20, lease_seconds=8, flush_seconds=3, max_in_flight=1, flush_records=5),
+    )
+    drain.run()
+    assert client.acks == ["b0", "b1"] and at_ack == {"b0": 1, "b1": 2}  # committed before each DELETE
+    assert drain.result.rejected == 2 and drain.result.records == 2 * 8
+    rejected = catalog.load_table("ktexport._rejected").scan().to_arrow()
+    assert rejected.column("_raw").to_pylist() == [BAD_TYPES["lone_surrogate"].decode()] * 2
+    assert set(rejected.column("record_type").to_pylist()) == {"trip\ufffd\ufffd\ufffd"}
+    assert set(rejected.schema.names) == {*REJECTS_SCHEMA.names, "record_type"}
+    for kind, raw in BAD_TYPES.items():
+        if kind != "lone_surrogate":
+            rtype = json.loads(raw)["type"]
+            name = record_type_table(rtype)
+            assert not name.startswith("_") and len(name.encode()) <= 200
+            rows = catalog.load_table(f"ktexport.{name}").scan().to_arrow()
+            assert (
+                rows.column("type").to_pylist() == [rtype] * 2
+                and sorted(rows.column("seq").to_pylist()) == [json.loads(raw)["seq"]] * 2
+            )
