@@ -9,6 +9,7 @@ pure helpers, so the drain and the sensor cannot drift apart on what the server 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import random
 import re
@@ -72,6 +73,7 @@ __all__ = [
     "redact",
     "redact_bytes",
     "shown_id",
+    "sighting_digest",
     "tls_error",
     "transient_status_error",
 ]
@@ -606,6 +608,26 @@ def envelope_id(body: bytes) -> str | None:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     return None if value is None else str(value)
+
+
+def sighting_digest(body: bytes) -> str:
+    """The name a quarantined body is stored and counted under, the same across redeliveries.
+
+    The service redelivers an unacknowledged batch under a new id, so a hash of the whole body
+    never repeats. Hashed instead: the body with the value of each top-level ``id`` key (as
+    the scanner reads the envelope: escaped spellings included, a record's ``id`` never, and
+    in a body cut short only the ids before the break) replaced by ``null``; a body without
+    one is hashed whole. SHA-256, hex. A redelivery that regroups the records is another body.
+    """
+    found = scan(body)
+    spans = [span for (key, _), span in zip(found.keys, found.spans, strict=True) if key == "id"]
+    parts: list[bytes] = []
+    pos = 0
+    for start, end in spans:
+        parts += [body[pos:start], b"null"]
+        pos = end
+    parts.append(body[pos:])
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def is_ackable_id(batch_id: object) -> bool:

@@ -29,6 +29,7 @@ from airflow_provider_ktexport.protocol import (
     read_envelope,
     redact,
     redact_bytes,
+    sighting_digest,
     transient_status_error,
 )
 
@@ -395,6 +396,27 @@ def test_an_ordinary_body_keeps_the_one_pass_reading(monkeypatch: pytest.MonkeyP
     records = b",".join(b'{"n":%d,"s":"a,b]}"}' % n for n in range(500))
     verdict = classify_body(b'{"id":"d-1","items":[' + records + b"]}")
     assert verdict.kind == "data" and len(verdict.items) == 500
+
+
+def test_a_sighting_digest_is_the_same_for_a_body_redelivered_under_a_new_id() -> None:
+    def body(batch_id: bytes, tail: bytes = b',"items":[]}') -> bytes:
+        return b'{"id":' + batch_id + b',"items":[{"id":"rec-1"},{"id":"rec-2"}]' + tail
+
+    first = sighting_digest(body(b'"0c9a"'))
+    for other in (b'"ffffffffffffffff"', b"42", b"null", b'"\\u0041"'):
+        assert sighting_digest(body(other)) == first, other
+    assert sighting_digest(body(b'"A"').replace(b'"id"', b'"\\u0069d"', 1)) != first  # other text
+    # The same spelling with another id is one body; a record's own id is part of the body.
+    escaped = body(b'"A"').replace(b'"id"', b'"\\u0069d"', 1)
+    assert sighting_digest(escaped) == sighting_digest(escaped.replace(b'"A"', b'"B"', 1))
+    assert sighting_digest(body(b'"A"').replace(b"rec-2", b"rec-3")) != first
+    # Two ids (a problem body) and a body cut short after its id: each id blanked.
+    assert sighting_digest(body(b'"A"', b',"id":"B"}')) == sighting_digest(body(b'"C"', b',"id":"D"}'))
+    assert sighting_digest(b'{"id":"A","items":[{"a":1},') == sighting_digest(b'{"id":"B","items":[{"a":1},')
+    # Not JSON at all: the body itself.
+    import hashlib
+
+    assert sighting_digest(b"<html>502</html>") == hashlib.sha256(b"<html>502</html>").hexdigest()
 
 
 # -- errors with advice --------------------------------------------------------------------------------
