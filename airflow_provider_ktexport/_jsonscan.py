@@ -43,11 +43,24 @@ class Scan:
     :param items: the raw bytes of each element of the top-level ``items`` list, when that list
         was complete
     :param error: why the body is not a well-formed envelope (None when it is)
+    :param spans: where each value of ``keys`` sits in the body, as ``(start, end)`` offsets
     """
 
     keys: list[tuple[str, bytes]] = field(default_factory=list)
     items: list[bytes] | None = None
     error: str | None = None
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, key: str | None, body: bytes, start: int, end: int) -> bytes:
+        """Keep ``key`` (None: an unreadable key, not kept) with its value, ``body[start:end]``
+        without the whitespace around it; returns that value."""
+        raw = body[start:end]
+        start += len(raw) - len(raw.lstrip(_WS))
+        raw = raw.strip(_WS)
+        if key is not None:
+            self.keys.append((key, raw))
+            self.spans.append((start, start + len(raw)))
+        return raw
 
 
 def _key_text(token: bytes) -> str | None:
@@ -170,9 +183,7 @@ def scan(body: bytes) -> Scan:
                             return fail(f"unexpected text before byte {match.start()} in the body")
                     elif not _SCALAR.fullmatch(value_gap):
                         return fail(f"a top-level value before byte {match.start()} is not JSON")
-                    raw = body[slot.start : match.start()].strip(_WS)
-                    if key is not None:
-                        out.keys.append((key, raw))
+                    raw = out.add(key, body, slot.start, match.start())
                     if in_items and slot.done and raw[:1] == b"[":
                         out.items = items
                     in_items = False
@@ -242,7 +253,7 @@ def scan(body: bytes) -> Scan:
     if state == "value" and slot is not None and slot.done and key is not None and _gap_ok(tail):
         # Cut right after a complete string or container value: that key's value is whole (a
         # number is not: "7" may have been "71").
-        out.keys.append((key, body[slot.start :].strip(_WS)))
+        out.add(key, body, slot.start, len(body))
     if end < len(body):
         return fail(f"a string opened at byte {end} is not closed (the body ends inside it: truncated?)")
     if stack or state != "end":

@@ -498,6 +498,8 @@ class Drain:
                     f"not acknowledged yet: seen {seen} of the {self.config.ack_quarantined_after} times "
                     "ack_quarantined waits for (a transient fault heals by redelivery)"
                 )
+            elif not self.sink.quarantine_kept(body):
+                outcome = "not acknowledged: its stored copy did not read back (stored again)"
             elif self._ack_one(exc.batch_id):
                 self.result.acked += 1
                 self._metric("incr", "batches_acked", 1)

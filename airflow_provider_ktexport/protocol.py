@@ -9,10 +9,12 @@ pure helpers, so the drain and the sensor cannot drift apart on what the server 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import random
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +73,7 @@ __all__ = [
     "redact",
     "redact_bytes",
     "shown_id",
+    "sighting_digest",
     "tls_error",
     "transient_status_error",
 ]
@@ -434,11 +437,14 @@ class Envelope(msgspec.Struct):
     """A GET body: ``Raw`` keeps each record's own bytes without building dicts.
 
     :param other_keys: top-level keys beside ``id`` and ``items`` (a changed API)
+    :param repeated_keys: top-level keys the body holds more than once (escaped spellings
+        included): a JSON reader keeps only one of each, so what it dropped was never read
     """
 
     id: str | int | None = None
     items: list[msgspec.Raw] | None = None
     other_keys: tuple[str, ...] = ()
+    repeated_keys: tuple[str, ...] = ()
 
     @property
     def batch_id(self) -> str | None:
@@ -457,6 +463,10 @@ _FAST_DECODER = msgspec.json.Decoder(_PlainEnvelope)
 _TOP_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ID_DECODER = msgspec.json.Decoder(str | int | None)
 _ITEMS_DECODER = msgspec.json.Decoder(list[msgspec.Raw] | None)
+# What separates two records of the items list (JSON whitespace around one comma).
+_COMMA = re.compile(rb"[ \t\r\n]*,[ \t\r\n]*")
+#: Stands for the records in a body's skeleton: a JSON number no ordinary envelope holds.
+_STAND_IN = b"-0.0e-0"
 
 
 def read_envelope(body: bytes) -> Envelope | str:
@@ -467,6 +477,11 @@ def read_envelope(body: bytes) -> Envelope | str:
     iterative scanner instead, so the other records still come out and the record level
     rejects the bad one. Only the envelope itself must be sound: a body cut short or broken
     outside its records is a problem.
+
+    msgspec keeps the last of a repeated key (``"items"`` twice, or once spelled
+    ``"i\\u0074ems"``), which would read a batch of records as empty: its one-pass reading
+    is kept only once :func:`_one_of_each` proves the top level holds each key once.
+    Anything else is read by the scanner, whose key list keeps repeats.
     """
     try:
         body.decode("utf-8")  # msgspec does not validate the UTF-8 inside Raw items
@@ -474,20 +489,62 @@ def read_envelope(body: bytes) -> Envelope | str:
         return f"the body is not valid UTF-8 ({exc.reason} at byte {exc.start})"
     try:
         # One pass for the usual body (measured: 0.5 ms per 400 KB batch, half the key-by-key
-        # reading); unknown keys or odd types raise ValidationError and are read key by key.
+        # reading; the proof of its keys adds ~0.03 ms); unknown keys or odd types raise
+        # ValidationError and go to the scanner, like bodies msgspec cannot read.
         plain = _FAST_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return _scanned(body)
+    if _one_of_each(body, plain.items):
         return Envelope(id=plain.id, items=plain.items)
-    except msgspec.ValidationError:
-        pass
-    except (msgspec.DecodeError, RecursionError):
-        return _scanned(body)
-    try:
-        top: dict[str, msgspec.Raw] = _TOP_DECODER.decode(body)
-        return _envelope_of(list(top.items()))
-    except msgspec.ValidationError as exc:
-        return f"the body is JSON but not a batch object ({exc})"
-    except (msgspec.DecodeError, RecursionError):  # pragma: no cover - the fast pass raised these
-        return _scanned(body)
+    return _scanned(body)
+
+
+def _one_of_each(body: bytes, items: list[msgspec.Raw] | None) -> bool:
+    """Whether ``body``'s top level holds ``id`` and ``items`` at most once each, and nothing else.
+
+    Cheap proof for a body msgspec decoded: the decoded records are found in the body one
+    after another (a ``Raw`` value never starts with whitespace or a comma, so the first hit
+    of the first record is normally the record itself, and each next one must follow a
+    comma), and the small skeleton left with one stand-in number in their place is checked
+    by the scanner, which decodes escaped keys and keeps repeats. The stand-in must be the
+    skeleton's only items element, so a record found at the wrong place (inside the id, say)
+    fails the proof; False only means "read the whole body with the scanner".
+    """
+    if items:
+        span = _records_span(body, items)
+        if span is None:
+            return False
+        skeleton = body[: span[0]] + _STAND_IN + body[span[1] :]
+        if skeleton.count(_STAND_IN) != 1:
+            return False
+        expected = [_STAND_IN]
+    else:
+        skeleton, expected = body, []  # no records: the body is its own (small) skeleton
+    found = scan(skeleton)
+    if found.error is not None:
+        return False
+    names = [key for key, _ in found.keys]
+    if len(set(names)) != len(names) or not ENVELOPE_KEYS.issuperset(names):
+        return False
+    return (found.items or []) == expected
+
+
+def _records_span(body: bytes, items: list[msgspec.Raw]) -> tuple[int, int] | None:
+    """(start of the first record, end of the last) when the records follow each other in
+    ``body`` separated by single commas, as they do inside one items list; else None."""
+    start = body.find(items[0])
+    if start < 0:
+        return None
+    compact = b",".join(items)  # one comparison for the usual body (a loop costs 0.3 ms per 500)
+    if body.startswith(compact, start):
+        return start, start + len(compact)
+    end = start + len(items[0])
+    for raw in items[1:]:
+        comma = _COMMA.match(body, end)
+        if comma is None or not body.startswith(raw, comma.end()):
+            return None
+        end = comma.end() + len(raw)
+    return start, end
 
 
 def _scanned(body: bytes) -> Envelope | str:
@@ -529,7 +586,9 @@ def _envelope_of(
         except (msgspec.DecodeError, RecursionError) as exc:  # pragma: no cover - read once already
             return f"the body is not valid JSON ({exc})"
     other = tuple(key for key, _ in keys if key not in ENVELOPE_KEYS)
-    return Envelope(id=batch_id, items=raw_items, other_keys=other)
+    counts = Counter(key for key, _ in keys)
+    repeated = tuple(key for key, count in counts.items() if count > 1)
+    return Envelope(id=batch_id, items=raw_items, other_keys=other, repeated_keys=repeated)
 
 
 def envelope_id(body: bytes) -> str | None:
@@ -537,19 +596,39 @@ def envelope_id(body: bytes) -> str | None:
 
     A body that decodes gives its id. A body cut short or broken gives the id only when the
     scanner met it as a key of the outer object before the break (a record's ``id`` sits
-    deeper, whatever comes first in the text).
+    deeper, whatever comes first in the text). A body holding ``id`` twice has no proven id.
     """
     found = read_envelope(body)
     if isinstance(found, Envelope):
-        return found.batch_id
-    for key, raw in scan(body).keys:
-        if key == "id":
-            try:
-                value = _ID_DECODER.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                return None
-            return None if value is None else str(value)
-    return None
+        return None if "id" in found.repeated_keys else found.batch_id
+    ids = [raw for key, raw in scan(body).keys if key == "id"]
+    if len(ids) != 1:
+        return None  # none, or two ids before the break: neither is proven the batch's
+    try:
+        value = _ID_DECODER.decode(ids[0])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return None if value is None else str(value)
+
+
+def sighting_digest(body: bytes) -> str:
+    """The name a quarantined body is stored and counted under, the same across redeliveries.
+
+    The service redelivers an unacknowledged batch under a new id, so a hash of the whole body
+    never repeats. Hashed instead: the body with the value of each top-level ``id`` key (as
+    the scanner reads the envelope: escaped spellings included, a record's ``id`` never, and
+    in a body cut short only the ids before the break) replaced by ``null``; a body without
+    one is hashed whole. SHA-256, hex. A redelivery that regroups the records is another body.
+    """
+    found = scan(body)
+    spans = [span for (key, _), span in zip(found.keys, found.spans, strict=True) if key == "id"]
+    parts: list[bytes] = []
+    pos = 0
+    for start, end in spans:
+        parts += [body[pos:start], b"null"]
+        pos = end
+    parts.append(body[pos:])
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def is_ackable_id(batch_id: object) -> bool:
@@ -603,6 +682,8 @@ def classify_body(body: bytes) -> BatchBody:
     if isinstance(envelope, str):
         found = envelope_id(body)
         return BatchBody("problem", batch_id=found if is_ackable_id(found) else None, problem=envelope)
+    if envelope.repeated_keys:
+        return _repeated_keys_problem(envelope)
     batch_id = envelope.batch_id
     if batch_id is None:
         count = len(envelope.items or ())
@@ -635,3 +716,16 @@ def classify_body(body: bytes) -> BatchBody:
     if not items:
         return BatchBody("empty_batch", batch_id=batch_id)
     return BatchBody("data", batch_id=batch_id, items=items)
+
+
+def _repeated_keys_problem(envelope: Envelope) -> BatchBody:
+    """A body holding a top-level key twice: ``{"id":X,"items":[r1,r2],"items":[]}`` reads as an
+    empty batch when the last key wins, and two ids name two batches: neither may be deleted."""
+    batch_id = None if "id" in envelope.repeated_keys else envelope.batch_id
+    keys = ", ".join(repr(key) for key in envelope.repeated_keys[:10])
+    return BatchBody(
+        "problem",
+        batch_id=batch_id if is_ackable_id(batch_id) else None,
+        problem=f"the batch object holds the top-level key(s) {keys} more than once (a JSON reader "
+        "keeps only one of each, so records could be lost): it is not acknowledged",
+    )

@@ -44,6 +44,7 @@ from airflow_provider_ktexport.lake.layout import (
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table
+from airflow_provider_ktexport.protocol import sighting_digest
 
 __all__ = [
     "EVENT_DATE_COLUMN",
@@ -323,9 +324,14 @@ class IcebergSink:
     # -- quarantine --------------------------------------------------------------------------------
 
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
-        """One row per sighting in ``<namespace>._quarantine``; the body itself only the first time."""
-        digest = hashlib.sha256(body).hexdigest()
-        first = self.quarantine_sightings(body) == 0
+        """One row per sighting in ``<namespace>._quarantine``; the body itself only the first time.
+
+        Rows are keyed by :func:`~airflow_provider_ktexport.protocol.sighting_digest` (the body's
+        SHA-256 with its envelope id blanked), so redeliveries under new ids count as sightings
+        of one body (its column still named ``sha256``).
+        """
+        digest = sighting_digest(body)
+        first = self._sightings(digest) == 0
         row = pa.table(
             {
                 "sha256": [digest],
@@ -341,14 +347,24 @@ class IcebergSink:
         return f"{self.uri(QUARANTINE_TABLE)}#sha256={digest}"
 
     def quarantine_sightings(self, body: bytes) -> int:
+        return self._sightings(sighting_digest(body))
+
+    def quarantine_kept(self, body: bytes) -> bool:
+        """Whether the table, read afresh, holds this body (its id aside) in a row of its digest."""
+        digest = sighting_digest(body)
+        stored = self._quarantine_rows(digest, ("sha256", "body"))
+        return any(b is not None and sighting_digest(b) == digest for b in stored.column("body").to_pylist())
+
+    def _sightings(self, digest: str) -> int:
+        return self._quarantine_rows(digest, ("sha256",)).num_rows
+
+    def _quarantine_rows(self, digest: str, fields: tuple[str, ...]) -> pa.Table:
         handle = self._load(QUARANTINE_TABLE)
         if handle is None:
-            return 0
-        digest = hashlib.sha256(body).hexdigest()
-        found = handle.scan(
-            row_filter=self._ice.expressions.EqualTo("sha256", digest), selected_fields=("sha256",)
+            return pa.table({name: pa.array([], _QUARANTINE_SCHEMA.field(name).type) for name in fields})
+        return handle.scan(
+            row_filter=self._ice.expressions.EqualTo("sha256", digest), selected_fields=fields
         ).to_arrow()
-        return found.num_rows
 
     def close(self) -> None:
         """Nothing to release: the catalog is the caller's."""

@@ -71,6 +71,8 @@ class Sink(Protocol):
 
     def quarantine_sightings(self, body: bytes) -> int: ...
 
+    def quarantine_kept(self, body: bytes) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -137,6 +139,9 @@ class ParquetSink:
 
     def quarantine_sightings(self, body: bytes) -> int:
         return self.writer.quarantine_sightings(body)
+
+    def quarantine_kept(self, body: bytes) -> bool:
+        return self.writer.quarantine_kept(body)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -21,7 +21,6 @@ published first (then the smaller writer id), which every reader computes alike.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from airflow_provider_ktexport.lake.variants import (
     fit_table,
     needs_fit,
 )
+from airflow_provider_ktexport.protocol import sighting_digest
 
 __all__ = ["LakeWriter", "WrittenFile"]
 
@@ -425,14 +425,17 @@ class LakeWriter:
     # -- quarantine and housekeeping ---------------------------------------------------------------
 
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
-        """Store an undecodable body once: ``_quarantine/<sha256>.body`` plus a ``.json`` sidecar.
+        """Store an undecodable body once: ``_quarantine/<digest>.body`` plus a ``.json`` sidecar.
 
-        Every call also counts a sighting in ``<sha256>.seen`` (see :meth:`quarantine_sightings`).
-        Pass the body with the API key already redacted.
+        ``digest`` is :func:`~airflow_provider_ktexport.protocol.sighting_digest`: the body's
+        SHA-256 with its envelope id blanked, so a redelivery under a new id is the same body,
+        stored once (the first delivery's copy and id are kept). Every call also counts a
+        sighting in ``<digest>.seen`` (see :meth:`quarantine_sightings`). Pass the body with the
+        API key already redacted.
 
         :return: the URI of the stored body
         """
-        digest = hashlib.sha256(body).hexdigest()
+        digest = sighting_digest(body)
         body_path = self._join(QUARANTINE_DIR, f"{digest}.body")
         meta_path = self._join(QUARANTINE_DIR, f"{digest}.json")
         uri = self.uri_of(body_path)
@@ -454,12 +457,34 @@ class LakeWriter:
             seen = {"count": self._sightings(digest) + 1, "last_seen": now, "last_reason": reason}
             self._put(self._join(QUARANTINE_DIR, f"{digest}.seen"), json.dumps(seen).encode("utf-8"))
         except Exception as exc:
-            raise KtExportWriteError(f"Quarantining a body to {uri} failed: {exc}", destination=uri) from exc
+            raise _quarantine_failed(uri, exc) from exc
         return uri
 
     def quarantine_sightings(self, body: bytes) -> int:
-        """How many times :meth:`quarantine` stored this body, over all runs and writers."""
-        return self._sightings(hashlib.sha256(body).hexdigest())
+        """How many times :meth:`quarantine` stored this body (under any batch id), over all runs
+        and writers."""
+        return self._sightings(sighting_digest(body))
+
+    def quarantine_kept(self, body: bytes) -> bool:
+        """Whether the stored copy of ``body``, read back, is this body (its id aside): what an
+        acknowledgement of a quarantined batch rests on, as a flush's rest on its files read back.
+
+        A copy that is missing or reads back as another body is stored again, and False is
+        returned: that delivery is not acknowledged, a later one can be.
+        """
+        digest = sighting_digest(body)
+        body_path = self._join(QUARANTINE_DIR, f"{digest}.body")
+        try:
+            if sighting_digest(self.fs.cat_file(body_path)) == digest:
+                return True
+        except FileNotFoundError:
+            pass
+        log.warning("The quarantined copy %s is missing or damaged: storing it again", self.uri_of(body_path))
+        try:
+            self._put(body_path, bytes(body))
+        except Exception as exc:
+            raise _quarantine_failed(self.uri_of(body_path), exc) from exc
+        return False
 
     def _sightings(self, digest: str) -> int:
         try:
@@ -488,6 +513,10 @@ class LakeWriter:
         if removed:
             log.info("Removed %d leftover temporary files under %s", removed, self.root)
         return removed
+
+
+def _quarantine_failed(uri: str, exc: Exception) -> KtExportWriteError:
+    return KtExportWriteError(f"Quarantining a body to {uri} failed: {exc}", destination=uri)
 
 
 _READER_NAMES = ("read_lake", "read_lake_pandas", "read_lake_table")

@@ -195,7 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             and "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
         ):
             # Level 1: the emulator's CPU should not dominate a drain benchmark.
-            body = gzip.compress(body, compresslevel=1, mtime=0)
+            # A gzip_trailer fault: zero bytes after the end of the gzip stream.
+            body = gzip.compress(body, compresslevel=1, mtime=0) + bytes(resp.trailer)
             headers["Content-Encoding"] = "gzip"
             self.server.emulator._count("gzip_responses")
         self.send_response(resp.status)

@@ -61,12 +61,24 @@ FAULT_NAMES: tuple[str, ...] = (
     "items_missing",
     "items_null",
     "items_renamed",
+    "items_twice",
+    "items_escaped",
+    "id_twice",
+    "gzip_trailer",
 )
 #: Envelope faults: the batch is leased and served with its id but no readable ``items`` (the key
 #: left out, ``null``, or renamed to ``records``): a client must never acknowledge such a batch.
 ENVELOPE_FAULTS: tuple[str, ...] = ("items_missing", "items_null", "items_renamed")
+#: Faults of a batch's first delivery only (what a broken proxy or gateway makes of a body); its
+#: redelivery is served properly. ``items_twice`` adds ``"items":[]`` after the records,
+#: ``items_escaped`` adds it spelled ``"i\u0074ems"``, ``id_twice`` adds a second id: a reader
+#: that keeps the last key sees an empty batch or another id. ``gzip_trailer`` appends
+#: ``gzip_trailer_bytes`` zero bytes after the end of the gzip stream.
+FIRST_DELIVERY_FAULTS: tuple[str, ...] = ("items_twice", "items_escaped", "id_twice", "gzip_trailer")
+#: The first-delivery faults whose records a reader keeping the last key never sees.
+_REPEATED_KEY_FAULTS = ("items_twice", "items_escaped", "id_twice")
 #: Fault settings that are not rates.
-FAULT_SETTINGS: dict[str, float] = {"retry_after": 1.0, "slow_seconds": 2.0}
+FAULT_SETTINGS: dict[str, float] = {"retry_after": 1.0, "slow_seconds": 2.0, "gzip_trailer_bytes": 1 << 20}
 _PRE_LEASE = ("reset", "status_429", "status_502", "status_503", "status_504", "html_error")
 _HTML_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -85,6 +97,8 @@ class Response:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     reset: bool = False
+    #: Zero bytes sent after the end of the gzip stream (the ``gzip_trailer`` fault).
+    trailer: int = 0
 
 
 @dataclass
@@ -127,6 +141,22 @@ def _as_record(entry: _Entry) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {"emulator_seq": entry.seq, "_raw": entry.raw.decode("utf-8", "replace")}
     return record if isinstance(record, dict) else {"emulator_seq": entry.seq, "_raw": entry.raw.decode()}
+
+
+def _batch_body(batch_id: bytes, records: bytes, fault: str | None) -> bytes:
+    """A leased batch's body, as ``fault`` (an envelope fault, or None) breaks it."""
+    if fault == "items_missing":
+        return b'{"id":"%b"}' % batch_id
+    if fault == "items_null":
+        return b'{"id":"%b","items":null}' % batch_id
+    if fault == "items_renamed":
+        return b'{"id":"%b","records":[%b]}' % (batch_id, records)
+    tail = {
+        "items_twice": b',"items":[]',
+        "items_escaped": b',"i\\u0074ems":[]',
+        "id_twice": b',"id":"%b"' % uuid.uuid4().hex.encode(),
+    }.get(fault or "", b"")
+    return b'{"id":"%b","items":[%b]%b}' % (batch_id, records, tail)
 
 
 def _error(status: int, message: str, **headers: str) -> Response:
@@ -554,20 +584,16 @@ class Emulator:
             if lease is None:
                 self._counts["empty_polls"] += 1
                 return _error(500, "No data available")
-            post = self._roll(("truncated", "invalid_utf8", *ENVELOPE_FAULTS))
+            first = all(e.deliveries == 1 for e in lease.entries)
+            post = self._roll(
+                ("truncated", "invalid_utf8", *ENVELOPE_FAULTS, *(FIRST_DELIVERY_FAULTS if first else ()))
+            )
             slow = self._roll(("slow",))
-            if post in ENVELOPE_FAULTS:
+            if post in ENVELOPE_FAULTS or post in _REPEATED_KEY_FAULTS:
                 self._broken_leases.add(lease.id)
                 self._counts["broken_envelopes"] += 1
-        records = b",".join(e.raw for e in lease.entries)
-        if post == "items_missing":
-            body = b'{"id":"%b"}' % lease.id.encode()
-        elif post == "items_null":
-            body = b'{"id":"%b","items":null}' % lease.id.encode()
-        elif post == "items_renamed":
-            body = b'{"id":"%b","records":[%b]}' % (lease.id.encode(), records)
-        else:
-            body = b'{"id":"%b","items":[%b]}' % (lease.id.encode(), records)
+            trailer = int(self._faults["gzip_trailer_bytes"]) if post == "gzip_trailer" else 0
+        body = _batch_body(lease.id.encode(), b",".join(e.raw for e in lease.entries), post)
         if post == "truncated":
             body = body[: len(body) // 2]
         elif post == "invalid_utf8":
@@ -576,7 +602,7 @@ class Emulator:
             body = body[:cut] + b"\xff\xfe\xc3" + body[cut:]
         if slow:
             time.sleep(self._faults["slow_seconds"])
-        return Response(200, body, {"Content-Type": _JSON})
+        return Response(200, body, {"Content-Type": _JSON}, trailer=trailer)
 
     def _scripted(self, s: _Script) -> Response:
         # Caller holds the lock.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -570,6 +572,51 @@ def test_acking_a_broken_envelope_is_counted(emu: Emulator) -> None:
     batch_id = _get(emu).json()["id"]
     assert _ack(emu, batch_id).status_code == 200
     assert emu.stats()["acked_broken_envelopes"] == 1  # what a test asserts stays 0 for a client
+
+
+@pytest.mark.parametrize(
+    ("fault", "tail"),
+    [
+        ("items_twice", b',"items":[]}'),
+        ("items_escaped", b',"i\\u0074ems":[]}'),
+        ("id_twice", None),
+    ],
+)
+def test_first_delivery_faults_break_only_the_first_delivery(
+    emu: Emulator, fault: str, tail: bytes | None
+) -> None:
+    emu.generate(5)
+    emu.set_faults(**{fault: 1.0})  # left on: the redelivery must still come out whole
+    first = _get(emu).content
+    lease_id = first[len(b'{"id":"') : first.index(b'","items":[{')]
+    if tail is None:  # a second id, not the lease's
+        second = first.rsplit(b',"id":"', 1)[1]
+        assert first.endswith(b'}],"id":"' + second) and second[:-2] != lease_id
+    else:
+        assert first.endswith(b"}]" + tail)
+    assert emu.stats()["broken_envelopes"] == 1
+    _wait_for(lambda: emu.stats()["leased"] == 0)  # never acked: the records come back
+    again = _get(emu)
+    proper = {"id": again.json()["id"], "items": again.json()["items"]}
+    assert again.content == json.dumps(proper, separators=(",", ":"), ensure_ascii=False).encode()
+    assert sorted(_seqs(again)) == [1, 2, 3, 4, 5]
+    assert emu.stats()["faults"][fault] == 1
+
+
+def test_gzip_trailer_follows_the_end_of_the_gzip_stream(emu: Emulator) -> None:
+    emu.generate(5)
+    emu.set_faults(gzip_trailer=1.0, gzip_trailer_bytes=4096)
+    r = _get(emu, headers={**HDR, "Accept-Encoding": "gzip"}, stream=True)
+    wire = r.raw.read(decode_content=False)
+    assert r.headers["Content-Encoding"] == "gzip" and wire.endswith(bytes(4096))
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    body = inflater.decompress(wire)
+    assert inflater.eof and inflater.unused_data == bytes(4096)
+    assert [i["emulator_seq"] for i in json.loads(body)["items"]] == [1, 2, 3, 4, 5]
+    assert emu.stats()["broken_envelopes"] == 0  # its records are all there
+    _wait_for(lambda: emu.stats()["leased"] == 0)
+    again = _get(emu, headers={**HDR, "Accept-Encoding": "gzip"}, stream=True).raw.read(decode_content=False)
+    assert json.loads(gzip.decompress(again))["items"] and not again.endswith(bytes(16))
 
 
 def test_distinct_pool_reuses_content_with_unique_seqs() -> None:

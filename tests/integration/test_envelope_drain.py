@@ -3,11 +3,16 @@ quarantined and never acknowledged, and its records land after redelivery (desig
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
-from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS
+from airflow_provider_ktexport.exceptions import KtExportBodyTooLargeError
+from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, FIRST_DELIVERY_FAULTS, Emulator
 from tests.integration.test_crash_recovery import audit
-from tests.integration.test_faults import LEASE, drain, emulator
+from tests.integration.test_faults import LEASE, client_for, drain, emulator
+from tests.integration.test_poison import guard_acks
 
 pytestmark = pytest.mark.integration
 
@@ -25,4 +30,58 @@ def test_broken_envelopes_are_quarantined_never_acknowledged_and_their_records_l
         audit(emu, lake, emitted)  # every record in the lake, copies only of real redeliveries
     assert broken > 0 and first.quarantined == broken
     assert stats["acked_broken_envelopes"] == 0  # no DELETE for a body whose records were unread
-    assert len(list((lake / "_quarantine").glob("*.body"))) == broken
+    # Each broken delivery is a sighting; bodies alike but for their id ({"id":"..."}) are stored once.
+    assert sightings(lake) == broken
+    assert len(list((lake / "_quarantine").glob("*.body"))) < broken
+
+
+def sightings(lake) -> int:
+    return sum(json.loads(p.read_text())["count"] for p in (lake / "_quarantine").glob("*.seen"))
+
+
+def wait_for_leases_to_end(emu: Emulator, seconds: float = 30.0) -> None:
+    end = time.monotonic() + seconds
+    while emu.stats()["leased"]:
+        assert time.monotonic() < end, "the leases never ended"
+        time.sleep(0.05)
+
+
+def test_first_delivery_faults_are_quarantined_once_each_and_land_after_the_lease(tmp_path):
+    """A body read last-key-wins (items twice, items escaped, two ids) must never be acknowledged
+    as an empty batch; zero bytes after the gzip end (within max_body_bytes) change nothing."""
+    lake = tmp_path / "lake"
+    violations: list[str] = []
+    with emulator(batch_size=20) as emu:
+        emitted = emu.generate(400)
+        guard_acks(emu, lake, violations)  # vetoes (and records) a DELETE before the records are in
+        emu.set_faults(**dict.fromkeys(FIRST_DELIVERY_FAULTS, 0.15), gzip_trailer_bytes=256 * 1024)
+        first = drain(emu, lake)
+        stats = emu.stats()
+        broken = stats["broken_envelopes"]
+        wait_for_leases_to_end(emu)  # the faults stay on: a redelivery is served whole
+        drain(emu, lake, until=LEASE + 1.5)  # and what a slow ack let expire meanwhile
+        final = emu.stats()
+        audit(emu, lake, emitted)  # every record in the lake, copies only of real redeliveries
+    assert violations == []
+    assert all(stats["faults"][name] >= 1 for name in FIRST_DELIVERY_FAULTS), stats["faults"]
+    assert broken == sum(stats["faults"][n] for n in ("items_twice", "items_escaped", "id_twice"))
+    assert first.quarantined == broken and final["acked_broken_envelopes"] == 0
+    assert len(list((lake / "_quarantine").glob("*.body"))) == broken  # one copy each
+    assert sightings(lake) == broken
+    assert final["queued"] == 0 and final["leased"] == 0
+
+
+def test_a_gzip_trailer_past_max_body_bytes_is_refused_and_its_batch_comes_back_whole():
+    with emulator(batch_size=20) as emu:
+        emitted = emu.generate(20)
+        emu.set_faults(gzip_trailer=1.0, gzip_trailer_bytes=4 * 1024 * 1024)
+        with client_for(emu, max_body_bytes=1024 * 1024) as client:
+            with pytest.raises(KtExportBodyTooLargeError, match="max_body_bytes"):
+                client.get_batch()
+            wait_for_leases_to_end(emu)
+            seqs: list[int] = []
+            while (batch := client.get_batch()) is not None:  # a redelivery may regroup the records
+                seqs += [r["emulator_seq"] for r in batch.items]
+                assert client.ack(batch.id)
+        assert sorted(seqs) == [r["emulator_seq"] for r in emitted]
+        assert emu.stats()["faults"]["gzip_trailer"] == 1 and emu.stats()["queued"] == 0

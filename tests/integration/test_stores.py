@@ -130,6 +130,9 @@ def test_quarantine_stores_the_body_once_and_counts_sightings(store: Store) -> N
     assert first == second and first.startswith(f"{store.uri}/_quarantine/")
     assert store.fs.cat_file(store.root + first[len(store.uri) :]) == body
     assert writer.quarantine_sightings(body) == 2
+    # Redelivered under a new id: the same body, one stored copy, read back before an ack.
+    assert writer.quarantine(body.replace(b"b7", b"b8"), reason="truncated JSON", batch_id="b8") == first
+    assert writer.quarantine_sightings(body) == 3 and writer.quarantine_kept(body.replace(b"b7", b"b9"))
     assert [p.rsplit(".", 1)[1] for p in store.files()] == ["body", "json", "seen"]
     assert store.data_files() == []
 

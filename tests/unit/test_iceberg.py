@@ -138,6 +138,21 @@ def test_quarantine_counts_sightings_in_a_table(tmp_path):
     assert [r["body"] for r in rows].count(body) == 1  # the body is stored once
 
 
+def test_quarantine_counts_a_body_redelivered_under_new_ids(tmp_path):
+    sink = IcebergSink(catalog_for(tmp_path))
+    for n in (1, 2, 3):
+        body = b'{"id":"lease-%d","items":[{"a":1}],"items":[]}' % n
+        _, client = drain_into(
+            sink,
+            [KtExportProtocolError("items twice", body=body, batch_id=f"lease-{n}")],
+            ack_quarantined=True,
+        )
+        assert client.acks == ([] if n < 3 else ["lease-3"])
+    assert sink.quarantine_sightings(b'{"id":"other","items":[{"a":1}],"items":[]}') == 3
+    assert sink.quarantine_kept(b'{"id":"x","items":[{"a":1}],"items":[]}')
+    assert not sink.quarantine_kept(b'{"id":"x","items":[{"a":2}],"items":[]}')
+
+
 def test_two_drains_on_one_catalog_both_commit(tmp_path):
     catalog_for(tmp_path)  # create the warehouse folder
     errors: list[BaseException] = []

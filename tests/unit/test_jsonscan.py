@@ -98,3 +98,14 @@ def test_a_hundred_thousand_levels_need_no_recursion() -> None:
     found = scan(b'{"id":"d","items":[' + deep + b"," + deep + b"]}")
     assert found.error is None
     assert found.items == [deep, deep]
+
+
+def test_each_key_keeps_where_its_value_sits_repeats_and_escapes_included() -> None:
+    body = b'{ "id" : "A" ,"items":[{"id":"r"}], "i\\u0064":\t7 , "items" :[] }'
+    found = scan(body)
+    assert found.error is None
+    assert [key for key, _ in found.keys] == ["id", "items", "id", "items"]
+    assert [body[start:end] for start, end in found.spans] == [raw for _, raw in found.keys]
+    assert [raw for _, raw in found.keys] == [b'"A"', b'[{"id":"r"}]', b"7", b"[]"]
+    cut = scan(b'{"id":"A","items":[{"id":"r"},')  # cut short: the id before the cut only
+    assert cut.error is not None and [key for key, _ in cut.keys] == ["id"] and cut.spans == [(6, 9)]

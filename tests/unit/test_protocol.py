@@ -29,6 +29,7 @@ from airflow_provider_ktexport.protocol import (
     read_envelope,
     redact,
     redact_bytes,
+    sighting_digest,
     transient_status_error,
 )
 
@@ -301,6 +302,121 @@ def test_envelope_rules(body: bytes, kind: str, batch_id: str | None) -> None:
     assert (verdict.kind, verdict.batch_id) == (kind, batch_id), verdict
     assert bool(verdict.problem) == (kind == "problem")
     assert bool(verdict.items) == (kind == "data")
+
+
+_RECORDS = b'[{"a":1},{"b":"x,y"},{"c":[1,2]}]'
+
+
+@pytest.mark.parametrize(
+    ("body", "batch_id"),
+    [
+        (b'{"id":"x-1","items":' + _RECORDS + b',"items":[]}', "x-1"),
+        (b'{"id":"x-1","items":[],"items":' + _RECORDS + b"}", "x-1"),
+        (b'{"items":' + _RECORDS + b',"id":"x-1","items":[]}', "x-1"),
+        (b'{"id":"x-1","items":' + _RECORDS + b',"i\\u0074ems":[]}', "x-1"),
+        (b'{"id":"x-1","\\u0069\\u0074\\u0065\\u006d\\u0073":' + _RECORDS + b',"items":[]}', "x-1"),
+        (b'{"id":"x-1","items":' + _RECORDS + b',"items":' + _RECORDS + b"}", "x-1"),
+        (b'{ "id" : "x-1" ,\n "items" : ' + _RECORDS + b' ,\n\t"items" : [ ] }', "x-1"),
+        (b'{"items":' + _RECORDS + b',"items":[]}', None),  # no id: still never read as empty
+        # Two ids name two batches: deleting either could drop the other's records.
+        (b'{"id":"A","items":' + _RECORDS + b',"id":"B"}', None),
+        (b'{"id":"A","items":' + _RECORDS + b',"\\u0069d":"B"}', None),
+        (b'{"\\u0069d":"A","items":[],"id":"A"}', None),
+        (b'{"id":"A","id":"A","items":' + _RECORDS + b"}", None),
+    ],
+    ids=[
+        "items-then-empty",
+        "empty-then-items",
+        "items-around-id",
+        "escaped-items",
+        "all-escaped-items",
+        "items-twice-same",
+        "whitespace",
+        "no-id",
+        "id-twice",
+        "escaped-id-twice",
+        "escaped-id-empty-batch",
+        "same-id-twice",
+    ],
+)
+def test_a_repeated_top_level_key_is_a_problem_never_an_empty_batch(
+    body: bytes, batch_id: str | None
+) -> None:
+    verdict = classify_body(body)
+    assert (verdict.kind, verdict.batch_id) == ("problem", batch_id), verdict
+    assert "more than once" in verdict.problem and verdict.items == []
+    if batch_id is None:
+        assert envelope_id(body) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "batch_id"),
+    [
+        (b'{"id":"x-1","i\\u0074ems":' + _RECORDS + b"}", "data", "x-1"),  # one items, escaped
+        (b'{"\\u0069d":"x-1","items":[]}', "empty_batch", "x-1"),
+        (b'{"id":"x-1","items":' + _RECORDS + b',"next":1,"next":2}', "problem", "x-1"),
+        (b'{"id":"x-1","items":' + _RECORDS + b',"i\\u0074em":[]}', "problem", "x-1"),  # unknown key
+    ],
+)
+def test_escaped_keys_are_read_as_their_text(body: bytes, kind: str, batch_id: str) -> None:
+    verdict = classify_body(body)
+    assert (verdict.kind, verdict.batch_id) == (kind, batch_id), verdict
+    if kind == "data":
+        assert verdict.items == [b'{"a":1}', b'{"b":"x,y"}', b'{"c":[1,2]}']
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"d-1","items":' + _RECORDS + b"}",
+        b'{"items":' + _RECORDS + b',"id":"d-1"}',
+        b'{ "id" : "d-1" , "items" : [ {"a":1} ,\n\t{"b":"x,y"},\r\n{"c":[1,2]} ] }',
+        b'{"id":"1","items":[1,"1",[1],{"1":1}]}',  # a record's text also inside the id
+        b'{"id":"d-1","items":[-0.0e-0,{"a":1}]}',  # the skeleton's own stand-in as a record
+        b'{"id":"d-1","items":[{"a":1},{"a":1},{"a":1}]}',
+    ],
+    ids=["compact", "id-last", "whitespace", "record-in-id", "stand-in", "repeats"],
+)
+def test_an_ordinary_body_is_data_as_before(body: bytes) -> None:
+    verdict = classify_body(body)
+    assert (verdict.kind, verdict.batch_id) == ("data", verdict.batch_id) and verdict.batch_id in ("d-1", "1")
+    found = read_envelope(body)
+    assert isinstance(found, Envelope) and not found.repeated_keys
+    assert verdict.items == [bytes(raw) for raw in found.items or ()]
+
+
+def test_an_ordinary_body_keeps_the_one_pass_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain's hot path: a usual body is proven sound without scanning its records."""
+    import airflow_provider_ktexport.protocol as protocol
+
+    def no_full_scan(body: bytes) -> None:
+        raise AssertionError("the whole body was scanned")
+
+    monkeypatch.setattr(protocol, "_scanned", no_full_scan)
+    records = b",".join(b'{"n":%d,"s":"a,b]}"}' % n for n in range(500))
+    verdict = classify_body(b'{"id":"d-1","items":[' + records + b"]}")
+    assert verdict.kind == "data" and len(verdict.items) == 500
+
+
+def test_a_sighting_digest_is_the_same_for_a_body_redelivered_under_a_new_id() -> None:
+    def body(batch_id: bytes, tail: bytes = b',"items":[]}') -> bytes:
+        return b'{"id":' + batch_id + b',"items":[{"id":"rec-1"},{"id":"rec-2"}]' + tail
+
+    first = sighting_digest(body(b'"0c9a"'))
+    for other in (b'"ffffffffffffffff"', b"42", b"null", b'"\\u0041"'):
+        assert sighting_digest(body(other)) == first, other
+    assert sighting_digest(body(b'"A"').replace(b'"id"', b'"\\u0069d"', 1)) != first  # other text
+    # The same spelling with another id is one body; a record's own id is part of the body.
+    escaped = body(b'"A"').replace(b'"id"', b'"\\u0069d"', 1)
+    assert sighting_digest(escaped) == sighting_digest(escaped.replace(b'"A"', b'"B"', 1))
+    assert sighting_digest(body(b'"A"').replace(b"rec-2", b"rec-3")) != first
+    # Two ids (a problem body) and a body cut short after its id: each id blanked.
+    assert sighting_digest(body(b'"A"', b',"id":"B"}')) == sighting_digest(body(b'"C"', b',"id":"D"}'))
+    assert sighting_digest(b'{"id":"A","items":[{"a":1},') == sighting_digest(b'{"id":"B","items":[{"a":1},')
+    # Not JSON at all: the body itself.
+    import hashlib
+
+    assert sighting_digest(b"<html>502</html>") == hashlib.sha256(b"<html>502</html>").hexdigest()
 
 
 # -- errors with advice --------------------------------------------------------------------------------

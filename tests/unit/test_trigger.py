@@ -146,6 +146,25 @@ def test_a_changed_envelope_is_data_for_the_drain_and_never_acknowledged(body):
     assert script.deletes == []
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"id":"x-1","items":[{"a":1},{"a":2}],"items":[]}',
+        b'{"id":"x-1","items":[{"a":1},{"a":2}],"i\\u0074ems":[]}',
+        b'{"id":"x-1","items":[{"a":1}],"id":"x-2"}',
+    ],
+    ids=["items-twice", "items-escaped", "id-twice"],
+)
+def test_a_repeated_top_level_key_is_data_for_the_drain_never_an_empty_batch(content):
+    # Read last-key-wins, the first two are an empty batch (acknowledged at once): their records
+    # would be lost. The sensor and the AssetWatcher's event trigger share this prober.
+    script = Script(httpx.Response(200, content=content), batch(2, "next"))
+    found = asyncio.run(wait(script))
+    assert found is not None and found.record_count is None
+    assert found.batch_id == (None if b'"id":"x-2"' in content else "x-1")
+    assert script.deletes == []
+
+
 def test_a_deep_record_is_counted_not_raised():
     deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
     script = Script(httpx.Response(200, content=b'{"id":"d-1","items":[{"n":1},' + deep + b"]}"))

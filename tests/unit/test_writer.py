@@ -153,6 +153,37 @@ def test_quarantine_once_per_body(writer: LakeWriter, tmp_path: Path) -> None:
     assert (tmp_path / "_quarantine" / Path(first).name).read_bytes() == b"\x1f\x8b garbage"
 
 
+def test_a_body_redelivered_under_new_ids_is_stored_once_and_counted(
+    writer: LakeWriter, tmp_path: Path
+) -> None:
+    def body(batch_id: str) -> bytes:
+        return b'{"id":"%b","items":[{"a":1}],"items":[]}' % batch_id.encode()
+
+    uris = {
+        writer.quarantine(body(f"lease-{n}"), reason="items twice", batch_id=f"lease-{n}") for n in range(3)
+    }
+    assert len(uris) == 1
+    stored = sorted((tmp_path / "_quarantine").iterdir())
+    assert [p.suffix for p in stored] == [".body", ".json", ".seen"]
+    assert stored[0].read_bytes() == body("lease-0")  # the first delivery's copy
+    assert writer.quarantine_sightings(body("lease-9")) == 3
+    assert writer.quarantine_kept(body("lease-9"))
+
+
+def test_a_quarantined_copy_that_does_not_read_back_is_stored_again(
+    writer: LakeWriter, tmp_path: Path
+) -> None:
+    body = b'{"id":"q-1","items":[1,'
+    uri = writer.quarantine(body, reason="cut", batch_id="q-1")
+    path = tmp_path / "_quarantine" / Path(uri).name
+    path.write_bytes(body[:5])  # damaged after it was stored
+    assert not writer.quarantine_kept(body)
+    assert path.read_bytes() == body
+    assert writer.quarantine_kept(b'{"id":"q-2","items":[1,')
+    path.unlink()
+    assert not writer.quarantine_kept(body) and path.read_bytes() == body
+
+
 def test_schema_store_keeps_the_first_published_type(tmp_path: Path) -> None:
     fs = LocalFileSystem()
     w1 = LakeWriter(fs, str(tmp_path), writer_id="w1")
