@@ -8,8 +8,8 @@ pattern that masks any value is a rule for logs and error messages only
 (:func:`airflow_provider_ktexport.protocol.redact`).
 
 The key can be spelled many ways in a body: JSON writers escape ``"`` and ``\\`` (``\\"``,
-``\\\\``), some escape ``/`` (``\\/``, PHP and some Java), ``<>&'+``` (Go's and .NET's
-HTML-safe encoders, as ``\\u003c``) or everything past ASCII (``\\u00e9``, Python's
+``\\\\``), some escape ``/`` (``\\/``, PHP and some Java), ``<``, ``>``, ``&`` and more (Go's
+and .NET's HTML-safe encoders, as ``\\u003c``) or everything past ASCII (``\\u00e9``, Python's
 ``ensure_ascii``, either hex case, surrogate pairs past the BMP); a URL echoed into a body
 holds it percent-encoded. One regular expression accepts every one of those spellings for
 each character of the key, so every mix of them is masked. Letters, digits and ``_.-~`` are
