@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import TracebackType
@@ -38,6 +38,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportProtocolError,
     KtExportTransientError,
 )
+from airflow_provider_ktexport.keymask import key_mask
 from airflow_provider_ktexport.protocol import (
     AUTH_STATUSES,
     EMPTY_STATUSES,
@@ -287,9 +288,18 @@ class KtExportClient:
         return acked
 
     def redact_body(self, body: bytes) -> bytes:
-        """``body`` with this client's API key (raw, URL-encoded) and any ``token=`` value masked:
-        what a quarantined body or a rejected record may store."""
+        """``body`` with this client's API key masked in every spelling (raw, URL-encoded,
+        JSON-escaped) and nothing else changed: what a quarantined body may store."""
         return self.settings.redact_bytes(body)
+
+    def mask_records(self, raws: Sequence[bytes]) -> list[bytes]:
+        """Records fit to store (rows, ``_raw``, rejects): this client's API key masked inside
+        their JSON strings in every spelling, every other byte kept (see ``keymask.py``)."""
+        return key_mask(self.settings.api_key).records(raws)
+
+    def redact_text(self, text: str) -> str:
+        """Text for humans (a log line, an error message): the key and any ``token=`` value masked."""
+        return self.settings.redact(text)
 
     def check(self) -> None:
         """Prove the key is accepted without leasing data (for ``test_connection``).

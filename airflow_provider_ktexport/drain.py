@@ -52,7 +52,7 @@ from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
-from airflow_provider_ktexport.protocol import is_ackable_id
+from airflow_provider_ktexport.protocol import is_ackable_id, redact
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,16 @@ class Drain:
         self.buffer = Buffer(config.partition_by)
         self._schemas: dict[str, Any] = {}
         self._ack_pool = ThreadPoolExecutor(max_workers=ACK_CONCURRENCY, thread_name_prefix="ktexport-ack")
-        # The stored copies of bodies and rejected records must not hold the key either.
-        self._redact: Callable[[bytes], bytes] = getattr(client, "redact_body", None) or (lambda b: b)
+        # Stored data must not hold the key, yet must keep every other byte: the client masks its
+        # own key only (quarantined bodies anywhere, records inside their JSON strings); the
+        # quarantine's reason is text for humans, where the token= belt applies too.
+        self._redact_body: Callable[[bytes], bytes] = getattr(client, "redact_body", None) or (lambda b: b)
+        self._mask_records: Callable[[list[bytes]], list[bytes]] = getattr(client, "mask_records", None) or (
+            lambda raws: raws
+        )
+        self._redact_text: Callable[[str], str] = getattr(client, "redact_text", None) or (
+            lambda text: redact(text, None)
+        )
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -482,10 +490,8 @@ class Drain:
             self._hold(item)
 
     def _quarantine(self, exc: KtExportProtocolError) -> None:
-        body = self._redact(exc.body)
-        path = self.sink.quarantine(
-            body, reason=self._redact(str(exc).encode()).decode("utf-8", "replace"), batch_id=exc.batch_id
-        )
+        body = self._redact_body(exc.body)
+        path = self.sink.quarantine(body, reason=self._redact_text(str(exc)), batch_id=exc.batch_id)
         self.result.quarantined += 1
         self._metric("incr", "batches_quarantined", 1)
         outcome = "not acknowledged: the server will deliver it again after its lease"
@@ -524,7 +530,9 @@ class Drain:
             return
         t0 = time.monotonic()
         oldest_lease = min(b.leased_at for b in batches)
-        records = [raw for b in batches for raw in b.raw_items]
+        # Masked before anything is built, so rows, _raw, rejects and _record_key all come from the
+        # same text and the key is recoverable from none of them (not even by hashing guesses).
+        records = self._mask_records([raw for b in batches for raw in b.raw_items])
         batch_ids = [b.id for b in batches for _ in b.raw_items]
         ingested_at = datetime.now(UTC)
         landing = land_records(
@@ -541,9 +549,7 @@ class Drain:
             # schema) before any data at them is visible.
             self._schemas[part.record_type] = part.table.schema
         self._check_complete(batches, landing)
-        rejected = rejects_table(
-            landing.rejects, source=self.config.source, ingested_at=ingested_at, redact=self._redact
-        )
+        rejected = rejects_table(landing.rejects, source=self.config.source, ingested_at=ingested_at)
         info = FlushInfo(
             batch_ids=[b.id for b in batches],
             records=len(records) - len(landing.rejects),

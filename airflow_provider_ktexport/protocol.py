@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -31,6 +31,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportHTTPError,
     KtExportTransientError,
 )
+from airflow_provider_ktexport.keymask import MASK, MIN_API_KEY_LENGTH, key_mask
 
 __all__ = [
     "AUTH_HEADER",
@@ -99,11 +100,10 @@ BODY_EXCERPT_BYTES = 200
 #: The shortest pause between a waiting sensor's tries, even when jitter draws near zero.
 SENSOR_BACKOFF_FLOOR = 0.2
 
-_MASK = "***"
-_MASK_BYTES = b"***"
-# Any ``token=`` query value, whatever the key: a belt to the exact-key braces of redact().
+_MASK = MASK
+# Any ``token=`` query value, whatever the key: a belt to the exact-key braces of redact(), for
+# text shown to humans only (stored data changes the exact key only: keymask.py).
 _TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&\s'\"<>)]*")
-_TOKEN_IN_BYTES = re.compile(rb"(?i)([?&;]token=)[^&\s'\"<>)\\]*")
 # Whitespace or a control character inside a key: a paste gone wrong (a line break, a tab).
 _BAD_IN_KEY = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
@@ -112,25 +112,20 @@ _BAD_IN_KEY = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Return ``text`` with ``secret`` (raw and URL-encoded) and any ``token=`` query value masked."""
-    if secret:
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            text = text.replace(form, _MASK)
-    return _TOKEN_IN_URL.sub(r"\1" + _MASK, text)
+    """Text for humans (a log line, an error message): ``secret`` in every spelling (raw,
+    URL-encoded, JSON-escaped) and, as a belt, any ``token=`` query value masked."""
+    return _TOKEN_IN_URL.sub(r"\1" + _MASK, key_mask(secret).text(text))
 
 
 def redact_bytes(body: bytes, secret: str | None) -> bytes:
-    """Return ``body`` with ``secret`` and any ``token=`` value masked, for bodies kept in the lake.
+    """A body fit to store (a quarantined body): ``secret`` masked in every spelling, nothing else.
 
-    A proxy's error page or a body that echoes the request URL can hold the key: a quarantined
-    body or a rejected record must never store it. Masked forms: raw, URL-encoded (``%2F`` and
-    ``+`` styles) and JSON-escaped (``\\/``); any ``token=`` query value, whatever the key.
+    A proxy's error page or a body that echoes the request URL can hold the key, raw,
+    URL-encoded or JSON-escaped (``\\"``, ``\\\\``, ``\\/``, ``\\u00XX``). Stored data is kept
+    exactly otherwise: a ``token=`` value of another service's URL is data, not our key (the
+    ``token=`` belt of :func:`redact` is for text shown to humans only).
     """
-    if secret:
-        forms = {secret, quote(secret, safe=""), quote_plus(secret), secret.replace("/", "\\/")}
-        for form in sorted(forms, key=len, reverse=True):
-            body = body.replace(form.encode("utf-8"), _MASK_BYTES)
-    return _TOKEN_IN_BYTES.sub(rb"\1" + _MASK_BYTES, body)
+    return key_mask(secret).body(body)
 
 
 class RedactTokenFilter(logging.Filter):
@@ -229,8 +224,13 @@ def normalize_base_url(url: str, port: int | None = None) -> str:
 
 
 def check_api_key(value: Any, where: str) -> str:
-    """The key without surrounding spaces; refused when missing, blank, or holding whitespace or
-    control characters inside (``where``: the connection). The message never shows the key."""
+    """The key without surrounding spaces; refused when missing, blank, shorter than
+    :data:`MIN_API_KEY_LENGTH` characters, or holding whitespace or control characters inside
+    (``where``: the connection). The message never shows the key.
+
+    A short key is refused because the key is masked wherever stored data holds it: a key of a
+    few characters would match inside ordinary words and rewrite records that merely contain it.
+    """
     if not isinstance(value, str) or not value.strip():
         raise KtExportConfigError(f"no API key for {where}: set the key (the connection's password)")
     key = value.strip()
@@ -238,6 +238,13 @@ def check_api_key(value: Any, where: str) -> str:
         raise KtExportConfigError(
             f"the API key of {where} holds whitespace or a control character (a line break or tab "
             "pasted with it?): set the password again to the key alone"
+        )
+    if len(key) < MIN_API_KEY_LENGTH:
+        raise KtExportConfigError(
+            f"the API key of {where} has {len(key)} character{'s' if len(key) != 1 else ''}, shorter than the "
+            f"{MIN_API_KEY_LENGTH} this provider accepts (a key that short is no secret, and masking "
+            "it would rewrite stored records that merely contain it): set the connection's password "
+            "to the export task's full API key"
         )
     return key
 

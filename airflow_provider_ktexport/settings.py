@@ -119,7 +119,8 @@ class ClientSettings:
         return _USERINFO.sub(r"\1" + _MASK + "@", text)
 
     def redact_bytes(self, body: bytes) -> bytes:
-        """A body fit to store: the API key, ``token=`` values and proxy credentials masked."""
+        """A body fit to store (quarantine): the API key in every spelling and the proxy
+        credentials masked, nothing else (another service's ``token=`` value is data)."""
         body = redact_bytes(body, self.api_key)
         for secret in _proxy_secrets(self.proxy):
             body = body.replace(secret.encode("utf-8"), _MASK.encode())

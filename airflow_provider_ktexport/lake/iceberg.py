@@ -24,7 +24,6 @@ the table's location but in no snapshot: readers never see them, and orphan-file
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -340,12 +340,11 @@ def rejects_table(
     *,
     source: str,
     ingested_at: datetime,
-    redact: Callable[[bytes], bytes] = lambda b: b,
 ) -> dict[str, pa.Table]:
     """The rejects as one table per record type (the partition value), in :data:`REJECTS_SCHEMA`.
 
-    ``_raw`` is the record's exact text, with the API key masked by ``redact`` (a proxy that
-    echoes ``?token=`` into a record must not put the key in the lake).
+    ``_raw`` is the record's exact text as the drain passed it: the drain masks the API key in
+    every record before building anything (``KeyMask.records``), so no other text is changed.
     """
     by_type: dict[str, list[Reject]] = {}
     for r in rejects:
@@ -355,9 +354,9 @@ def rejects_table(
         n = len(group)
         out[rtype] = pa.Table.from_arrays(
             [
-                pa.array([redact(r.raw).decode("utf-8", "backslashreplace") for r in group], pa.string()),
+                pa.array([r.raw.decode("utf-8", "backslashreplace") for r in group], pa.string()),
                 pa.array([r.error_class for r in group], pa.string()),
-                pa.array([redact(r.error.encode()).decode("utf-8", "replace") for r in group], pa.string()),
+                pa.array([r.error for r in group], pa.string()),
                 pa.array([_key_or_none(r.raw) for r in group], pa.string()),
                 pa.array([r.batch_id for r in group], pa.string()),
                 pa.repeat(pa.scalar(ingested_at, TIMESTAMP), n),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from airflow_provider_ktexport.testing import emulator
 from airflow_provider_ktexport.testing.emulator import FAULT_NAMES, FAULT_SETTINGS, Emulator
-from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, KEY_TEXT_KINDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--poison-kinds",
         default="",
-        help=f"comma-separated hostile kinds (default all: {','.join(HOSTILE_KINDS)})",
+        help=f"comma-separated hostile kinds (default all: {','.join(HOSTILE_KINDS)}; "
+        f"named only: {','.join(KEY_TEXT_KINDS)})",
     )
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")

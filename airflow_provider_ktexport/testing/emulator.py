@@ -39,7 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, RecordGenerator, hostile_record
+from airflow_provider_ktexport.testing.records import (
+    HOSTILE_KINDS,
+    KEY_TEXT_KINDS,
+    RecordGenerator,
+    hostile_record,
+    key_text_record,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_ktexport.testing._http import _Server
@@ -186,7 +192,9 @@ class Emulator:
         breaks a naive pipeline, see :data:`~airflow_provider_ktexport.testing.records.HOSTILE_KINDS`.
         Which records is a pure function of ``(seed, emulator_seq)``; the kinds take turns.
         :meth:`hostile_records` tells which records were made hostile, with their exact bytes.
-    :param poison_kinds: the hostile kinds to use (default: all of them)
+    :param poison_kinds: the hostile kinds to use (default: all of :data:`HOSTILE_KINDS`); the
+        :data:`~airflow_provider_ktexport.testing.records.KEY_TEXT_KINDS` (good rows that echo the
+        API key or carry another service's ``token=`` URL) only when named here
     """
 
     def __init__(
@@ -422,9 +430,10 @@ class Emulator:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"poison rate {rate} is not within 0..1")
         chosen = tuple(kinds) if kinds else HOSTILE_KINDS
-        unknown = sorted(set(chosen) - set(HOSTILE_KINDS))
+        unknown = sorted(set(chosen) - set(HOSTILE_KINDS) - set(KEY_TEXT_KINDS))
         if unknown:
-            raise ValueError(f"unknown hostile kind(s) {unknown}; known: {list(HOSTILE_KINDS)}")
+            known = [*HOSTILE_KINDS, *KEY_TEXT_KINDS]
+            raise ValueError(f"unknown hostile kind(s) {unknown}; known: {known}")
         with self._cond:
             self._poison = rate
             self._poison_kinds = chosen
@@ -435,7 +444,10 @@ class Emulator:
         if random.Random(self.seed * 7_919 + seq * 104_729).random() >= self._poison:
             return None
         kind = self._poison_kinds[len(self._hostile) % len(self._poison_kinds)]
-        raw = hostile_record(kind, seq)
+        if kind in KEY_TEXT_KINDS:
+            raw = key_text_record(kind, seq, self.api_key)
+        else:
+            raw = hostile_record(kind, seq)
         self._hostile[seq] = (kind, raw)
         self._counts["hostile"] += 1
         return raw

@@ -391,3 +391,40 @@ def hostile_record(kind: str, seq: int) -> bytes:
     else:
         raise ValueError(f"unknown hostile kind {kind!r}; known: {', '.join(HOSTILE_KINDS)}")
     return b"{" + body + b',"emulator_seq":%d}' % seq
+
+
+# -- key-text records (poison mode, named in poison_kinds only) ---------------------------------------
+
+#: Records that are good rows yet test how the API key is masked in stored data (issue 18). Not
+#: in :data:`HOSTILE_KINDS`, whose records all end as rejects: served only when named in
+#: ``poison_kinds``.
+KEY_TEXT_KINDS: tuple[str, ...] = ("foreign_token_url", "api_key_echo")
+#: The other service's URL a ``foreign_token_url`` record carries: it must land exactly.
+FOREIGN_TOKEN_URL = "https://files.example.com/r.csv?token=abc123"  # noqa: S105 - not our key
+
+
+def key_text_record(kind: str, seq: int, api_key: str) -> bytes:
+    """The exact JSON text of a ``KEY_TEXT_KINDS`` record numbered ``seq`` (``emulator_seq``, last).
+
+    - ``foreign_token_url``: ``"file"`` holds :data:`FOREIGN_TOKEN_URL` and ``"map"`` an
+      upper-case ``TOKEN=`` URL: other services' tokens, data to land byte for byte
+    - ``api_key_echo``: a record echoing ``api_key`` as a proxy might, JSON-escaped the ways
+      writers do: ``"note"`` (``proxy said: GET /v2/stream?token=<key>``, ASCII-only escapes),
+      ``"echo"`` (``\\"`` and ``\\\\`` only) and ``"echo_slash"`` (``/`` as ``\\/`` too); each
+      lands with the key masked
+    """
+    if kind == "foreign_token_url":
+        body = b'"type":"telemetry","file":"%b","map":"https://maps.example.com/t?TOKEN=Zz9&x=1"' % (
+            FOREIGN_TOKEN_URL.encode()
+        )
+    elif kind == "api_key_echo":
+        note = json.dumps("proxy said: GET /v2/stream?token=" + api_key)
+        echo = json.dumps(api_key, ensure_ascii=False)
+        body = b'"type":"telemetry","note":%b,"echo":%b,"echo_slash":%b' % (
+            note.encode(),
+            echo.encode(),
+            echo.replace("/", "\\/").encode(),
+        )
+    else:
+        raise ValueError(f"unknown key-text kind {kind!r}; known: {', '.join(KEY_TEXT_KINDS)}")
+    return b"{" + body + b',"emulator_seq":%d}' % seq

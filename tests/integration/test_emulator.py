@@ -455,7 +455,7 @@ def test_unknown_paths_and_methods(emu: Emulator) -> None:
 
 def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
-    env = {**os.environ, "KTEXPORT_EMULATOR_KEY": "cli-key"}
+    env = {**os.environ, "KTEXPORT_EMULATOR_KEY": "cli-test-key"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow_provider_ktexport.testing.emulator", "--port", "0",
          "--port-file", str(port_file), "--records", "30", "--batch-size", "20", "--long-poll-seconds", "0.2",
@@ -465,7 +465,7 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     try:
         _wait_for(port_file.exists, 20)
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
-        r = requests.get(url + "/v2/stream", headers={"x-access-token": "cli-key"}, timeout=T)
+        r = requests.get(url + "/v2/stream", headers={"x-access-token": "cli-test-key"}, timeout=T)
         assert r.status_code == 200 and len(r.json()["items"]) == 20
         assert requests.get(url + "/v2/stream", headers=HDR, timeout=T).status_code == 401
         hostile = requests.get(url + "/_emulator/hostile", timeout=T).json()

@@ -204,8 +204,8 @@ def test_warehouse_dag_loads_the_files_its_asset_events_name_once(emulator, run_
 def test_mapped_dag_drains_two_export_tasks_side_by_side(run_dag, tmp_path):
     lake = tmp_path / "lake"
     with (
-        Emulator(api_key="us-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=1) as us,
-        Emulator(api_key="eu-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=2) as eu,
+        Emulator(api_key="us1-test-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=1) as us,
+        Emulator(api_key="eu1-test-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=2) as eu,
     ):
         us.generate(300)
         eu.generate(200)
@@ -238,7 +238,7 @@ def test_mapped_dag_drains_two_export_tasks_side_by_side(run_dag, tmp_path):
         published = LakeWriter(fsspec.filesystem("file"), str(lake)).load_schema(store.name)
         for data in (lake / f"record_type={store.name}").rglob("*.parquet"):
             assert set(pq.read_schema(data).names) <= set(published.names), data
-    assert "us-key" not in result.output and "eu-key" not in result.output
+    assert "us1-test-key" not in result.output and "eu1-test-key" not in result.output
 
 
 def test_compaction_dag_merges_files_and_removes_duplicates(emulator, run_dag, tmp_path):

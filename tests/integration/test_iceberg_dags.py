@@ -46,7 +46,9 @@ def test_example_iceberg_dag_commits_every_record_once_before_any_ack(run_dag, t
     props = catalog_props(tmp_path)
     violations: list[str] = []
     checked: list[str] = []
-    with Emulator(api_key="ice-key", lease_seconds=120, long_poll_seconds=1, batch_size=200, seed=5) as emu:
+    with Emulator(
+        api_key="iceberg-test-key", lease_seconds=120, long_poll_seconds=1, batch_size=200, seed=5
+    ) as emu:
         emu.generate(1200)  # the generator drifts after record 200: new fields appear
 
         def on_ack(batch_id: str, records: list[dict]) -> None:
@@ -123,7 +125,9 @@ KILL_BEFORE_COMMIT = textwrap.dedent(
 
 def test_a_kill_between_writing_and_committing_loses_nothing_and_shows_nothing(tmp_path):
     props = catalog_props(tmp_path)
-    with Emulator(api_key="ice-key", lease_seconds=4, long_poll_seconds=1, batch_size=50, seed=9) as emu:
+    with Emulator(
+        api_key="iceberg-test-key", lease_seconds=4, long_poll_seconds=1, batch_size=50, seed=9
+    ) as emu:
         emu.generate(300)
         proc = subprocess.run(
             [
@@ -179,7 +183,9 @@ def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
         "s3.secret-access-key": S3_KEY,
         "s3.region": "us-east-1",
     }
-    with Emulator(api_key="ice-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=2) as emu:
+    with Emulator(
+        api_key="iceberg-test-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=2
+    ) as emu:
         emu.generate(400)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
             result = Drain(

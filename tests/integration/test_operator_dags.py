@@ -109,7 +109,7 @@ def test_drain_to_s3_over_http(emulator, run_dag, s3_endpoint, s3_bucket):
 def test_short_leases_are_respected_while_data_trickles_in(run_dag, tmp_path):
     """Records keep arriving for longer than a lease; every batch is acked inside its 8 s lease."""
     lake = tmp_path / "lake"
-    with Emulator(api_key="k", lease_seconds=8, long_poll_seconds=1, batch_size=50, seed=5) as emu:
+    with Emulator(api_key="ops-test-key", lease_seconds=8, long_poll_seconds=1, batch_size=50, seed=5) as emu:
         emu.generate(100)
         stop = threading.Event()
 
@@ -152,7 +152,9 @@ def test_short_leases_are_respected_while_data_trickles_in(run_dag, tmp_path):
 
 def test_undecodable_body_is_quarantined_not_acked_and_lands_after_redelivery(run_dag, tmp_path):
     lake = tmp_path / "lake"
-    with Emulator(api_key="k", lease_seconds=3, long_poll_seconds=1, batch_size=100, seed=9) as emu:
+    with Emulator(
+        api_key="ops-test-key", lease_seconds=3, long_poll_seconds=1, batch_size=100, seed=9
+    ) as emu:
         emu.generate(300)
         # The first GET leases a batch but its body is cut short.
         emu.script(200, b'{"id": "$ID", "items": [{"type": "telemetry", "da', lease=True)

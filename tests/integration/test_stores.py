@@ -208,7 +208,9 @@ def test_drain_lands_every_record_once_and_acks_only_verified_files(store: Store
             violations.append(f"{batch_id}: {len(missing)} records acknowledged before they landed")
             raise AssertionError("ack before write")
 
-    with Emulator(api_key="k", lease_seconds=10, long_poll_seconds=0.3, batch_size=40, seed=5) as emu:
+    with Emulator(
+        api_key="ops-test-key", lease_seconds=10, long_poll_seconds=0.3, batch_size=40, seed=5
+    ) as emu:
         emu.enqueue(records)
         emu.on_ack = on_ack
         config = DrainConfig(

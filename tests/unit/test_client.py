@@ -771,6 +771,32 @@ def test_key_never_leaks_from_connection_errors(caplog: pytest.LogCaptureFixture
     _assert_no_key(info.value, caplog)
 
 
+QUOTED_KEY = 'kt-"quo\\ted/key-9'  # a key holding " and \ that a JSON body can only hold escaped
+
+
+def test_a_key_holding_a_quote_or_backslash_is_masked_in_a_401_message(stub: Stub) -> None:
+    escaped = json.dumps(QUOTED_KEY)[1:-1]  # kt-\"quo\\ted/key-9
+    stub.add(Reply(401, '{"error":"token ' + escaped + ' revoked"}'))
+    with KtExportClient(stub.url, QUOTED_KEY, max_retries=0) as c:
+        with pytest.raises(KtExportAuthError) as info:
+            c.get_batch()
+    for text in _texts(info.value):
+        assert escaped not in text and "ted/key-9" not in text, text
+    assert "token *** revoked" in str(info.value)
+
+
+def test_a_key_holding_a_quote_or_backslash_is_masked_in_a_quarantined_body(stub: Stub) -> None:
+    escaped = json.dumps(QUOTED_KEY)[1:-1]
+    body = '{"id":"b1","items":[{"echo":"' + escaped + '"}],"proxy":"https://f.example.com/r?token=abc"}'
+    stub.add(Reply(200, body))
+    with KtExportClient(stub.url, QUOTED_KEY, max_retries=0) as c:
+        with pytest.raises(KtExportProtocolError) as info:
+            c.get_batch()
+    # The key is masked; the other service's token= value is data and is kept exactly.
+    assert info.value.body == body.replace(escaped, "***").encode()
+    assert escaped not in str(info.value)
+
+
 def test_transport_error_has_no_chained_requests_exception(stub: Stub) -> None:
     stub.add(Reply(reset=True))
     with make_client(stub.url, "query", max_retries=0) as c:

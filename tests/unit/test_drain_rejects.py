@@ -14,6 +14,8 @@ from airflow_provider_ktexport import drain as drain_module
 from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Buffer, Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportRejectsError, KtExportWriteError
+from airflow_provider_ktexport.keymask import key_mask
+from airflow_provider_ktexport.lake.keys import record_key
 from airflow_provider_ktexport.lake.rejects import land_records, read_rejects
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_table
 from tests.unit.test_drain import FakeClient, make_batch, run, writer_for
@@ -128,21 +130,48 @@ def test_an_unknown_kind_of_bad_record_is_found_by_halving(monkeypatch):
     assert sum(p.table.num_rows for p in landing.tables) == 57
 
 
+class MaskingClient(FakeClient):
+    """A fake client that masks its key in records as the real one does (``KeyMask``)."""
+
+    key = "s3cr3t-KEY"
+
+    def mask_records(self, raws: list[bytes]) -> list[bytes]:
+        return key_mask(self.key).records(raws)
+
+
 def test_the_key_is_redacted_from_stored_rejects(tmp_path):
     lake = tmp_path / "lake"
-    key = "s3cr3t-KEY"
+    key = MaskingClient.key
     echoed = b'{"type":"proxy","v":1e999,"page":"https://x/v2/stream?token=' + key.encode() + b'"}'
-
-    class RedactingClient(FakeClient):
-        def redact_body(self, body: bytes) -> bytes:
-            return body.replace(key.encode(), b"***")
-
-    client = RedactingClient([batch_of("b1", [echoed])])
+    client = MaskingClient([batch_of("b1", [echoed])])
     run(client, lake)
     assert client.acks == ["b1"]
     stored = b"".join(p.read_bytes() for p in lake.rglob("*") if p.is_file())
     assert key.encode() not in stored
-    assert "***" in read_rejects(str(lake)).column("_raw")[0].as_py()
+    assert read_rejects(str(lake)).column("_raw").to_pylist() == [echoed.decode().replace(key, "***")]
+
+
+def test_a_valid_record_echoing_the_key_lands_masked_and_foreign_tokens_land_exactly(tmp_path):
+    """Issue 18: rows, _raw and _record_key come from the masked text; other text is untouched."""
+    lake = tmp_path / "lake"
+    key = MaskingClient.key
+    foreign = "https://files.example.com/r.csv?token=abc"
+    echo = (
+        b'{"type":"telemetry","seq":1,"note":"GET /v2/stream?token='
+        + key.encode()
+        + b'","file":"'
+        + (foreign.encode() + b'"}')
+    )
+    client = MaskingClient([batch_of("b1", [echo])])
+    run(client, lake, include_raw=True)
+    assert client.acks == ["b1"]
+    row = read_lake_table(str(lake)).to_pylist()[0]
+    assert row["note"] == "GET /v2/stream?token=***" and row["file"] == foreign
+    masked = echo.replace(key.encode(), b"***")
+    assert row["_raw"] == masked.decode()
+    assert row["_record_key"] == record_key(json.loads(masked))  # no hash of the key's text either
+    stored = b"".join(p.read_bytes() for p in lake.rglob("*") if p.is_file())
+    assert key.encode() not in stored
 
 
 def test_max_reject_share_fails_the_task_after_keeping_and_acking(tmp_path):

@@ -133,3 +133,18 @@ def test_each_hostile_kind_is_the_documented_text() -> None:
     assert (types["type_rejected"], types["type_quarantine"]) == ("_rejected", "_quarantine")
     with pytest.raises(ValueError, match="unknown hostile kind"):
         hostile_record("nope", 1)
+
+
+def test_key_text_records_are_good_rows_holding_the_documented_text() -> None:
+    from airflow_provider_ktexport.testing.records import FOREIGN_TOKEN_URL, KEY_TEXT_KINDS, key_text_record
+
+    key = 'kt-"q\\/é-9'
+    texts = {kind: key_text_record(kind, 7, key) for kind in KEY_TEXT_KINDS}
+    foreign, echo = json.loads(texts["foreign_token_url"]), json.loads(texts["api_key_echo"])
+    assert foreign["file"] == FOREIGN_TOKEN_URL and foreign["emulator_seq"] == 7
+    assert echo["note"] == f"proxy said: GET /v2/stream?token={key}"
+    assert echo["echo"] == echo["echo_slash"] == key
+    raw = texts["api_key_echo"]
+    assert b"\\u00e9" in raw and b"\\/" in raw and key.encode() not in raw  # escaped spellings only
+    with pytest.raises(ValueError, match="unknown key-text kind"):
+        key_text_record("nope", 1, key)
