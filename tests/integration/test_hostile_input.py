@@ -20,7 +20,11 @@ pytest.importorskip("pyiceberg")
 
 from airflow_provider_ktexport.lake.iceberg import load_catalog  # noqa: E402
 from airflow_provider_ktexport.testing.emulator import Emulator  # noqa: E402
-from airflow_provider_ktexport.testing.records import HOSTILE_KINDS  # noqa: E402
+from airflow_provider_ktexport.testing.records import (  # noqa: E402
+    FOREIGN_TOKEN_URL,
+    HOSTILE_KINDS,
+    KEY_TEXT_KINDS,
+)
 from tests.integration.conftest import ktexport_conn  # noqa: E402
 from tests.integration.test_poison import (  # noqa: E402
     View,
@@ -35,8 +39,19 @@ pytestmark = pytest.mark.integration
 KEY = "hostile-dags-key-0123456789"
 LEASE = 15.0
 RECORDS = 1000
-#: Envelope faults served on the first run only (each rate per GET).
-ENVELOPE_FAULTS = {"items_missing": 0.08, "items_null": 0.04, "items_renamed": 0.04}
+#: Envelope faults served on the first run only (each rate per GET; the last four hit a batch's
+#: first delivery only): ids with items missing, null or renamed, a key given twice (``items``
+#: again as ``[]``, escaped as ``"i\\u0074ems"``, a second ``id``) and a gzip stream with bytes
+#: after its end.
+ENVELOPE_FAULTS = {
+    "items_missing": 0.05,
+    "items_null": 0.03,
+    "items_renamed": 0.03,
+    "items_twice": 0.08,
+    "items_escaped": 0.08,
+    "id_twice": 0.08,
+    "gzip_trailer": 0.08,
+}
 
 
 class Lake:
@@ -94,7 +109,13 @@ def test_hostile_input_through_both_sinks_twice_loses_nothing(sink, run_dag, tmp
     options = {"lease_seconds": LEASE, "flush_seconds": 3, "max_runtime": 120}
     violations: list[str] = []
     with Emulator(
-        api_key=KEY, lease_seconds=LEASE, long_poll_seconds=1, batch_size=100, poison=0.05, seed=18
+        api_key=KEY,
+        lease_seconds=LEASE,
+        long_poll_seconds=1,
+        batch_size=100,
+        poison=0.06,
+        poison_kinds=HOSTILE_KINDS + KEY_TEXT_KINDS,
+        seed=18,
     ) as emu:
         emu.generate(RECORDS)
         emu.set_faults(**ENVELOPE_FAULTS)
@@ -126,7 +147,7 @@ def test_hostile_input_through_both_sinks_twice_loses_nothing(sink, run_dag, tmp
         hostile = must_reject(emu)
         served = {kind for kind, _ in emu.hostile_records().values()}
     assert violations == []
-    assert served == set(HOSTILE_KINDS)  # every hostile kind was served
+    assert served == set(HOSTILE_KINDS + KEY_TEXT_KINDS)  # every hostile kind was served
     assert broken > 0 and stats["acked_broken_envelopes"] == 0, stats
     assert stats["queued"] == 0 and stats["leased"] == 0, stats
     assert sum(s["quarantined"] for s in summaries) >= broken
@@ -138,4 +159,7 @@ def test_hostile_input_through_both_sinks_twice_loses_nothing(sink, run_dag, tmp
     if not any(s["lease_expired"] + s["ack_failed"] for s in summaries):
         # Nothing came back for a lost ack: every record is in the lake once.
         assert max(Counter(rows).values()) == 1 and max(Counter(raws).values()) == 1
-    assert KEY not in lake.texts()
+    texts = lake.texts()
+    assert KEY not in texts  # echoed in records, masked in every row, reject and stored body
+    # Another service's token= values are data: they land byte for byte.
+    assert FOREIGN_TOKEN_URL in texts and "https://maps.example.com/t?TOKEN=Zz9&x=1" in texts

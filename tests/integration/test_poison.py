@@ -24,7 +24,7 @@ from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.rejects import read_rejects
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.emulator import Emulator
-from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, HOSTILE_ROW_KINDS
+from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, HOSTILE_ROW_KINDS, KEY_TEXT_KINDS
 from tests.integration.conftest import ktexport_conn
 
 pytestmark = pytest.mark.integration
@@ -67,9 +67,14 @@ def rejected_texts(lake: Path) -> list[str]:
     return read_rejects(str(lake)).column("_raw").to_pylist()
 
 
+#: Poison kinds that are valid records and must land as rows: record types that make bad names,
+#: and records holding token= text (served only when named in ``poison_kinds``).
+ROW_KINDS = frozenset(HOSTILE_ROW_KINDS) | frozenset(KEY_TEXT_KINDS)
+
+
 def must_reject(emu: Emulator) -> dict[int, tuple[str, bytes]]:
     """The hostile records that cannot be rows (the others must land as rows)."""
-    return {seq: h for seq, h in emu.hostile_records().items() if h[0] not in HOSTILE_ROW_KINDS}
+    return {seq: h for seq, h in emu.hostile_records().items() if h[0] not in ROW_KINDS}
 
 
 #: What a destination holds: the ``emulator_seq`` of every row, the exact text of every reject.
