@@ -49,7 +49,7 @@ from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import REJECTED_DIR, Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
-from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed, ParquetSink, Sink
+from airflow_provider_ktexport.lake.sinks import MAX_WRITE_CONCURRENCY, FlushInfo, Landed, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.protocol import is_ackable_id
 
@@ -91,7 +91,8 @@ class DrainConfig:
     source: str = "ktexport_default"
     max_reject_share: float | None = None
     max_flush_partitions: int = 500
-    write_concurrency: int = 8
+    #: None: 64 on an object store, 8 on a local disk (see lake.sinks.default_write_concurrency).
+    write_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,9 +129,10 @@ class DrainConfig:
             raise KtExportConfigError(
                 f"max_flush_partitions must be at least 1, got {self.max_flush_partitions!r}"
             )
-        if not 1 <= self.write_concurrency <= 64:
+        if self.write_concurrency is not None and not 1 <= self.write_concurrency <= MAX_WRITE_CONCURRENCY:
             raise KtExportConfigError(
-                f"write_concurrency must be between 1 and 64, got {self.write_concurrency!r}"
+                f"write_concurrency must be between 1 and {MAX_WRITE_CONCURRENCY}, or None for the default "
+                f"(64 on an object store, 8 on a local disk); got {self.write_concurrency!r}"
             )
         unknown = [k for k in self.partition_by if k not in PARTITION_KEYS]
         if unknown or not self.partition_by or len(set(self.partition_by)) != len(self.partition_by):
