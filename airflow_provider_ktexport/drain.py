@@ -320,6 +320,7 @@ class Drain:
 
         fetcher = Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
         self._handoff = fetcher.results
+        self._pace_fetchers()
         fetcher.start()
         backlog: deque[tuple[str, Any]] = deque()
         stopped = "max_runtime"
@@ -446,6 +447,13 @@ class Drain:
     def _hold(self, batch: Any) -> None:
         self.buffer.add(batch)
         self.result.batches += 1
+        self._pace_fetchers()
+
+    def _pace_fetchers(self, landing: int = 0) -> None:
+        """Tell the fetchers how many more batches to lease ahead of the writer, given the held
+        ones and the ``landing`` ones a flush has taken but not landed yet."""
+        if self._handoff is not None:
+            self._handoff.lease_ahead = self.pace.lease_ahead(len(self.buffer) + landing)
 
     def _due_by_lease(self, now: float) -> bool:
         """The oldest held lease is ``flush_seconds`` old: land it while the lease leaves time to ack."""
@@ -524,15 +532,25 @@ class Drain:
         """Land and acknowledge every held batch: in one step, or in several (oldest lease first)
         when this run's measured pace says their files would not all land inside the oldest lease."""
         pending = sorted(self.buffer.take(), key=lambda b: b.leased_at)
-        step = 0
+        held = (
+            sum(len(b.raw_items) for b in pending),
+            len(frozenset().union(*(b.partitions for b in pending))),
+        )
+        step = late = 0
         while pending:
             n = self.pace.next_step(pending, self._time_left(pending[0].leased_at))
             batches, pending = pending[:n], pending[n:]
             step += 1
-            self._land_step(batches, reason if step == 1 and not pending else f"{reason}, step {step}")
+            late += self._land_step(
+                batches, reason if step == 1 and not pending else f"{reason}, step {step}"
+            )
+            self._pace_fetchers(len(pending))
+        if late:
+            self._slow_down(*held)
 
-    def _land_step(self, batches: list[HeldBatch], reason: str) -> None:
-        """Land ``batches`` (build, write, verify), acknowledge them, and learn the pace from it."""
+    def _land_step(self, batches: list[HeldBatch], reason: str) -> int:
+        """Land ``batches`` (build, write, verify), acknowledge them, and learn the pace from it;
+        returns how many could not be acknowledged because their leases had run out."""
         t0 = time.monotonic()
         in_time = self._time_left(min(b.leased_at for b in batches)) > 0
         oldest_lease = min(b.leased_at for b in batches)
@@ -610,23 +628,28 @@ class Drain:
                 "be delivered again and land twice; remove duplicates by _record_key.",
                 failed,
             )
-        if expired:
-            self._slow_down(batches, alone_in_time=in_time and len(batches) == 1)
+        if expired and in_time and len(batches) == 1:
+            self._too_wide(batches[0])
         if landing.rejects:
             self._report_rejects(landing.rejects, len(records))
+        return expired
 
     def _learn_pace(self, files: int, batches: int, land_seconds: float, total_seconds: float) -> None:
-        """Note what this landing cost; tell the fetchers how far ahead of the writer to lease."""
+        """Note what this landing cost.
+
+        Only Parquet files cost per partition: a table sink (Iceberg) commits once per record type
+        whatever the days, so its landings teach the batch pace but no cost per file.
+        """
+        if not isinstance(self.sink, ParquetSink):
+            files = 0
         self.pace.note_flush(
             files=files, batches=batches, land_seconds=land_seconds, total_seconds=total_seconds
         )
-        if self._handoff is not None:
-            self._handoff.lease_ahead = self.pace.lease_ahead()
 
-    def _slow_down(self, batches: list[HeldBatch], *, alone_in_time: bool) -> None:
-        """Leases ran out before a landing's acknowledgements: halve the flush limits for the rest
-        of the run, and stop the run at the second batch too wide to land within a lease alone."""
-        self.pace.shrink()
+    def _slow_down(self, records: int, partitions: int) -> None:
+        """Leases ran out before a flush's acknowledgements: halve the flush limits for the rest of
+        the run (from what the late flush held, when it held less than the limits)."""
+        self.pace.shrink(records, partitions)
         self.result.flush_shrinks = self.pace.shrinks
         self.log.warning(
             "Leases ran out before this flush could be acknowledged: for the rest of the run flushes hold at "
@@ -635,11 +658,10 @@ class Drain:
             self.pace.max_partitions,
             self.pace.shrinks,
         )
-        if alone_in_time:
-            self._too_wide(batches[0])
 
     def _too_wide(self, batch: HeldBatch) -> None:
-        """A batch landed alone, starting inside its lease, and still could not be acknowledged."""
+        """A batch landed alone, starting inside its lease, and still could not be acknowledged:
+        count and warn; stop the run at the second (each delivery would only write a copy)."""
         self.result.wide_batches += 1
         advice = (
             "raise write_concurrency (and, on S3, the connection pool: max_pool_connections) or the lease, "

@@ -12,6 +12,11 @@ pace uses what this run measured:
   ahead of the writer than it lands within one lease (:meth:`FlushPace.lease_ahead`);
 * acknowledgements skipped for leases that ran out: the limits halve for the rest of the run
   (:meth:`FlushPace.shrink`) instead of repeating the same failure.
+
+Before the first flush nothing is measured: that flush is bounded by the settings alone (in a
+backfill, one flush of many batches writes far fewer files than one flush per batch, as their
+days overlap), and while it runs the fetchers lease at most :data:`FIRST_LEASE_AHEAD` batches
+ahead of it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ __all__ = ["FlushPace"]
 
 #: Share of the time left that a flush plans to use: the rest absorbs a store slower than measured.
 SAFETY = 0.5
+#: Batches the fetchers lease ahead of the writer before its pace is known.
+FIRST_LEASE_AHEAD = 4
 
 
 @dataclass
@@ -79,15 +86,18 @@ class FlushPace:
             files, taken = grown, taken + 1
         return taken
 
-    def lease_ahead(self) -> int | None:
-        """Batches the fetchers may hold leased ahead of the writer: what it lands within a lease
-        at the measured pace; None (no bound but the hand-off's) while no flush was measured."""
+    def lease_ahead(self, held: int = 0) -> int:
+        """Batches the fetchers may hand over beyond the ``held`` ones leased and not yet landed:
+        together, what the writer lands within half a lease at the measured pace (always one
+        more, so the flush rules see new batches). Before a flush was measured,
+        :data:`FIRST_LEASE_AHEAD`, whatever is held: a flush may need many batches to fill."""
         if self.batch_seconds is None:
-            return None
-        return max(1, int(self.lease_seconds * SAFETY / max(self.batch_seconds, 1e-6)))
+            return FIRST_LEASE_AHEAD
+        return max(1, int(self.lease_seconds * SAFETY / max(self.batch_seconds, 1e-6)) - held)
 
-    def shrink(self) -> None:
-        """Halve both limits: a flush of this size outlived its leases, so the next must be smaller."""
-        self.flush_records = max(1, self.flush_records // 2)
-        self.max_partitions = max(1, self.max_partitions // 2)
+    def shrink(self, records: int, partitions: int) -> None:
+        """A flush of ``records`` records writing ``partitions`` files outlived its leases: the
+        next must be smaller, so both limits become half of it (or of the limit, if lower)."""
+        self.flush_records = max(1, min(self.flush_records, records) // 2)
+        self.max_partitions = max(1, min(self.max_partitions, partitions) // 2)
         self.shrinks += 1

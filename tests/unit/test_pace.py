@@ -29,11 +29,11 @@ def held(batch_id: str, leased_at: float, days: range) -> HeldBatch:
 
 
 class TestFlushPace:
-    def test_before_a_measured_flush_the_settings_rule(self):
+    def test_before_a_measured_flush_the_settings_rule_and_the_fetchers_wait(self):
         pace = FlushPace(flush_records=100, max_partitions=50, lease_seconds=30)
         assert pace.partition_limit(1.0) == 50
         assert pace.next_step([held("a", 0, range(40)), held("b", 0, range(40, 80))], 1.0) == 2
-        assert pace.lease_ahead() is None
+        assert pace.lease_ahead() == 4
 
     def test_a_measured_pace_bounds_the_files_by_the_time_left(self):
         pace = FlushPace(flush_records=100, max_partitions=500, lease_seconds=30)
@@ -41,6 +41,7 @@ class TestFlushPace:
         assert pace.partition_limit(20.0) == 100  # half of 20 s at 0.1 s a file
         assert pace.partition_limit(0.0) == 1
         assert pace.lease_ahead() == 5  # half of 30 s at 3 s a batch
+        assert pace.lease_ahead(held=3) == 2 and pace.lease_ahead(held=9) == 1
 
     def test_a_flush_that_would_not_fit_is_split_oldest_first_and_shared_files_are_free(self):
         pace = FlushPace(flush_records=100, max_partitions=500, lease_seconds=30)
@@ -49,11 +50,11 @@ class TestFlushPace:
         assert pace.next_step(pending, 10.0) == 2  # 50 files fit: a and b share theirs, c adds 30
         assert pace.next_step(pending[2:], 0.5) == 1  # never less than one batch
 
-    def test_shrink_halves_both_limits_down_to_one(self):
-        pace = FlushPace(flush_records=3, max_partitions=2, lease_seconds=30)
-        pace.shrink()
-        assert (pace.flush_records, pace.max_partitions, pace.shrinks) == (1, 1, 1)
-        pace.shrink()
+    def test_shrink_halves_what_the_late_flush_held_down_to_one(self):
+        pace = FlushPace(flush_records=50_000, max_partitions=2000, lease_seconds=30)
+        pace.shrink(20_000, 3000)  # held fewer records than the limit, wrote more files than it
+        assert (pace.flush_records, pace.max_partitions, pace.shrinks) == (10_000, 1000, 1)
+        pace.shrink(3, 1)
         assert (pace.flush_records, pace.max_partitions, pace.shrinks) == (1, 1, 2)
 
 
