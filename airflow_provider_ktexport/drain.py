@@ -552,7 +552,6 @@ class Drain:
         """Land ``batches`` (build, write, verify), acknowledge them, and learn the pace from it;
         returns how many could not be acknowledged because their leases had run out."""
         t0 = time.monotonic()
-        in_time = self._time_left(min(b.leased_at for b in batches)) > 0
         oldest_lease = min(b.leased_at for b in batches)
         records = [raw for b in batches for raw in b.raw_items]
         batch_ids = [b.id for b in batches for _ in b.raw_items]
@@ -628,7 +627,9 @@ class Drain:
                 "be delivered again and land twice; remove duplicates by _record_key.",
                 failed,
             )
-        if expired and in_time and len(batches) == 1:
+        # A batch whose landing alone takes its whole lease is too wide for the store: it would
+        # miss the lease even landed the moment it was leased. One that waited was only late.
+        if expired and len(batches) == 1 and t_written - t0 >= self.config.lease_seconds - self._ack_margin():
             self._too_wide(batches[0])
         if landing.rejects:
             self._report_rejects(landing.rejects, len(records))
@@ -660,7 +661,7 @@ class Drain:
         )
 
     def _too_wide(self, batch: HeldBatch) -> None:
-        """A batch landed alone, starting inside its lease, and still could not be acknowledged:
+        """A batch whose landing alone took longer than its lease could not be acknowledged:
         count and warn; stop the run at the second (each delivery would only write a copy)."""
         self.result.wide_batches += 1
         advice = (
