@@ -1,4 +1,4 @@
-"""The drain's held state: leased batches waiting to land, and the estimate of what a flush writes.
+"""The drain's held state: leased batches waiting to land, and the partitions a flush of them writes.
 
 Plain Python, no Airflow. :meth:`Buffer.add` is the commit point of design.md section 3: a batch
 joins in one step, with its records.
@@ -7,21 +7,25 @@ joins in one step, with its records.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+
+from airflow_provider_ktexport.lake.partitions import event_date, record_type_of
 
 __all__ = ["Buffer", "HeldBatch"]
 
 
 @dataclass(frozen=True)
 class HeldBatch:
-    """A leased batch in the buffer: its id, when its lease started (monotonic) and its records."""
+    """A leased batch in the buffer: its id, when its lease started (monotonic), its records and
+    the partitions its records land in (record type and event day, as the flush will write them)."""
 
     id: str
     leased_at: float
     raw_items: Sequence[bytes]
+    partitions: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
 
 
 class _Head(msgspec.Struct):
@@ -35,8 +39,32 @@ class _Head(msgspec.Struct):
 
 
 _HEAD = msgspec.json.Decoder(_Head)
-#: Records per batch whose partition the buffer reads (a few microseconds each).
-_PARTITION_SAMPLES = 8
+
+
+def partitions_of(raws: Sequence[bytes], partition_by: Sequence[str]) -> frozenset[tuple[str, str]]:
+    """The data files a flush writes for these records, as (record type, event day) pairs.
+
+    Every record counts: a backfill's batch can spread over hundreds of days, and no sample can
+    stand in for the whole. Each record's head is decoded alone (a few microseconds) and given
+    the values the built tables get (:mod:`.lake.partitions`): one file per record type, and per
+    event day when ``event_date`` is a partition key (``ingest_date`` is one day per flush, so it
+    adds no files). A record that does not decode is a reject (in ``_rejected/``), not a data file.
+    """
+    by_day = "event_date" in partition_by
+    out: set[tuple[str, str]] = set()
+    for raw in raws:
+        try:
+            head = _HEAD.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):
+            continue
+        out.add((record_type_of({"type": head.type}), _event_day(head) if by_day else ""))
+    return frozenset(out)
+
+
+def _event_day(head: _Head) -> str:
+    return event_date(
+        {"date": head.date, "eventDate": head.eventDate, "dateEnd": head.dateEnd, "received": head.received}
+    )
 
 
 class Buffer:
@@ -46,15 +74,15 @@ class Buffer:
     records), so an interrupt (Airflow's ``execution_timeout``, a kill) can never leave a held
     batch without its records for the kill-path flush to acknowledge.
 
-    It also estimates how many partitions a flush of it would write, from a few records spread
-    over each batch (a backfill's batches each cover a stretch of time), so a flush that would
-    write too many files on a slow object store starts early.
+    It also counts the partitions (files) a flush of it would write, exactly: each batch's set
+    is computed as it joins (:func:`partitions_of`), so a flush that would write too many files
+    on a slow object store starts early however widely a backfill's batches spread.
     """
 
     def __init__(self, partition_by: Sequence[str]) -> None:
         self._batches: list[HeldBatch] = []
         self._partition_by = tuple(partition_by)
-        self._partitions: set[tuple[str, ...]] = set()
+        self._partitions: set[tuple[str, str]] = set()
         self.records = 0
 
     def __len__(self) -> int:
@@ -62,9 +90,12 @@ class Buffer:
 
     def add(self, batch: Any) -> None:
         """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
-        self._batches.append(HeldBatch(batch.id, batch.leased_at, batch.raw_items))  # the commit point
+        held = HeldBatch(
+            batch.id, batch.leased_at, batch.raw_items, partitions_of(batch.raw_items, self._partition_by)
+        )
+        self._batches.append(held)  # the commit point
         self.records += len(batch.raw_items)
-        self._note_partitions(batch.raw_items)
+        self._partitions |= held.partitions
 
     def take(self) -> list[HeldBatch]:
         """Every held batch, oldest first; the buffer is empty afterwards."""
@@ -80,23 +111,5 @@ class Buffer:
 
     @property
     def partitions(self) -> int:
-        """Estimated partitions (files) a flush of the buffer would write."""
+        """Partitions (data files) a flush of the buffer would write."""
         return len(self._partitions)
-
-    def _note_partitions(self, raws: Sequence[bytes]) -> None:
-        if not raws:
-            return
-        step = max(1, len(raws) // _PARTITION_SAMPLES)
-        for raw in raws[::step]:
-            try:
-                head = _HEAD.decode(raw)
-            except (msgspec.MsgspecError, RecursionError):
-                continue  # a record that does not decode is a reject: no partition of its own
-            key = []
-            for name in self._partition_by:
-                if name == "record_type":
-                    key.append(str(head.type))
-                elif name == "event_date":
-                    times = (head.date, head.eventDate, head.dateEnd, head.received)
-                    key.append(next((t[:10] for t in times if type(t) is str), "unknown"))
-            self._partitions.add(tuple(key))

@@ -22,7 +22,14 @@ How the time rules are kept (design.md section 3):
   (:mod:`.lake.rejects`); written plus rejected rows must equal each batch's
   records before anything is acknowledged.
 * A flush also starts early when the held batches span ``max_flush_partitions``
-  partition files, and writes its files concurrently (:mod:`.lake.sinks`).
+  partition files (counted exactly as each batch joins, :mod:`.buffer`), or more files than the
+  oldest lease leaves time for at the pace this run measured, and writes its files concurrently
+  (:mod:`.lake.sinks`). A flush that would not fit lands in several steps, each acknowledged in
+  time; the fetchers lease no further ahead than the writer lands within a lease; and when leases
+  ran out anyway, the flush limits halve for the rest of the run (:mod:`.pace`).
+* A single batch that cannot land within its lease even alone is written but never acknowledged
+  late: it is counted (``wide_batches``) and redelivered; a second one in a run stops the run with
+  an error saying what to change, rather than keep writing copies.
 """
 
 from __future__ import annotations
@@ -45,13 +52,14 @@ from airflow_provider_ktexport.exceptions import (
     KtExportRejectsError,
     KtExportTransientError,
 )
-from airflow_provider_ktexport.fetcher import BatchSource, Fetcher
+from airflow_provider_ktexport.fetcher import BatchSource, Fetcher, HandoffQueue
 from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
-from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed, ParquetSink, Sink
+from airflow_provider_ktexport.lake.sinks import MAX_WRITE_CONCURRENCY, FlushInfo, Landed, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.pace import FlushPace
 from airflow_provider_ktexport.protocol import is_ackable_id, redact
 
 log = logging.getLogger(__name__)
@@ -95,8 +103,9 @@ class DrainConfig:
     partition_by: tuple[str, ...] = ("record_type", "event_date")
     source: str = "ktexport_default"
     max_reject_share: float | None = None
-    max_flush_partitions: int = 500
-    write_concurrency: int = 8
+    max_flush_partitions: int = 2000
+    #: None: 64 on an object store, 8 on a local disk (see lake.sinks.default_write_concurrency).
+    write_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -133,9 +142,10 @@ class DrainConfig:
             raise KtExportConfigError(
                 f"max_flush_partitions must be at least 1, got {self.max_flush_partitions!r}"
             )
-        if not 1 <= self.write_concurrency <= 64:
+        if self.write_concurrency is not None and not 1 <= self.write_concurrency <= MAX_WRITE_CONCURRENCY:
             raise KtExportConfigError(
-                f"write_concurrency must be between 1 and 64, got {self.write_concurrency!r}"
+                f"write_concurrency must be between 1 and {MAX_WRITE_CONCURRENCY}, or None for the default "
+                f"(64 on an object store, 8 on a local disk); got {self.write_concurrency!r}"
             )
         unknown = [k for k in self.partition_by if k not in PARTITION_KEYS]
         if unknown or not self.partition_by or len(set(self.partition_by)) != len(self.partition_by):
@@ -207,6 +217,10 @@ class DrainResult:
     stopped: str = ""
     oldest_record_age_s: float | None = None
     max_ack_lease_age_s: float | None = None
+    #: Times the flush limits were halved after leases ran out (see pace.FlushPace.shrink).
+    flush_shrinks: int = 0
+    #: Batches that could not land within their lease even alone (written, not acknowledged).
+    wide_batches: int = 0
     #: Per dataset URI (folder or table): rows, bytes, files and schema landed. Kept off XCom.
     datasets: dict[str, DatasetStats] = field(default_factory=dict)
 
@@ -305,6 +319,8 @@ class Drain:
         self.result = DrainResult()
         self._answered = False  # a GET of this run got an answer (a batch or empty)
         self.buffer = Buffer(config.partition_by)
+        self.pace = FlushPace(config.flush_records, config.max_flush_partitions, config.lease_seconds)
+        self._handoff: HandoffQueue | None = None  # the fetchers' hand-off, told how far to lease ahead
         self._schemas: dict[str, Any] = {}
         self._ack_pool = ThreadPoolExecutor(max_workers=ACK_CONCURRENCY, thread_name_prefix="ktexport-ack")
         # Stored data must not hold the key, yet must keep every other byte: the client masks its
@@ -333,6 +349,8 @@ class Drain:
             return not cfg.stop_when_empty or (until_mono is not None and time.monotonic() < until_mono)
 
         fetcher = Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
+        self._handoff = fetcher.results
+        self._pace_fetchers()
         fetcher.start()
         backlog: deque[tuple[str, Any]] = deque()
         stopped = "max_runtime"
@@ -459,19 +477,35 @@ class Drain:
     def _hold(self, batch: Any) -> None:
         self.buffer.add(batch)
         self.result.batches += 1
+        self._pace_fetchers()
+
+    def _pace_fetchers(self, landing: int = 0) -> None:
+        """Tell the fetchers how many more batches to lease ahead of the writer, given the held
+        ones and the ``landing`` ones a flush has taken but not landed yet."""
+        if self._handoff is not None:
+            self._handoff.lease_ahead = self.pace.lease_ahead(len(self.buffer) + landing)
 
     def _due_by_lease(self, now: float) -> bool:
         """The oldest held lease is ``flush_seconds`` old: land it while the lease leaves time to ack."""
         return bool(self.buffer) and now >= self.buffer.oldest_lease() + self.config.flush_seconds
 
     def _due_by_records(self) -> bool:
-        """``flush_records`` are held: memory is set by the flush size, not by the queue."""
-        return self.buffer.records >= self.config.flush_records
+        """``flush_records`` are held (halved after leases ran out): memory is set by the flush
+        size, not by the queue."""
+        return self.buffer.records >= self.pace.flush_records
 
     def _due_by_partitions(self) -> bool:
         """A flush of what is held would write ``max_flush_partitions`` files (a backfill over many
-        days): each file costs round trips on an object store, so land before the leases run out."""
-        return self.buffer.partitions >= self.config.max_flush_partitions
+        days), or more than the oldest lease leaves time for at this run's measured pace: each
+        file costs round trips on an object store, so land before the leases run out."""
+        if not self.buffer:
+            return False
+        limit = self.pace.partition_limit(self._time_left(self.buffer.oldest_lease()))
+        return self.buffer.partitions >= limit
+
+    def _time_left(self, leased_at: float) -> float:
+        """Seconds until a lease that started at ``leased_at`` may no longer be acknowledged."""
+        return leased_at + self.config.lease_seconds - self._ack_margin() - time.monotonic()
 
     def _take_ready(self, fetcher: Fetcher, backlog: deque[tuple[str, Any]]) -> None:
         """Hold every batch the fetchers have already handed over, up to the flush rules.
@@ -525,9 +559,28 @@ class Drain:
     # -- flushing -----------------------------------------------------------------------------------
 
     def _flush(self, reason: str) -> None:
-        batches = self.buffer.take()
-        if not batches:
-            return
+        """Land and acknowledge every held batch: in one step, or in several (oldest lease first)
+        when this run's measured pace says their files would not all land inside the oldest lease."""
+        pending = sorted(self.buffer.take(), key=lambda b: b.leased_at)
+        held = (
+            sum(len(b.raw_items) for b in pending),
+            len(frozenset().union(*(b.partitions for b in pending))),
+        )
+        step = late = 0
+        while pending:
+            n = self.pace.next_step(pending, self._time_left(pending[0].leased_at))
+            batches, pending = pending[:n], pending[n:]
+            step += 1
+            late += self._land_step(
+                batches, reason if step == 1 and not pending else f"{reason}, step {step}"
+            )
+            self._pace_fetchers(len(pending))
+        if late:
+            self._slow_down(*held)
+
+    def _land_step(self, batches: list[HeldBatch], reason: str) -> int:
+        """Land ``batches`` (build, write, verify), acknowledge them, and learn the pace from it;
+        returns how many could not be acknowledged because their leases had run out."""
         t0 = time.monotonic()
         oldest_lease = min(b.leased_at for b in batches)
         # Masked before anything is built, so rows, _raw, rejects and _record_key all come from the
@@ -580,6 +633,7 @@ class Drain:
         prev = self.result.max_ack_lease_age_s or 0.0
         self.result.max_ack_lease_age_s = max(prev, time.monotonic() - oldest_lease)
         elapsed = time.monotonic() - t0
+        self._learn_pace(len(landed), len(batches), t_written - t0, elapsed)
         self._metric("timing", "flush_duration", elapsed)
         self.log.info(
             "Flush (%s): %d records from %d batches -> %d files (%d rejected records), %d bytes in %.2f s "
@@ -603,8 +657,62 @@ class Drain:
                 "be delivered again and land twice; remove duplicates by _record_key.",
                 failed,
             )
+        # A batch whose landing alone takes its whole lease is too wide for the store: it would
+        # miss the lease even landed the moment it was leased. One that waited was only late.
+        if expired and len(batches) == 1 and t_written - t0 >= self.config.lease_seconds - self._ack_margin():
+            self._too_wide(batches[0])
         if landing.rejects:
             self._report_rejects(landing.rejects, len(records))
+        return expired
+
+    def _learn_pace(self, files: int, batches: int, land_seconds: float, total_seconds: float) -> None:
+        """Note what this landing cost.
+
+        Only Parquet files cost per partition: a table sink (Iceberg) commits once per record type
+        whatever the days, so its landings teach the batch pace but no cost per file.
+        """
+        if not isinstance(self.sink, ParquetSink):
+            files = 0
+        self.pace.note_flush(
+            files=files, batches=batches, land_seconds=land_seconds, total_seconds=total_seconds
+        )
+
+    def _slow_down(self, records: int, partitions: int) -> None:
+        """Leases ran out before a flush's acknowledgements: halve the flush limits for the rest of
+        the run (from what the late flush held, when it held less than the limits)."""
+        self.pace.shrink(records, partitions)
+        self.result.flush_shrinks = self.pace.shrinks
+        self.log.warning(
+            "Leases ran out before this flush could be acknowledged: for the rest of the run flushes hold at "
+            "most %d records and %d partition files (halved %d times).",
+            self.pace.flush_records,
+            self.pace.max_partitions,
+            self.pace.shrinks,
+        )
+
+    def _too_wide(self, batch: HeldBatch) -> None:
+        """A batch whose landing alone took longer than its lease could not be acknowledged:
+        count and warn; stop the run at the second (each delivery would only write a copy)."""
+        self.result.wide_batches += 1
+        advice = (
+            "raise write_concurrency (and, on S3, the connection pool: max_pool_connections) or the lease, "
+            "or write to a store nearer the worker"
+        )
+        if self.result.wide_batches >= 2:
+            raise KtExportError(
+                f"Stopping the run: a second batch ({batch.id}, {len(batch.partitions)} partition files) could "
+                "not land within its lease even alone, so each delivery of such a batch only writes another "
+                f"copy. Nothing late was acknowledged; the batches will be delivered again. To go on, {advice}."
+            )
+        self.log.warning(
+            "Batch %s alone writes %d partition files, more than its %g s lease lets land at this store's pace: "
+            "it was written but not acknowledged, and will be delivered again (remove the copy by "
+            "_record_key). If this repeats, %s.",
+            batch.id,
+            len(batch.partitions),
+            self.config.lease_seconds,
+            advice,
+        )
 
     def _check_complete(self, batches: list[HeldBatch], landing: Landing) -> None:
         """The ack commit point: each batch's written rows plus rejected records equal its records."""
@@ -643,7 +751,7 @@ class Drain:
             self.log.warning(
                 "%d batches landed after their %g s lease had run out: not acknowledged (the server may "
                 "have leased them again); they will land twice, remove duplicates by _record_key. Lower "
-                "flush_seconds/flush_records or max_flush_partitions if this repeats.",
+                "flush_seconds if this repeats across runs.",
                 expired,
                 self.config.lease_seconds,
             )

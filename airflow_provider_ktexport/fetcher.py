@@ -46,6 +46,9 @@ class HandoffQueue(queue.Queue[tuple[str, Any]]):
     def __init__(self, maxsize: int, max_bytes: int) -> None:
         super().__init__(maxsize)
         self.max_bytes = max_bytes
+        #: Batches the fetchers may hold leased ahead of the writer (None: only the bounds above).
+        #: The drain sets it from the pace it measured, so no batch waits here past its lease.
+        self.lease_ahead: int | None = None
         #: Body bytes of the batches held now (read without the lock for logs and tests only).
         self.bytes = 0
         self._wakes = 0
@@ -81,14 +84,20 @@ class HandoffQueue(queue.Queue[tuple[str, Any]]):
         return item
 
     def budget_spent(self) -> bool:
-        """True while the held bytes fill the byte budget: a fetcher should not lease more yet."""
+        """True while the held bytes fill the byte budget, or the batches held reach
+        ``lease_ahead``: a fetcher should not lease more yet."""
         with self.mutex:
-            return self.bytes >= self.max_bytes
+            return self._spent()
+
+    def _spent(self) -> bool:
+        # Caller holds the mutex.
+        ahead = self.lease_ahead
+        return self.bytes >= self.max_bytes or (ahead is not None and self._qsize() >= ahead)
 
     def wait_for_room(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for a ``get`` (or :meth:`wake`)."""
         with self.not_full:
-            if self.bytes >= self.max_bytes:
+            if self._spent():
                 self.not_full.wait(timeout)
 
     def wake(self) -> None:
@@ -162,7 +171,7 @@ class Fetcher:
         self.results.wake()
 
     def _wait_for_budget(self) -> bool:
-        """Wait, leasing nothing, while the hand-off's bytes are spent; False once the run stops."""
+        """Wait, leasing nothing, while the hand-off's budget is spent; False once the run stops."""
         while self.results.budget_spent():
             if self._stop.is_set() or time.monotonic() >= self._deadline:
                 return False

@@ -9,6 +9,7 @@ the drain's rule "acknowledge only what has landed" holds whatever the destinati
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -21,7 +22,41 @@ from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
-__all__ = ["FlushInfo", "Landed", "ParquetSink", "Sink"]
+__all__ = ["FlushInfo", "Landed", "ParquetSink", "Sink", "default_write_concurrency"]
+
+log = logging.getLogger(__name__)
+
+#: Files written at once on a local disk: its writes are bound by the disk, not by round trips.
+LOCAL_WRITE_CONCURRENCY = 8
+#: Files written at once on an object store (S3, GCS and Azure take hundreds of parallel PUTs):
+#: each file waits on round trips, so a backfill flush over hundreds of partitions needs many.
+OBJECT_STORE_WRITE_CONCURRENCY = 64
+#: The most files written at once (threads; each holds one file's bytes).
+MAX_WRITE_CONCURRENCY = 256
+#: botocore's connection pool when the S3 filesystem does not set ``max_pool_connections``.
+_BOTOCORE_POOL = 10
+
+
+def default_write_concurrency(writer: LakeWriter) -> int:
+    """Files a flush writes at once when ``write_concurrency`` is not set: more on an object store."""
+    return LOCAL_WRITE_CONCURRENCY if writer.local else OBJECT_STORE_WRITE_CONCURRENCY
+
+
+def _note_s3_pool(writer: LakeWriter, concurrency: int) -> None:
+    """Say so when s3fs's connection pool, not ``write_concurrency``, sets how many PUTs run at once."""
+    config = getattr(writer.fs, "config_kwargs", None)
+    protocols = writer.fs.protocol if isinstance(writer.fs.protocol, (tuple, list)) else (writer.fs.protocol,)
+    if not isinstance(config, dict) or "s3" not in protocols:
+        return
+    pool = int(config.get("max_pool_connections") or _BOTOCORE_POOL)
+    if pool < concurrency:
+        log.info(
+            "S3 writes run %d at a time (the S3 client's connection pool), not write_concurrency=%d: set "
+            '"config_kwargs": {"max_pool_connections": %d} in the AWS connection\'s extra to use them all.',
+            pool,
+            concurrency,
+            concurrency,
+        )
 
 
 @dataclass(frozen=True)
@@ -79,16 +114,18 @@ class Sink(Protocol):
 class ParquetSink:
     """Parquet files under a lake root, a flush's files written concurrently.
 
-    On an object store each file costs several round trips (PUT, then the reads that verify it);
-    a flush over hundreds of partitions written one by one would outlive its leases.
+    On an object store each file costs round trips (a PUT, then a HEAD that verifies it); a
+    flush over hundreds of partitions written a few at a time would outlive its leases.
 
     :param writer: the lake's :class:`LakeWriter`
-    :param concurrency: files written at once
+    :param concurrency: files written at once (default: :func:`default_write_concurrency`)
     """
 
-    def __init__(self, writer: LakeWriter, *, concurrency: int = 8) -> None:
+    def __init__(self, writer: LakeWriter, *, concurrency: int | None = None) -> None:
         self.writer = writer
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ktexport-write")
+        self.concurrency = concurrency or default_write_concurrency(writer)
+        _note_s3_pool(writer, self.concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ktexport-write")
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
         return self.writer.load_schema(record_type)

@@ -9,8 +9,9 @@ fsspec only, no Airflow. A file becomes visible whole or not at all:
   GCS zonal buckets are refused (see ``_refuse_zonal_gcs_bucket``). Never ``fs.open(path, "wb")``: its
   ``close()`` runs even when the body raised and commits a truncated object.
 
-Every write is then verified (visible, size, footer readable, row count) before it is reported,
-because the drain acknowledges batches on the strength of it.
+Every write is verified before it is reported, because the drain acknowledges batches on the
+strength of it: the footer and row count on the bytes built, then the stored size (one HEAD on an
+object store: a file costs two requests), and on a local disk the footer read back as well.
 
 The schema store (``_schema/<type>/<writer id>.json``) publishes each column's type the first
 time any writer writes it; from then on the type is fixed (docs/schema-mapping.md). Each writer
@@ -71,6 +72,13 @@ class WrittenFile:
     bytes: int
     #: The file's Arrow schema (for lineage); not part of its identity.
     schema: pa.Schema | None = field(default=None, compare=False, repr=False)
+
+
+def _check_footer(source: Any, rows: int) -> None:
+    """Raise ``ValueError`` unless ``source`` (a file or buffer) holds a Parquet footer of ``rows`` rows."""
+    num_rows = pq.ParquetFile(source).metadata.num_rows
+    if num_rows != rows:
+        raise ValueError(f"footer says {num_rows} rows, wrote {rows}")
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -294,6 +302,7 @@ class LakeWriter:
                 row_group_size=self.row_group_size,
             )
             data = buf.getvalue().to_pybytes()
+            _check_footer(pa.BufferReader(data), table.num_rows)
         except (pa.ArrowException, ValueError, TypeError) as exc:
             raise KtExportWriteError(
                 f"Could not encode Parquet for {self.uri_of(path)}: {exc}", destination=self.uri_of(path)
@@ -305,23 +314,31 @@ class LakeWriter:
                 f"Writing {self.uri_of(path)} failed: {type(exc).__name__}: {exc}",
                 destination=self.uri_of(path),
             ) from exc
-        self._verify(path, len(data), table.num_rows)
+        self._verify(path, data, table.num_rows)
         log.debug("Wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
         return WrittenFile(
             path=path, uri=self.uri_of(path), rows=table.num_rows, bytes=len(data), schema=table.schema
         )
 
-    def _verify(self, path: str, size: int, rows: int) -> None:
+    def _verify(self, path: str, data: bytes, rows: int) -> None:
+        """Prove ``path`` holds the file built, in as few round trips as that takes.
+
+        The footer is checked on the bytes in memory before they are sent (:meth:`write` calls
+        :func:`_check_footer` first). On an object store a PUT stores exactly the body it was
+        given or fails, so one metadata request (HEAD) for the size then proves the object is
+        visible and whole: re-reading the footer over the network would cost two more requests
+        per file and prove nothing more. A local file went through our own write, fsync and
+        rename, so its footer is read back from disk as well (no round trips there).
+        """
         uri = self.uri_of(path)
         try:
             self.fs.invalidate_cache(posixpath.dirname(path))
             info = self.fs.info(path)
-            if info.get("size") != size:
-                raise ValueError(f"size is {info.get('size')} bytes, wrote {size}")
-            with self.fs.open(path, "rb") as fh:
-                num_rows = pq.ParquetFile(fh).metadata.num_rows
-            if num_rows != rows:
-                raise ValueError(f"footer says {num_rows} rows, wrote {rows}")
+            if info.get("size") != len(data):
+                raise ValueError(f"size is {info.get('size')} bytes, wrote {len(data)}")
+            if self.local:
+                with self.fs.open(path, "rb") as fh:
+                    _check_footer(fh, rows)
         except Exception as exc:
             self._remove_quietly(path)
             raise KtExportWriteError(

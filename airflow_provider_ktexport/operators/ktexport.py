@@ -119,8 +119,8 @@ class KtExportDrainOperatorBase(BaseOperator):
         ack_quarantined: bool = False,
         ack_quarantined_after: int = 3,
         max_reject_share: float | None = None,
-        max_flush_partitions: int = 500,
-        write_concurrency: int = 8,
+        max_flush_partitions: int = 2000,
+        write_concurrency: int | None = None,
         max_in_flight: int = 4,
         asset: Asset | None = None,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
@@ -297,9 +297,13 @@ class KtExportToParquetOperator(KtExportDrainOperatorBase):
         acknowledges it (a transient truncation heals by redelivery)
     :param max_reject_share: fail the task when more than this share of a flush's records are
         rejected (they are still kept in ``_rejected/`` and acknowledged); ``None`` (default) warns
-    :param max_flush_partitions: flush early once the held batches span about this many partition
-        files (a backfill over many days on a slow object store)
-    :param write_concurrency: partition files written at once during a flush
+    :param max_flush_partitions: flush early once the held batches would write this many partition
+        files (counted exactly; a backfill over many days on a slow object store). The drain also
+        flushes earlier, or in several steps, when the pace it measured says the files would not
+        land inside the oldest lease, and halves this and ``flush_records`` for the rest of a run
+        whose leases ran out before their acknowledgements
+    :param write_concurrency: partition files written at once during a flush (1-256); ``None``
+        (default): 64 on an object store, 8 on a local disk
     :param max_in_flight: GET requests kept outstanding while earlier batches are written
     :param asset: an Asset to emit an event on when files land (in addition to the alias); a run
         that lands nothing emits no event on it

@@ -1,18 +1,23 @@
-"""A backfill over many days on a slow S3 server: every batch is acknowledged inside its lease.
+"""A backfill over hundreds of days on a slow S3 server: every batch is acknowledged inside its lease.
 
-Each partition file costs several round trips (PUT, then HEAD and footer reads to verify it). A
-flush over hundreds of ``event_date`` partitions written one file at a time outlives a 120 s lease
-on a remote store; then every acknowledgement is late, the batches come back and the drain loops
-writing duplicates. Here the S3 server (moto's, over HTTP) adds a delay to every request and the
-lease is short, so only concurrent writes plus early flushes keep every ack in time.
+A backfill's batch spreads its records over hundreds of days, so each batch alone writes hundreds
+of ``event_date`` partition files, and a flush of several writes thousands. Here every batch
+covers about the whole 400 days (the records are shuffled, as a queue catching up serves them),
+the S3 server (moto's, over HTTP) adds 40 ms to every request, and the lease is 30 s: the drain
+must count a flush's files exactly, spend two requests per file (PUT and HEAD), write many at once
+and pace its flushes, or its acknowledgements come too late and the queue never empties.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import random
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,98 +30,110 @@ from tests.integration.conftest import S3_KEY, s3_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DELAY = 0.05  # per S3 request, as a store in another region
-DAYS = 240
-LEASE = 24.0
-
-
-class _Delayed:
-    """WSGI middleware: every request waits ``delay`` seconds before the S3 app answers it."""
-
-    def __init__(self, app: Any, delay: float) -> None:
-        self.app = app
-        self.delay = delay
-        self.requests = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        with self._lock:
-            self.requests += 1
-        time.sleep(self.delay)
-        return self.app(environ, start_response)
+DELAY = 0.04  # per S3 request, as a store in another region
+DAYS = 400
+TYPES = 2
+BATCH = 500
+BATCHES = 8
+LEASE = 30.0
 
 
 @pytest.fixture
-def slow_s3() -> Iterator[tuple[str, _Delayed]]:
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
+def slow_s3() -> Iterator[str]:
+    """The endpoint of moto's S3 server in its own process, DELAY seconds added to each request."""
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.slow_s3_server", str(DELAY)],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    from werkzeug.serving import make_server
-
-    app = _Delayed(DomainDispatcherApplication(create_backend_app), DELAY)
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", app
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())  # printed once it listens
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        thread.join()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def s3_requests(endpoint: str) -> dict[str, int]:
+    """What the server counted: requests on data files (``data``) and on anything else (``other``)."""
+    with urllib.request.urlopen(f"{endpoint}/_requests", timeout=30) as resp:
+        counts: dict[str, int] = json.loads(resp.read())
+    return counts
+
+
+def set_delay(endpoint: str, seconds: float) -> None:
+    req = urllib.request.Request(f"{endpoint}/_delay?seconds={seconds}", method="POST")
+    urllib.request.urlopen(req, timeout=30).close()
 
 
 def backfill_records() -> list[dict[str, Any]]:
-    """Four telemetry records a day over DAYS days, oldest first (a queue catching up)."""
+    """BATCHES x BATCH records of TYPES types over DAYS days, shuffled: each batch spans ~all days."""
+    rng = random.Random(18)
     out = []
-    for day in range(DAYS):
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + day * 86_400))
-        for i in range(4):
-            out.append({"type": "telemetry", "date": stamp, "day": day, "i": i, "location": {"lat": 1.0 + i}})
+    for n in range(BATCHES * BATCH):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + rng.randrange(DAYS * 86_400)))
+        out.append({"type": f"type{n % TYPES}", "date": stamp, "n": n, "location": {"lat": 1.0}})
+    rng.shuffle(out)
     return out
 
 
-def test_backfill_over_many_days_acks_every_batch_in_its_lease(slow_s3, tmp_path):
+def day_span(records: list[dict[str, Any]]) -> int:
+    days = sorted(r["date"][:10] for r in records)
+    first, last = (time.mktime(time.strptime(d, "%Y-%m-%d")) for d in (days[0], days[-1]))
+    return round((last - first) / 86_400)
+
+
+def test_backfill_over_hundreds_of_days_acks_every_batch_in_its_lease(slow_s3, tmp_path):
     import s3fs
 
-    endpoint, delayed = slow_s3
+    endpoint = slow_s3
     s3_client(endpoint).create_bucket(Bucket="backfill")
     fs = s3fs.S3FileSystem(
-        key=S3_KEY, secret=S3_KEY, endpoint_url=endpoint, client_kwargs={"region_name": "us-east-1"}
+        key=S3_KEY,
+        secret=S3_KEY,
+        endpoint_url=endpoint,
+        client_kwargs={"region_name": "us-east-1"},
+        config_kwargs={"max_pool_connections": 64},  # as docs/performance.md advises for S3
+        skip_instance_cache=True,
     )
     writer = LakeWriter(fs, "backfill/lake")
     records = backfill_records()
-    with Emulator(lease_seconds=LEASE, long_poll_seconds=1.0, batch_size=80) as emu:
+    assert min(day_span(records[i : i + BATCH]) for i in range(0, len(records), BATCH)) >= 300
+    with Emulator(lease_seconds=LEASE, long_poll_seconds=1.0, batch_size=BATCH) as emu:
         emu.enqueue(records)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0, pool_size=24) as client:
-            config = DrainConfig(
-                max_runtime=240,
-                lease_seconds=LEASE,
-                flush_seconds=10,
-                max_flush_partitions=60,
-                max_in_flight=2,
-            )
+            # The issue's settings: flush_records far above the backfill, the other limits default.
+            config = DrainConfig(max_runtime=300, lease_seconds=LEASE, flush_seconds=15, flush_records=50_000)
             t0 = time.monotonic()
             result = Drain(client, writer, config).run()
             elapsed = time.monotonic() - t0
         stats = emu.stats()
+    files = len(result.files)
+    requests = s3_requests(endpoint)
     print(
         json.dumps(
             {
-                "files": len(result.files),
+                "files": files,
                 "flushes": result.flushes,
-                "s3_requests": delayed.requests,
+                "flush_shrinks": result.flush_shrinks,
+                "s3_requests": requests,
+                "requests_per_file": round(requests["data"] / files, 2),
                 "seconds": round(elapsed, 1),
                 "max_ack_lease_age_s": round(result.max_ack_lease_age_s or 0, 1),
             }
         )
     )
-    assert result.lease_expired == 0 and result.ack_failed == 0
+    assert result.lease_expired == 0 and result.ack_failed == 0 and result.wide_batches == 0
+    assert result.acked == BATCHES and stats["acked"] == BATCHES
     assert result.max_ack_lease_age_s is not None and result.max_ack_lease_age_s < LEASE
-    assert len(result.files) >= DAYS  # one file per day at least: the backfill really spans them
     assert stats["redelivered"] == 0
     assert stats["queued"] == 0 and stats["leased"] == 0
+    assert files >= DAYS  # hundreds of partition files: the backfill really spans the days
+    assert requests["data"] <= 2 * files  # one PUT and one HEAD per data file
+    assert requests["other"] <= 20 * TYPES  # schema store and listings: per type, not per file
+    set_delay(endpoint, 0.0)  # reading hundreds of files back need not wait like the writes
     landed = read_lake_table(fs, "backfill/lake")
-    assert sorted(zip(landed.column("day").to_pylist(), landed.column("i").to_pylist(), strict=True)) == [
-        (r["day"], r["i"]) for r in records
-    ]
+    assert sorted(landed.column("n").to_pylist()) == list(range(BATCHES * BATCH))  # every record once

@@ -153,6 +153,25 @@ def test_one_request_per_file(object_store: Store) -> None:
     assert read_file(object_store, written[0].path).num_rows == rows
 
 
+def test_a_data_file_is_not_read_back_over_the_network(object_store: Store) -> None:
+    """A backfill writes thousands of files on a remote store: each costs its upload and the
+    metadata request that proves it is there at its size (on S3 one PUT and one HEAD; gcsfs's
+    ``info`` asks twice, as object and as folder), never a download of its footer."""
+    writer = object_store.writer()
+    land(writer, telemetry(range(3), note="x"))  # the schema is published: the next write is data only
+    with http_requests() as calls:
+        written = land(writer, telemetry(range(3, 6), note="x"))
+    assert len(written) == 1
+    downloads = [
+        c
+        for c in calls
+        if c[0] == "GET" and "part-" in c[1] and ("alt=media" in c[1] or "/storage/v1/" not in c[1])
+    ]
+    assert downloads == [], calls
+    if object_store.name == "s3":
+        assert [c[0] for c in calls if "part-" in c[1]] == ["PUT", "HEAD"], calls
+
+
 def _chunked(store: Store) -> tuple[dict, str]:
     """pipe() keyword arguments that force the store's chunked upload, and the request that adds a chunk."""
     if store.name == "s3":

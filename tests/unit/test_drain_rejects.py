@@ -270,7 +270,7 @@ def test_buffer_add_is_the_commit_point():
     assert all(list.__len__(h.raw_items) == 2 for h in taken)  # never a held batch without records
 
 
-def test_buffer_estimates_partitions_from_samples():
+def test_buffer_counts_partitions_and_skips_undecodable_records():
     buf = Buffer(("record_type", "event_date"))
     for day in (1, 2, 3):
         buf.add(

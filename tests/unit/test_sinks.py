@@ -70,3 +70,30 @@ def test_files_of_a_flush_go_up_at_once(tmp_path):
     landed = sink.land([part(f"t{i}") for i in range(8)], {}, INFO)
     assert len(landed) == 8 and peak[0] > 1
     sink.close()
+
+
+def test_object_stores_write_many_files_at_once_by_default(tmp_path):
+    """A file on an object store waits on round trips, not on the disk: 64 at once, 8 locally."""
+    local = ParquetSink(LakeWriter(fsspec.filesystem("file"), str(tmp_path)))
+    remote = ParquetSink(LakeWriter(fsspec.filesystem("memory"), "/lake-default"))
+    chosen = ParquetSink(LakeWriter(fsspec.filesystem("memory"), "/lake-chosen"), concurrency=3)
+    try:
+        assert (local.concurrency, remote.concurrency, chosen.concurrency) == (8, 64, 3)
+    finally:
+        for sink in (local, remote, chosen):
+            sink.close()
+
+
+def test_a_small_s3_connection_pool_is_pointed_out(caplog):
+    s3fs = pytest.importorskip("s3fs")
+    fs = s3fs.S3FileSystem(key="k", secret="s", skip_instance_cache=True)
+    with caplog.at_level("INFO", logger="airflow_provider_ktexport.lake.sinks"):
+        ParquetSink(LakeWriter(fs, "bucket/lake")).close()
+    assert "max_pool_connections" in caplog.text and "10 at a time" in caplog.text
+    caplog.clear()
+    fs = s3fs.S3FileSystem(
+        key="k", secret="s", skip_instance_cache=True, config_kwargs={"max_pool_connections": 64}
+    )
+    with caplog.at_level("INFO", logger="airflow_provider_ktexport.lake.sinks"):
+        ParquetSink(LakeWriter(fs, "bucket/lake")).close()
+    assert "max_pool_connections" not in caplog.text

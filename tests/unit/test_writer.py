@@ -116,6 +116,57 @@ def test_object_store_write_is_one_pipe_and_readable() -> None:
     assert read_lake(fs, "/lake-ok")["t"].column("a").to_pylist() == [1, 2]
 
 
+class CountingFS(MemoryFileSystem):
+    """An object store that records each request made on a data file (what a PUT, HEAD or GET costs)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def _note(self, name: str, path: str) -> None:
+        if str(path).endswith(".parquet"):
+            self.calls.append(name)
+
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        self._note("put", path)
+        super().pipe_file(path, value, **kwargs)
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        self._note("head", path)
+        return super().info(path, **kwargs)
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" in mode:  # the memory store's pipe_file writes through _open(..., "wb")
+            self._note("get", path)
+        return super()._open(path, mode, **kwargs)
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        self._note("get", path)
+        return super().cat_file(path, start, end, **kwargs)
+
+
+def test_object_store_write_costs_one_put_and_one_head() -> None:
+    """A backfill writes thousands of files on a remote store: a file costs two requests, not four
+    (its footer is checked on the bytes built, and the stored size proves the PUT kept them)."""
+    fs = CountingFS()
+    w = LakeWriter(fs, "memory://lake-count", writer_id="w")
+    w.write(pa.table({"a": [1, 2, 3]}), {"record_type": "t", "event_date": "2026-11-25"})
+    assert fs.calls == ["put", "head"]
+
+
+def test_local_write_still_reads_its_footer_back(writer: LakeWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    real_open = LocalFileSystem._open
+
+    def spy(self: LocalFileSystem, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        reads.append(mode)
+        return real_open(self, path, mode, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "_open", spy)
+    writer.write(pa.table({"a": [1]}), {"record_type": "t"})
+    assert "rb" in reads
+
+
 def test_unsanitised_partition_is_refused(writer: LakeWriter, tmp_path: Path) -> None:
     with pytest.raises(KtExportWriteError, match="sanitised"):
         writer.write(pa.table({"a": [1]}), {"record_type": "../../etc"})

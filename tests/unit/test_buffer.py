@@ -1,0 +1,74 @@
+"""The buffer's partition count: the files a flush of the held batches writes, exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime
+
+from airflow_provider_ktexport.buffer import Buffer, partitions_of
+from airflow_provider_ktexport.client import Batch
+from airflow_provider_ktexport.lake.schema import build_tables
+
+
+def _batch(batch_id: str, records: list[dict]) -> Batch:
+    raws = [json.dumps(r).encode() for r in records]
+    return Batch(id=batch_id, raw_items=raws, leased_at=time.monotonic(), body_size=sum(map(len, raws)))
+
+
+def _backfill(n: int, days: int, types: int, seed: int) -> list[dict]:
+    """Records whose times spread over ``days`` days in random order (a backfill's batch)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + rng.randrange(days * 86_400)))
+        out.append({"type": f"t{rng.randrange(types)}", "date": stamp, "i": i})
+    return out
+
+
+def _files_written(records: list[dict], partition_by: tuple[str, ...]) -> int:
+    raws = [json.dumps(r).encode() for r in records]
+    tables = build_tables(
+        raws,
+        ["b"] * len(raws),
+        source="s",
+        ingested_at=datetime.now(UTC),
+        partition_by=partition_by,
+        include_raw=False,
+        known_schema=lambda _t: None,
+    )
+    return len(tables)
+
+
+def test_a_batch_spread_over_hundreds_of_days_is_counted_exactly():
+    """A 500-record batch over 400 days and 5 types writes ~440 files; 8 samples saw 8 at most."""
+    records = _backfill(500, 400, 5, seed=1)
+    buf = Buffer(("record_type", "event_date"))
+    buf.add(_batch("b1", records))
+    assert buf.partitions == _files_written(records, ("record_type", "event_date")) > 400
+
+
+def test_batches_count_only_the_partitions_they_add():
+    first, second = _backfill(300, 50, 2, seed=2), _backfill(300, 50, 2, seed=3)
+    buf = Buffer(("record_type", "event_date"))
+    buf.add(_batch("b1", first))
+    alone = buf.partitions
+    buf.add(_batch("b2", second))
+    assert alone < buf.partitions == _files_written(first + second, ("record_type", "event_date"))
+
+
+def test_the_count_follows_the_event_day_rules_of_the_tables():
+    """UTC day of the first time that parses (an offset moves the day), the record type's folder
+    even when it is not a partition key, ``unknown`` without a time."""
+    records = [
+        {"type": "a", "date": "2026-01-01T23:30:00-05:00"},  # 2026-01-02 in UTC
+        {"type": "a", "date": "2026-01-02T04:00:00Z"},
+        {"type": "a", "date": "not a time", "received": "2026-01-03T00:00:00Z"},
+        {"type": "b", "date": 5},
+        {"type": "b"},
+        {"type": 7, "date": "2026-01-03"},
+    ]
+    for partition_by in [("record_type", "event_date"), ("event_date",), ("record_type", "ingest_date")]:
+        raws = [json.dumps(r).encode() for r in records]
+        assert len(partitions_of(raws, partition_by)) == _files_written(records, partition_by), partition_by

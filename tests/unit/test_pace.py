@@ -1,0 +1,182 @@
+"""The flush pace: limits learnt from the run's writes, and the drain keeping its acks in the lease.
+
+The drain tests run on a fake clock that only the store moves: every file written costs it a
+fixed time, so a flush's length (and whether a lease ran out) does not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import types
+from typing import Any
+
+import pytest
+
+from airflow_provider_ktexport import drain as drain_module
+from airflow_provider_ktexport.buffer import HeldBatch
+from airflow_provider_ktexport.client import Batch
+from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.exceptions import KtExportError
+from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
+from airflow_provider_ktexport.pace import FlushPace
+from tests.unit.test_drain import FakeClient, writer_for
+
+
+def held(batch_id: str, leased_at: float, days: range) -> HeldBatch:
+    return HeldBatch(batch_id, leased_at, [b"{}"] * len(days), frozenset(("t", f"d{d}") for d in days))
+
+
+class TestFlushPace:
+    def test_before_a_measured_flush_the_settings_rule_and_the_fetchers_wait(self):
+        pace = FlushPace(flush_records=100, max_partitions=50, lease_seconds=30)
+        assert pace.partition_limit(1.0) == 50
+        assert pace.next_step([held("a", 0, range(40)), held("b", 0, range(40, 80))], 1.0) == 2
+        assert pace.lease_ahead() == 4
+
+    def test_a_measured_pace_bounds_the_files_by_the_time_left(self):
+        pace = FlushPace(flush_records=100, max_partitions=500, lease_seconds=30)
+        pace.note_flush(files=100, batches=4, land_seconds=10.0, total_seconds=12.0)  # 0.1 s a file
+        assert pace.partition_limit(20.0) == 100  # half of 20 s at 0.1 s a file
+        assert pace.partition_limit(0.0) == 1
+        assert pace.lease_ahead() == 5  # half of 30 s at 3 s a batch
+        assert pace.lease_ahead(held=3) == 2 and pace.lease_ahead(held=9) == 1
+
+    def test_a_flush_that_would_not_fit_is_split_oldest_first_and_shared_files_are_free(self):
+        pace = FlushPace(flush_records=100, max_partitions=500, lease_seconds=30)
+        pace.note_flush(files=10, batches=1, land_seconds=1.0, total_seconds=1.0)  # 0.1 s a file
+        pending = [held("a", 0, range(30)), held("b", 0, range(30)), held("c", 0, range(30, 60))]
+        assert pace.next_step(pending, 10.0) == 2  # 50 files fit: a and b share theirs, c adds 30
+        assert pace.next_step(pending[2:], 0.5) == 1  # never less than one batch
+
+    def test_shrink_halves_what_the_late_flush_held_down_to_one(self):
+        pace = FlushPace(flush_records=50_000, max_partitions=2000, lease_seconds=30)
+        pace.shrink(20_000, 3000)  # held fewer records than the limit, wrote more files than it
+        assert (pace.flush_records, pace.max_partitions, pace.shrinks) == (10_000, 1000, 1)
+        pace.shrink(3, 1)
+        assert (pace.flush_records, pace.max_partitions, pace.shrinks) == (1, 1, 2)
+
+
+LEASE = 4.0
+FILE_SECONDS = 0.1  # what each file costs on the fake clock
+
+
+class SlowStore:
+    """The drain's clock (monotonic, moved on by writes) and a writer that spends it."""
+
+    def __init__(self, lake: Any) -> None:
+        self.offset = 0.0
+        self.lock = threading.Lock()
+        clock = self
+
+        class Writer(LakeWriter):
+            def write(self, table: Any, partition: Any, **kwargs: Any) -> Any:
+                with clock.lock:
+                    clock.offset += FILE_SECONDS
+                return super().write(table, partition, **kwargs)
+
+        base = writer_for(lake)
+        self.writer = Writer(base.fs, base.root)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def leased(self, batch: Batch) -> Any:
+        """An answer for FakeClient whose lease starts on this clock when it is served."""
+
+        def serve() -> Batch:
+            batch.leased_at = self.monotonic()
+            return batch
+
+        return serve
+
+
+def day_batch(batch_id: str, first_day: int, days: int) -> Batch:
+    """A backfill batch: one record on each of ``days`` days (one partition file each)."""
+    raws = [
+        json.dumps(
+            {
+                "type": "t",
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + d * 86_400)),
+                "seq": d,
+            }
+        ).encode()
+        for d in range(first_day, first_day + days)
+    ]
+    return Batch(id=batch_id, raw_items=raws, leased_at=0.0, body_size=sum(map(len, raws)))
+
+
+@pytest.fixture
+def slow_store(tmp_path, monkeypatch):
+    store = SlowStore(tmp_path / "lake")
+    monkeypatch.setattr(
+        drain_module, "time", types.SimpleNamespace(monotonic=store.monotonic, time=time.time)
+    )
+    return store
+
+
+def wait_until(condition: Any, seconds: float = 60.0) -> None:
+    """Wait (on the real clock) until ``condition()`` holds."""
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def config(**kwargs: Any) -> DrainConfig:
+    kwargs.setdefault("max_runtime", 120)
+    return DrainConfig(lease_seconds=LEASE, flush_seconds=2, max_in_flight=1, write_concurrency=1, **kwargs)
+
+
+def test_a_drain_that_saw_leases_expire_shrinks_its_next_flushes(slow_store, tmp_path, caplog):
+    """Ten 5-day batches in one 50-record flush cost 5 s of a 4 s lease: none can be acknowledged.
+    The drain then halves its limits (and budgets by the measured pace), so the next ten land in
+    steps that are each acknowledged in time instead of failing the same way."""
+    first = [day_batch(f"a{i}", i * 5, 5) for i in range(10)]
+    later = [day_batch(f"b{i}", 100 + i * 5, 5) for i in range(10)]
+    client = FakeClient([])
+    drain = Drain(client, slow_store.writer, config(flush_records=50))
+    gate = slow_store.leased(later[0])
+
+    def after_first_flush() -> Batch:
+        wait_until(lambda: drain.result.flushes >= 1)  # lease the rest once the first flush is over
+        return gate()
+
+    client.answers.extend([slow_store.leased(b) for b in first] + [after_first_flush])
+    client.answers.extend(slow_store.leased(b) for b in later[1:])
+    with caplog.at_level("WARNING"):
+        result = drain.run()
+    assert result.lease_expired == 10 and not set(client.acks) & {b.id for b in first}
+    assert sorted(client.acks) == sorted(b.id for b in later)
+    assert result.flush_shrinks >= 1 and result.summary()["flush_shrinks"] == result.flush_shrinks
+    assert drain.pace.flush_records <= 25
+    assert "flushes hold at most" in caplog.text
+    seqs = read_lake_table(str(tmp_path / "lake")).column("seq").to_pylist()
+    assert sorted(seqs) == sorted(
+        [d for d in range(50)] + [d for d in range(100, 150)]
+    )  # landed, late or not
+
+
+def test_a_batch_too_wide_for_its_lease_is_never_acked_and_a_second_stops_the_run(
+    slow_store, tmp_path, caplog
+):
+    """60 partition files at 0.1 s each outlive a 4 s lease even alone: the batch is written,
+    not acknowledged, counted and warned about; a second such batch stops the run with advice
+    instead of writing copies for as long as it runs."""
+    client = FakeClient([slow_store.leased(day_batch("w1", 0, 60))])
+    drain = Drain(client, slow_store.writer, config())
+    second = slow_store.leased(day_batch("w2", 0, 60))
+
+    def after_first_flush() -> Batch:
+        wait_until(lambda: drain.result.flushes >= 1)  # its redelivery, say: after the first landed
+        return second()
+
+    client.answers.append(after_first_flush)
+    with caplog.at_level("WARNING"), pytest.raises(KtExportError, match="write_concurrency") as err:
+        drain.run()
+    assert "Stopping the run" in str(err.value)
+    assert client.acks == []
+    assert drain.result.wide_batches == 2
+    assert "alone writes 60 partition files" in caplog.text
