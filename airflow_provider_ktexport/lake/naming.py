@@ -1,19 +1,21 @@
 """Column names and partition values: the reversible escaping rules of docs/schema-mapping.md.
 
-Pure functions. A column name is a function of the key path alone (never of which keys a writer
-met first), so concurrent writers always agree on it:
+Pure functions. A key keeps its spelling (``eventDate`` is the column ``eventDate``):
 
-- each key is escaped by a percent rule (``%XX``), so escaped keys never start or end with ``_``
-  nor hold ``__``; the keys are joined by ``__``;
-- a name holding upper-case letters gets a *case tag* ``___c<hex>`` (the bit mask of its
-  upper-case letters), so two names never differ by case alone (Athena, Glue, Spark and DuckDB
-  match names case-insensitively);
+- each key is escaped by a percent rule (``%XX``) only where its name would otherwise be
+  ambiguous or illegal, so escaped keys never start or end with ``_`` nor hold ``__``; the keys
+  are joined by ``__``;
+- a *case twin* (a key path whose name equals, ignoring case, a column the record type already
+  publishes for another path) gets a *twin tag* ``___t<n>`` (:func:`twin_name`): Athena, Glue,
+  Spark and DuckDB match names case-insensitively. Which spelling came first is the lake's
+  schema store's decision (:func:`assign_name` given what it publishes), never a writer's;
 - a *variant* column (values that do not fit the column's published type) is the column's name
   plus ``___<type>`` (``___string``, ``___double``...).
 
 Because escaped names never hold ``___`` (two keys' ``_`` never meet across a ``__``), a tag can
-never be mistaken for part of a key path, and every name splits back into its key path, case
-tag and variant type.
+never be mistaken for part of a key path, and every name splits back into its key path, twin
+tag and variant type. Names of earlier versions carried a case tag ``___c<hex>`` on every name
+with capitals; they decode too (:func:`column_path` drops every tag).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -29,6 +32,7 @@ __all__ = [
     "PATH_METADATA_KEY",
     "TAG_SEP",
     "VARIANT_TAGS",
+    "assign_name",
     "base_name",
     "column_name",
     "column_path",
@@ -36,6 +40,8 @@ __all__ = [
     "is_safe_partition_value",
     "path_metadata",
     "sanitize_partition_value",
+    "twin_name",
+    "twin_tag",
     "variant_name",
     "variant_tag",
     "variant_type",
@@ -47,7 +53,7 @@ PATH_METADATA_KEY = b"ktexport.path"
 PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 #: Separates a column's key path from its tags; escaped key paths never contain it.
 TAG_SEP = "___"
-_CASE_TAG = "c"
+_TWIN_TAG = "t"
 _PARTITION_MAX_LEN = 100
 _EMPTY_SEGMENT = "%-"
 
@@ -72,7 +78,8 @@ def _must_escape(c: str) -> bool:
     if c in "%./" or o < 0x20 or 0x7F <= o <= 0x9F:
         return True
     # Non-ASCII capitals (and title-case letters) are escaped: engines lower-case them by rules
-    # of their own (U+212A KELVIN SIGN and "K" both become "k"), so the case tag covers ASCII only.
+    # of their own (U+212A KELVIN SIGN and "K" both become "k"), so case twins are told apart by
+    # ASCII case alone, alike in every engine.
     return o > 0x7F and c != c.lower()
 
 
@@ -106,30 +113,12 @@ def is_plain(seg: str) -> bool:
     )
 
 
-def _case_mask(body: str) -> int:
-    """Bit i set when the i-th ASCII letter of ``body`` (outside ``%XX`` escapes) is upper-case."""
-    mask = 0
-    bit = 0
-    i = 0
-    n = len(body)
-    while i < n:
-        c = body[i]
-        if c == "%":  # escapes are always upper-case hex (or "%-"): they carry no case of their own
-            i += 3 if body[i + 1 : i + 2] != "-" else 2
-            continue
-        if c.isascii() and c.isalpha():
-            if c.isupper():
-                mask |= 1 << bit
-            bit += 1
-        i += 1
-    return mask
-
-
 def column_name(path: tuple[str, ...]) -> str:
-    """The column name of a key path (see docs/schema-mapping.md); a pure function of the path.
+    """The plain column name of a key path (see docs/schema-mapping.md): the keys as spelt, escaped.
 
-    Reversible by :func:`column_path` for any non-empty tuple of strings, and distinct from the
-    name of every other path even when both are lower-cased.
+    Reversible by :func:`column_path` for any non-empty tuple of strings. Two paths may give
+    names equal ignoring case (``speed``, ``Speed``): the lake's name for the later one is a
+    :func:`twin_name` (see :func:`assign_name`).
     """
     if not path:
         raise ValueError("a column path needs at least one key")
@@ -137,10 +126,36 @@ def column_name(path: tuple[str, ...]) -> str:
     if len(path) == 1 and body.lower() in PARTITION_KEYS:
         # A record field called e.g. "record_type" must not shadow the hive partition key.
         body = _pct(body[0]) + body[1:]
-    if body.islower() or not any("A" <= c <= "Z" for c in body):
-        return body
-    mask = _case_mask(body)
-    return f"{body}{TAG_SEP}{_CASE_TAG}{mask:x}" if mask else body
+    return body
+
+
+def twin_name(path: tuple[str, ...], n: int) -> str:
+    """The ``n``-th case twin's name of a key path: its plain name plus ``___t<n>`` (n >= 1)."""
+    return f"{column_name(path)}{TAG_SEP}{_TWIN_TAG}{n}"
+
+
+def assign_name(path: tuple[str, ...], published: Iterable[str]) -> str:
+    """The name of key path ``path`` given the names a record type already publishes.
+
+    The name published for the path when there is one; else its plain name, unless that equals a
+    published name ignoring case, in which case the first free :func:`twin_name`. Writers get the
+    same answer from the same published names; the schema store makes the first published
+    spelling the one every writer sees (docs/schema-mapping.md).
+    """
+    taken = set()
+    for name in published:
+        if name.startswith("_") or name in PARTITION_KEYS:  # metadata columns: no key path
+            continue
+        if variant_tag(name) is None and column_path(name) == path:
+            return name
+        taken.add(name.lower())
+    plain = column_name(path)
+    n = 0
+    name = plain
+    while name.lower() in taken:
+        n += 1
+        name = twin_name(path, n)
+    return name
 
 
 _PCT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
@@ -154,6 +169,15 @@ def _unescape_segment(seg: str) -> str:
     return _PCT_RUN.sub(
         lambda m: bytes.fromhex(m.group(0).replace("%", "")).decode("utf-8", "surrogatepass"), seg
     )
+
+
+_TWIN_RE = re.compile(rf"{TAG_SEP}{_TWIN_TAG}[1-9][0-9]*$")
+
+
+def twin_tag(name: str) -> str:
+    """The twin tag of a base column name (``___t1``...), empty for a column that is no twin."""
+    m = _TWIN_RE.search(base_name(name))
+    return m.group(0) if m else ""
 
 
 def base_name(name: str) -> str:
@@ -185,7 +209,8 @@ def variant_name(name: str, value_type: pa.DataType) -> str:
 def column_path(name: str) -> tuple[str, ...]:
     """The key path a column name stands for (inverse of :func:`column_name`; tags are dropped).
 
-    Names written by earlier versions (no tags, case twins as ``%53peed``) decode too.
+    Names written by earlier versions (case tags ``___c<hex>``, or no tags and case twins as
+    ``%53peed``) decode too.
     """
     if not name:
         raise ValueError("empty column name")

@@ -11,7 +11,7 @@ conversion is int64 -> float64, and only where exact (|x| <= 2^53), as on the JS
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -24,8 +24,10 @@ from airflow_provider_ktexport.lake.naming import (
     VARIANT_TAGS,
     base_name,
     column_name,
+    column_path,
     field_path,
     path_metadata,
+    twin_tag,
     variant_name,
     variant_tag,
     variant_type,
@@ -38,24 +40,40 @@ __all__ = [
     "fit_table",
     "fitted_columns",
     "fold_variants",
+    "is_meta_column",
     "needs_fit",
     "pad_table",
+    "published_names",
 ]
 
 FoldMode = Literal["string", "widest"]
 
 
-def _is_meta(name: str) -> bool:
+def is_meta_column(name: str) -> bool:
+    """True for a metadata or partition column (no key path of a record)."""
     # Data columns never start with "_" (the escape rule), metadata columns always do; partition
     # columns (added by readers) are never data columns either.
     return name.startswith("_") or name in PARTITION_KEYS
 
 
-def current_name(field: pa.Field) -> str:
-    """The name this version gives a column a file holds (files of any version)."""
-    if _is_meta(field.name):
+def published_names(published: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """The published base column of each key path (a case twin's is its twin name)."""
+    return {column_path(n): n for n in published if not is_meta_column(n) and variant_tag(n) is None}
+
+
+def current_name(field: pa.Field, names: Mapping[tuple[str, ...], str] | None = None) -> str:
+    """The name this version gives a column a file holds (files of any version).
+
+    ``names``: the lake's published column of each key path (:func:`published_names`), which
+    decides case twins; without it, or for a path it lacks, the plain name (a twin tag the
+    field's name carries is kept; an earlier version's case tag is dropped).
+    """
+    if is_meta_column(field.name):
         return field.name
-    base = column_name(field_path(field))
+    path = field_path(field)
+    base = names.get(path) if names else None
+    if base is None:
+        base = column_name(path) + twin_tag(field.name)
     tag = variant_tag(field.name)
     return base if tag is None else f"{base}{TAG_SEP}{tag}"
 
@@ -67,12 +85,13 @@ def _target_type(name: str, published: Mapping[str, pa.DataType]) -> pa.DataType
 
 def needs_fit(schema: pa.Schema, published: Mapping[str, pa.DataType]) -> bool:
     """True when a table of ``schema`` is not already at ``published`` (names, types, no Null columns)."""
+    names = published_names(published)
     for f in schema:
         if pa.types.is_null(f.type):
             return True
-        if _is_meta(f.name):
+        if is_meta_column(f.name):
             continue
-        name = current_name(f)
+        name = current_name(f, names)
         target = _target_type(name, published)
         if name != f.name or (target is not None and target != f.type):
             return True
@@ -101,13 +120,14 @@ def fit_table(table: pa.Table, published: Mapping[str, pa.DataType]) -> pa.Table
     table lacks are not added (engines merge files by adding columns).
     """
     out = _Builder()
+    names = published_names(published)
     for field, col in zip(table.schema, table.columns, strict=True):
         if pa.types.is_null(field.type):
             continue
-        if _is_meta(field.name):
+        if is_meta_column(field.name):
             out.put(field, col)
             continue
-        name = current_name(field)
+        name = current_name(field, names)
         meta = path_metadata(field_path(field))
         target = _target_type(name, published)
         t = field.type
@@ -138,14 +158,15 @@ def fitted_columns(schemas: list[pa.Schema], published: Mapping[str, pa.DataType
     variant; that needs the data and is left out here.)
     """
     full = dict(published)
+    names = published_names(published)
     for schema in schemas:
         for f in schema:
             if pa.types.is_null(f.type):
                 continue
-            if _is_meta(f.name):
+            if is_meta_column(f.name):
                 full.setdefault(f.name, f.type)
                 continue
-            name = current_name(f)
+            name = current_name(f, names)
             target = _target_type(name, published)
             if target is None or target == f.type:
                 full.setdefault(name, f.type)
@@ -171,7 +192,7 @@ def pad_table(table: pa.Table, columns: Mapping[str, pa.DataType]) -> pa.Table:
             fields.append(table.schema.field(name))
             arrays.append(table.column(name))
         else:
-            meta = None if _is_meta(name) else path_metadata(field_path(pa.field(name, t)))
+            meta = None if is_meta_column(name) else path_metadata(field_path(pa.field(name, t)))
             fields.append(pa.field(name, t, metadata=meta))
             arrays.append(pa.nulls(n, t))
     for f in table.schema:
@@ -209,7 +230,7 @@ def fold_variants(table: pa.Table, mode: FoldMode = "string") -> pa.Table:
     """
     groups: dict[str, list[str]] = {}
     for name in table.column_names:
-        if not _is_meta(name):
+        if not is_meta_column(name):
             groups.setdefault(base_name(name), []).append(name)
     # Each group of more than one column (or a variant without its column) becomes one column.
     result = table
