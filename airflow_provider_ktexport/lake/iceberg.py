@@ -37,7 +37,7 @@ import pyarrow as pa
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
-from airflow_provider_ktexport.lake.variants import fit_table
+from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
 
 __all__ = [
     "EVENT_DATE_COLUMN",
@@ -253,10 +253,15 @@ class IcebergSink:
                 published = _plain_arrow(handle.schema().as_arrow())
                 # Another writer may have given a new column its type first: values that do not fit
                 # it move to variant columns, so no column ever changes type.
+                # A new case twin is named against the table's names: its twin name goes into
+                # the same optimistic commit that publishes it, so no two writers disagree.
                 rows = (
                     arrow
                     if rejected
-                    else fit_table(arrow, dict(zip(published.names, published.types, strict=True)))
+                    else name_new_columns(
+                        fit_table(arrow, dict(zip(published.names, published.types, strict=True))),
+                        published.names,
+                    )
                 )
                 if any(
                     name not in published.names for name in rows.schema.names if name != EVENT_DATE_COLUMN

@@ -37,8 +37,10 @@ __all__ = [
     "column_name",
     "column_path",
     "field_path",
+    "is_meta_column",
     "is_safe_partition_value",
     "path_metadata",
+    "published_names",
     "sanitize_partition_value",
     "twin_name",
     "twin_tag",
@@ -144,7 +146,7 @@ def assign_name(path: tuple[str, ...], published: Iterable[str]) -> str:
     """
     taken = set()
     for name in published:
-        if name.startswith("_") or name in PARTITION_KEYS:  # metadata columns: no key path
+        if is_meta_column(name):  # metadata columns: no key path
             continue
         if variant_tag(name) is None and column_path(name) == path:
             return name
@@ -178,6 +180,18 @@ def twin_tag(name: str) -> str:
     """The twin tag of a base column name (``___t1``...), empty for a column that is no twin."""
     m = _TWIN_RE.search(base_name(name))
     return m.group(0) if m else ""
+
+
+def is_meta_column(name: str) -> bool:
+    """True for a metadata or partition column (no key path of a record)."""
+    # Data columns never start with "_" (the escape rule), metadata columns always do; partition
+    # columns (added by readers) are never data columns either.
+    return name.startswith("_") or name in PARTITION_KEYS
+
+
+def published_names(published: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """The published base column of each key path among ``published`` (a case twin's is its twin name)."""
+    return {column_path(n): n for n in published if not is_meta_column(n) and variant_tag(n) is None}
 
 
 def base_name(name: str) -> str:

@@ -11,7 +11,7 @@ conversion is int64 -> float64, and only where exact (|x| <= 2^53), as on the JS
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,14 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.naming import (
-    PARTITION_KEYS,
     TAG_SEP,
     VARIANT_TAGS,
+    assign_name,
     base_name,
     column_name,
-    column_path,
     field_path,
+    is_meta_column,
     path_metadata,
+    published_names,
     twin_tag,
     variant_name,
     variant_tag,
@@ -41,24 +42,12 @@ __all__ = [
     "fitted_columns",
     "fold_variants",
     "is_meta_column",
+    "name_new_columns",
     "needs_fit",
     "pad_table",
-    "published_names",
 ]
 
 FoldMode = Literal["string", "widest"]
-
-
-def is_meta_column(name: str) -> bool:
-    """True for a metadata or partition column (no key path of a record)."""
-    # Data columns never start with "_" (the escape rule), metadata columns always do; partition
-    # columns (added by readers) are never data columns either.
-    return name.startswith("_") or name in PARTITION_KEYS
-
-
-def published_names(published: Iterable[str]) -> dict[tuple[str, ...], str]:
-    """The published base column of each key path (a case twin's is its twin name)."""
-    return {column_path(n): n for n in published if not is_meta_column(n) and variant_tag(n) is None}
 
 
 def current_name(field: pa.Field, names: Mapping[tuple[str, ...], str] | None = None) -> str:
@@ -76,6 +65,24 @@ def current_name(field: pa.Field, names: Mapping[tuple[str, ...], str] | None = 
         base = column_name(path) + twin_tag(field.name)
     tag = variant_tag(field.name)
     return base if tag is None else f"{base}{TAG_SEP}{tag}"
+
+
+def name_new_columns(table: pa.Table, published: Sequence[str]) -> pa.Table:
+    """``table`` with each base column not in ``published`` named by :func:`.naming.assign_name`.
+
+    For a sink whose published names are read and extended in one optimistic commit (Iceberg):
+    a new case twin gets its twin name before the commit that publishes it.
+    """
+    names = list(published)
+    known = set(published)
+    renamed = []
+    for f in table.schema:
+        name = f.name
+        if not (is_meta_column(name) or name in known or variant_tag(name) is not None):
+            name = assign_name(field_path(f), names)
+            names.append(name)
+        renamed.append(name)
+    return table if renamed == table.column_names else table.rename_columns(renamed)
 
 
 def _target_type(name: str, published: Mapping[str, pa.DataType]) -> pa.DataType | None:

@@ -6,7 +6,9 @@ import json
 import threading
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 pytest.importorskip("pyiceberg")
 
@@ -18,6 +20,9 @@ from airflow_provider_ktexport.lake.iceberg import (  # noqa: E402
     load_catalog,
     table_name,
 )
+from airflow_provider_ktexport.lake.naming import column_path  # noqa: E402
+from airflow_provider_ktexport.lake.sinks import ParquetSink  # noqa: E402
+from airflow_provider_ktexport.lake.writer import LakeWriter  # noqa: E402
 from tests.unit.test_drain import FakeClient  # noqa: E402
 from tests.unit.test_drain_rejects import HOSTILE, batch_of  # noqa: E402
 
@@ -191,3 +196,30 @@ def test_polars_scan_iceberg_reads_the_tables_back(tmp_path):
         assert sorted(df["seq"].to_list()) == seqs
         assert df["location__lat"].to_list() == [1.5] * len(seqs)
         assert df["_record_key"].n_unique() == len(seqs)
+
+
+def test_iceberg_names_columns_as_the_parquet_lake_does(tmp_path):
+    """One mapping for both sinks: camelCase keys as sent, escapes, and case twins by arrival."""
+    first = records(
+        range(2), eventDate="2026-11-25T10:00:00Z", doc={"ownerId": 7}, speed=1, **{"a.b": 1, "x__y": 2}
+    )
+    later = records(range(2, 4), Speed=2, SPEED=3, doc={"OwnerId": 8})
+    catalog = catalog_for(tmp_path)
+    drain_into(IcebergSink(catalog), [batch_of("b1", first)])
+    drain_into(IcebergSink(catalog), [batch_of("b2", later)])
+    writer = LakeWriter(LocalFileSystem(), str(tmp_path / "lake"))
+    drain_into(ParquetSink(writer), [batch_of("b1", first)])
+    drain_into(ParquetSink(writer), [batch_of("b2", later)])
+
+    table = catalog.load_table("ktexport.telemetry")
+    iceberg = [f.name for f in table.schema().fields if f.name != EVENT_DATE_COLUMN]
+    parquet = {n for f in (tmp_path / "lake").rglob("*.parquet") for n in pq.read_schema(f).names}
+    assert sorted(iceberg) == sorted(parquet)
+    assert {"eventDate", "doc__ownerId", "speed", "a%2Eb", "x%5F%5Fy"} <= set(iceberg)
+    # The later spellings are twins; no two names are equal ignoring case.
+    assert len({n.lower() for n in iceberg}) == len(iceberg)
+    twins = {column_path(n): n for n in iceberg if "___t" in n}
+    assert set(twins) == {("Speed",), ("SPEED",), ("doc", "OwnerId")}
+    rows = {r["seq"]: r for r in table.scan().to_arrow().to_pylist()}
+    assert rows[0]["eventDate"] is not None and rows[0]["doc__ownerId"] == 7
+    assert [rows[3][twins[("Speed",)]], rows[3][twins[("SPEED",)]], rows[3][twins[("doc", "OwnerId")]]] == [2, 3, 8]
