@@ -222,4 +222,8 @@ def test_iceberg_names_columns_as_the_parquet_lake_does(tmp_path):
     assert set(twins) == {("Speed",), ("SPEED",), ("doc", "OwnerId")}
     rows = {r["seq"]: r for r in table.scan().to_arrow().to_pylist()}
     assert rows[0]["eventDate"] is not None and rows[0]["doc__ownerId"] == 7
-    assert [rows[3][twins[("Speed",)]], rows[3][twins[("SPEED",)]], rows[3][twins[("doc", "OwnerId")]]] == [2, 3, 8]
+    assert [rows[3][twins[("Speed",)]], rows[3][twins[("SPEED",)]], rows[3][twins[("doc", "OwnerId")]]] == [
+        2,
+        3,
+        8,
+    ]
