@@ -202,7 +202,12 @@ def test_record_fields_named_like_partitions_or_metadata_are_kept() -> None:
         ([1, "x"], pa.string(), ["1", "x"]),
         ([True, 1], pa.string(), ["true", "1"]),
         ([2**53, -(2**53)], pa.int64(), [2**53, -(2**53)]),
-        ([2**53 + 1, 1], pa.string(), [str(2**53 + 1), "1"]),
+        # Integers stay integers: anything int64 holds lands as int64, exactly...
+        ([2**53 + 1, 1], pa.int64(), [2**53 + 1, 1]),
+        ([2**63 - 1, -(2**63)], pa.int64(), [2**63 - 1, -(2**63)]),
+        # ...beyond it, or beside a float that could not hold it exactly, it is text.
+        ([2**63, 1], pa.string(), [str(2**63), "1"]),
+        ([2**53 + 1, 1.5], pa.string(), [str(2**53 + 1), "1.5"]),
         ([2**64, 1.5], pa.string(), [str(2**64), "1.5"]),
         ([[1, 2], []], pa.string(), ["[1,2]", "[]"]),
         ([{}, 3], pa.string(), ["{}", "3"]),
@@ -538,6 +543,14 @@ def test_reader_path_equals_dict_path_on_generated_records(monkeypatch: pytest.M
     _assert_same(fast, slow)
 
 
+def test_an_int_beyond_2_to_53_fits_an_int64_column_but_not_a_double_one() -> None:
+    t1 = one_table([{"type": "t", "n": 1, "f": 0.5}])
+    t2 = one_table([{"type": "t", "n": 2**53 + 1, "f": 2**53 + 1}], known={"t": t1.schema})
+    assert t2.column("n").to_pylist() == [2**53 + 1] and t2.schema.field("n").type == pa.int64()
+    assert t2.column("f").to_pylist() == [None]
+    assert t2.column("f___bigint").to_pylist() == [2**53 + 1]
+
+
 NASTY = [
     # Each list is one record type's records: the reader takes or refuses it; the table is the same.
     [{"type": "t", "a": {"b": 1}}, {"type": "t", "a": None}, {"type": "t"}],
@@ -548,6 +561,7 @@ NASTY = [
     [{"type": "t", "n": 1}, {"type": "t", "n": 2.5}, {"type": "t", "n": 1e-7}, {"type": "t", "n": 1e16}],
     [{"type": "t", "n": 2**53}, {"type": "t", "n": -(2**53)}],
     [{"type": "t", "n": 2**53 + 1}],
+    [{"type": "t", "n": 2**63 - 1}, {"type": "t", "n": -(2**63)}, {"type": "t", "n": 2**63}],
     [{"type": "t", "n": 2**64}, {"type": "t", "n": 0.5}],
     [{"type": "t", "n": 1.5}, {"type": "t", "n": 9007199254740993}],
     [{"type": "t", "l": [1, 2.5, {"b": 1, "a": None}]}, {"type": "t", "l": []}, {"type": "t", "l": None}],
