@@ -35,6 +35,7 @@ from typing import Any
 import pyarrow as pa
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
+from airflow_provider_ktexport.lake.naming import legacy_renames
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
@@ -177,6 +178,14 @@ class IcebergSink:
                 # IntegrityError); anything else fails again here, with its own error.
                 found = self.catalog.load_table(self.identifier(table))
             log.info("Created Iceberg table %s", self.identifier(table))
+        renames = legacy_renames([f.name for f in found.schema().fields])
+        if renames:
+            # Tables of the version that tagged names with capitals: renamed in place (Iceberg
+            # tracks columns by id, so no data file changes). A conflict is retried by the caller.
+            with found.update_schema() as update:
+                for old, new in renames.items():
+                    update.rename_column(old, new)
+            log.info("Renamed columns of %s to this version's names: %s", self.identifier(table), renames)
         if partition_by and not found.spec().fields:
             try:
                 with found.update_spec() as spec:

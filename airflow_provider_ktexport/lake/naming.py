@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
@@ -34,11 +34,13 @@ __all__ = [
     "VARIANT_TAGS",
     "assign_name",
     "base_name",
+    "case_tagged",
     "column_name",
     "column_path",
     "field_path",
     "is_meta_column",
     "is_safe_partition_value",
+    "legacy_renames",
     "path_metadata",
     "published_names",
     "sanitize_partition_value",
@@ -192,6 +194,34 @@ def is_meta_column(name: str) -> bool:
 def published_names(published: Iterable[str]) -> dict[tuple[str, ...], str]:
     """The published base column of each key path among ``published`` (a case twin's is its twin name)."""
     return {column_path(n): n for n in published if not is_meta_column(n) and variant_tag(n) is None}
+
+
+_CASE_TAG_RE = re.compile(rf"{TAG_SEP}c[0-9a-f]+$")
+
+
+def case_tagged(name: str) -> bool:
+    """True for a name the previous version gave a case tag (``eventDate___c20``, its variants)."""
+    return _CASE_TAG_RE.search(base_name(name)) is not None
+
+
+def legacy_renames(names: Sequence[str]) -> dict[str, str]:
+    """Old name -> this version's name, for each case-tagged name among a table's ``names``.
+
+    Untagged names keep theirs (queries on them never break); a tagged name loses its tag, unless
+    its plain name is taken ignoring case: then it is a twin, in the order of ``names``
+    (publication order). Variants follow their column.
+    """
+    kept = [n for n in names if not case_tagged(n)]
+    out: dict[str, str] = {}
+    for name in sorted((n for n in names if case_tagged(n)), key=lambda n: variant_tag(n) is not None):
+        old_base = base_name(name)
+        base = out.get(old_base)
+        if base is None:
+            base = out[old_base] = assign_name(column_path(name), kept)
+            kept.append(base)
+        tag = variant_tag(name)
+        out[name] = base if tag is None else f"{base}{TAG_SEP}{tag}"
+    return {old: new for old, new in out.items() if old in names}
 
 
 def base_name(name: str) -> str:

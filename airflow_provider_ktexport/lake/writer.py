@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
-from airflow_provider_ktexport.lake.naming import TAG_SEP, assign_name, field_path, variant_tag
+from airflow_provider_ktexport.lake.naming import TAG_SEP, assign_name, case_tagged, field_path, variant_tag
 from airflow_provider_ktexport.lake.schema import (
     is_safe_partition_value,
     sanitize_partition_value,
@@ -176,17 +176,19 @@ def _legacy_entries(data: bytes, default_writer: str) -> list[_Entry]:
 def _name_legacy(columns: dict[str, _Entry], legacy: list[_Entry]) -> None:
     """Add the legacy entries no column file publishes, named by this version's rule, to ``columns``.
 
-    Best-ranked first: the spelling an earlier version published first keeps its plain name, a
-    later case twin gets a twin name; every writer reading the same files names them alike.
+    As :func:`.naming.legacy_renames` does for a table: names without a case tag first, then
+    best-ranked first; a name whose plain spelling is taken ignoring case gets a twin name. Every
+    writer reading the same files names them alike.
     """
     by_path: dict[tuple[tuple[str, ...], str | None], _Entry] = {}
-    for e in sorted(legacy, key=_Entry.rank):
+    for e in sorted(legacy, key=lambda e: (case_tagged(e.field.name), e.rank())):
         key = (field_path(e.field), variant_tag(e.field.name))
         if is_meta_column(e.field.name):
             key = ((e.field.name,), None)
         by_path.setdefault(key, e)
     # Base columns first (a variant's name follows its column's).
-    for (path, tag), e in sorted(by_path.items(), key=lambda kv: (kv[0][1] is not None, kv[1].rank())):
+    order = {key: i for i, key in enumerate(by_path)}
+    for (path, tag), e in sorted(by_path.items(), key=lambda kv: (kv[0][1] is not None, order[kv[0]])):
         if is_meta_column(e.field.name):
             name = e.field.name
         else:

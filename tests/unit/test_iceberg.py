@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
@@ -227,3 +229,38 @@ def test_iceberg_names_columns_as_the_parquet_lake_does(tmp_path):
         3,
         8,
     ]
+
+
+def test_a_table_with_case_tags_is_renamed_in_place_and_keeps_its_rows(tmp_path):
+    catalog = catalog_for(tmp_path)
+    catalog.create_namespace_if_not_exists("ktexport")
+    ts = pa.timestamp("us", tz="UTC")
+    when = datetime(2026, 11, 25, 10, tzinfo=UTC)
+    old = pa.table(
+        {
+            "seq": pa.array([100], pa.int64()),
+            "speed": pa.array([1], pa.int64()),
+            "Speed___c1": pa.array([2], pa.int64()),
+            "Speed___c1___string": pa.array(["fast"], pa.string()),
+            "eventDate___c20": pa.array([when], ts),
+            EVENT_DATE_COLUMN: pa.array([when.date()], pa.date32()),
+        }
+    )
+    legacy = catalog.create_table("ktexport.telemetry", schema=old.schema)
+    legacy.append(old)
+    ids = {f.name: f.field_id for f in legacy.schema().fields}
+
+    drain_into(
+        IcebergSink(catalog), [batch_of("b1", records(range(2), Speed=3, eventDate="2026-11-25T11:00:00Z"))]
+    )
+
+    table = catalog.load_table("ktexport.telemetry")
+    fields = {f.name: f.field_id for f in table.schema().fields}
+    # Renamed in place: the same column ids under this version's names; no tagged name is left.
+    assert fields["Speed___t1"] == ids["Speed___c1"] and fields["eventDate"] == ids["eventDate___c20"]
+    assert fields["Speed___t1___string"] == ids["Speed___c1___string"] and fields["speed"] == ids["speed"]
+    assert not any("___c" in n for n in fields)
+    rows = {r["seq"]: r for r in table.scan().to_arrow().to_pylist()}
+    assert (rows[100]["speed"], rows[100]["Speed___t1"], rows[100]["Speed___t1___string"]) == (1, 2, "fast")
+    assert rows[100]["eventDate"] == when
+    assert [rows[s]["Speed___t1"] for s in (0, 1)] == [3, 3] and rows[0]["eventDate"] is not None
