@@ -14,7 +14,9 @@ import json
 import multiprocessing
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -109,3 +111,40 @@ def test_two_writer_processes_never_split_or_retype_a_column(
             }
             assert got == want, (rtype, side)
     assert splits == [], f"{len(splits)} of {ROUNDS} rounds split a column: {splits[:3]}"
+
+
+@pytest.mark.parametrize("store_name", ["local", "s3", "azure"])
+def test_a_column_file_is_created_only_if_absent(
+    store_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store = make_store(store_name, request, tmp_path)
+    writer = store.writer()
+    path = f"{store.root}/_schema/t/columns/x.json"
+    writer._create(path, b"first")
+    with pytest.raises(FileExistsError):
+        writer._create(path, b"second")
+    store.fs.invalidate_cache()
+    assert store.fs.cat_file(path) == b"first"
+
+
+def test_on_gcs_a_column_file_is_an_upload_with_if_generation_match_0(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # gcp-storage-emulator ignores the precondition (a second upload overwrites), so it cannot
+    # referee a race; what it can show is that every column file is sent as create-if-absent.
+    import aiohttp
+
+    store = make_store("gcs", request, tmp_path)
+    uploads: list[dict[str, Any]] = []
+    original = aiohttp.ClientSession._request
+
+    async def _request(self: aiohttp.ClientSession, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
+        params = dict(kwargs.get("params") or {})
+        if method.upper() == "POST" and "/upload/" in str(url):
+            uploads.append(params)
+        return await original(self, method, url, *args, **kwargs)
+
+    with mock.patch.object(aiohttp.ClientSession, "_request", _request):
+        store.writer().write(pa.table({"x": [1], "Speed": [2]}), {"record_type": "t"})
+    # Two column files (x, Speed), then the data file: a plain upload (its name is new by construction).
+    assert [p.get("ifGenerationMatch") for p in uploads] == ["0", "0", None], uploads
