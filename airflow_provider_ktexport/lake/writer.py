@@ -461,7 +461,7 @@ class LakeWriter:
             _name_legacy(columns, legacy)
         if not columns:
             return None
-        ordered = sorted(columns.values(), key=lambda e: (-e.format, e.first_seen, e.field.name))
+        ordered = sorted(columns.values(), key=lambda e: (e.first_seen, e.field.name))
         merged = pa.schema([e.field for e in ordered])
         self._published[record_type] = merged
         return merged
@@ -538,10 +538,14 @@ class LakeWriter:
                 return table
             self._publish(record_type, new, types)
             published = self.load_schema(record_type)
-        raise KtExportWriteError(  # pragma: no cover - each round only adds twins or variants
-            f"Could not settle the schema of {record_type!r} under {self.root}: writers keep publishing "
-            "conflicting columns; nothing was written.",
-            destination=self.root,
+        # Each round only adds twins or variants: what stays unpublished is a name whose column
+        # file exists but cannot be read.
+        store = self.uri_of(posixpath.join(self._schema_dir(record_type), COLUMNS_DIR))
+        raise KtExportWriteError(
+            f"Could not publish the columns {[f.name for f in new]} of record type {record_type!r}: "
+            f"their column files in {store} exist but cannot be read (see the warnings above). "
+            "Remove the damaged files (a writer publishes them again); nothing was written.",
+            destination=store,
         )
 
     # -- quarantine and housekeeping ---------------------------------------------------------------

@@ -285,3 +285,18 @@ def test_duckdb_and_pandas_read_the_lake(writer: LakeWriter, tmp_path: Path) -> 
 
     df = pd.read_parquet(next(iter(parquet_files(tmp_path / "record_type=event"))))
     assert df["details__asset__id"].tolist() == [9]
+
+
+def test_a_damaged_column_file_fails_the_write_naming_the_column_and_the_store(tmp_path: Path) -> None:
+    fs = LocalFileSystem()
+    LakeWriter(fs, str(tmp_path)).write(pa.table({"a": [1]}), {"record_type": "t"})
+    damaged = next((tmp_path / "_schema" / "t" / "columns").iterdir())
+    damaged.write_text("{not json")
+    with pytest.raises(KtExportWriteError) as err:
+        LakeWriter(fs, str(tmp_path)).write(pa.table({"a": [2]}), {"record_type": "t"})
+    assert "['a']" in str(err.value) and "Remove the damaged files" in str(err.value)
+    assert err.value.destination.endswith("_schema/t/columns")
+    assert len(parquet_files(tmp_path)) == 1  # nothing was written
+    damaged.unlink()  # as the error says: the next write publishes the column again
+    LakeWriter(fs, str(tmp_path)).write(pa.table({"a": [3]}), {"record_type": "t"})
+    assert len(parquet_files(tmp_path)) == 2
