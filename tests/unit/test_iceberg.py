@@ -264,3 +264,39 @@ def test_a_table_with_case_tags_is_renamed_in_place_and_keeps_its_rows(tmp_path)
     assert (rows[100]["speed"], rows[100]["Speed___t1"], rows[100]["Speed___t1___string"]) == (1, 2, "fast")
     assert rows[100]["eventDate"] == when
     assert [rows[s]["Speed___t1"] for s in (0, 1)] == [3, 3] and rows[0]["eventDate"] is not None
+
+
+def test_two_drains_adding_case_twins_at_once_get_one_name_each(tmp_path):
+    catalog_for(tmp_path)  # create the warehouse folder
+    rounds = 6
+    barrier = threading.Barrier(2, timeout=120)
+    errors: list[BaseException] = []
+
+    def one(side: str, fields: dict) -> None:
+        try:
+            sink = IcebergSink(catalog_for(tmp_path))
+            for r in range(rounds):
+                barrier.wait()
+                raws = records(range(2), rtype=f"twins{r}", side=side, **fields)
+                drain_into(sink, [batch_of(f"{side}{r}", raws)])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=one, args=("a", {"speed": 1, "x": 1})),
+        threading.Thread(target=one, args=("b", {"Speed": 2, "x": "one"})),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    catalog = catalog_for(tmp_path)
+    for r in range(rounds):
+        table = catalog.load_table(f"ktexport.twins{r}")
+        names = [f.name for f in table.schema().fields]
+        assert len({n.lower() for n in names}) == len(names), names
+        by_path = {column_path(n): n for n in names if "___t" in n or n.lower() == "speed"}
+        assert set(by_path) == {("speed",), ("Speed",)}, names
+        rows = table.scan().to_arrow().to_pylist()
+        assert sorted(r[by_path[("speed",)]] or r[by_path[("Speed",)]] for r in rows) == [1, 1, 2, 2]
