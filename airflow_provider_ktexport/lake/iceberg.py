@@ -40,9 +40,10 @@ from airflow_provider_ktexport.lake.layout import (
     folder_table,
     record_type_of_folder,
 )
+from airflow_provider_ktexport.lake.naming import legacy_renames
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
-from airflow_provider_ktexport.lake.variants import fit_table
+from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
 from airflow_provider_ktexport.protocol import sighting_digest
 
 __all__ = [
@@ -177,6 +178,14 @@ class IcebergSink:
                 # IntegrityError); anything else fails again here, with its own error.
                 found = self.catalog.load_table(self.identifier(table))
             log.info("Created Iceberg table %s", self.identifier(table))
+        renames = legacy_renames([f.name for f in found.schema().fields])
+        if renames:
+            # Tables of the version that tagged names with capitals: renamed in place (Iceberg
+            # tracks columns by id, so no data file changes). A conflict is retried by the caller.
+            with found.update_schema() as update:
+                for old, new in renames.items():
+                    update.rename_column(old, new)
+            log.info("Renamed columns of %s to this version's names: %s", self.identifier(table), renames)
         if partition_by and not found.spec().fields:
             try:
                 with found.update_spec() as spec:
@@ -256,10 +265,15 @@ class IcebergSink:
                 published = _plain_arrow(handle.schema().as_arrow())
                 # Another writer may have given a new column its type first: values that do not fit
                 # it move to variant columns, so no column ever changes type.
+                # A new case twin is named against the table's names: its twin name goes into
+                # the same optimistic commit that publishes it, so no two writers disagree.
                 rows = (
                     arrow
                     if rejected
-                    else fit_table(arrow, dict(zip(published.names, published.types, strict=True)))
+                    else name_new_columns(
+                        fit_table(arrow, dict(zip(published.names, published.types, strict=True))),
+                        published.names,
+                    )
                 )
                 if any(
                     name not in published.names for name in rows.schema.names if name != EVENT_DATE_COLUMN

@@ -1,25 +1,28 @@
 """Column names and partition values: the reversible escaping rules of docs/schema-mapping.md.
 
-Pure functions. A column name is a function of the key path alone (never of which keys a writer
-met first), so concurrent writers always agree on it:
+Pure functions. A key keeps its spelling (``eventDate`` is the column ``eventDate``):
 
-- each key is escaped by a percent rule (``%XX``), so escaped keys never start or end with ``_``
-  nor hold ``__``; the keys are joined by ``__``;
-- a name holding upper-case letters gets a *case tag* ``___c<hex>`` (the bit mask of its
-  upper-case letters), so two names never differ by case alone (Athena, Glue, Spark and DuckDB
-  match names case-insensitively);
+- each key is escaped by a percent rule (``%XX``) only where its name would otherwise be
+  ambiguous or illegal, so escaped keys never start or end with ``_`` nor hold ``__``; the keys
+  are joined by ``__``;
+- a *case twin* (a key path whose name equals, ignoring case, a column the record type already
+  publishes for another path) gets a *twin tag* ``___t<n>`` (:func:`twin_name`): Athena, Glue,
+  Spark and DuckDB match names case-insensitively. Which spelling came first is the lake's
+  schema store's decision (:func:`assign_name` given what it publishes), never a writer's;
 - a *variant* column (values that do not fit the column's published type) is the column's name
   plus ``___<type>`` (``___string``, ``___double``...).
 
 Because escaped names never hold ``___`` (two keys' ``_`` never meet across a ``__``), a tag can
-never be mistaken for part of a key path, and every name splits back into its key path, case
-tag and variant type.
+never be mistaken for part of a key path, and every name splits back into its key path, twin
+tag and variant type. Names of earlier versions carried a case tag ``___c<hex>`` on every name
+with capitals; they decode too (:func:`column_path` drops every tag).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
@@ -30,13 +33,20 @@ __all__ = [
     "PATH_METADATA_KEY",
     "TAG_SEP",
     "VARIANT_TAGS",
+    "assign_name",
     "base_name",
+    "case_tagged",
     "column_name",
     "column_path",
     "field_path",
+    "is_meta_column",
     "is_safe_partition_value",
+    "legacy_renames",
     "path_metadata",
+    "published_names",
     "sanitize_partition_value",
+    "twin_name",
+    "twin_tag",
     "variant_name",
     "variant_tag",
     "variant_type",
@@ -48,7 +58,7 @@ PATH_METADATA_KEY = b"ktexport.path"
 PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 #: Separates a column's key path from its tags; escaped key paths never contain it.
 TAG_SEP = "___"
-_CASE_TAG = "c"
+_TWIN_TAG = "t"
 _EMPTY_SEGMENT = "%-"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -72,7 +82,8 @@ def _must_escape(c: str) -> bool:
     if c in "%./" or o < 0x20 or 0x7F <= o <= 0x9F:
         return True
     # Non-ASCII capitals (and title-case letters) are escaped: engines lower-case them by rules
-    # of their own (U+212A KELVIN SIGN and "K" both become "k"), so the case tag covers ASCII only.
+    # of their own (U+212A KELVIN SIGN and "K" both become "k"), so case twins are told apart by
+    # ASCII case alone, alike in every engine.
     return o > 0x7F and c != c.lower()
 
 
@@ -106,30 +117,12 @@ def is_plain(seg: str) -> bool:
     )
 
 
-def _case_mask(body: str) -> int:
-    """Bit i set when the i-th ASCII letter of ``body`` (outside ``%XX`` escapes) is upper-case."""
-    mask = 0
-    bit = 0
-    i = 0
-    n = len(body)
-    while i < n:
-        c = body[i]
-        if c == "%":  # escapes are always upper-case hex (or "%-"): they carry no case of their own
-            i += 3 if body[i + 1 : i + 2] != "-" else 2
-            continue
-        if c.isascii() and c.isalpha():
-            if c.isupper():
-                mask |= 1 << bit
-            bit += 1
-        i += 1
-    return mask
-
-
 def column_name(path: tuple[str, ...]) -> str:
-    """The column name of a key path (see docs/schema-mapping.md); a pure function of the path.
+    """The plain column name of a key path (see docs/schema-mapping.md): the keys as spelt, escaped.
 
-    Reversible by :func:`column_path` for any non-empty tuple of strings, and distinct from the
-    name of every other path even when both are lower-cased.
+    Reversible by :func:`column_path` for any non-empty tuple of strings. Two paths may give
+    names equal ignoring case (``speed``, ``Speed``): the lake's name for the later one is a
+    :func:`twin_name` (see :func:`assign_name`).
     """
     if not path:
         raise ValueError("a column path needs at least one key")
@@ -137,10 +130,36 @@ def column_name(path: tuple[str, ...]) -> str:
     if len(path) == 1 and body.lower() in PARTITION_KEYS:
         # A record field called e.g. "record_type" must not shadow the hive partition key.
         body = _pct(body[0]) + body[1:]
-    if body.islower() or not any("A" <= c <= "Z" for c in body):
-        return body
-    mask = _case_mask(body)
-    return f"{body}{TAG_SEP}{_CASE_TAG}{mask:x}" if mask else body
+    return body
+
+
+def twin_name(path: tuple[str, ...], n: int) -> str:
+    """The ``n``-th case twin's name of a key path: its plain name plus ``___t<n>`` (n >= 1)."""
+    return f"{column_name(path)}{TAG_SEP}{_TWIN_TAG}{n}"
+
+
+def assign_name(path: tuple[str, ...], published: Iterable[str]) -> str:
+    """The name of key path ``path`` given the names a record type already publishes.
+
+    The name published for the path when there is one; else its plain name, unless that equals a
+    published name ignoring case, in which case the first free :func:`twin_name`. Writers get the
+    same answer from the same published names; the schema store makes the first published
+    spelling the one every writer sees (docs/schema-mapping.md).
+    """
+    taken = set()
+    for name in published:
+        if is_meta_column(name):  # metadata columns: no key path
+            continue
+        if variant_tag(name) is None and column_path(name) == path:
+            return name
+        taken.add(name.lower())
+    plain = column_name(path)
+    n = 0
+    name = plain
+    while name.lower() in taken:
+        n += 1
+        name = twin_name(path, n)
+    return name
 
 
 _PCT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
@@ -154,6 +173,55 @@ def _unescape_segment(seg: str) -> str:
     return _PCT_RUN.sub(
         lambda m: bytes.fromhex(m.group(0).replace("%", "")).decode("utf-8", "surrogatepass"), seg
     )
+
+
+_TWIN_RE = re.compile(rf"{TAG_SEP}{_TWIN_TAG}[1-9][0-9]*$")
+
+
+def twin_tag(name: str) -> str:
+    """The twin tag of a base column name (``___t1``...), empty for a column that is no twin."""
+    m = _TWIN_RE.search(base_name(name))
+    return m.group(0) if m else ""
+
+
+def is_meta_column(name: str) -> bool:
+    """True for a metadata or partition column (no key path of a record)."""
+    # Data columns never start with "_" (the escape rule), metadata columns always do; partition
+    # columns (added by readers) are never data columns either.
+    return name.startswith("_") or name in PARTITION_KEYS
+
+
+def published_names(published: Iterable[str]) -> dict[tuple[str, ...], str]:
+    """The published base column of each key path among ``published`` (a case twin's is its twin name)."""
+    return {column_path(n): n for n in published if not is_meta_column(n) and variant_tag(n) is None}
+
+
+_CASE_TAG_RE = re.compile(rf"{TAG_SEP}c[0-9a-f]+$")
+
+
+def case_tagged(name: str) -> bool:
+    """True for a name the previous version gave a case tag (``eventDate___c20``, its variants)."""
+    return _CASE_TAG_RE.search(base_name(name)) is not None
+
+
+def legacy_renames(names: Sequence[str]) -> dict[str, str]:
+    """Old name -> this version's name, for each case-tagged name among a table's ``names``.
+
+    Untagged names keep theirs (queries on them never break); a tagged name loses its tag, unless
+    its plain name is taken ignoring case: then it is a twin, in the order of ``names``
+    (publication order). Variants follow their column.
+    """
+    kept = [n for n in names if not case_tagged(n)]
+    out: dict[str, str] = {}
+    for name in sorted((n for n in names if case_tagged(n)), key=lambda n: variant_tag(n) is not None):
+        old_base = base_name(name)
+        base = out.get(old_base)
+        if base is None:
+            base = out[old_base] = assign_name(column_path(name), kept)
+            kept.append(base)
+        tag = variant_tag(name)
+        out[name] = base if tag is None else f"{base}{TAG_SEP}{tag}"
+    return {old: new for old, new in out.items() if old in names}
 
 
 def base_name(name: str) -> str:
@@ -185,7 +253,8 @@ def variant_name(name: str, value_type: pa.DataType) -> str:
 def column_path(name: str) -> tuple[str, ...]:
     """The key path a column name stands for (inverse of :func:`column_name`; tags are dropped).
 
-    Names written by earlier versions (no tags, case twins as ``%53peed``) decode too.
+    Names written by earlier versions (case tags ``___c<hex>``, or no tags and case twins as
+    ``%53peed``) decode too.
     """
     if not name:
         raise ValueError("empty column name")

@@ -22,7 +22,7 @@ from airflow_provider_ktexport.lake.types import TIMESTAMP
 __all__ = ["EVENT_TIME_COLUMNS", "EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
 
 EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
-#: Their column names (``eventDate`` is ``eventDate___c20``: names carry a case tag).
+#: Their column names (plain: a key keeps its spelling).
 EVENT_TIME_COLUMNS = tuple(column_name((f,)) for f in EVENT_TIME_FIELDS)
 # event_date is a partition choice, not a stored value: it also takes a bare date, or a time
 # without zone (read as UTC).

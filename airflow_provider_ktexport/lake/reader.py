@@ -17,7 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.lake.layout import record_type_folder, record_type_of_folder
-from airflow_provider_ktexport.lake.variants import FoldMode, current_name, fit_table, fold_variants
+from airflow_provider_ktexport.lake.variants import (
+    FoldMode,
+    current_name,
+    fit_table,
+    fold_variants,
+    published_names,
+)
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
 __all__ = ["published_types", "read_lake", "read_lake_pandas", "read_lake_table"]
@@ -57,11 +63,12 @@ def published_types(writer: LakeWriter, record_type: str, schemas: list[pa.Schem
     types: dict[str, pa.DataType] = {}
     if published is not None:
         types.update(zip(published.names, published.types, strict=True))
+    names = published_names(types)
     for schema in schemas:
         for f in schema:
             if pa.types.is_null(f.type) or f.name.startswith("_"):
                 continue
-            types.setdefault(current_name(f), f.type)
+            types.setdefault(current_name(f, names), f.type)
     return types
 
 

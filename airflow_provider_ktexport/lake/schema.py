@@ -40,6 +40,7 @@ from airflow_provider_ktexport.lake.naming import (
     field_path,
     is_safe_partition_value,
     path_metadata,
+    published_names,
     sanitize_partition_value,
     variant_name,
     variant_type,
@@ -252,8 +253,9 @@ def _type_table(
     columns: dict[str, tuple[pa.Field, pa.Array]] = {}
     by_path: dict[tuple[str, ...], list[pa.Array]] = {}
     unsafe: set[int] = set()
+    names = published_names(types)  # a case twin's published name is not its plain name
     for path, vals in values.items():
-        name = column_name(path)
+        name = names.get(path) or column_name(path)
         pieces, bad = build_fitted(vals, types.get(name), variants.get(name, ()))
         unsafe.update(bad)
         for vtype, arr in pieces:

@@ -1,6 +1,7 @@
 """The column type lattice: inference from values, and building columns at a published type.
 
-null < bool; null < int64 < float64 (ints only while |x| <= 2^53); null < timestamp[us, UTC]
+null < bool; null < int64 < float64 (ints any int64; into float64 only while |x| <= 2^53);
+null < timestamp[us, UTC]
 (strict RFC 3339 times with a zone); string on top. Lists and empty objects are canonical JSON
 text; a mix the lattice does not join is a string column of each value's JSON text.
 
@@ -37,6 +38,8 @@ __all__ = [
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 MAX_INT_EXACT = 2**53
+#: The range of an int64 column: JSON integers in it land as int64, exactly.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NoneType = type(None)
 #: One shared encoder: msgspec's sorted encoding is canonical JSON whenever :func:`fast_safe` holds.
 SORTED_ENCODER = msgspec.json.Encoder(order="sorted")
@@ -129,9 +132,11 @@ def _infer_values(values: list[Any]) -> tuple[pa.DataType, pa.Array | None, set[
     if kinds == {bool}:
         return pa.bool_(), None, kinds
     if kinds <= {int, float}:
+        # Ints stay int64 while they fit it; beside floats only while a double holds them exactly.
+        limit = (INT64_MIN, INT64_MAX) if kinds == {int} else (-MAX_INT_EXACT, MAX_INT_EXACT)
         if int in kinds:
             ints = [v for v in values if type(v) is int]
-            if min(ints) < -MAX_INT_EXACT or max(ints) > MAX_INT_EXACT:
+            if min(ints) < limit[0] or max(ints) > limit[1]:
                 return pa.string(), None, kinds  # never through float: it would round the value
         return (pa.int64() if kinds == {int} else pa.float64()), None, kinds
     return pa.string(), None, kinds
@@ -243,7 +248,7 @@ def _value_fits(v: Any, target: pa.DataType) -> bool:
     if target == pa.float64():
         return t is float or (t is int and -MAX_INT_EXACT <= v <= MAX_INT_EXACT)
     if target == pa.int64():
-        return t is int and -MAX_INT_EXACT <= v <= MAX_INT_EXACT
+        return t is int and INT64_MIN <= v <= INT64_MAX
     if target == pa.bool_():
         return t is bool
     if target == TIMESTAMP:
@@ -263,7 +268,8 @@ def _all_fit(values: list[Any], target: pa.DataType) -> bool:
     if not kinds <= ({int, float} if target == pa.float64() else {int}):
         return False
     ints = [v for v in values if type(v) is int]
-    return not ints or (min(ints) >= -MAX_INT_EXACT and max(ints) <= MAX_INT_EXACT)
+    low, high = (-MAX_INT_EXACT, MAX_INT_EXACT) if target == pa.float64() else (INT64_MIN, INT64_MAX)
+    return not ints or (min(ints) >= low and max(ints) <= high)
 
 
 def _fit_values(values: list[Any], target: pa.DataType) -> list[bool] | None:

@@ -11,7 +11,7 @@ conversion is int64 -> float64, and only where exact (|x| <= 2^53), as on the JS
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -19,13 +19,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.naming import (
-    PARTITION_KEYS,
     TAG_SEP,
     VARIANT_TAGS,
+    assign_name,
     base_name,
     column_name,
     field_path,
+    is_meta_column,
     path_metadata,
+    published_names,
+    twin_tag,
     variant_name,
     variant_tag,
     variant_type,
@@ -38,6 +41,8 @@ __all__ = [
     "fit_table",
     "fitted_columns",
     "fold_variants",
+    "is_meta_column",
+    "name_new_columns",
     "needs_fit",
     "pad_table",
 ]
@@ -45,19 +50,39 @@ __all__ = [
 FoldMode = Literal["string", "widest"]
 
 
-def _is_meta(name: str) -> bool:
-    # Data columns never start with "_" (the escape rule), metadata columns always do; partition
-    # columns (added by readers) are never data columns either.
-    return name.startswith("_") or name in PARTITION_KEYS
+def current_name(field: pa.Field, names: Mapping[tuple[str, ...], str] | None = None) -> str:
+    """The name this version gives a column a file holds (files of any version).
 
-
-def current_name(field: pa.Field) -> str:
-    """The name this version gives a column a file holds (files of any version)."""
-    if _is_meta(field.name):
+    ``names``: the lake's published column of each key path (:func:`published_names`), which
+    decides case twins; without it, or for a path it lacks, the plain name (a twin tag the
+    field's name carries is kept; an earlier version's case tag is dropped).
+    """
+    if is_meta_column(field.name):
         return field.name
-    base = column_name(field_path(field))
+    path = field_path(field)
+    base = names.get(path) if names else None
+    if base is None:
+        base = column_name(path) + twin_tag(field.name)
     tag = variant_tag(field.name)
     return base if tag is None else f"{base}{TAG_SEP}{tag}"
+
+
+def name_new_columns(table: pa.Table, published: Sequence[str]) -> pa.Table:
+    """``table`` with each base column not in ``published`` named by :func:`.naming.assign_name`.
+
+    For a sink whose published names are read and extended in one optimistic commit (Iceberg):
+    a new case twin gets its twin name before the commit that publishes it.
+    """
+    names = list(published)
+    known = set(published)
+    renamed = []
+    for f in table.schema:
+        name = f.name
+        if not (is_meta_column(name) or name in known or variant_tag(name) is not None):
+            name = assign_name(field_path(f), names)
+            names.append(name)
+        renamed.append(name)
+    return table if renamed == table.column_names else table.rename_columns(renamed)
 
 
 def _target_type(name: str, published: Mapping[str, pa.DataType]) -> pa.DataType | None:
@@ -67,12 +92,13 @@ def _target_type(name: str, published: Mapping[str, pa.DataType]) -> pa.DataType
 
 def needs_fit(schema: pa.Schema, published: Mapping[str, pa.DataType]) -> bool:
     """True when a table of ``schema`` is not already at ``published`` (names, types, no Null columns)."""
+    names = published_names(published)
     for f in schema:
         if pa.types.is_null(f.type):
             return True
-        if _is_meta(f.name):
+        if is_meta_column(f.name):
             continue
-        name = current_name(f)
+        name = current_name(f, names)
         target = _target_type(name, published)
         if name != f.name or (target is not None and target != f.type):
             return True
@@ -101,13 +127,14 @@ def fit_table(table: pa.Table, published: Mapping[str, pa.DataType]) -> pa.Table
     table lacks are not added (engines merge files by adding columns).
     """
     out = _Builder()
+    names = published_names(published)
     for field, col in zip(table.schema, table.columns, strict=True):
         if pa.types.is_null(field.type):
             continue
-        if _is_meta(field.name):
+        if is_meta_column(field.name):
             out.put(field, col)
             continue
-        name = current_name(field)
+        name = current_name(field, names)
         meta = path_metadata(field_path(field))
         target = _target_type(name, published)
         t = field.type
@@ -138,14 +165,15 @@ def fitted_columns(schemas: list[pa.Schema], published: Mapping[str, pa.DataType
     variant; that needs the data and is left out here.)
     """
     full = dict(published)
+    names = published_names(published)
     for schema in schemas:
         for f in schema:
             if pa.types.is_null(f.type):
                 continue
-            if _is_meta(f.name):
+            if is_meta_column(f.name):
                 full.setdefault(f.name, f.type)
                 continue
-            name = current_name(f)
+            name = current_name(f, names)
             target = _target_type(name, published)
             if target is None or target == f.type:
                 full.setdefault(name, f.type)
@@ -171,7 +199,7 @@ def pad_table(table: pa.Table, columns: Mapping[str, pa.DataType]) -> pa.Table:
             fields.append(table.schema.field(name))
             arrays.append(table.column(name))
         else:
-            meta = None if _is_meta(name) else path_metadata(field_path(pa.field(name, t)))
+            meta = None if is_meta_column(name) else path_metadata(field_path(pa.field(name, t)))
             fields.append(pa.field(name, t, metadata=meta))
             arrays.append(pa.nulls(n, t))
     for f in table.schema:
@@ -209,7 +237,7 @@ def fold_variants(table: pa.Table, mode: FoldMode = "string") -> pa.Table:
     """
     groups: dict[str, list[str]] = {}
     for name in table.column_names:
-        if not _is_meta(name):
+        if not is_meta_column(name):
             groups.setdefault(base_name(name), []).append(name)
     # Each group of more than one column (or a variant without its column) becomes one column.
     result = table

@@ -13,15 +13,17 @@ Every write is verified before it is reported, because the drain acknowledges ba
 strength of it: the footer and row count on the bytes built, then the stored size (one HEAD on an
 object store: a file costs two requests), and on a local disk the footer read back as well.
 
-The schema store (``_schema/<type>/<writer id>.json``) publishes each column's type the first
-time any writer writes it; from then on the type is fixed (docs/schema-mapping.md). Each writer
-writes only its own file, so no write races another; the merge picks for every column the entry
-published first (then the smaller writer id), which every reader computes alike.
+The schema store (``_schema/<type>/columns/<digest of the lower-cased name>.json``) publishes
+each column's name, key path and type the first time any writer writes it; from then on they
+are fixed (docs/schema-mapping.md). A column file is only ever created if absent (exclusive
+link locally, a conditional PUT on object stores), so of writers adding one column at once
+exactly one decides it, and the others fit their rows to it before they write a data file.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -47,9 +49,10 @@ from airflow_provider_ktexport.lake.layout import (
     safe_folder_name,
     schema_folder,
 )
+from airflow_provider_ktexport.lake.naming import TAG_SEP, assign_name, case_tagged, field_path, variant_tag
 from airflow_provider_ktexport.lake.variants import (
-    current_name,
     fit_table,
+    is_meta_column,
     needs_fit,
 )
 from airflow_provider_ktexport.protocol import sighting_digest
@@ -113,14 +116,18 @@ def _refuse_zonal_gcs_bucket(fs: fsspec.AbstractFileSystem, path: str, checked: 
     checked.add(bucket)
 
 
-#: Store format 2: types are first-published and fixed. Format-1 files (earlier versions) held
-#: widened types and old spellings; they still count, after every format-2 entry.
-_STORE_FORMAT = 2
+#: Store format 3: one immutable file per column, created only if absent. Files of formats 1 and
+#: 2 (earlier versions: one file per writer) still count, after every format-3 entry.
+_STORE_FORMAT = 3
+#: Where format-3 column files live, under ``_schema/<type>/``.
+COLUMNS_DIR = "columns"
+#: Rounds of publishing before a write gives up (each round only adds twins or variants).
+_SETTLE_ROUNDS = 6
 
 
 @dataclass(frozen=True)
 class _Entry:
-    """One column as one writer's schema file publishes it."""
+    """One published column: its field (this version's name) and when, by whom, in which format."""
 
     field: pa.Field
     first_seen: float
@@ -131,21 +138,36 @@ class _Entry:
         return (-self.format, self.first_seen, self.writer_id)
 
 
-def _schema_to_json(entries: Mapping[str, _Entry], record_type: str, writer_id: str) -> bytes:
-    schema = pa.schema([e.field for e in entries.values()])
+def column_file(name: str) -> str:
+    """The store file of a column: a digest of its lower-cased name.
+
+    Two names that differ by case alone share one file, so of two case twins published at once
+    exactly one can take a name; the other takes the next twin name (``naming.assign_name``).
+    """
+    return hashlib.sha256(name.lower().encode("utf-8", "surrogatepass")).hexdigest()[:40] + ".json"
+
+
+def _column_to_json(f: pa.Field, writer_id: str, published: float) -> bytes:
     doc = {
         "format": _STORE_FORMAT,
-        "record_type": record_type,
+        "name": f.name,
+        # Readable summary for humans; the serialized field (with its key path) is authoritative.
+        "type": str(f.type),
         "writer_id": writer_id,
-        # Readable summary for humans; the serialized schema (with field metadata) is authoritative.
-        "fields": {f.name: str(f.type) for f in schema},
-        "first_seen": {name: e.first_seen for name, e in entries.items()},
-        "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+        "published": published,
+        "arrow_schema": base64.b64encode(pa.schema([f]).serialize().to_pybytes()).decode("ascii"),
     }
     return json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
 
 
-def _entries_from_json(data: bytes, default_writer: str) -> list[_Entry]:
+def _column_from_json(data: bytes) -> _Entry:
+    doc = json.loads(data)
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["arrow_schema"])))
+    return _Entry(schema.field(0), float(doc["published"]), str(doc["writer_id"]), int(doc["format"]))
+
+
+def _legacy_entries(data: bytes, default_writer: str) -> list[_Entry]:
+    """The columns of a per-writer schema file of an earlier version (formats 1 and 2)."""
     doc = json.loads(data)
     schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["arrow_schema"])))
     fmt = int(doc.get("format", 1))
@@ -156,8 +178,44 @@ def _entries_from_json(data: bytes, default_writer: str) -> list[_Entry]:
         if pa.types.is_null(f.type):  # earlier versions published Null-typed columns: no type yet
             continue
         seen = float(first_seen.get(f.name, float("inf")))
-        out.append(_Entry(f.with_name(current_name(f)), seen, writer_id, fmt))
+        out.append(_Entry(f, seen, writer_id, fmt))
     return out
+
+
+def _name_legacy(columns: dict[str, _Entry], legacy: list[_Entry]) -> None:
+    """Add the legacy entries no column file publishes, named by this version's rule, to ``columns``.
+
+    As :func:`.naming.legacy_renames` does for a table: names without a case tag first, then
+    best-ranked first; a name whose plain spelling is taken ignoring case gets a twin name. Every
+    writer reading the same files names them alike.
+    """
+    by_path: dict[tuple[tuple[str, ...], str | None], _Entry] = {}
+    for e in sorted(legacy, key=lambda e: (case_tagged(e.field.name), e.rank())):
+        key = (field_path(e.field), variant_tag(e.field.name))
+        if is_meta_column(e.field.name):
+            key = ((e.field.name,), None)
+        by_path.setdefault(key, e)
+    # Base columns first (a variant's name follows its column's).
+    order = {key: i for i, key in enumerate(by_path)}
+    for (path, tag), e in sorted(by_path.items(), key=lambda kv: (kv[0][1] is not None, order[kv[0]])):
+        if is_meta_column(e.field.name):
+            name = e.field.name
+        else:
+            base = assign_name(path, columns)
+            name = base if tag is None else f"{base}{TAG_SEP}{tag}"
+        if name not in columns:
+            columns[name] = _Entry(e.field.with_name(name), e.first_seen, e.writer_id, e.format)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
 
 
 class LakeWriter:
@@ -191,8 +249,8 @@ class LakeWriter:
         self.uri_prefix = uri_prefix
         self.row_group_size = row_group_size
         self.local = _is_local(fs)
-        # This writer's own schema file per record type: the columns it published first.
-        self._own: dict[str, dict[str, _Entry]] = {}
+        # Column files already read (path -> entry): they are created once and never rewritten.
+        self._column_cache: dict[str, _Entry] = {}
         # The lake's published schema per record type as last read (it only ever gains columns).
         self._published: dict[str, pa.Schema] = {}
         # Concurrent writes of one flush share the schema store's state.
@@ -255,14 +313,7 @@ class LakeWriter:
             except FileNotFoundError:
                 pass
             raise
-        try:  # make the rename itself durable
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-            pass
+        _fsync_dir(directory)  # make the rename itself durable
 
     def _remove_quietly(self, path: str) -> None:
         try:
@@ -352,44 +403,83 @@ class LakeWriter:
     def _schema_dir(self, record_type: str) -> str:
         return self._join(schema_folder(record_type))
 
-    def load_schema(self, record_type: str) -> pa.Schema | None:
-        """The published schema of a record type: every writer's schema file merged, first entry wins.
-
-        Columns are in the order they were first published; names are this version's spelling
-        (entries of earlier versions are re-keyed by their key path).
-        """
-        directory = self._schema_dir(record_type)
+    def _store_files(self, directory: str) -> list[str]:
         self.fs.invalidate_cache(directory)
         try:
-            paths = sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".json"))
+            return sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".json"))
         except FileNotFoundError:
-            paths = []
+            return []
         except Exception as exc:
             uri = self.uri_of(directory)
             raise KtExportWriteError(
                 f"Reading the schema store {uri} failed: {type(exc).__name__}: {exc}", destination=uri
             ) from exc
-        best: dict[str, _Entry] = dict(self._own.get(record_type, {}))
+
+    def _read_store_file(self, path: str) -> bytes | None:
+        """A store file's bytes, None when it vanished or cannot be read as a store file."""
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def _column_entries(self, record_type: str) -> dict[str, _Entry]:
+        """The format-3 column files of a record type by column name; each file is read once ever.
+
+        Files not read yet are fetched in one ``cat`` call, which s3fs, gcsfs and adlfs run
+        concurrently: a new drain meeting a lake of hundreds of columns pays one round trip, not
+        hundreds.
+        """
+        paths = self._store_files(posixpath.join(self._schema_dir(record_type), COLUMNS_DIR))
+        unread = [p for p in paths if p not in self._column_cache]
+        if unread:
+            try:
+                fetched = self.fs.cat(unread, on_error="omit")
+            except Exception as exc:
+                uri = self.uri_of(self._schema_dir(record_type))
+                raise KtExportWriteError(
+                    f"Reading the schema store {uri} failed: {type(exc).__name__}: {exc}", destination=uri
+                ) from exc
+            for p, data in (fetched if isinstance(fetched, dict) else {unread[0]: fetched}).items():
+                try:
+                    self._column_cache[self.fs._strip_protocol(p)] = _column_from_json(data)
+                except (ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as exc:
+                    log.warning("Ignoring unreadable schema file %s: %s", self.uri_of(p), exc)
+        columns: dict[str, _Entry] = {}
         for p in paths:
+            entry = self._column_cache.get(p)  # created once, never rewritten: safe to keep
+            if entry is None:
+                continue
+            have = columns.get(entry.field.name)
+            if have is None or entry.rank() < have.rank():
+                columns[entry.field.name] = entry
+        return columns
+
+    def _legacy_files(self, record_type: str) -> list[_Entry]:
+        out: list[_Entry] = []
+        for p in self._store_files(self._schema_dir(record_type)):
             name = posixpath.basename(p)
-            if name.startswith("."):
+            data = None if name.startswith(".") else self._read_store_file(p)
+            if data is None:
                 continue
             try:
-                entries = _entries_from_json(self.fs.cat_file(p), name[: -len(".json")])
-            except FileNotFoundError:
-                continue
+                out.extend(_legacy_entries(data, name[: -len(".json")]))
             except (ValueError, KeyError, TypeError, pa.ArrowException) as exc:
-                # One unreadable file must not stop every writer; compaction still fits files to
-                # whatever the readable files publish.
                 log.warning("Ignoring unreadable schema file %s: %s", self.uri_of(p), exc)
-                continue
-            for e in entries:
-                have = best.get(e.field.name)
-                if have is None or e.rank() < have.rank():
-                    best[e.field.name] = e
-        if not best:
+        return out
+
+    def load_schema(self, record_type: str) -> pa.Schema | None:
+        """The published schema of a record type: one column per store file, in publication order.
+
+        Schema files of earlier versions (one per writer) count after every column file, named by
+        this version's rule (:func:`_name_legacy`).
+        """
+        columns = self._column_entries(record_type)
+        legacy = self._legacy_files(record_type)
+        if legacy:
+            _name_legacy(columns, legacy)
+        if not columns:
             return None
-        ordered = sorted(best.values(), key=lambda e: (e.first_seen, e.writer_id, e.field.name))
+        ordered = sorted(columns.values(), key=lambda e: (e.first_seen, e.field.name))
         merged = pa.schema([e.field for e in ordered])
         self._published[record_type] = merged
         return merged
@@ -397,46 +487,83 @@ class LakeWriter:
     def save_schema(self, record_type: str, schema: pa.Schema) -> None:
         """Publish the columns of ``schema`` the lake does not publish yet (published ones never change)."""
         published = self.load_schema(record_type)
-        known = set() if published is None else set(published.names)
-        new = [f for f in schema if f.name not in known and not pa.types.is_null(f.type)]
+        types = {} if published is None else dict(zip(published.names, published.types, strict=True))
+        new = [f for f in schema if f.name not in types and not pa.types.is_null(f.type)]
         if new:
-            self._add_own(record_type, new)
+            self._publish(record_type, new, types)
 
-    def _add_own(self, record_type: str, fields: list[pa.Field]) -> None:
-        own = dict(self._own.get(record_type, {}))
-        now = time.time()
+    def _publish(
+        self, record_type: str, fields: list[pa.Field], published: Mapping[str, pa.DataType]
+    ) -> None:
+        """Offer each of ``fields`` to the store under the name :func:`assign_name` gives it.
+
+        A column file is created only if absent: of writers offering one name at once exactly one
+        wins, and the others read its entry back (:meth:`load_schema`) before they write data.
+        """
+        names = list(published)
+        directory = posixpath.join(self._schema_dir(record_type), COLUMNS_DIR)
         for f in fields:
-            own[f.name] = _Entry(f, now, self.writer_id, _STORE_FORMAT)
-        path = posixpath.join(self._schema_dir(record_type), f"{self.writer_id}.json")
+            if is_meta_column(f.name) or variant_tag(f.name) is not None:
+                name = f.name  # a variant's name follows its published column's
+            else:
+                name = assign_name(field_path(f), names)
+            names.append(name)
+            path = posixpath.join(directory, column_file(name))
+            data = _column_to_json(f.with_name(name), self.writer_id, time.time())
+            try:
+                self._create(path, data)
+            except FileExistsError:
+                log.debug("Column %s of %r was published by another writer first", name, record_type)
+            except Exception as exc:
+                uri = self.uri_of(path)
+                raise KtExportWriteError(f"Writing schema file {uri} failed: {exc}", destination=uri) from exc
+
+    def _create(self, path: str, data: bytes) -> None:
+        """Make ``data`` visible at ``path`` whole, only if nothing is there (FileExistsError if so).
+
+        Local folders: a complete temporary file hard-linked to the name (``link`` fails when the
+        name exists). Object stores: one conditional PUT (``mode="create"``: S3 and Azure
+        ``If-None-Match: *``, GCS ``ifGenerationMatch=0``).
+        """
+        if not self.local:
+            _refuse_zonal_gcs_bucket(self.fs, path, self._gcs_buckets_checked)
+            self.fs.pipe_file(path, data, mode="create")
+            return
+        directory = posixpath.dirname(path)
+        tmp = posixpath.join(directory, f".{posixpath.basename(path)}{_TMP_MARK}{uuid.uuid4().hex}")
+        self._put(tmp, data)
         try:
-            self._put(path, _schema_to_json(own, record_type, self.writer_id))
-        except Exception as exc:
-            uri = self.uri_of(path)
-            raise KtExportWriteError(f"Writing schema file {uri} failed: {exc}", destination=uri) from exc
-        self._own[record_type] = own
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(directory)
 
     def _settle(self, record_type: str, table: pa.Table) -> pa.Table:
-        """``table`` at the lake's published types, its new columns published before any file has them.
+        """``table`` at the lake's published names and types, its new columns published before any file has them.
 
         Fast path without I/O when every column is published at the table's type. Otherwise the
-        new columns go into this writer's schema file and the store is read again: if another
-        writer published one of them first with another type, its values move to variants
-        (:func:`fit_table`) and those are published in turn.
+        new columns are offered to the store (:meth:`_publish`) and the store is read again: a
+        column another writer published first with another type gets this table's misfits as
+        variants (:func:`fit_table`), a case twin its twin name, and those are published in turn.
         """
         published = self._published.get(record_type) or self.load_schema(record_type)
-        for _ in range(4):
+        for _ in range(_SETTLE_ROUNDS):
             types = {} if published is None else dict(zip(published.names, published.types, strict=True))
             if needs_fit(table.schema, types):
                 table = fit_table(table, types)
             new = [f for f in table.schema if f.name not in types]
             if not new:
                 return table
-            self._add_own(record_type, new)
+            self._publish(record_type, new, types)
             published = self.load_schema(record_type)
-        raise KtExportWriteError(  # pragma: no cover - each round only adds variants, whose types are fixed
-            f"Could not settle the schema of {record_type!r} under {self.root}: writers keep publishing "
-            "conflicting types; nothing was written.",
-            destination=self.root,
+        # Each round only adds twins or variants: what stays unpublished is a name whose column
+        # file exists but cannot be read.
+        store = self.uri_of(posixpath.join(self._schema_dir(record_type), COLUMNS_DIR))
+        raise KtExportWriteError(
+            f"Could not publish the columns {[f.name for f in new]} of record type {record_type!r}: "
+            f"their column files in {store} exist but cannot be read (see the warnings above). "
+            "Remove the damaged files (a writer publishes them again); nothing was written.",
+            destination=store,
         )
 
     # -- quarantine and housekeeping ---------------------------------------------------------------

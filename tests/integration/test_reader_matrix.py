@@ -3,9 +3,11 @@
 The lake is built the hard way: two drains that each read the schema store once at their start
 (as long-running drains do) write one lake at the same time; a firmware-style drift makes an int
 field arrive as "3642h" and a float as "93.7 km"; some fields are only ever null, or null first;
-the drains meet the case twins `Speed` and `speed` in opposite orders; keys are hostile. Each
-engine then reads each record type's folder the way its users read Parquet, and every record
-must come back exactly once with every value equal to the source JSON.
+the drains meet the case twins `Speed` and `speed` in opposite orders; the vendor's keys are
+camelCase (`eventDate`, `eventClass`, `doc.ownerId`, `tripType`); keys are hostile. Each engine
+then reads each record type's folder the way its users read Parquet, and every record must come
+back exactly once with every value equal to the source JSON, every column named as its key path
+is (escaped only where the name would be ambiguous or illegal), except the later case twins.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_ktexport.lake.compact import compact_lake
 from airflow_provider_ktexport.lake.keys import record_key
-from airflow_provider_ktexport.lake.naming import column_path
+from airflow_provider_ktexport.lake.naming import base_name, column_name, column_path, twin_tag
 from airflow_provider_ktexport.lake.schema import build_tables
 from airflow_provider_ktexport.lake.types import canonical_text
 from airflow_provider_ktexport.lake.writer import LakeWriter
@@ -124,7 +126,12 @@ def build_lake(root: Path) -> list[dict[str, Any]]:
         a,
         [
             telemetry(
-                i, counters={"hours": 3600 + i}, location={"odometer": 93.5 + i, "speed": i}, spare=None
+                i,
+                counters={"hours": 3600 + i},
+                location={"odometer": 93.5 + i, "speed": i},
+                spare=None,
+                eventClass="ignition",
+                doc={"ownerId": i},
             )
             for i in range(0, 20)
         ]
@@ -139,7 +146,16 @@ def build_lake(root: Path) -> list[dict[str, Any]]:
             )
             for i in range(21, 40)
         ]
-        + [{"type": "trip", "id": "t1", "dateEnd": "2026-11-25T10:00:00Z", "distance": 12}],
+        + [
+            {
+                "type": "trip",
+                "id": "t1",
+                "dateEnd": "2026-11-25T10:00:00Z",
+                "dateStart": "2026-11-25T09:00:00Z",
+                "tripType": "business",
+                "distance": 12,
+            }
+        ],
         "b1",
     )
     flush(
@@ -154,7 +170,9 @@ def build_lake(root: Path) -> list[dict[str, Any]]:
     flush(
         b,
         [
-            telemetry(i, counters={"hours": 3600 + i}, location={"speed": 2.5}, spare=None)
+            telemetry(
+                i, counters={"hours": 3600 + i}, location={"speed": 2.5}, spare=None, doc={"OwnerId": i}
+            )
             for i in range(60, 70)
         ]
         + [{"type": "trip", "id": "t2", "dateEnd": "2026-11-26T10:00:00Z", "distance": "12 km"}]
@@ -224,6 +242,21 @@ def check(rows: list[dict[str, Any]], expected: list[dict[str, Any]], engine: st
             assert _same(source[path], value), f"{engine}: {path}: {source[path]!r} read as {value!r}"
 
 
+def check_names(root: Path) -> None:
+    """Every column of every file is its key path's plain name, except later case twins."""
+    for folder in root.glob("record_type=*"):
+        names = {n for f in folder.rglob("*.parquet") for n in pa.parquet.read_schema(f).names}
+        bases = {base_name(n) for n in names if not n.startswith("_")}
+        plain = {column_name(column_path(b)).lower(): b for b in bases if not twin_tag(b)}
+        for b in bases:
+            path = column_path(b)
+            if twin_tag(b):  # a twin only beside the plain name it equals ignoring case
+                assert b == column_name(path) + twin_tag(b) and column_name(path).lower() in plain, b
+            else:
+                assert b == column_name(path), b
+        assert len({b.lower() for b in bases}) == len(bases), folder
+
+
 # -- the engines, each the way its users read a folder ------------------------------------------------
 
 
@@ -277,12 +310,19 @@ def test_the_lake_has_drift_variants_twins_and_no_null_columns(
     lake: tuple[Path, list[dict[str, Any]]],
 ) -> None:
     root, _ = lake
+    check_names(root)
+    trip = LakeWriter(LocalFileSystem(), str(root)).load_schema("trip")
+    event = LakeWriter(LocalFileSystem(), str(root)).load_schema("event")
+    assert trip is not None and {"dateEnd", "dateStart", "tripType"} <= set(trip.names)
+    assert event is not None and "eventDate" in event.names
     schema = LakeWriter(LocalFileSystem(), str(root)).load_schema("telemetry")
     assert schema is not None
     types = {f.name: f.type for f in schema}
     assert types["counters__hours"] == pa.int64() and types["counters__hours___string"] == pa.string()
     assert types["location__odometer"] == pa.float64() and types["location__odometer___string"] == pa.string()
-    assert "location__Speed___c100" in types and "location__speed" in types
+    # a met "speed" first and landed first: b's "Speed" is the twin, in every file of both.
+    assert "location__Speed___t1" in types and "location__speed" in types
+    assert {"eventClass", "doc__ownerId", "doc__OwnerId___t1"} <= set(types)
     assert "spare" not in types and not any(pa.types.is_null(t) for t in types.values())
     for f in root.rglob("*.parquet"):  # no file holds a column at another type than published
         file_types = {fld.name: fld.type for fld in pa.parquet.read_schema(f)}
@@ -324,6 +364,7 @@ def test_every_engine_reads_every_record_type_after_compaction(
         for s in compacted:  # compaction changed no column's type...
             assert all(typed[n] == t for n, t in zip(s.names, s.types, strict=True)), folder
         assert len({tuple(sorted(s.names)) for s in compacted}) == 1  # ...and every file has every column
+    check_names(root)
     for folder in sorted(root.glob("record_type=*")):
         rt = folder.name.partition("=")[2]
         for engine, read in ENGINES.items():

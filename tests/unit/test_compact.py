@@ -18,6 +18,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
 from airflow_provider_ktexport.lake.compact import compact_lake
 from airflow_provider_ktexport.lake.layout import record_type_folder
+from airflow_provider_ktexport.lake.naming import path_metadata
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_table
 from tests.lake_support import land
 
@@ -158,8 +159,8 @@ def test_a_lake_widened_in_place_by_an_earlier_version_is_valid_after_one_compac
     # 100.0 stays a double, the times stay apart from the texts, old spellings are gone.
     assert types["when"] == ts and types["when___string"] == pa.string()
     assert [rows[s]["when___string"] for s in (3, 4)] == ["2026-11-25T09:00:00+02:00", "soon"]
-    assert types["Speed___c1"] == pa.float64() and types["Speed___c1___string"] == pa.string()
-    assert rows[2]["Speed___c1"] == 100.0 and rows[3]["Speed___c1___string"] == "fast"
+    assert types["Speed"] == pa.float64() and types["Speed___string"] == pa.string()
+    assert rows[2]["Speed"] == 100.0 and rows[3]["Speed___string"] == "fast"
     assert types["nothing"] == pa.string() and "%53peed" not in types
     published = LakeWriter(fs, str(root)).load_schema("telemetry")
     assert published is not None and published.field("hours").type == types["hours"]
@@ -369,3 +370,63 @@ def test_a_record_type_named_by_the_layout_rule_compacts_by_its_type(tmp_path, r
     assert len(data_files(fs, root)) == 2  # telemetry untouched
     (table,) = read_lake(fs, root, record_type=rtype).values()
     assert table.column("type").to_pylist() == [rtype] * 2
+
+
+def _legacy_store(root: Any, writer_id: str, fields: list[pa.Field], first_seen: float) -> None:
+    """A format-2 schema file, one per writer, as the version with case tags published it."""
+    schema = pa.schema(fields)
+    doc = {
+        "format": 2,
+        "writer_id": writer_id,
+        "first_seen": {f.name: first_seen for f in fields},
+        "arrow_schema": base64.b64encode(schema.serialize()).decode(),
+    }
+    store = root / "_schema" / "telemetry"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / f"{writer_id}.json").write_text(json.dumps(doc))
+
+
+def test_a_lake_with_case_tags_gets_the_keys_own_names_after_one_compaction(tmp_path):
+    root = tmp_path / "lake"
+    part = root / "record_type=telemetry" / "event_date=2026-11-25"
+    ts = pa.timestamp("us", tz="UTC")
+    when = datetime(2026, 11, 25, 8, tzinfo=UTC)
+
+    def f(name: str, t: pa.DataType, *path: str) -> pa.Field:
+        return pa.field(name, t, metadata=path_metadata(path))
+
+    first = [
+        f("seq", pa.int64(), "seq"),
+        f("speed", pa.int64(), "speed"),
+        f("eventDate___c20", ts, "eventDate"),
+        f("doc__ownerId___c40", pa.int64(), "doc", "ownerId"),
+    ]
+    later = [f("Speed___c1", pa.int64(), "Speed"), f("Speed___c1___string", pa.string(), "Speed")]
+    _legacy_store(root, "w1", first, 1.0)
+    _legacy_store(root, "w2", later, 2.0)
+    _old_file(
+        part,
+        "part-20261125T080000Z-a.parquet",
+        {"seq": pa.array([1]), "speed": pa.array([5]), "eventDate___c20": pa.array([when], ts)},
+        1,
+    )
+    old = pa.table(
+        [pa.array([2]), pa.array([7]), pa.array([None], pa.string()), pa.array([9])],
+        schema=pa.schema([first[0], later[0], later[1], first[3]]),
+    )
+    pq.write_table(old, str(part / "part-20261125T090000Z-b.parquet"))
+
+    compact_lake(LocalFileSystem(), str(root), now=LATER)
+
+    table = pq.read_table(str(part))
+    data = sorted(n for n in table.column_names if not n.startswith("_") and n != "event_date")
+    assert data == ["Speed___t1", "Speed___t1___string", "doc__ownerId", "eventDate", "seq", "speed"]
+    types = {fld.name: fld.type for fld in table.schema}
+    assert types["eventDate"] == ts and types["Speed___t1"] == pa.int64() and types["speed"] == pa.int64()
+    rows = {r["seq"]: r for r in table.to_pylist()}
+    assert (rows[1]["speed"], rows[1]["eventDate"], rows[1]["Speed___t1"]) == (5, when, None)
+    assert (rows[2]["Speed___t1"], rows[2]["doc__ownerId"], rows[2]["speed"]) == (7, 9, None)
+    # Drains of this version write the same names into the upgraded lake.
+    land(LakeWriter(LocalFileSystem(), str(root)), [telemetry(3, Speed=8, speed=6, doc={"ownerId": 4})])
+    got = {n for p in (root / "record_type=telemetry").rglob("*.parquet") for n in pq.read_schema(p).names}
+    assert "Speed___t1" in got and "doc__ownerId" in got and not any("___c" in n for n in got)

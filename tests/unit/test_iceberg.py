@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 pytest.importorskip("pyiceberg")
 
@@ -19,7 +23,10 @@ from airflow_provider_ktexport.lake.iceberg import (  # noqa: E402
     table_name,
 )
 from airflow_provider_ktexport.lake.layout import record_type_table  # noqa: E402
+from airflow_provider_ktexport.lake.naming import column_path  # noqa: E402
 from airflow_provider_ktexport.lake.rejects import REJECTS_SCHEMA  # noqa: E402
+from airflow_provider_ktexport.lake.sinks import ParquetSink  # noqa: E402
+from airflow_provider_ktexport.lake.writer import LakeWriter  # noqa: E402
 from tests.unit.test_drain import FakeClient  # noqa: E402
 from tests.unit.test_drain_rejects import BAD_TYPES, HOSTILE, batch_of  # noqa: E402
 
@@ -248,3 +255,105 @@ def test_record_types_that_make_bad_names_land_and_every_flush_commits(tmp_path)
                 rows.column("type").to_pylist() == [rtype] * 2
                 and sorted(rows.column("seq").to_pylist()) == [json.loads(raw)["seq"]] * 2
             )
+
+
+def test_iceberg_names_columns_as_the_parquet_lake_does(tmp_path):
+    """One mapping for both sinks: camelCase keys as sent, escapes, and case twins by arrival."""
+    first = records(
+        range(2), eventDate="2026-11-25T10:00:00Z", doc={"ownerId": 7}, speed=1, **{"a.b": 1, "x__y": 2}
+    )
+    later = records(range(2, 4), Speed=2, SPEED=3, doc={"OwnerId": 8})
+    catalog = catalog_for(tmp_path)
+    drain_into(IcebergSink(catalog), [batch_of("b1", first)])
+    drain_into(IcebergSink(catalog), [batch_of("b2", later)])
+    writer = LakeWriter(LocalFileSystem(), str(tmp_path / "lake"))
+    drain_into(ParquetSink(writer), [batch_of("b1", first)])
+    drain_into(ParquetSink(writer), [batch_of("b2", later)])
+
+    table = catalog.load_table("ktexport.telemetry")
+    iceberg = [f.name for f in table.schema().fields if f.name != EVENT_DATE_COLUMN]
+    parquet = {n for f in (tmp_path / "lake").rglob("*.parquet") for n in pq.read_schema(f).names}
+    assert sorted(iceberg) == sorted(parquet)
+    assert {"eventDate", "doc__ownerId", "speed", "a%2Eb", "x%5F%5Fy"} <= set(iceberg)
+    # The later spellings are twins; no two names are equal ignoring case.
+    assert len({n.lower() for n in iceberg}) == len(iceberg)
+    twins = {column_path(n): n for n in iceberg if "___t" in n}
+    assert set(twins) == {("Speed",), ("SPEED",), ("doc", "OwnerId")}
+    rows = {r["seq"]: r for r in table.scan().to_arrow().to_pylist()}
+    assert rows[0]["eventDate"] is not None and rows[0]["doc__ownerId"] == 7
+    assert [rows[3][twins[("Speed",)]], rows[3][twins[("SPEED",)]], rows[3][twins[("doc", "OwnerId")]]] == [
+        2,
+        3,
+        8,
+    ]
+
+
+def test_a_table_with_case_tags_is_renamed_in_place_and_keeps_its_rows(tmp_path):
+    catalog = catalog_for(tmp_path)
+    catalog.create_namespace_if_not_exists("ktexport")
+    ts = pa.timestamp("us", tz="UTC")
+    when = datetime(2026, 11, 25, 10, tzinfo=UTC)
+    old = pa.table(
+        {
+            "seq": pa.array([100], pa.int64()),
+            "speed": pa.array([1], pa.int64()),
+            "Speed___c1": pa.array([2], pa.int64()),
+            "Speed___c1___string": pa.array(["fast"], pa.string()),
+            "eventDate___c20": pa.array([when], ts),
+            EVENT_DATE_COLUMN: pa.array([when.date()], pa.date32()),
+        }
+    )
+    legacy = catalog.create_table("ktexport.telemetry", schema=old.schema)
+    legacy.append(old)
+    ids = {f.name: f.field_id for f in legacy.schema().fields}
+
+    drain_into(
+        IcebergSink(catalog), [batch_of("b1", records(range(2), Speed=3, eventDate="2026-11-25T11:00:00Z"))]
+    )
+
+    table = catalog.load_table("ktexport.telemetry")
+    fields = {f.name: f.field_id for f in table.schema().fields}
+    # Renamed in place: the same column ids under this version's names; no tagged name is left.
+    assert fields["Speed___t1"] == ids["Speed___c1"] and fields["eventDate"] == ids["eventDate___c20"]
+    assert fields["Speed___t1___string"] == ids["Speed___c1___string"] and fields["speed"] == ids["speed"]
+    assert not any("___c" in n for n in fields)
+    rows = {r["seq"]: r for r in table.scan().to_arrow().to_pylist()}
+    assert (rows[100]["speed"], rows[100]["Speed___t1"], rows[100]["Speed___t1___string"]) == (1, 2, "fast")
+    assert rows[100]["eventDate"] == when
+    assert [rows[s]["Speed___t1"] for s in (0, 1)] == [3, 3] and rows[0]["eventDate"] is not None
+
+
+def test_two_drains_adding_case_twins_at_once_get_one_name_each(tmp_path):
+    catalog_for(tmp_path)  # create the warehouse folder
+    rounds = 6
+    barrier = threading.Barrier(2, timeout=120)
+    errors: list[BaseException] = []
+
+    def one(side: str, fields: dict) -> None:
+        try:
+            sink = IcebergSink(catalog_for(tmp_path))
+            for r in range(rounds):
+                barrier.wait()
+                raws = records(range(2), rtype=f"twins{r}", side=side, **fields)
+                drain_into(sink, [batch_of(f"{side}{r}", raws)])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=one, args=("a", {"speed": 1, "x": 1})),
+        threading.Thread(target=one, args=("b", {"Speed": 2, "x": "one"})),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    catalog = catalog_for(tmp_path)
+    for r in range(rounds):
+        table = catalog.load_table(f"ktexport.twins{r}")
+        names = [f.name for f in table.schema().fields]
+        assert len({n.lower() for n in names}) == len(names), names
+        by_path = {column_path(n): n for n in names if "___t" in n or n.lower() == "speed"}
+        assert set(by_path) == {("speed",), ("Speed",)}, names
+        rows = table.scan().to_arrow().to_pylist()
+        assert sorted(r[by_path[("speed",)]] or r[by_path[("Speed",)]] for r in rows) == [1, 1, 2, 2]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_ktexport.lake import arrowjson, schema
-from airflow_provider_ktexport.lake.naming import base_name, variant_tag, variant_type
+from airflow_provider_ktexport.lake.naming import assign_name, base_name, twin_tag, variant_tag, variant_type
 from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.schema import (
     META_COLUMNS,
@@ -28,6 +31,7 @@ from airflow_provider_ktexport.lake.schema import (
     sanitize_partition_value,
     variant_name,
 )
+from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.records import RecordGenerator
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
@@ -83,12 +87,17 @@ _KEYS = st.text(alphabet="aAbB_.%é É\u212aK", max_size=4)
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.lists(_KEYS, min_size=1, max_size=3).map(tuple), min_size=2, max_size=2, unique=True))
-def test_distinct_paths_never_share_a_name_even_lower_cased(paths: list[tuple[str, ...]]) -> None:
-    names = [column_name(p) for p in paths]
-    assert names[0].lower() != names[1].lower()
-    # Nor does a variant of one ever equal (case-insensitively) the other's name.
-    assert variant_name(names[0], pa.string()).lower() != names[1].lower()
+@given(st.lists(st.lists(_KEYS, min_size=1, max_size=3).map(tuple), min_size=2, max_size=4, unique=True))
+def test_paths_published_in_turn_never_share_a_name_even_lower_cased(paths: list[tuple[str, ...]]) -> None:
+    names: list[str] = []
+    for p in paths:
+        names.append(assign_name(p, names))
+    assert len({n.lower() for n in names}) == len(names)
+    assert [column_path(n) for n in names] == paths
+    # A path already published keeps its name, whatever was published after it.
+    assert [assign_name(p, names) for p in paths] == names
+    # Nor does a variant of one ever equal (case-insensitively) another's name.
+    assert not {variant_name(n, pa.string()).lower() for n in names} & {n.lower() for n in names}
 
 
 def test_naming_examples() -> None:
@@ -100,15 +109,31 @@ def test_naming_examples() -> None:
     assert column_name(("record_type",)) == "%72ecord_type"  # ...unless they equal a partition key
     assert column_name(("",)) == "%-"
     assert column_name(("a/b", "x%")) == "a%2Fb__x%25"
-    # Upper-case letters keep their spelling and add a tag: the mask of the capitals among letters.
-    assert column_name(("Speed",)) == "Speed___c1"
-    assert column_name(("eventDate",)) == "eventDate___c20"
-    assert column_name(("location", "Speed")) == "location__Speed___c100"
-    assert column_name(("Öl",)) == "%C3%96l"  # non-ASCII capitals are escaped instead
+    # A key keeps its spelling: the vendor's camelCase field is the column an analyst types.
+    assert column_name(("Speed",)) == "Speed"
+    assert column_name(("eventDate",)) == "eventDate"
+    assert column_name(("doc", "ownerId")) == "doc__ownerId"
+    assert column_name(("Öl",)) == "%C3%96l"  # non-ASCII capitals are escaped (engines fold them apart)
     assert variant_name("counters__hours", pa.string()) == "counters__hours___string"
     # dlt's spelling would be a real nested field here; ours cannot be.
     assert column_name(("counters", "hours", "v_double")) == "counters__hours__v_double"
     assert column_name(("counters", "hours", "_string")) == "counters__hours__%5Fstring"
+    # Names of earlier versions (case tags) still decode to their key path.
+    assert column_path("eventDate___c20") == ("eventDate",)
+    assert column_path("location__Speed___c100___string") == ("location", "Speed")
+
+
+def test_a_later_case_twin_gets_a_twin_tag() -> None:
+    assert assign_name(("speed",), []) == "speed"
+    assert assign_name(("Speed",), ["speed"]) == "Speed___t1"
+    assert assign_name(("SPEED",), ["speed", "Speed___t1", "Speed___t1___string"]) == "SPEED___t2"
+    assert assign_name(("Speed",), ["speed", "Speed___t1"]) == "Speed___t1"  # published: kept
+    assert assign_name(("speed",), ["Speed", "speed___t1"]) == "speed___t1"
+    assert assign_name(("_source",), ["_source"]) == "%5Fsource"  # metadata columns are no key's
+    assert twin_tag("Speed___t1___double") == "___t1" and twin_tag("Speed") == ""
+    assert (
+        column_path("Speed___t1___double") == ("Speed",) and base_name("Speed___t1___double") == "Speed___t1"
+    )
 
 
 def test_dotted_double_underscore_and_nested_keys_get_distinct_columns() -> None:
@@ -121,27 +146,30 @@ def test_dotted_double_underscore_and_nested_keys_get_distinct_columns() -> None
     }
 
 
-def test_keys_differing_in_case_stay_distinct_case_insensitively() -> None:
-    table = one_table([{"type": "t", "Speed": 1, "speed": 2, "SPEED": 3}])
+def test_keys_differing_in_case_stay_distinct_case_insensitively(tmp_path: Path) -> None:
+    built = one_table([{"type": "t", "Speed": 1, "speed": 2, "SPEED": 3}])
+    # The lake decides the twins as it publishes them: the first spelling keeps its name.
+    written = LakeWriter(LocalFileSystem(), str(tmp_path)).write(built, {"record_type": "t"})
+    table = pq.read_table(written.path)
     data = [n for n in table.column_names if n not in META_COLUMNS]
+    assert sorted(data) == ["SPEED", "Speed___t1", "speed___t2", "type"]
     assert len({n.lower() for n in data}) == len(data)
     cols = by_path(table)
     assert table.column(cols[("speed",)].name)[0].as_py() == 2
     assert table.column(cols[("Speed",)].name)[0].as_py() == 1
     assert table.column(cols[("SPEED",)].name)[0].as_py() == 3
-    assert cols[("speed",)].name == "speed"  # the lower-case spelling keeps its plain name
     for path, field in cols.items():
         assert column_path(field.name) == path
 
 
-def test_names_do_not_depend_on_what_a_writer_met_first() -> None:
-    first = one_table([{"type": "t", "Speed": 1}])
-    second = one_table([{"type": "t", "speed": 2}], known={"t": first.schema})
-    alone = one_table([{"type": "t", "speed": 3, "Speed": 4}])
-    for table in (first, second, alone):
-        cols = by_path(table)
-        assert cols.get(("Speed",), pa.field("Speed___c1", pa.int64())).name == "Speed___c1"
-        assert cols.get(("speed",), pa.field("speed", pa.int64())).name == "speed"
+def test_tables_spell_keys_as_sent_and_leave_twins_to_the_schema_store() -> None:
+    alone = one_table([{"type": "t", "speed": 3, "Speed": 4, "eventDate": "x"}])
+    cols = by_path(alone)
+    assert (cols[("speed",)].name, cols[("Speed",)].name, cols[("eventDate",)].name) == (
+        "speed",
+        "Speed",
+        "eventDate",
+    )
 
 
 def test_record_fields_named_like_partitions_or_metadata_are_kept() -> None:
@@ -174,7 +202,12 @@ def test_record_fields_named_like_partitions_or_metadata_are_kept() -> None:
         ([1, "x"], pa.string(), ["1", "x"]),
         ([True, 1], pa.string(), ["true", "1"]),
         ([2**53, -(2**53)], pa.int64(), [2**53, -(2**53)]),
-        ([2**53 + 1, 1], pa.string(), [str(2**53 + 1), "1"]),
+        # Integers stay integers: anything int64 holds lands as int64, exactly...
+        ([2**53 + 1, 1], pa.int64(), [2**53 + 1, 1]),
+        ([2**63 - 1, -(2**63)], pa.int64(), [2**63 - 1, -(2**63)]),
+        # ...beyond it, or beside a float that could not hold it exactly, it is text.
+        ([2**63, 1], pa.string(), [str(2**63), "1"]),
+        ([2**53 + 1, 1.5], pa.string(), [str(2**53 + 1), "1.5"]),
         ([2**64, 1.5], pa.string(), [str(2**64), "1.5"]),
         ([[1, 2], []], pa.string(), ["[1,2]", "[]"]),
         ([{}, 3], pa.string(), ["{}", "3"]),
@@ -510,6 +543,14 @@ def test_reader_path_equals_dict_path_on_generated_records(monkeypatch: pytest.M
     _assert_same(fast, slow)
 
 
+def test_an_int_beyond_2_to_53_fits_an_int64_column_but_not_a_double_one() -> None:
+    t1 = one_table([{"type": "t", "n": 1, "f": 0.5}])
+    t2 = one_table([{"type": "t", "n": 2**53 + 1, "f": 2**53 + 1}], known={"t": t1.schema})
+    assert t2.column("n").to_pylist() == [2**53 + 1] and t2.schema.field("n").type == pa.int64()
+    assert t2.column("f").to_pylist() == [None]
+    assert t2.column("f___bigint").to_pylist() == [2**53 + 1]
+
+
 NASTY = [
     # Each list is one record type's records: the reader takes or refuses it; the table is the same.
     [{"type": "t", "a": {"b": 1}}, {"type": "t", "a": None}, {"type": "t"}],
@@ -520,6 +561,7 @@ NASTY = [
     [{"type": "t", "n": 1}, {"type": "t", "n": 2.5}, {"type": "t", "n": 1e-7}, {"type": "t", "n": 1e16}],
     [{"type": "t", "n": 2**53}, {"type": "t", "n": -(2**53)}],
     [{"type": "t", "n": 2**53 + 1}],
+    [{"type": "t", "n": 2**63 - 1}, {"type": "t", "n": -(2**63)}, {"type": "t", "n": 2**63}],
     [{"type": "t", "n": 2**64}, {"type": "t", "n": 0.5}],
     [{"type": "t", "n": 1.5}, {"type": "t", "n": 9007199254740993}],
     [{"type": "t", "l": [1, 2.5, {"b": 1, "a": None}]}, {"type": "t", "l": []}, {"type": "t", "l": None}],

@@ -46,11 +46,25 @@ def test_a_value_of_another_type_moves_to_its_own_variant_never_re_spelt() -> No
 
 
 def test_old_spellings_are_renamed_by_key_path_and_null_columns_dropped() -> None:
-    table = pa.table({"%53peed": pa.array([1]), "eventDate": pa.array(["x"]), "gone": pa.nulls(1)})
+    table = pa.table(
+        {
+            "%53peed": pa.array([1]),
+            "eventDate___c20": pa.array(["x"]),
+            "doc__ownerId___c40___string": pa.array(["y"]),
+            "gone": pa.nulls(1),
+        }
+    )
     fitted = fit_table(table, {})
-    assert fitted.column_names == ["Speed___c1", "eventDate___c20"]
-    meta = fitted.schema.field("Speed___c1").metadata
+    assert fitted.column_names == ["Speed", "eventDate", "doc__ownerId___string"]
+    meta = fitted.schema.field("Speed").metadata
     assert meta == path_metadata(("Speed",))
+
+
+def test_old_spellings_of_a_case_twin_take_the_twin_name_the_lake_publishes() -> None:
+    table = pa.table({"Speed___c1": pa.array([1]), "Speed___c1___string": pa.array(["x"]), "speed": [2]})
+    fitted = fit_table(table, {"speed": pa.int64(), "Speed___t1": pa.int64()})
+    assert fitted.column_names == ["speed", "Speed___t1", "Speed___t1___string"]
+    assert fitted.column("Speed___t1").to_pylist() == [1]
 
 
 def test_two_pieces_of_one_column_merge_where_rows_are_disjoint() -> None:

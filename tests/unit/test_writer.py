@@ -91,10 +91,11 @@ def test_temp_files_are_invisible_to_globs_and_cleaned_up(writer: LakeWriter, tm
 
 
 class TruncatingFS(MemoryFileSystem):
-    """An object store that acknowledges a PUT but keeps a truncated body."""
+    """An object store that acknowledges a PUT of a data file but keeps a truncated body."""
 
     def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
-        super().pipe_file(path, value[: len(value) // 2], **kwargs)
+        keep = len(value) // 2 if path.endswith(".parquet") else len(value)
+        super().pipe_file(path, value[:keep], **kwargs)
 
 
 def test_verification_failure_raises_and_removes_the_bad_file() -> None:
@@ -240,14 +241,14 @@ def test_schema_store_keeps_the_first_published_type(tmp_path: Path) -> None:
     w1 = LakeWriter(fs, str(tmp_path), writer_id="w1")
     w2 = LakeWriter(fs, str(tmp_path), writer_id="w2")
     w1.save_schema("t", pa.schema([("a", pa.int64()), ("b", pa.bool_()), ("z", pa.null())]))
-    # w2 started before w1 published and meant other types: the first entry wins everywhere.
+    # w2 started before w1 published and meant other types: its offer of "a" loses, "c" is new.
     w2._published.clear()
-    w2._add_own("t", [pa.field("a", pa.float64()), pa.field("c", pa.string())])
+    w2._publish("t", [pa.field("a", pa.float64()), pa.field("c", pa.string())], {})
     for reader in (w1, w2, LakeWriter(fs, str(tmp_path), writer_id="reader")):
         merged = reader.load_schema("t")
         assert merged is not None
         assert {f.name: f.type for f in merged} == {"a": pa.int64(), "b": pa.bool_(), "c": pa.string()}
-    assert sorted(p.name for p in (tmp_path / "_schema" / "t").iterdir()) == ["w1.json", "w2.json"]
+    assert len(list((tmp_path / "_schema" / "t" / "columns").iterdir())) == 3
     assert LakeWriter(fs, str(tmp_path)).load_schema("nothing") is None
 
 
@@ -277,11 +278,12 @@ def test_runs_that_bring_no_new_column_add_no_schema_file(tmp_path: Path) -> Non
     record = {"type": "telemetry", "date": "2026-11-25T10:00:00Z", "speed": 5}
     for run in range(5):  # every run is a new writer, as every drain task is
         land(LakeWriter(fs, str(tmp_path), writer_id=f"run{run}"), [record])
-    store = tmp_path / "_schema" / "telemetry"
-    assert [p.name for p in store.iterdir()] == ["run0.json"]
-    # A run that brings a new column or a variant publishes it in a file of its own.
+    store = tmp_path / "_schema" / "telemetry" / "columns"
+    first = sorted(p.name for p in store.iterdir())
+    assert len(first) == len(pq.read_schema(parquet_files(tmp_path)[0]).names)
+    # A run that brings a new column or a variant publishes a file for each.
     land(LakeWriter(fs, str(tmp_path), writer_id="run5"), [{**record, "speed": 5.5, "new": True}])
-    assert sorted(p.name for p in store.iterdir()) == ["run0.json", "run5.json"]
+    assert len(list(store.iterdir())) == len(first) + 2
     merged = LakeWriter(fs, str(tmp_path)).load_schema("telemetry")
     assert merged is not None
     assert merged.field("speed").type == pa.int64() and merged.field("speed___double").type == pa.float64()
@@ -344,8 +346,8 @@ def test_duckdb_and_pandas_read_the_lake(writer: LakeWriter, tmp_path: Path) -> 
     land(writer, [{"type": "telemetry", "date": "2026-11-25T12:00:00Z", "location": {"speed": "fast"}}])
     con = duckdb.connect()
     rel = con.sql(
-        f"select record_type, event_date, date, location__speed, speed, location__speed___string, "
-        "details__asset__id "
+        f"select record_type, event_date, date, location__speed, Speed, location__speed___string, "
+        "details__asset__id, speed___t1 "
         f"from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true, union_by_name=true) "
         "order by _record_key"
     )
@@ -358,9 +360,25 @@ def test_duckdb_and_pandas_read_the_lake(writer: LakeWriter, tmp_path: Path) -> 
     # The record's own date survives next to the partition day.
     assert {str(r[2])[:19] for r in telemetry} >= {"2026-11-25 10:11:12"}
     assert {str(r[1]) for r in rows} == {"2026-11-25", "2026-11-24"}
-    assert sorted(r[4] for r in rows if r[4] is not None) == [2]
+    # Case twins: the spelling published first keeps its name, the later one is a twin.
+    assert [(r[4], r[7]) for r in telemetry if r[4] is not None or r[7] is not None] == [(1, None), (None, 2)]
     assert [r[6] for r in rows if r[0] == "event"] == [9]
     import pandas as pd
 
     df = pd.read_parquet(next(iter(parquet_files(tmp_path / "record_type=event"))))
     assert df["details__asset__id"].tolist() == [9]
+
+
+def test_a_damaged_column_file_fails_the_write_naming_the_column_and_the_store(tmp_path: Path) -> None:
+    fs = LocalFileSystem()
+    LakeWriter(fs, str(tmp_path)).write(pa.table({"a": [1]}), {"record_type": "t"})
+    damaged = next((tmp_path / "_schema" / "t" / "columns").iterdir())
+    damaged.write_text("{not json")
+    with pytest.raises(KtExportWriteError) as err:
+        LakeWriter(fs, str(tmp_path)).write(pa.table({"a": [2]}), {"record_type": "t"})
+    assert "['a']" in str(err.value) and "Remove the damaged files" in str(err.value)
+    assert err.value.destination.endswith("_schema/t/columns")
+    assert len(parquet_files(tmp_path)) == 1  # nothing was written
+    damaged.unlink()  # as the error says: the next write publishes the column again
+    LakeWriter(fs, str(tmp_path)).write(pa.table({"a": [3]}), {"record_type": "t"})
+    assert len(parquet_files(tmp_path)) == 2
