@@ -157,6 +157,8 @@ class Emulator:
         Which records is a pure function of ``(seed, emulator_seq)``; the kinds take turns.
         :meth:`hostile_records` tells which records were made hostile, with their exact bytes.
     :param poison_kinds: the hostile kinds to use (default: all of them)
+    :param track_points: generated trips carry a ``track`` list of this many GPS points (0: none)
+    :param record_types: generate only these record types (default: the whole mix)
     """
 
     def __init__(
@@ -178,6 +180,8 @@ class Emulator:
         distinct: int = 0,
         poison: float = 0.0,
         poison_kinds: Sequence[str] | None = None,
+        track_points: int = 0,
+        record_types: Sequence[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -200,7 +204,9 @@ class Emulator:
         self._poison_kinds: tuple[str, ...] = HOSTILE_KINDS
         #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
         self.on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
-        self.generator = RecordGenerator(seed, drift_after=drift_after)
+        self.generator = RecordGenerator(
+            seed, drift_after=drift_after, track_points=track_points, record_types=record_types
+        )
         self._faults: dict[str, float] = dict.fromkeys(FAULT_NAMES, 0.0) | FAULT_SETTINGS
         self._fault_rng = random.Random(seed)
         self._group_rng = random.Random(seed + 1)
