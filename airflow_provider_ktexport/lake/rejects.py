@@ -80,6 +80,7 @@ _MAX_MESSAGE = 2000
 
 _MIN_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
 _MAX_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TIMESTAMP)
+_UNREADABLE = object()
 _TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
 REJECTS_SCHEMA = pa.schema(
@@ -326,9 +327,8 @@ def _explain(raw: bytes, exc: BaseException) -> str:
 
 def record_type_of_raw(raw: bytes) -> str:
     """The record's ``type`` for the rejects table's partition (by text search when it does not decode)."""
-    try:
-        value = msgspec.json.decode(raw)
-    except DATA_ERRORS:
+    value = _decoded(raw)
+    if value is _UNREADABLE:
         match = _TYPE_IN_TEXT.search(raw)
         if match is None:
             return "unknown"
@@ -339,9 +339,26 @@ def record_type_of_raw(raw: bytes) -> str:
     return record_type_of(value) if type(value) is dict else "unknown"
 
 
-def _key_or_none(raw: bytes) -> str | None:
+def _decoded(raw: bytes) -> Any:
+    """The decoded record, or :data:`_UNREADABLE`; one nested too deep is never decoded.
+
+    msgspec stops at the interpreter's recursion limit, so decoding a deep record would make its
+    stored key depend on that limit, and a limit raised far enough lets it overflow the C stack.
+    """
+    if nests_deeper_than(raw, MAX_DEPTH):
+        return _UNREADABLE
     try:
-        return record_key(decode_record(raw))
+        return msgspec.json.decode(raw)
+    except DATA_ERRORS:
+        return _UNREADABLE
+
+
+def _key_or_none(raw: bytes) -> str | None:
+    value = _decoded(raw)
+    if type(value) is not dict:
+        return None
+    try:
+        return record_key(value)
     except DATA_ERRORS:
         return None
 
