@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from airflow_provider_ktexport.lake import arrowjson
-from airflow_provider_ktexport.lake.keys import fast_key
+from airflow_provider_ktexport.lake.keys import fast_key, record_key
+from airflow_provider_ktexport.lake.types import SORTED_ENCODER, canonical_text
 
 __all__ = ["decode_record", "dict_columns", "reader_columns"]
 
@@ -102,6 +103,17 @@ def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _list_text(value: Any, unsafe: bool) -> str | None:
+    """A list's column text, as the dict path writes it (:func:`.types.build_column`); None if absent.
+
+    Written here because the reader already proved which rows' floats msgspec spells as canonical
+    JSON does: the dict path would walk every value of the list in Python to find out.
+    """
+    if value is _MISSING or value is None:
+        return None
+    return canonical_text(value) if unsafe else SORTED_ENCODER.encode(value).decode("utf-8")
+
+
 def reader_columns(
     raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()
 ) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
@@ -112,16 +124,22 @@ def reader_columns(
     found = arrowjson.read_columns(raws, value_paths)
     if found is None:
         return None
-    leaves, probes = found
-    columns: dict[tuple[str, ...], Any] = dict(leaves)
-    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [(path, kind, []) for path, kind in probes.items()]
+    columns: dict[tuple[str, ...], Any] = dict(found.leaves)
+    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [
+        (path, kind, []) for path, kind in found.probes.items()
+    ]
+    unsafe = found.unsafe_list_rows
     keys: list[str] = []
-    for raw in raws:
+    for j, raw in enumerate(raws):
         record = decode_record(raw)
-        keys.append(fast_key(record))
+        # A row whose lists hold a float msgspec spells otherwise takes the canonical path; the
+        # reader's floats outside lists are checked (and such rows keyed again) by the caller.
+        keys.append(record_key(record) if j in unsafe else fast_key(record))
         for path, kind, values in probed:
             value = _probe(record, path)
-            if kind == arrowjson.LIST or kind == arrowjson.VALUE:
+            if kind == arrowjson.LIST:
+                values.append(_list_text(value, j in unsafe))
+            elif kind == arrowjson.VALUE:
                 values.append(None if value is _MISSING else value)
             else:  # an object path: the dict path makes a column of its null and {} values
                 values.append(value if value is None or value == {} else _MISSING)
