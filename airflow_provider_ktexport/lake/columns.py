@@ -103,15 +103,24 @@ def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _list_text(value: Any, unsafe: bool) -> str | None:
+def _list_text(record: dict[str, Any], path: tuple[str, ...], value: Any, safe: bool) -> str | None:
     """A list's column text, as the dict path writes it (:func:`.types.build_column`); None if absent.
 
     Written here because the reader already proved which rows' floats msgspec spells as canonical
-    JSON does: the dict path would walk every value of the list in Python to find out.
+    JSON does (``safe``): the dict path walks every value of the list in Python to find out. In a
+    safe row the list is then replaced in ``record`` by its encoded text (``msgspec.Raw``), so the
+    record key's encoding copies those bytes instead of encoding every point a second time.
     """
     if value is _MISSING or value is None:
         return None
-    return canonical_text(value) if unsafe else SORTED_ENCODER.encode(value).decode("utf-8")
+    if not safe:
+        return canonical_text(value)
+    text = SORTED_ENCODER.encode(value)
+    parent = record
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = msgspec.Raw(text)
+    return text.decode("utf-8")
 
 
 def reader_columns(
@@ -132,17 +141,19 @@ def reader_columns(
     keys: list[str] = []
     for j, raw in enumerate(raws):
         record = decode_record(raw)
-        # A row whose lists hold a float msgspec spells otherwise takes the canonical path; the
-        # reader's floats outside lists are checked (and such rows keyed again) by the caller.
-        keys.append(record_key(record) if j in unsafe else fast_key(record))
+        safe = j not in unsafe
         for path, kind, values in probed:
             value = _probe(record, path)
             if kind == arrowjson.LIST:
-                values.append(_list_text(value, j in unsafe))
+                values.append(_list_text(record, path, value, safe))
             elif kind == arrowjson.VALUE:
                 values.append(None if value is _MISSING else value)
             else:  # an object path: the dict path makes a column of its null and {} values
                 values.append(value if value is None or value == {} else _MISSING)
+        # After the lists (spliced in as text). A row whose lists hold a float msgspec spells
+        # otherwise takes the canonical path; the reader's floats outside lists are checked (and
+        # such rows keyed again) by the caller.
+        keys.append(fast_key(record) if safe else record_key(record))
     for path, kind, values in probed:
         if kind == arrowjson.LIST or kind == arrowjson.VALUE:
             columns[path] = values
