@@ -90,10 +90,22 @@ def _check_leaf(arr: pa.Array) -> None:
             raise _Reject("negative zero")
 
 
+@dataclass
+class _Found:
+    """What the reader gave: leaf columns and probe paths by key path, and the rows of lists
+    holding a float msgspec spells differently from canonical JSON."""
+
+    leaves: dict[tuple[str, ...], pa.Array] = field(default_factory=dict)
+    probes: dict[tuple[str, ...], str] = field(default_factory=dict)
+    unsafe_list_rows: set[int] = field(default_factory=set)
+
+
 def _unsafe_rows_in_list(arr: pa.Array) -> set[int]:
     """Rows of a list column holding, at any depth, a float ``json.dumps`` writes with an exponent."""
     rows: set[int] = set()
-    todo: list[tuple[pa.Array, pa.Array | None]] = [(arr, None)]  # (values, their row) ; None: itself
+    todo: list[tuple[pa.Array, pa.Array | None]] = [
+        (arr, None)
+    ]  # (values, each one's row); None: the same position
     while todo:
         values, row_of = todo.pop()
         t = values.type
@@ -144,16 +156,6 @@ def _walk(
     valid = arr.is_valid()
     for f, child in zip(t, children, strict=True):
         _walk((*path, f.name), child, valid, found, value_paths)
-
-
-@dataclass
-class _Found:
-    """What the reader gave: leaf columns and probe paths by key path, and the rows of lists
-    holding a float msgspec spells differently from canonical JSON."""
-
-    leaves: dict[tuple[str, ...], pa.Array] = field(default_factory=dict)
-    probes: dict[tuple[str, ...], str] = field(default_factory=dict)
-    unsafe_list_rows: set[int] = field(default_factory=set)
 
 
 def read_columns(raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()) -> _Found | None:
