@@ -40,7 +40,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import API_KEY, BATCH_SIZE, CHILD_TIMEOUT, DISTINCT, LEASE_SECONDS, LONG_POLL_SECONDS
+from benchmarks._common import (
+    API_KEY,
+    BATCH_SIZE,
+    CHILD_TIMEOUT,
+    DISTINCT,
+    LEASE_SECONDS,
+    LONG_POLL_SECONDS,
+    SHAPES,
+    emulator_args,
+)
 from benchmarks.cases import run_child
 from benchmarks.micro import run_micro
 
@@ -54,9 +63,10 @@ CASE_NAMES = {"a": "raw floor", "b": "naive loop", "c": "drain"}
 class _EmulatorProcess:
     """``ktexport-emulator`` in its own process, so its CPU never counts as the client's."""
 
-    def __init__(self, records: int, latency_ms: float) -> None:
+    def __init__(self, records: int, latency_ms: float, shape: str = "mix") -> None:
         self.records = records
         self.latency_ms = latency_ms
+        self.shape = shape
         self.url = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -96,6 +106,7 @@ class _EmulatorProcess:
             *("--records", str(self.records), "--batch-size", str(BATCH_SIZE)),
             *("--latency-ms", f"{self.latency_ms:g}", "--distinct", str(DISTINCT)),
             *("--long-poll-seconds", f"{LONG_POLL_SECONDS:g}", "--lease-seconds", f"{LEASE_SECONDS:g}"),
+            *emulator_args(self.shape),
         ]
         with open(tmp / "emulator.log", "wb") as out:
             self._proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -120,13 +131,19 @@ class _EmulatorProcess:
 
 
 def _run_case(
-    case: str, records: int, latency_ms: float, *, decoder: str, profile: Path | None = None
+    case: str,
+    records: int,
+    latency_ms: float,
+    *,
+    decoder: str,
+    shape: str = "mix",
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """One case against a fresh emulator, in a fresh child process."""
+    """One case against a fresh emulator serving ``shape``, in a fresh child process."""
     lake = Path(tempfile.mkdtemp(prefix=f"ktexport-bench-{case}-"))
     started = time.monotonic()
     try:
-        with _EmulatorProcess(records, latency_ms).running() as emu:
+        with _EmulatorProcess(records, latency_ms, shape).running() as emu:
             cmd = [
                 sys.executable,
                 *("-m", "benchmarks.drain_bench", "--child", case, "--url", emu.url),
@@ -290,7 +307,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--repeat", type=int, default=3, help="runs of each 0 ms case, interleaved; figures use the median"
     )
     p.add_argument("--quick", action="store_true", help="latency leg at a fifth of --records; no big run")
-    p.add_argument("--micro-records", type=int, default=20_000, help="records of the decoder micro-benchmark")
+    p.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="mix",
+        help="records to drain: the emulator's mix (default) or trips100 (every record a trip with a "
+        "100-point GPS track)",
+    )
+    p.add_argument(
+        "--micro-records",
+        type=int,
+        help="records of the decoder micro-benchmark (default 20000, 2000 for trips100)",
+    )
     p.add_argument(
         "--profile", action="store_true", help="also run (c) once under cProfile (results/profile_c.*)"
     )
@@ -330,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "settings": {
             "records": n,
+            "shape": args.shape,
             "latency_ms": args.latency_ms,
             "latency_records": lat_n,
             "repeat": args.repeat,
@@ -341,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             "drain_config": "DrainConfig defaults (flush_records 50000, flush_seconds 60, max_in_flight 4)",
         },
     }
-    micro = run_micro(args.micro_records)
+    micro_n = args.micro_records or (20_000 if args.shape == "mix" else 2_000)
+    micro = run_micro(micro_n, **SHAPES[args.shape])
     decoder = micro["fastest_decoder"]
     report["micro"] = micro
     runs: dict[str, dict[str, Any]] = {}
@@ -352,23 +382,32 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[dict[str, Any]]] = {case: [] for case in "abc"}
     for _ in range(args.repeat):
         for case in "abc":
-            samples[case].append(_run_case(case, n, 0, decoder=decoder))
+            samples[case].append(_run_case(case, n, 0, decoder=decoder, shape=args.shape))
     for case, done in samples.items():
         median = sorted(done, key=lambda r: r["cpu_s_per_100k"])[(len(done) - 1) // 2]
         runs[f"{case}_0ms"] = {**median, "cpu_s_per_100k_samples": [r["cpu_s_per_100k"] for r in done]}
     for case in "abc":
-        runs[f"{case}_{lat}"] = _run_case(case, lat_n, args.latency_ms, decoder=decoder)
+        runs[f"{case}_{lat}"] = _run_case(case, lat_n, args.latency_ms, decoder=decoder, shape=args.shape)
     runs["c_empty"] = _run_case("c", 0, 0, decoder=decoder)
     if not skip_big:
-        runs["c_big"] = _run_case("c", args.big_records, 0, decoder=decoder)
+        runs["c_big"] = _run_case("c", args.big_records, 0, decoder=decoder, shape=args.shape)
     if args.profile:
         profile = args.out.parent / "profile_c.pstats"
-        _run_case("c", n, 0, decoder=decoder, profile=profile)
+        _run_case("c", n, 0, decoder=decoder, shape=args.shape, profile=profile)
         report["profile"] = str(profile.with_suffix(".txt"))
     report.update(_summarise(runs, args.latency_ms, micro))
     report["runs"] = runs
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["duration_s"] = round(time.monotonic() - started, 1)
+    cpu = report["figures"]["cpu_s_per_100k"]
+    log.warning(
+        "shape %s: CPU s per 100k records (median of %d): floor (a) %s, drain (c) %s, (c)/(a) %s",
+        args.shape,
+        args.repeat,
+        cpu["a"],
+        cpu["c"],
+        report["ratios"]["cpu_c_over_a"],
+    )
     text = json.dumps(report, indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

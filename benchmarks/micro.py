@@ -19,10 +19,12 @@ from benchmarks._common import API_KEY, BATCH_SIZE
 from benchmarks.cases import decoders
 
 
-def run_micro(n: int) -> dict[str, Any]:
+def run_micro(n: int, **shape: Any) -> dict[str, Any]:
     """CPU per 100k records of the candidate decode/build paths, on generator records in 500-record bodies.
 
     This is how the decoder and the Arrow-building path were chosen (docs/performance.md).
+
+    :param shape: ``RecordGenerator`` options of the records (``benchmarks._common.SHAPES``)
     """
     import io
 
@@ -33,7 +35,7 @@ def run_micro(n: int) -> dict[str, Any]:
 
     from airflow_provider_ktexport.testing.records import RecordGenerator
 
-    gen = RecordGenerator(0)
+    gen = RecordGenerator(0, **shape)
     raws = [json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() for r in gen.records(1, n)]
     bodies = [
         b'{"id":"b%d","items":[%b]}' % (i, b",".join(raws[i : i + BATCH_SIZE]))

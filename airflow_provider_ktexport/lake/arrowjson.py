@@ -11,7 +11,10 @@ caller then takes the dict path, which defines the result):
   have been such an int) or a negative zero (it may have been the int ``-0``): None;
 - lists (canonical JSON text) and objects that may be ``null`` or ``{}`` (a ``{}`` is stored as
   ``"{}"``, a present ``null`` makes a null column the reader cannot show): the caller reads
-  these *probe* paths from the decoded record it builds for the record key anyway;
+  these *probe* paths from the decoded record it builds for the record key anyway; the reader's
+  parse of a list still tells, vectorised, which rows hold a float that msgspec would spell
+  differently from canonical JSON (:func:`~.types.float_safe`), which a walk in Python over
+  every value of a 100-point track spent most of a trip's build on;
 - all-second time strings the reader turned into timestamps: read again with them as strings,
   so the lattice sees the text as sent.
 """
@@ -19,13 +22,14 @@ caller then takes the dict path, which defines the result):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from airflow_provider_ktexport.lake.types import MAX_INT_EXACT
+from airflow_provider_ktexport.lake.types import MAX_INT_EXACT, unsafe_float_rows
 
 __all__ = ["LIST", "OBJECT", "VALUE", "read_columns"]
 
@@ -86,29 +90,59 @@ def _check_leaf(arr: pa.Array) -> None:
             raise _Reject("negative zero")
 
 
+@dataclass
+class _Found:
+    """What the reader gave: leaf columns and probe paths by key path, and the rows of lists
+    holding a float msgspec spells differently from canonical JSON."""
+
+    leaves: dict[tuple[str, ...], pa.Array] = field(default_factory=dict)
+    probes: dict[tuple[str, ...], str] = field(default_factory=dict)
+    unsafe_list_rows: set[int] = field(default_factory=set)
+
+
+def _unsafe_rows_in_list(arr: pa.Array) -> set[int]:
+    """Rows of a list column holding, at any depth, a float ``json.dumps`` writes with an exponent."""
+    rows: set[int] = set()
+    todo: list[tuple[pa.Array, pa.Array | None]] = [
+        (arr, None)
+    ]  # (values, each one's row); None: the same position
+    while todo:
+        values, row_of = todo.pop()
+        t = values.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            parents = pc.list_parent_indices(values)
+            todo.append((pc.list_flatten(values), parents if row_of is None else row_of.take(parents)))
+        elif pa.types.is_struct(t):
+            todo.extend((child, row_of) for child in values.flatten())
+        elif pa.types.is_floating(t):
+            bad = unsafe_float_rows(values)
+            rows.update(bad if row_of is None else row_of.take(pa.array(bad, pa.int64())).to_pylist())
+    return rows
+
+
 def _walk(
     path: tuple[str, ...],
     arr: pa.Array,
     parent_valid: pa.Array | None,
-    leaves: dict[tuple[str, ...], pa.Array],
-    probes: dict[tuple[str, ...], str],
+    found: _Found,
     value_paths: frozenset[tuple[str, ...]],
 ) -> None:
     t = arr.type
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        probes[path] = LIST
+        found.probes[path] = LIST
+        found.unsafe_list_rows |= _unsafe_rows_in_list(arr)
         return
     if not pa.types.is_struct(t):
         _check_leaf(arr)
         if pa.types.is_floating(t) and path in value_paths:
             # The reader turned ints into doubles here; an int64 column takes the ints only.
-            probes[path] = VALUE
+            found.probes[path] = VALUE
             return
-        leaves[path] = arr
+        found.leaves[path] = arr
         return
     children = arr.flatten()  # parent nulls carried into the children
     if not children:  # only ever {} (or null) here
-        probes[path] = OBJECT
+        found.probes[path] = OBJECT
         return
     # A row of a present parent where this object is null, or where all its keys are null, may
     # hold a null or {} here: the dict path makes a column of those, so read them from the dicts.
@@ -118,17 +152,14 @@ def _walk(
     if parent_valid is not None:
         empty = pc.and_(empty, parent_valid)
     if pc.any(empty).as_py():
-        probes[path] = OBJECT
+        found.probes[path] = OBJECT
     valid = arr.is_valid()
     for f, child in zip(t, children, strict=True):
-        _walk((*path, f.name), child, valid, leaves, probes, value_paths)
+        _walk((*path, f.name), child, valid, found, value_paths)
 
 
-def read_columns(
-    raws: Sequence[Any],
-    value_paths: frozenset[tuple[str, ...]] = frozenset(),
-) -> tuple[dict[tuple[str, ...], pa.Array], dict[tuple[str, ...], str]] | None:
-    """Leaf columns by key path, and the probe paths, of one record type's records; None to fall back.
+def read_columns(raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()) -> _Found | None:
+    """Leaf columns, probe paths and unsafe list rows of one record type's records; None to fall back.
 
     :param value_paths: paths published as int64: a double leaf there becomes a ``VALUE`` probe
     """
@@ -146,12 +177,11 @@ def read_columns(
         return None
     if table.num_rows != len(raws) or len(set(table.column_names)) != table.num_columns:
         return None
-    leaves: dict[tuple[str, ...], pa.Array] = {}
-    probes: dict[tuple[str, ...], str] = {}
+    found = _Found()
     try:
-        for field, col in zip(table.schema, table.columns, strict=True):
+        for column, col in zip(table.schema, table.columns, strict=True):
             arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-            _walk((field.name,), arr, None, leaves, probes, value_paths)
+            _walk((column.name,), arr, None, found, value_paths)
     except (_Reject, pa.ArrowException):
         return None
-    return leaves, probes
+    return found

@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from airflow_provider_ktexport.lake import arrowjson
-from airflow_provider_ktexport.lake.keys import fast_key
+from airflow_provider_ktexport.lake.keys import fast_key, record_key
+from airflow_provider_ktexport.lake.types import SORTED_ENCODER, canonical_text
 
 __all__ = ["decode_record", "dict_columns", "reader_columns"]
 
@@ -102,6 +103,26 @@ def _probe(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _list_text(record: dict[str, Any], path: tuple[str, ...], value: Any, safe: bool) -> str | None:
+    """A list's column text, as the dict path writes it (:func:`.types.build_column`); None if absent.
+
+    Written here because the reader already proved which rows' floats msgspec spells as canonical
+    JSON does (``safe``): the dict path walks every value of the list in Python to find out. In a
+    safe row the list is then replaced in ``record`` by its encoded text (``msgspec.Raw``), so the
+    record key's encoding copies those bytes instead of encoding every point a second time.
+    """
+    if value is _MISSING or value is None:
+        return None
+    if not safe:
+        return canonical_text(value)
+    text = SORTED_ENCODER.encode(value)
+    parent = record
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = msgspec.Raw(text)
+    return text.decode("utf-8")
+
+
 def reader_columns(
     raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()
 ) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
@@ -112,19 +133,27 @@ def reader_columns(
     found = arrowjson.read_columns(raws, value_paths)
     if found is None:
         return None
-    leaves, probes = found
-    columns: dict[tuple[str, ...], Any] = dict(leaves)
-    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [(path, kind, []) for path, kind in probes.items()]
+    columns: dict[tuple[str, ...], Any] = dict(found.leaves)
+    probed: list[tuple[tuple[str, ...], Any, list[Any]]] = [
+        (path, kind, []) for path, kind in found.probes.items()
+    ]
+    unsafe = found.unsafe_list_rows
     keys: list[str] = []
-    for raw in raws:
+    for j, raw in enumerate(raws):
         record = decode_record(raw)
-        keys.append(fast_key(record))
+        safe = j not in unsafe
         for path, kind, values in probed:
             value = _probe(record, path)
-            if kind == arrowjson.LIST or kind == arrowjson.VALUE:
+            if kind == arrowjson.LIST:
+                values.append(_list_text(record, path, value, safe))
+            elif kind == arrowjson.VALUE:
                 values.append(None if value is _MISSING else value)
             else:  # an object path: the dict path makes a column of its null and {} values
                 values.append(value if value is None or value == {} else _MISSING)
+        # After the lists (spliced in as text). A row whose lists hold a float msgspec spells
+        # otherwise takes the canonical path; the reader's floats outside lists are checked (and
+        # such rows keyed again) by the caller.
+        keys.append(fast_key(record) if safe else record_key(record))
     for path, kind, values in probed:
         if kind == arrowjson.LIST or kind == arrowjson.VALUE:
             columns[path] = values

@@ -32,6 +32,7 @@ __all__ = [
     "canonical_text",
     "fast_safe",
     "float_safe",
+    "unsafe_float_rows",
     "build_fitted",
     "widen_type",
 ]
@@ -78,7 +79,7 @@ def canonical_text(v: Any) -> str:
     return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _unsafe_float_rows(arr: pa.Array) -> list[int]:
+def unsafe_float_rows(arr: pa.Array) -> list[int]:
     """Rows of a float64 array whose value ``json.dumps`` writes with an exponent (vectorised)."""
     mag = pc.abs(arr)
     bad = pc.and_(pc.not_equal(arr, 0.0), pc.or_(pc.less(mag, 1e-4), pc.greater_equal(mag, 1e16)))
@@ -187,7 +188,7 @@ def _build_values(values: list[Any], known: pa.DataType | None) -> tuple[pa.Data
         )
     arr = pa.array(values, target)
     if float in kinds:
-        unsafe = _unsafe_float_rows(arr)
+        unsafe = unsafe_float_rows(arr)
     return target, arr, unsafe
 
 
@@ -203,7 +204,7 @@ def _build_array(arr: pa.Array, known: pa.DataType | None) -> tuple[pa.DataType,
         if ts is not None:
             inferred, built = TIMESTAMP, ts
     target = inferred if known is None else widen_type(known, inferred)
-    unsafe = _unsafe_float_rows(arr) if pa.types.is_floating(arr.type) else []
+    unsafe = unsafe_float_rows(arr) if pa.types.is_floating(arr.type) else []
     if pa.types.is_null(target) or pa.types.is_null(inferred):
         return target, pa.nulls(n, target), unsafe
     if target == inferred:

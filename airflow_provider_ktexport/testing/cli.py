@@ -58,6 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated hostile kinds (default all: {','.join(HOSTILE_KINDS)}; "
         f"named only: {','.join(KEY_TEXT_KINDS)})",
     )
+    parser.add_argument(
+        "--track-points",
+        type=int,
+        default=0,
+        help="generated trips carry a 'track' list of this many GPS points (default 0: none)",
+    )
+    parser.add_argument(
+        "--record-types",
+        default="",
+        help="comma-separated record types to generate (default: the whole mix), e.g. 'trip'",
+    )
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     for name in FAULT_NAMES:
@@ -87,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         distinct=args.distinct,
         poison=args.poison,
         poison_kinds=[k.strip() for k in args.poison_kinds.split(",") if k.strip()] or None,
+        track_points=args.track_points,
+        record_types=[t.strip() for t in args.record_types.split(",") if t.strip()] or None,
     )
     done = threading.Event()
 

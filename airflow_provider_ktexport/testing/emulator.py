@@ -195,6 +195,8 @@ class Emulator:
     :param poison_kinds: the hostile kinds to use (default: all of :data:`HOSTILE_KINDS`); the
         :data:`~airflow_provider_ktexport.testing.records.KEY_TEXT_KINDS` (good rows that echo the
         API key or carry another service's ``token=`` URL) only when named here
+    :param track_points: generated trips carry a ``track`` list of this many GPS points (0: none)
+    :param record_types: generate only these record types (default: the whole mix)
     """
 
     def __init__(
@@ -216,6 +218,8 @@ class Emulator:
         distinct: int = 0,
         poison: float = 0.0,
         poison_kinds: Sequence[str] | None = None,
+        track_points: int = 0,
+        record_types: Sequence[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -238,7 +242,9 @@ class Emulator:
         self._poison_kinds: tuple[str, ...] = HOSTILE_KINDS
         #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
         self.on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
-        self.generator = RecordGenerator(seed, drift_after=drift_after)
+        self.generator = RecordGenerator(
+            seed, drift_after=drift_after, track_points=track_points, record_types=record_types
+        )
         self._faults: dict[str, float] = dict.fromkeys(FAULT_NAMES, 0.0) | FAULT_SETTINGS
         self._fault_rng = random.Random(seed)
         self._group_rng = random.Random(seed + 1)

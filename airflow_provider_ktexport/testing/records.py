@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # Share of each record type; a few percent are types the provider has never seen.
@@ -58,6 +59,22 @@ _OPERATIONS = ("added", "modified", "deleted")
 _DOC_TYPES = ("asset", "zone", "driver", "device", "geofence")
 
 
+def _mix(record_types: Sequence[str] | None) -> tuple[list[str], list[int]]:
+    """The record types to draw from and their cumulative weights (the whole mix by default)."""
+    if record_types is None:
+        return _TYPES, _CUM_WEIGHTS
+    unknown = sorted(set(record_types) - set(_TYPES))
+    if unknown or not record_types:
+        raise ValueError(f"unknown record type(s) {unknown}; choose among {', '.join(_TYPES)}")
+    kinds, cum, total = [], [], 0
+    for t, w in _TYPE_WEIGHTS:
+        if t in record_types:
+            total += w
+            kinds.append(t)
+            cum.append(total)
+    return kinds, cum
+
+
 def iso_utc(ms: int) -> str:
     """Format epoch milliseconds as ISO-8601 UTC with millis, e.g. ``2026-11-25T10:11:12.345Z``."""
     secs, frac = divmod(ms, 1000)
@@ -75,11 +92,27 @@ class RecordGenerator:
     :param drift_after: records with ``emulator_seq`` above this show schema drift
         (``io`` gains keys, ``counters.hours`` turns float, ``location.accuracy`` and
         ``severity`` appear).
+    :param track_points: when > 0, every trip carries ``track``, a list of this many GPS points
+        (``date``, ``lat``, ``lon``, ``speed``, ``heading``): the long, bracket-heavy records a
+        fleet with trip tracks sends. 0 (the default) leaves the records as they were.
+    :param record_types: only these record types, in their usual proportions (default: the whole
+        mix); ``("trip",)`` with ``track_points=100`` is the benchmark's "100-point trips" shape.
     """
 
-    def __init__(self, seed: int = 0, *, drift_after: int = 200) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        drift_after: int = 200,
+        track_points: int = 0,
+        record_types: Sequence[str] | None = None,
+    ) -> None:
+        if track_points < 0:
+            raise ValueError(f"track_points must be 0 or more, not {track_points}")
         self.seed = seed
         self.drift_after = drift_after
+        self.track_points = track_points
+        self._kinds, self._cum_weights = _mix(record_types)
         fleet = random.Random(seed)
         self._owners = [{"id": 1000 + i, "name": f"Fleet Owner {i}"} for i in range(3)]
         self._assets = []
@@ -101,8 +134,8 @@ class RecordGenerator:
     def record(self, seq: int) -> dict[str, Any]:
         """The record numbered ``seq`` (``emulator_seq`` field); same answer every call."""
         rng = random.Random(self.seed * 1_000_003 + seq)
-        pick = rng.randrange(_total)
-        kind = next(t for t, c in zip(_TYPES, _CUM_WEIGHTS, strict=True) if pick < c)
+        pick = rng.randrange(self._cum_weights[-1])
+        kind = next(t for t, c in zip(self._kinds, self._cum_weights, strict=True) if pick < c)
         drift = seq > self.drift_after
         ms = _BASE_MS + rng.randrange(_SPAN_MS)
         asset = self._assets[rng.randrange(len(self._assets))]
@@ -119,6 +152,8 @@ class RecordGenerator:
             rec = self._diagnostic(rng, asset, ms)
         else:
             rec = self._driverlog(rng, asset, ms)
+        if kind == "trip" and self.track_points:
+            rec["track"] = self._track(seq, ms, rec)
         rec["emulator_seq"] = seq
         return rec
 
@@ -258,6 +293,26 @@ class RecordGenerator:
             "maxSpeed": rng.randrange(20, 140),
             "received": iso_utc(ms + duration + rng.randrange(1000, 120_000)),
         }
+
+    def _track(self, seq: int, ms: int, trip: dict[str, Any]) -> list[dict[str, Any]]:
+        # An RNG of its own: the trip's other fields are the same with or without a track.
+        rng = random.Random((self.seed * 1_000_003 + seq) * 7 + 1)
+        lat, lon = trip["start"]["lat"], trip["start"]["lon"]
+        step_ms = max(1000, trip["duration"] * 1000 // self.track_points)
+        points = []
+        for i in range(self.track_points):
+            lat = round(lat + rng.uniform(-0.002, 0.002), 6)
+            lon = round(lon + rng.uniform(-0.002, 0.002), 6)
+            points.append(
+                {
+                    "date": iso_utc(ms + i * step_ms),
+                    "lat": lat,
+                    "lon": lon,
+                    "speed": rng.randrange(0, 120),
+                    "heading": rng.randrange(0, 360),
+                }
+            )
+        return points
 
     def _change(self, rng: random.Random, asset: dict[str, Any], ms: int) -> dict[str, Any]:
         doc_type = rng.choice(_DOC_TYPES)

@@ -641,3 +641,24 @@ def test_emulator_imports_nothing_else_from_the_package() -> None:
         "airflow_provider_ktexport.testing.emulator",
         "airflow_provider_ktexport.testing.records",
     ]
+
+
+def test_cli_serves_trips_with_a_gps_track(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_ktexport.testing.emulator", "--port", "0",
+         "--port-file", str(port_file), "--api-key", "cli-key", "--records", "30", "--batch-size", "30",
+         "--record-types", "trip", "--track-points", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(port_file.exists, 20)
+        url = f"http://127.0.0.1:{int(port_file.read_text())}"
+        items = requests.get(url + "/v2/stream", headers={"x-access-token": "cli-key"}, timeout=T).json()[
+            "items"
+        ]
+        assert len(items) == 30 and {r["type"] for r in items} == {"trip"}
+        assert all(len(r["track"]) == 100 for r in items)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)

@@ -228,3 +228,43 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
         assert summary["records"] == 1200 - summary["rejected"]
         assert summary["rejected_files"] and all("/_rejected/" in f for f in summary["rejected_files"])
         assert "could not be rows" in result.output  # the flush warned, naming the rejects table
+
+
+def test_100_point_trips_and_too_deep_records_through_the_drain(tmp_path):
+    """Issue 18's shape: long bracket-heavy records land whole (the track as canonical JSON text,
+    the key as design.md defines it) beside records nested too deep, which are kept as rejects."""
+    import json
+
+    import pyarrow.dataset as ds
+
+    from airflow_provider_ktexport.lake.keys import record_key
+
+    lake = tmp_path / "lake"
+    violations: list[str] = []
+    with Emulator(
+        api_key="trips-test-key-0123456789",
+        lease_seconds=30,
+        long_poll_seconds=1,
+        batch_size=50,
+        seed=5,
+        record_types=["trip"],
+        track_points=100,
+        poison=0.05,
+        poison_kinds=["deep_list", "deep_object"],
+    ) as emu:
+        trips = emu.generate(400)
+        guard_acks(emu, lake, violations)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=150)).run()
+        hostile = emu.hostile_records()
+    assert violations == [] and result.stopped == "empty"
+    assert hostile and sorted(rejected_texts(lake)) == sorted(raw.decode() for _, raw in hostile.values())
+    table = ds.dataset(lake / "record_type=trip", format="parquet", partitioning="hive").to_table(
+        columns=["emulator_seq", "track", "_record_key"]
+    )
+    landed = {row["emulator_seq"]: row for row in table.to_pylist()}
+    assert sorted(landed) == sorted(t["emulator_seq"] for t in trips)
+    for trip in trips:
+        row = landed[trip["emulator_seq"]]
+        assert row["track"] == json.dumps(trip["track"], sort_keys=True, separators=(",", ":"))
+        assert row["_record_key"] == record_key(trip)

@@ -148,3 +148,27 @@ def test_key_text_records_are_good_rows_holding_the_documented_text() -> None:
     assert b"\\u00e9" in raw and b"\\/" in raw and key.encode() not in raw  # escaped spellings only
     with pytest.raises(ValueError, match="unknown key-text kind"):
         key_text_record("nope", 1, key)
+
+
+def test_trips_can_carry_a_gps_track_without_changing_anything_else() -> None:
+    plain = RecordGenerator(seed=4).records(1, 300)
+    tracked = RecordGenerator(seed=4, track_points=100).records(1, 300)
+    for before, after in zip(plain, tracked, strict=True):
+        if before["type"] != "trip":
+            assert after == before
+            continue
+        track = after.pop("track")
+        assert after == before
+        assert len(track) == 100
+        assert all(set(p) == {"date", "lat", "lon", "speed", "heading"} for p in track)
+        assert [p["date"] for p in track] == sorted(p["date"] for p in track)
+
+
+def test_the_mix_can_be_narrowed_to_some_record_types() -> None:
+    records = RecordGenerator(seed=5, record_types=["trip"], track_points=3).records(1, 50)
+    assert {r["type"] for r in records} == {"trip"}
+    assert all(len(r["track"]) == 3 for r in records)
+    with pytest.raises(ValueError, match="unknown record type"):
+        RecordGenerator(record_types=["tripp"])
+    with pytest.raises(ValueError, match="track_points"):
+        RecordGenerator(track_points=-1)

@@ -589,6 +589,32 @@ def test_reader_path_equals_dict_path_on_nasty_records(
     _assert_same(fast, slow)
 
 
+def test_tracks_with_floats_msgspec_spells_otherwise_take_the_reader_and_keep_canonical_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader's parse of a list says which rows hold such a float, at any depth: those rows
+    get canonical text and key, the others msgspec's (equal for them)."""
+    records = [
+        {"type": "trip", "track": [{"lat": -33.9, "lon": 18.4, "d": [0.5, 1e-5]}], "n": 1},
+        {"type": "trip", "track": [{"lat": 1e16, "lon": 0.0, "d": []}, {"lat": 2.0, "lon": 1.0, "d": None}]},
+        {"type": "trip", "track": [{"lat": 2.5, "lon": -0.0, "d": [0.25]}], "grid": [[1.5, 1e-7], []]},
+        {"type": "trip", "track": None, "grid": [[2.5]]},
+        {"type": "trip", "track": [], "grid": None},
+        {"type": "trip", "track": [{"lat": 1.25, "lon": 3.5e-4, "d": [123456.789]}]},
+    ]
+    fast, slow, used = _both_paths(_raw(records), monkeypatch)
+    assert used == [True]
+    _assert_same(fast, slow)
+    table = fast[0].table
+    canonical = [
+        None if r.get("track") is None else json.dumps(r["track"], sort_keys=True, separators=(",", ":"))
+        for r in records
+    ]
+    assert table.column("track").to_pylist() == canonical
+    assert table.column("track").to_pylist()[0].endswith('"d":[0.5,1e-05],"lat":-33.9,"lon":18.4}]')
+    assert table.column("_record_key").to_pylist() == [record_key(r) for r in records]
+
+
 def test_reader_path_handles_pretty_printed_and_integer_minus_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     raws = [
         b'{\n  "type": "t",\n  "a": {"b": 1}\n}',
