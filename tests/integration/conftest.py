@@ -82,12 +82,17 @@ class DagRunResult:
     after_dag_run: int = 0  # the newest dag_run id before this run: this run's rows come after it
 
     def asset_events(self, uri: str) -> list[dict]:
-        """The extras of the Asset events recorded for ``uri`` (newest last)."""
+        """The extras of the Asset events this DAG recorded for ``uri`` (newest last).
+
+        Keyed by the DAG: a worker's tests share one database, and another test's DAG may write
+        to the same URI (an Iceberg namespace is named the same in several tests).
+        """
         con = sqlite3.connect(self.home / "airflow.db")
         try:
             rows = con.execute(
-                "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id",
-                (uri,),
+                "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                "WHERE a.uri = ? AND e.source_dag_id = ? ORDER BY e.id",
+                (uri, self.dag_id),
             ).fetchall()
         finally:
             con.close()

@@ -12,7 +12,7 @@ from airflow_provider_ktexport.exceptions import KtExportBodyTooLargeError
 from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, FIRST_DELIVERY_FAULTS, Emulator
 from tests.integration.test_crash_recovery import audit
 from tests.integration.test_faults import LEASE, client_for, drain, emulator
-from tests.integration.test_poison import guard_acks
+from tests.integration.test_poison import guard_acks, parquet_view
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,9 @@ def test_first_delivery_faults_are_quarantined_once_each_and_land_after_the_leas
     violations: list[str] = []
     with emulator(batch_size=20) as emu:
         emitted = emu.generate(400)
-        guard_acks(emu, lake, violations)  # vetoes (and records) a DELETE before the records are in
+        guard_acks(
+            emu, parquet_view(lake), violations
+        )  # vetoes (and records) a DELETE before the records are in
         emu.set_faults(**dict.fromkeys(FIRST_DELIVERY_FAULTS, 0.15), gzip_trailer_bytes=256 * 1024)
         first = drain(emu, lake)
         stats = emu.stats()

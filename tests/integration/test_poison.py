@@ -253,7 +253,7 @@ def test_100_point_trips_and_too_deep_records_through_the_drain(tmp_path):
         poison_kinds=["deep_list", "deep_object"],
     ) as emu:
         trips = emu.generate(400)
-        guard_acks(emu, lake, violations)
+        guard_acks(emu, parquet_view(lake), violations)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
             result = Drain(client, _writer(lake), DrainConfig(max_runtime=60, flush_records=150)).run()
         hostile = emu.hostile_records()
