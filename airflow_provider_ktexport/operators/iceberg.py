@@ -52,11 +52,15 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
     :param catalog_conn_id: an Airflow connection holding them instead: its extras are the
         properties, its host the ``uri`` and its password the ``token`` unless the extras set them
     :param catalog_name: the catalog's name (for pyiceberg and in Asset URIs)
+    :param table_properties: Iceberg table properties over the provider's defaults (which delete
+        old ``metadata.json`` files and merge manifests, see docs/iceberg.md), set on new tables and
+        on existing tables that lack them (templated)
     """
 
     template_fields: Sequence[str] = (
         "namespace",
         "catalog_properties",
+        "table_properties",
         *KtExportDrainOperatorBase.template_fields,
     )
 
@@ -67,6 +71,7 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         catalog_properties: dict[str, Any] | None = None,
         catalog_conn_id: str | None = None,
         catalog_name: str = "ktexport",
+        table_properties: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if "partition_by" in kwargs or "destination" in kwargs:
@@ -84,6 +89,7 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         self.catalog_properties = catalog_properties
         self.catalog_conn_id = catalog_conn_id
         self.catalog_name = catalog_name
+        self.table_properties = table_properties
         self._declare_lake(None if is_templated(namespace) else self._uri())
 
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
@@ -99,7 +105,10 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
                 _mask_secret(str(value))  # a catalog error or log line must not show it
         self._lineage_catalog = _lineage.catalog_facts(self.catalog_name, props)
         sink = IcebergSink(
-            load_catalog(self.catalog_name, props), self.namespace, catalog_name=self.catalog_name
+            load_catalog(self.catalog_name, props),
+            self.namespace,
+            catalog_name=self.catalog_name,
+            table_properties=self.table_properties,
         )
         return sink, self._uri()
 
