@@ -40,6 +40,11 @@ from typing import Any
 import pyarrow as pa
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
+from airflow_provider_ktexport.lake.iceberg_catalog import (
+    check_warehouse_writable,
+    load_catalog,
+    pyiceberg_modules,
+)
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table
@@ -84,32 +89,6 @@ _QUARANTINE_SCHEMA = pa.schema(
         pa.field("seen_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-
-
-def _pyiceberg() -> Any:
-    try:
-        import pyiceberg.catalog
-        import pyiceberg.exceptions
-        import pyiceberg.expressions
-    except ImportError as exc:  # pragma: no cover - the dev install has it
-        raise KtExportConfigError(
-            "Iceberg destinations need pyiceberg: pip install 'airflow-provider-ktexport[iceberg]'"
-        ) from exc
-    return pyiceberg
-
-
-def load_catalog(name: str, properties: Mapping[str, Any]) -> Any:
-    """A pyiceberg catalog from its properties (``type``/``uri``/``warehouse``...), with a clear error."""
-    pyiceberg = _pyiceberg()
-    try:
-        return pyiceberg.catalog.load_catalog(name, **{k: str(v) for k, v in properties.items()})
-    except (ValueError, TypeError, pyiceberg.exceptions.NoSuchPropertyException) as exc:
-        keys = ", ".join(sorted(properties)) or "none"
-        raise KtExportConfigError(
-            f"Could not load the Iceberg catalog {name!r} (properties given: {keys}): {exc}. Pass the "
-            "catalog's properties, e.g. {'type': 'sql', 'uri': 'sqlite:////data/catalog.db', "
-            "'warehouse': 'file:///data/warehouse'} or {'type': 'rest', 'uri': 'https://...'}"
-        ) from exc
 
 
 def table_name(record_type: str) -> str:
@@ -196,22 +175,27 @@ class IcebergSink:
         catalog_name: str = "ktexport",
         table_properties: Mapping[str, Any] | None = None,
     ) -> None:
-        self._ice = _pyiceberg()
+        self._ice = pyiceberg_modules()
         self.catalog = catalog
         self.namespace = namespace
         self.catalog_name = catalog_name
         self.table_properties = table_properties_with_defaults(table_properties)
         #: Tables whose properties this sink has checked (once per table per run).
         self._adopted: set[str] = set()
+        self._open_namespace()
+        # Before the drain's first lease: a warehouse that takes no files fails the run now.
+        check_warehouse_writable(catalog)
+
+    def _open_namespace(self) -> None:
         try:
-            catalog.create_namespace_if_not_exists(namespace)
+            self.catalog.create_namespace_if_not_exists(self.namespace)
         except Exception as exc:  # noqa: BLE001 - any catalog failure here is a destination problem
             if self._namespace_exists():
                 return  # another writer created it at the same moment (SQL catalogs say IntegrityError)
             raise KtExportWriteError(
-                f"Could not open namespace {namespace!r} in Iceberg catalog {catalog_name!r}: "
+                f"Could not open namespace {self.namespace!r} in Iceberg catalog {self.catalog_name!r}: "
                 f"{type(exc).__name__}: {exc}",
-                destination=f"iceberg://{catalog_name}/{namespace}",
+                destination=f"iceberg://{self.catalog_name}/{self.namespace}",
             ) from exc
 
     # -- tables ------------------------------------------------------------------------------------

@@ -191,3 +191,42 @@ def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
     assert everything == list(range(1, 401))
     keys = [o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        # The case: a mistyped key and so no warehouse. It used to lease batches and then
+        # fail with NoSuchTableError, the real cause swallowed.
+        (
+            {"type": "sql", "uri": "sqlite:///{tmp}/catalog.db", "warehuose": "file://{tmp}/wh"},
+            "'warehuose' is not a catalog property; did you mean 'warehouse'?",
+        ),
+        (
+            {
+                "type": "sql",
+                "uri": "sqlite:////nonexistent-ktexport/catalog.db",
+                "warehouse": "file://{tmp}/wh",
+            },
+            "Could not open the Iceberg catalog 'ktexport' at uri 'sqlite:////nonexistent-ktexport/catalog.db'",
+        ),
+    ],
+    ids=["mistyped-key", "unreachable-uri"],
+)
+def test_bad_catalog_properties_fail_before_any_lease_naming_the_cause(run_dag, tmp_path, bad, says):
+    props = {k: v.format(tmp=tmp_path) for k, v in bad.items()}
+    with Emulator(api_key="ice-key", lease_seconds=120, long_poll_seconds=1, batch_size=50, seed=3) as emu:
+        emu.generate(100)
+        result = run_dag(
+            "ktexport_it_iceberg",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            options={"catalog_properties": props},
+        )
+        stats = emu.stats()
+        delivered = emu.delivered_seqs()
+    assert result.returncode != 0
+    assert says in result.output, result.output[-6000:]
+    assert "AirflowFailException" in result.output  # no Airflow retry of a setting that is wrong
+    # The library's own traceback stays out of it: the message carries the cause.
+    assert "sqlalchemy.exc" not in result.output and "NoSuchTableError" not in result.output
+    assert stats["served"] == 0 and stats["leased"] == 0 and delivered == []
