@@ -16,6 +16,8 @@ only after the commits holding all its records (and its rejects) are visible.
   fresh metadata until the flush's ``land_by`` (its oldest lease's end, less a margin).
 - Each snapshot's summary records the connection, record counts and the ids of the batches that
   have rows in that table (not every batch of the flush: a table's history names its own batches).
+- A SQL catalog's tables get ``metadata/version-hint.text`` after each commit, so DuckDB's
+  ``iceberg_scan`` finds a table by its folder.
 - Tables are created with their partition spec and with :data:`DEFAULT_TABLE_PROPERTIES`, which
   bound what each commit leaves behind (old ``metadata.json`` files deleted, manifests merged);
   a table created before gets the ones it lacks on first use. Snapshots, small data files and
@@ -44,6 +46,8 @@ from airflow_provider_ktexport.lake.iceberg_catalog import (
     check_warehouse_writable,
     load_catalog,
     pyiceberg_modules,
+    wants_version_hint,
+    write_version_hint,
 )
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
@@ -180,6 +184,7 @@ class IcebergSink:
         self.namespace = namespace
         self.catalog_name = catalog_name
         self.table_properties = table_properties_with_defaults(table_properties)
+        self._version_hints = wants_version_hint(catalog)
         #: Tables whose properties this sink has checked (once per table per run).
         self._adopted: set[str] = set()
         self._open_namespace()
@@ -411,6 +416,8 @@ class IcebergSink:
                 "nothing is acknowledged.",
                 destination=self.uri(table),
             )
+        if self._version_hints:
+            write_version_hint(fresh)
 
     # -- quarantine --------------------------------------------------------------------------------
 

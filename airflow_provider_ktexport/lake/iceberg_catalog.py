@@ -24,7 +24,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 
-__all__ = ["check_warehouse_writable", "load_catalog", "pyiceberg_modules", "redact_uri"]
+__all__ = [
+    "check_warehouse_writable",
+    "load_catalog",
+    "pyiceberg_modules",
+    "redact_uri",
+    "wants_version_hint",
+    "write_version_hint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +243,29 @@ def check_warehouse_writable(catalog: Any, location: str | None = None) -> None:
             f"({type(exc).__name__}: {cause}). Check 'warehouse' (a folder or bucket this worker may "
             "write) and the storage credentials (s3.*, gcs.*, adls.*) in catalog_properties."
         ) from None
+
+
+def wants_version_hint(catalog: Any) -> bool:
+    """Whether the catalog's tables need ``version-hint.text`` written for them: a SQL catalog keeps
+    the current ``metadata.json`` in its database only, so an engine given a table's folder (DuckDB's
+    ``iceberg_scan``) cannot find it. Other catalogs own their tables' folders."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return isinstance(catalog, SqlCatalog)
+
+
+def write_version_hint(table: Any) -> None:
+    """Write ``<table>/metadata/version-hint.text`` naming the table's current ``metadata.json``
+    (its name without ``.metadata.json``, the form DuckDB and pyiceberg's ``StaticTable`` read).
+
+    A hint, not a commit: a failure is logged, never raised (the commit it follows stands), and
+    two writers racing may leave the previous version named until the next commit.
+    """
+    location = str(table.metadata_location)
+    folder, _, name = location.rpartition("/")
+    hint = f"{folder}/version-hint.text"
+    try:
+        with table.io.new_output(hint).create(overwrite=True) as out:
+            out.write(name.removesuffix(".metadata.json").encode())
+    except Exception as exc:  # noqa: BLE001 - readers fall back to the catalog or an explicit path
+        log.warning("Could not write %s (%s: %s)", redact_uri(hint), type(exc).__name__, exc)

@@ -28,7 +28,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_provider_ktexport.lake.iceberg_catalog import pyiceberg_modules
+from airflow_provider_ktexport.lake.iceberg_catalog import (
+    pyiceberg_modules,
+    wants_version_hint,
+    write_version_hint,
+)
 
 __all__ = ["TableMaintenance", "maintain_namespace", "maintain_table"]
 
@@ -107,7 +111,10 @@ def maintain_table(
     report.orphans_removed, report.orphan_bytes = _remove_orphans(
         catalog.load_table(identifier), (now or datetime.now(UTC)) - orphans_older_than
     )
-    report.files_after, report.bytes_after = _live_totals(catalog.load_table(identifier))
+    table = catalog.load_table(identifier)
+    report.files_after, report.bytes_after = _live_totals(table)
+    if wants_version_hint(catalog):
+        write_version_hint(table)  # compaction and expiry made a new metadata.json
     log.info(
         "Maintained %s: data files %d -> %d (%d -> %d bytes), %d partitions compacted, %d skipped on "
         "conflict, %d snapshots expired, %d files of expired snapshots deleted, %d orphans removed",

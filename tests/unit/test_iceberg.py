@@ -260,3 +260,34 @@ def test_a_snapshot_names_only_the_batches_with_rows_in_its_table(tmp_path):
     assert named("telemetry") == {"b1", "b3"}
     assert named("trip") == {"b2"}
     assert named("_rejected") == {"b3"}
+
+
+def test_a_table_is_found_by_its_folder_through_version_hint(tmp_path):
+    """The SQL catalog keeps the current metadata.json in its database; readers given a table's
+    folder (DuckDB's iceberg_scan, pyiceberg's StaticTable) need metadata/version-hint.text."""
+    from pyiceberg.table import StaticTable
+
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog)
+    drain_into(sink, [batch_of("b1", records(range(3)))])
+    drain_into(sink, [batch_of("b2", records(range(3, 5)))])
+    table = catalog.load_table("ktexport.telemetry")
+    folder = table.location()
+    hint = Path(folder.removeprefix("file://")) / "metadata" / "version-hint.text"
+    assert table.metadata_location.endswith(f"/{hint.read_text()}.metadata.json")
+    by_folder = StaticTable.from_metadata(folder)
+    assert sorted(by_folder.scan().to_arrow().column("seq").to_pylist()) == [0, 1, 2, 3, 4]
+
+
+def test_duckdb_iceberg_scan_reads_a_table_by_its_folder(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    con = duckdb.connect()
+    try:
+        con.sql("LOAD iceberg")
+    except duckdb.Error as exc:  # the extension is downloaded on first use: not on an offline machine
+        pytest.skip(f"DuckDB's iceberg extension is not available here: {exc}")
+    catalog = catalog_for(tmp_path)
+    drain_into(IcebergSink(catalog), [batch_of("b1", records(range(5)))])
+    folder = catalog.load_table("ktexport.telemetry").location()
+    rows = con.sql(f"SELECT seq FROM iceberg_scan('{folder}') ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [0, 1, 2, 3, 4]
