@@ -216,7 +216,7 @@ def _compact_partition(catalog: Any, identifier: str, row_filter: Any, target: i
         try:
             _overwrite(table, rows, row_filter, _in_memory_target(rows, files, target))
             return True
-        except (exceptions.CommitFailedException, exceptions.ValidationException) as exc:
+        except _conflicts(exceptions) as exc:
             log.info(
                 "Compaction of %s where %s conflicted with a concurrent commit (%s), attempt %d of %d",
                 identifier,
@@ -229,6 +229,14 @@ def _compact_partition(catalog: Any, identifier: str, row_filter: Any, target: i
         "Left %s where %s for the next run: every attempt met a concurrent commit", identifier, row_filter
     )
     return False
+
+
+def _conflicts(exceptions: Any) -> tuple[type[BaseException], ...]:
+    """What a commit that met a concurrent one raises: pyiceberg 0.12 validates serializable
+    isolation (``ValidationException``); older releases only refuse a moved head."""
+    return tuple(
+        e for e in (exceptions.CommitFailedException, getattr(exceptions, "ValidationException", None)) if e
+    )
 
 
 def _in_memory_target(rows: Any, files: list[Any], target: int) -> int:

@@ -230,3 +230,57 @@ def test_bad_catalog_properties_fail_before_any_lease_naming_the_cause(run_dag, 
     # The library's own traceback stays out of it: the message carries the cause.
     assert "sqlalchemy.exc" not in result.output and "NoSuchTableError" not in result.output
     assert stats["served"] == 0 and stats["leased"] == 0 and delivered == []
+
+
+TWO_AT_ONCE = textwrap.dedent(
+    """
+    import sys, time
+    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.drain import Drain, DrainConfig
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
+
+    url, key, uri, warehouse, start = sys.argv[1:6]
+    while time.time() < float(start):  # both processes open the fresh catalog at the same instant
+        pass
+    catalog = load_catalog("ktexport", {"type": "sql", "uri": uri, "warehouse": warehouse})
+    with KtExportClient(url, key, long_poll_seconds=1.0) as client:
+        result = Drain(client, IcebergSink(catalog), DrainConfig(max_runtime=60, flush_records=100)).run()
+    print("DRAINED", result.acked, flush=True)
+    """
+)
+
+
+def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp_path):
+    """Both create the catalog's tables on first use; the loser used to crash with 'table
+    iceberg_namespace_properties already exists' (unit-tested deterministically in
+    tests/unit/test_iceberg_catalog.py; here with real processes)."""
+    props = catalog_props(tmp_path)
+    with Emulator(api_key="ice-key", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6) as emu:
+        emu.generate(600)
+        start = time.time() + 6  # after both interpreters have imported everything
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    TWO_AT_ONCE,
+                    emu.url,
+                    emu.api_key,
+                    props["uri"],
+                    props["warehouse"],
+                    str(start),
+                ],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        stats = emu.stats()
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0 and "DRAINED" in output, output[-4000:]
+    assert stats["queued"] == 0 and stats["leased"] == 0
+    everything = sorted(s for seqs in table_seqs(props).values() for s in seqs)
+    assert everything == list(range(1, 601))
