@@ -75,7 +75,13 @@ def maintain_namespace(
     orphans_older_than: timedelta = timedelta(days=3),
     now: datetime | None = None,
 ) -> list[TableMaintenance]:
-    """Maintain every table of ``namespace``; see :func:`maintain_table`."""
+    """Maintain every table of ``namespace``; see :func:`maintain_table`. A namespace no drain has
+    created yet has nothing to maintain."""
+    try:
+        identifiers = sorted(catalog.list_tables(namespace))
+    except pyiceberg_modules().exceptions.NoSuchNamespaceError:
+        log.info("Iceberg namespace %s does not exist yet: nothing to maintain", namespace)
+        return []
     return [
         maintain_table(
             catalog,
@@ -85,7 +91,7 @@ def maintain_namespace(
             orphans_older_than=orphans_older_than,
             now=now,
         )
-        for identifier in sorted(catalog.list_tables(namespace))
+        for identifier in identifiers
     ]
 
 

@@ -109,3 +109,9 @@ def test_the_operator_refuses_bad_arguments_at_parse_time(kwargs, says):
     args = {"task_id": "m", "catalog_properties": {"type": "sql"}, **kwargs}
     with pytest.raises(KtExportConfigError, match=says):
         KtExportIcebergMaintenanceOperator(**args)
+
+
+def test_a_namespace_no_drain_created_yet_has_nothing_to_maintain(tmp_path):
+    from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_namespace
+
+    assert maintain_namespace(catalog_for(tmp_path), "ktexport") == []
