@@ -284,3 +284,36 @@ def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp
     assert stats["queued"] == 0 and stats["leased"] == 0
     everything = sorted(s for seqs in table_seqs(props).values() for s in seqs)
     assert everything == list(range(1, 601))
+
+
+def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
+    """The daily example DAG through `airflow dags test`: it compacts what a drain of many small
+    flushes left, loses no row, and reports per table in XCom."""
+    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.drain import Drain, DrainConfig
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+
+    props = catalog_props(tmp_path)
+    with Emulator(api_key="ice-key", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7) as emu:
+        emu.generate(300)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            Drain(client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(flush_records=25)).run()
+    before = table_seqs(props)
+    result = run_dag(
+        "ktexport_iceberg_maintenance",
+        connections={},
+        variables={
+            "ktexport_iceberg_catalog_uri": props["uri"],
+            "ktexport_iceberg_warehouse": props["warehouse"],
+        },
+        dags_folder=REPO / "dags",
+    )
+    assert result.returncode == 0, result.output[-6000:]
+    summary = result.xcom("maintain_iceberg_tables")
+    assert summary["namespace"] == "iceberg://ktexport/ktexport"
+    assert {t["table"] for t in summary["tables"]} >= {f"ktexport.{name}" for name in before}
+    assert summary["files_after"] < summary["files_before"]
+    assert sum(t["partitions_compacted"] for t in summary["tables"]) > 0
+    assert "Maintained ktexport." in result.output
+    after = table_seqs(props)
+    assert {k: sorted(v) for k, v in after.items()} == {k: sorted(v) for k, v in before.items()}
