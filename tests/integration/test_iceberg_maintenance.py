@@ -19,7 +19,7 @@ from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_namespac
 from airflow_provider_ktexport.testing.emulator import Emulator  # noqa: E402
 from tests.integration.test_iceberg_dags import catalog_props, table_seqs  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -197,6 +197,7 @@ def metadata_files(tmp_path: Path, table: str) -> list[Path]:
     return list((tmp_path / "warehouse").rglob(f"{table}/metadata/*.metadata.json"))
 
 
+@pytest.mark.slow
 def test_a_hundred_small_flushes_leave_bounded_metadata(tmp_path):
     """Each flush is a commit: without the table properties, 110 flushes leave 111 metadata.json
     files and 110 manifests in the current snapshot, and every commit costs more than the last."""
