@@ -15,7 +15,14 @@ only after the commits holding all its records (and its rejects) are visible.
   ``<namespace>._quarantine`` (one row per sighting, the body on the first).
 - A commit that loses a race with another writer (a second drain, a compaction) is retried on
   fresh metadata until the flush's ``land_by`` (its oldest lease's end, less a margin).
-- Each snapshot's summary records the batch ids, record counts and connection it holds.
+- Each snapshot's summary records the connection, record counts and the ids of the batches that
+  have rows in that table (not every batch of the flush: a table's history names its own batches).
+- A SQL catalog's tables get ``metadata/version-hint.text`` after each commit, so DuckDB's
+  ``iceberg_scan`` finds a table by its folder.
+- Tables are created with their partition spec and with :data:`DEFAULT_TABLE_PROPERTIES`, which
+  bound what each commit leaves behind (old ``metadata.json`` files deleted, manifests merged);
+  a table created before gets the ones it lacks on first use. Snapshots, small data files and
+  orphans are :mod:`.iceberg_maintenance`'s job.
 
 Data files written before a commit that never happens (a crash, a lost race out of time) are in
 the table's location but in no snapshot: readers never see them, and orphan-file removal
@@ -34,6 +41,13 @@ from typing import Any
 import pyarrow as pa
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
+from airflow_provider_ktexport.lake.iceberg_catalog import (
+    check_warehouse_writable,
+    load_catalog,
+    pyiceberg_modules,
+    wants_version_hint,
+    write_version_hint,
+)
 from airflow_provider_ktexport.lake.layout import (
     QUARANTINE_DIR,
     REJECTED_DIR,
@@ -47,6 +61,7 @@ from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
 from airflow_provider_ktexport.protocol import sighting_digest
 
 __all__ = [
+    "DEFAULT_TABLE_PROPERTIES",
     "EVENT_DATE_COLUMN",
     "QUARANTINE_TABLE",
     "REJECTS_TABLE",
@@ -63,6 +78,18 @@ QUARANTINE_TABLE = QUARANTINE_DIR
 #: Longest snapshot property value kept (batch ids of a very large flush are cut, and say so).
 _MAX_PROPERTY = 16_000
 
+#: Table properties every table gets unless the user overrides them (``table_properties``). Without
+#: them each commit rewrites a ``metadata.json`` that is never deleted and adds a manifest that is
+#: never merged: commit cost and metadata grow with every flush, for ever.
+DEFAULT_TABLE_PROPERTIES: Mapping[str, str] = {
+    # Keep the last 20 metadata.json files and delete older ones at each commit.
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # Merge manifests at append time once 8 small ones pile up (pyiceberg's default waits for 100).
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "8",
+}
+
 _QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("sha256", pa.string()),
@@ -72,32 +99,6 @@ _QUARANTINE_SCHEMA = pa.schema(
         pa.field("seen_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-
-
-def _pyiceberg() -> Any:
-    try:
-        import pyiceberg.catalog
-        import pyiceberg.exceptions
-        import pyiceberg.expressions
-    except ImportError as exc:  # pragma: no cover - the dev install has it
-        raise KtExportConfigError(
-            "Iceberg destinations need pyiceberg: pip install 'airflow-provider-ktexport[iceberg]'"
-        ) from exc
-    return pyiceberg
-
-
-def load_catalog(name: str, properties: Mapping[str, Any]) -> Any:
-    """A pyiceberg catalog from its properties (``type``/``uri``/``warehouse``...), with a clear error."""
-    pyiceberg = _pyiceberg()
-    try:
-        return pyiceberg.catalog.load_catalog(name, **{k: str(v) for k, v in properties.items()})
-    except (ValueError, TypeError, pyiceberg.exceptions.NoSuchPropertyException) as exc:
-        keys = ", ".join(sorted(properties)) or "none"
-        raise KtExportConfigError(
-            f"Could not load the Iceberg catalog {name!r} (properties given: {keys}): {exc}. Pass the "
-            "catalog's properties, e.g. {'type': 'sql', 'uri': 'sqlite:////data/catalog.db', "
-            "'warehouse': 'file:///data/warehouse'} or {'type': 'rest', 'uri': 'https://...'}"
-        ) from exc
 
 
 #: The table of a record type as the engine keys it (its folder, :mod:`.layout`).
@@ -122,28 +123,85 @@ def _event_days(part: PartitionTable) -> pa.Array:
     return pa.repeat(pa.scalar(value, pa.date32()), part.table.num_rows)
 
 
+def table_properties_with_defaults(overrides: Mapping[str, Any] | None) -> dict[str, str]:
+    """:data:`DEFAULT_TABLE_PROPERTIES` with the user's ``table_properties`` over them (as text)."""
+    merged = dict(DEFAULT_TABLE_PROPERTIES)
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str) or value is None:
+            raise KtExportConfigError(
+                f"table_properties must map property names to values, got {key!r}: {value!r}; e.g. "
+                "{'write.metadata.previous-versions-max': '50'}"
+            )
+        merged[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return merged
+
+
+def _iceberg_schema(schema: pa.Schema) -> Any:
+    """An Arrow schema as an Iceberg schema with field ids, so a partition spec can name its source."""
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.schema import assign_fresh_schema_ids
+
+    return assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
+
+
+def _identity_spec(schema: Any, column: str | None) -> Any:
+    """An identity partition on ``column`` (unpartitioned when ``None``)."""
+    from pyiceberg.partitioning import PARTITION_FIELD_ID_START, PartitionField, PartitionSpec
+    from pyiceberg.transforms import IdentityTransform
+
+    if column is None:
+        return PartitionSpec()
+    source = schema.find_field(column)
+    return PartitionSpec(
+        PartitionField(
+            source_id=source.field_id,
+            field_id=PARTITION_FIELD_ID_START,
+            transform=IdentityTransform(),
+            name=column,
+        )
+    )
+
+
 class IcebergSink:
     """Lands flushes as Iceberg commits in ``namespace`` of ``catalog``.
 
     :param catalog: a pyiceberg catalog (see :func:`load_catalog`)
     :param namespace: where the tables live (created if missing)
     :param catalog_name: the catalog's name, for URIs in results and Asset events
+    :param table_properties: table properties over :data:`DEFAULT_TABLE_PROPERTIES`, given to new
+        tables and to existing ones that lack them
     """
 
-    def __init__(self, catalog: Any, namespace: str = "ktexport", *, catalog_name: str = "ktexport") -> None:
-        self._ice = _pyiceberg()
+    def __init__(
+        self,
+        catalog: Any,
+        namespace: str = "ktexport",
+        *,
+        catalog_name: str = "ktexport",
+        table_properties: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._ice = pyiceberg_modules()
         self.catalog = catalog
         self.namespace = namespace
         self.catalog_name = catalog_name
+        self.table_properties = table_properties_with_defaults(table_properties)
+        self._version_hints = wants_version_hint(catalog)
+        #: Tables whose properties this sink has checked (once per table per run).
+        self._adopted: set[str] = set()
+        self._open_namespace()
+        # Before the drain's first lease: a warehouse that takes no files fails the run now.
+        check_warehouse_writable(catalog)
+
+    def _open_namespace(self) -> None:
         try:
-            catalog.create_namespace_if_not_exists(namespace)
+            self.catalog.create_namespace_if_not_exists(self.namespace)
         except Exception as exc:  # noqa: BLE001 - any catalog failure here is a destination problem
             if self._namespace_exists():
                 return  # another writer created it at the same moment (SQL catalogs say IntegrityError)
             raise KtExportWriteError(
-                f"Could not open namespace {namespace!r} in Iceberg catalog {catalog_name!r}: "
+                f"Could not open namespace {self.namespace!r} in Iceberg catalog {self.catalog_name!r}: "
                 f"{type(exc).__name__}: {exc}",
-                destination=f"iceberg://{catalog_name}/{namespace}",
+                destination=f"iceberg://{self.catalog_name}/{self.namespace}",
             ) from exc
 
     # -- tables ------------------------------------------------------------------------------------
@@ -168,31 +226,54 @@ class IcebergSink:
             return None
 
     def _open(self, table: str, schema: pa.Schema, *, partition_by: str | None) -> Any:
-        """The table, created with ``schema`` (and an identity partition) if it does not exist."""
+        """The table, created with ``schema``, its partition spec and properties if it does not exist."""
         found = self._load(table)
         if found is None:
-            try:
-                found = self.catalog.create_table_if_not_exists(self.identifier(table), schema=schema)
-            except Exception:
-                # Another writer created it at the same moment (a SQL catalog may say so with an
-                # IntegrityError); anything else fails again here, with its own error.
-                found = self.catalog.load_table(self.identifier(table))
-            log.info("Created Iceberg table %s", self.identifier(table))
-        renames = legacy_renames([f.name for f in found.schema().fields])
-        if renames:
-            # Tables of the version that tagged names with capitals: renamed in place (Iceberg
-            # tracks columns by id, so no data file changes). A conflict is retried by the caller.
-            with found.update_schema() as update:
-                for old, new in renames.items():
-                    update.rename_column(old, new)
-            log.info("Renamed columns of %s to this version's names: %s", self.identifier(table), renames)
-        if partition_by and not found.spec().fields:
-            try:
-                with found.update_spec() as spec:
-                    spec.add_identity(partition_by)
-            except self._ice.exceptions.CommitFailedException:
-                found = self.catalog.load_table(self.identifier(table))  # another writer did it
+            found = self._create(table, schema, partition_by=partition_by)
+        if table not in self._adopted:
+            found = self._adopt(table, found, partition_by=partition_by)
         return found
+
+    def _create(self, table: str, schema: pa.Schema, *, partition_by: str | None) -> Any:
+        """Create the table in one step with its spec (not unpartitioned, then evolved: that leaves
+        two specs in every table); a writer that loses the race to create it loads the winner's."""
+        iceberg_schema = _iceberg_schema(schema)
+        try:
+            created = self.catalog.create_table(
+                self.identifier(table),
+                schema=iceberg_schema,
+                partition_spec=_identity_spec(iceberg_schema, partition_by),
+                properties=dict(self.table_properties),
+            )
+        except self._ice.exceptions.TableAlreadyExistsError:
+            return self.catalog.load_table(self.identifier(table))
+        log.info("Created Iceberg table %s", self.identifier(table))
+        return created
+
+    def _adopt(self, table: str, handle: Any, *, partition_by: str | None) -> Any:
+        """Give a table made before (by an older version, or by hand) the properties it lacks, and
+        its partition spec if it has none; properties it already has are the owner's choice."""
+        missing = {k: v for k, v in self.table_properties.items() if k not in handle.properties}
+        renames = legacy_renames([f.name for f in handle.schema().fields])
+        try:
+            if renames:
+                # Tables of the version that tagged names with capitals: renamed in place (Iceberg
+                # tracks columns by id, so no data file changes).
+                with handle.update_schema() as update:
+                    for old, new in renames.items():
+                        update.rename_column(old, new)
+                log.info("Renamed columns of %s to this version's names: %s", self.identifier(table), renames)
+            if missing:
+                with handle.transaction() as tx:
+                    tx.set_properties(missing)
+                log.info("Set %s on Iceberg table %s", ", ".join(sorted(missing)), self.identifier(table))
+            if partition_by and not handle.spec().fields:
+                with handle.update_spec() as spec:
+                    spec.add_identity(partition_by)
+        except self._ice.exceptions.CommitFailedException:
+            handle = self.catalog.load_table(self.identifier(table))  # another writer did it first
+        self._adopted.add(table)
+        return handle
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
         table = self._load(table_name(record_type))
@@ -214,9 +295,15 @@ class IcebergSink:
                     for p in parts
                 ]
             )
+            batches = frozenset().union(*(p.batch_ids for p in parts))
             landed.append(
                 self._commit(
-                    table_name(record_type), arrow, info, record_type, partition_by=EVENT_DATE_COLUMN
+                    table_name(record_type),
+                    arrow,
+                    info,
+                    record_type,
+                    partition_by=EVENT_DATE_COLUMN,
+                    batch_ids=[b for b in info.batch_ids if b in batches],
                 )
             )
         if rejects:
@@ -229,17 +316,29 @@ class IcebergSink:
                     for rtype, t in rejects.items()
                 ]
             )
-            landed.append(self._commit(REJECTS_TABLE, arrow, info, "", partition_by=None, rejected=True))
+            batches = frozenset(arrow.column("_batch_id").to_pylist())
+            landed.append(
+                self._commit(
+                    REJECTS_TABLE,
+                    arrow,
+                    info,
+                    "",
+                    partition_by=None,
+                    rejected=True,
+                    batch_ids=[b for b in info.batch_ids if b in batches],
+                )
+            )
         return landed
 
-    def _properties(self, info: FlushInfo, rows: int) -> dict[str, str]:
-        ids = ",".join(info.batch_ids)
+    def _properties(self, info: FlushInfo, rows: int, batch_ids: Sequence[str]) -> dict[str, str]:
+        """The snapshot summary: the batches with rows in this commit (not all of the flush's)."""
+        ids = ",".join(batch_ids)
         if len(ids) > _MAX_PROPERTY:
-            ids = ids[:_MAX_PROPERTY] + f",...({len(info.batch_ids)} batches)"
+            ids = ids[:_MAX_PROPERTY] + f",...({len(batch_ids)} batches)"
         return {
             "ktexport.source": info.source,
             "ktexport.batch-ids": ids,
-            "ktexport.batches": str(len(info.batch_ids)),
+            "ktexport.batches": str(len(batch_ids)),
             "ktexport.flush-records": str(info.records),
             "ktexport.flush-rejected": str(info.rejected),
             "ktexport.rows-in-commit": str(rows),
@@ -253,6 +352,7 @@ class IcebergSink:
         record_type: str,
         *,
         partition_by: str | None,
+        batch_ids: Sequence[str],
         rejected: bool = False,
     ) -> Landed:
         """Append ``arrow`` in one commit, retried on conflicts until ``info.land_by``; verified visible."""
@@ -281,7 +381,7 @@ class IcebergSink:
                     # Only ever adds columns (union by name): existing ones keep their types.
                     with handle.update_schema() as update:
                         update.union_by_name(rows.schema)
-                handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows))
+                handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows, batch_ids))
                 snapshot = handle.current_snapshot()
                 break
             except (exc_types.CommitFailedException, exc_types.CommitStateUnknownException) as exc:
@@ -333,6 +433,8 @@ class IcebergSink:
                 "nothing is acknowledged.",
                 destination=self.uri(table),
             )
+        if self._version_hints:
+            write_version_hint(fresh)
 
     # -- quarantine --------------------------------------------------------------------------------
 

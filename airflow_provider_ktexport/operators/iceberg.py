@@ -1,11 +1,13 @@
-"""KtExportToIcebergOperator: drain the export queue into Apache Iceberg tables."""
+"""KtExportToIcebergOperator: drain the export queue into Apache Iceberg tables;
+KtExportIcebergMaintenanceOperator: keep those tables small and fast."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import _mask_secret
@@ -13,7 +15,7 @@ from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.operators import _lineage
 from airflow_provider_ktexport.operators.assets import is_templated
-from airflow_provider_ktexport.operators.ktexport import KtExportDrainOperatorBase
+from airflow_provider_ktexport.operators.ktexport import AirflowFailException, KtExportDrainOperatorBase
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -34,6 +36,27 @@ def catalog_properties_from_connection(conn_id: str) -> dict[str, Any]:
     return props
 
 
+def catalog_properties_of(properties: dict[str, Any] | None, conn_id: str | None) -> dict[str, Any]:
+    """The catalog's properties as an operator was given them: the dict, or the connection's."""
+    return dict(properties) if properties is not None else catalog_properties_from_connection(str(conn_id))
+
+
+def mask_catalog_secrets(props: dict[str, Any]) -> None:
+    """Register the secret-looking values with Airflow's masker: a catalog error or log line must
+    not show them."""
+    for key, value in props.items():
+        if value and any(word in key.lower() for word in ("token", "secret", "password", "credential")):
+            _mask_secret(str(value))
+
+
+def _check_catalog_choice(catalog_properties: Any, catalog_conn_id: Any) -> None:
+    if (catalog_properties is None) == (catalog_conn_id is None):
+        raise KtExportConfigError(
+            "Give the Iceberg catalog as exactly one of catalog_properties (a dict for pyiceberg's "
+            "load_catalog) or catalog_conn_id (an Airflow connection holding them)"
+        )
+
+
 class KtExportToIcebergOperator(KtExportDrainOperatorBase):
     """
     Drain a KT HTTP Export Task queue into Apache Iceberg tables, acknowledging only what is committed.
@@ -52,11 +75,15 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
     :param catalog_conn_id: an Airflow connection holding them instead: its extras are the
         properties, its host the ``uri`` and its password the ``token`` unless the extras set them
     :param catalog_name: the catalog's name (for pyiceberg and in Asset URIs)
+    :param table_properties: Iceberg table properties over the provider's defaults (which delete
+        old ``metadata.json`` files and merge manifests, see docs/iceberg.md), set on new tables and
+        on existing tables that lack them (templated)
     """
 
     template_fields: Sequence[str] = (
         "namespace",
         "catalog_properties",
+        "table_properties",
         *KtExportDrainOperatorBase.template_fields,
     )
 
@@ -67,6 +94,7 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         catalog_properties: dict[str, Any] | None = None,
         catalog_conn_id: str | None = None,
         catalog_name: str = "ktexport",
+        table_properties: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if "partition_by" in kwargs or "destination" in kwargs:
@@ -74,34 +102,126 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
                 "KtExportToIcebergOperator takes no destination or partition_by: tables are "
                 "<namespace>.<record type>, partitioned by _event_date"
             )
-        if (catalog_properties is None) == (catalog_conn_id is None):
-            raise KtExportConfigError(
-                "Give the Iceberg catalog as exactly one of catalog_properties (a dict for pyiceberg's "
-                "load_catalog) or catalog_conn_id (an Airflow connection holding them)"
-            )
+        _check_catalog_choice(catalog_properties, catalog_conn_id)
         super().__init__(**kwargs)
         self.namespace = namespace
         self.catalog_properties = catalog_properties
         self.catalog_conn_id = catalog_conn_id
         self.catalog_name = catalog_name
+        self.table_properties = table_properties
         self._declare_lake(None if is_templated(namespace) else self._uri())
 
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
         from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
 
-        props = (
-            dict(self.catalog_properties)
-            if self.catalog_properties is not None
-            else catalog_properties_from_connection(str(self.catalog_conn_id))
-        )
-        for key, value in props.items():
-            if value and any(word in key.lower() for word in ("token", "secret", "password", "credential")):
-                _mask_secret(str(value))  # a catalog error or log line must not show it
+        props = catalog_properties_of(self.catalog_properties, self.catalog_conn_id)
+        mask_catalog_secrets(props)
         self._lineage_catalog = _lineage.catalog_facts(self.catalog_name, props)
         sink = IcebergSink(
-            load_catalog(self.catalog_name, props), self.namespace, catalog_name=self.catalog_name
+            load_catalog(self.catalog_name, props),
+            self.namespace,
+            catalog_name=self.catalog_name,
+            table_properties=self.table_properties,
         )
         return sink, self._uri()
+
+    def _uri(self) -> str:
+        return f"iceberg://{self.catalog_name}/{self.namespace}"
+
+
+class KtExportIcebergMaintenanceOperator(BaseOperator):
+    """
+    Keep the drain's Iceberg tables fast: compact small files, expire old snapshots (and delete
+    the files only they read), remove orphan files. Run it daily beside the drains.
+
+    Every table of ``namespace`` is maintained in turn; see docs/iceberg.md for what each step
+    deletes and what it never touches. Safe while drains append: a compaction that meets a
+    drain's commit to the same partition is refused by Iceberg, retried, then left for the next
+    run. Returns, per table, data files and bytes before and after, partitions compacted and
+    skipped, snapshots expired, files of expired snapshots deleted and orphans removed.
+
+    :param namespace: the catalog namespace of the tables (templated)
+    :param catalog_properties: the catalog's properties, as for
+        :class:`KtExportToIcebergOperator` (templated)
+    :param catalog_conn_id: an Airflow connection holding them instead
+    :param catalog_name: the catalog's name (the drain's)
+    :param expire_snapshots_older_than: expire snapshots older than this (time travel reaches back
+        this far); never the current one
+    :param target_file_mb: compacted files' size on disk, roughly
+    :param remove_orphans_older_than: delete unreferenced files older than this; keep it well above
+        the longest drain run, or a file of a commit in flight could go
+    """
+
+    template_fields: Sequence[str] = ("namespace", "catalog_properties")
+    ui_color = "#d4ecf7"
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "ktexport",
+        catalog_properties: dict[str, Any] | None = None,
+        catalog_conn_id: str | None = None,
+        catalog_name: str = "ktexport",
+        expire_snapshots_older_than: timedelta = timedelta(days=1),
+        target_file_mb: float = 128,
+        remove_orphans_older_than: timedelta = timedelta(days=3),
+        **kwargs: Any,
+    ) -> None:
+        _check_catalog_choice(catalog_properties, catalog_conn_id)
+        for name, age in (
+            ("expire_snapshots_older_than", expire_snapshots_older_than),
+            ("remove_orphans_older_than", remove_orphans_older_than),
+        ):
+            if not isinstance(age, timedelta) or age < timedelta(0):
+                raise KtExportConfigError(f"{name} must be a timedelta of zero or more, got {age!r}")
+        if (
+            isinstance(target_file_mb, bool)
+            or not isinstance(target_file_mb, int | float)
+            or target_file_mb <= 0
+        ):
+            raise KtExportConfigError(f"target_file_mb must be a positive number, got {target_file_mb!r}")
+        super().__init__(**kwargs)
+        self.namespace = namespace
+        self.catalog_properties = catalog_properties
+        self.catalog_conn_id = catalog_conn_id
+        self.catalog_name = catalog_name
+        self.expire_snapshots_older_than = expire_snapshots_older_than
+        self.target_file_mb = target_file_mb
+        self.remove_orphans_older_than = remove_orphans_older_than
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_ktexport.lake.iceberg import load_catalog
+        from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_namespace
+
+        props = catalog_properties_of(self.catalog_properties, self.catalog_conn_id)
+        mask_catalog_secrets(props)
+        try:
+            catalog = load_catalog(self.catalog_name, props)
+        except KtExportConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
+        reports = maintain_namespace(
+            catalog,
+            self.namespace,
+            expire_older_than=self.expire_snapshots_older_than,
+            target_file_bytes=int(self.target_file_mb * 2**20),
+            orphans_older_than=self.remove_orphans_older_than,
+        )
+        tables = [r.as_dict() for r in reports]
+        totals = {
+            key: sum(t[key] for t in tables)
+            for key in (
+                "files_before",
+                "files_after",
+                "bytes_before",
+                "bytes_after",
+                "snapshots_expired",
+                "expired_files_deleted",
+                "orphans_removed",
+                "orphan_bytes",
+            )
+        }
+        self.log.info("Maintained %d tables of %s: %s", len(tables), self._uri(), totals)
+        return {"namespace": self._uri(), "tables": tables, **totals}
 
     def _uri(self) -> str:
         return f"iceberg://{self.catalog_name}/{self.namespace}"

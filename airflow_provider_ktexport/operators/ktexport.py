@@ -183,8 +183,13 @@ class KtExportDrainOperatorBase(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Context) -> dict[str, Any]:
-        config = self._config(drain_until=parse_drain_until(self.drain_until))
-        sink, uri = self.open_sink(context)
+        try:
+            config = self._config(drain_until=parse_drain_until(self.drain_until))
+            sink, uri = self.open_sink(context)
+        except KtExportConfigError as exc:
+            # A setting (rendered template, destination, catalog) that is wrong now is wrong on a
+            # retry too: fail at once, before any batch is leased.
+            raise AirflowFailException(str(exc)) from None
         # One keep-alive connection per outstanding GET and concurrent ack.
         hook = KtExportHook(
             ktexport_conn_id=self.ktexport_conn_id, pool_size=connections_needed(self.max_in_flight)

@@ -26,6 +26,8 @@ def test_example_dags_load_without_errors():
         "ktexport_to_duckdb",
         "ktexport_drain_many",
         "ktexport_compact",
+        "ktexport_iceberg",
+        "ktexport_iceberg_maintenance",
     } <= set(bag.dag_ids)
     for dag_id in bag.dag_ids:
         dag = bag.dags[dag_id]

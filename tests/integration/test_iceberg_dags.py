@@ -197,3 +197,129 @@ def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
     assert everything == list(range(1, 401))
     keys = [o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        # The issue's case: a mistyped key and so no warehouse. It used to lease batches and then
+        # fail with NoSuchTableError, the real cause swallowed.
+        (
+            {"type": "sql", "uri": "sqlite:///{tmp}/catalog.db", "warehuose": "file://{tmp}/wh"},
+            "'warehuose' is not a catalog property; did you mean 'warehouse'?",
+        ),
+        (
+            {
+                "type": "sql",
+                "uri": "sqlite:////nonexistent-ktexport/catalog.db",
+                "warehouse": "file://{tmp}/wh",
+            },
+            "Could not open the Iceberg catalog 'ktexport' at uri 'sqlite:////nonexistent-ktexport/catalog.db'",
+        ),
+    ],
+    ids=["mistyped-key", "unreachable-uri"],
+)
+def test_bad_catalog_properties_fail_before_any_lease_naming_the_cause(run_dag, tmp_path, bad, says):
+    props = {k: v.format(tmp=tmp_path) for k, v in bad.items()}
+    with Emulator(api_key="ice-key", lease_seconds=120, long_poll_seconds=1, batch_size=50, seed=3) as emu:
+        emu.generate(100)
+        result = run_dag(
+            "ktexport_it_iceberg",
+            connections={"ktexport_default": ktexport_conn(emu)},
+            options={"catalog_properties": props},
+        )
+        stats = emu.stats()
+        delivered = emu.delivered_seqs()
+    assert result.returncode != 0
+    assert says in result.output, result.output[-6000:]
+    assert "AirflowFailException" in result.output  # no Airflow retry of a setting that is wrong
+    # The library's own traceback stays out of it: the message carries the cause.
+    assert "sqlalchemy.exc" not in result.output and "NoSuchTableError" not in result.output
+    assert stats["served"] == 0 and stats["leased"] == 0 and delivered == []
+
+
+TWO_AT_ONCE = textwrap.dedent(
+    """
+    import sys, time
+    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.drain import Drain, DrainConfig
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
+
+    url, key, uri, warehouse, start = sys.argv[1:6]
+    while time.time() < float(start):  # both processes open the fresh catalog at the same instant
+        pass
+    catalog = load_catalog("ktexport", {"type": "sql", "uri": uri, "warehouse": warehouse})
+    with KtExportClient(url, key, long_poll_seconds=1.0) as client:
+        result = Drain(client, IcebergSink(catalog), DrainConfig(max_runtime=60, flush_records=100)).run()
+    print("DRAINED", result.acked, flush=True)
+    """
+)
+
+
+def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp_path):
+    """Both create the catalog's tables on first use; the loser used to crash with 'table
+    iceberg_namespace_properties already exists' (unit-tested deterministically in
+    tests/unit/test_iceberg_catalog.py; here with real processes)."""
+    props = catalog_props(tmp_path)
+    with Emulator(api_key="ice-key", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6) as emu:
+        emu.generate(600)
+        start = time.time() + 6  # after both interpreters have imported everything
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    TWO_AT_ONCE,
+                    emu.url,
+                    emu.api_key,
+                    props["uri"],
+                    props["warehouse"],
+                    str(start),
+                ],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        stats = emu.stats()
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0 and "DRAINED" in output, output[-4000:]
+    assert stats["queued"] == 0 and stats["leased"] == 0
+    everything = sorted(s for seqs in table_seqs(props).values() for s in seqs)
+    assert everything == list(range(1, 601))
+
+
+def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
+    """The daily example DAG through `airflow dags test`: it compacts what a drain of many small
+    flushes left, loses no row, and reports per table in XCom."""
+    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.drain import Drain, DrainConfig
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+
+    props = catalog_props(tmp_path)
+    with Emulator(api_key="ice-key", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7) as emu:
+        emu.generate(300)
+        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+            Drain(client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(flush_records=25)).run()
+    before = table_seqs(props)
+    result = run_dag(
+        "ktexport_iceberg_maintenance",
+        connections={},
+        variables={
+            "ktexport_iceberg_catalog_uri": props["uri"],
+            "ktexport_iceberg_warehouse": props["warehouse"],
+        },
+        dags_folder=REPO / "dags",
+    )
+    assert result.returncode == 0, result.output[-6000:]
+    summary = result.xcom("maintain_iceberg_tables")
+    assert summary["namespace"] == "iceberg://ktexport/ktexport"
+    assert {t["table"] for t in summary["tables"]} >= {f"ktexport.{name}" for name in before}
+    assert summary["files_after"] < summary["files_before"]
+    assert sum(t["partitions_compacted"] for t in summary["tables"]) > 0
+    assert "Maintained ktexport." in result.output
+    after = table_seqs(props)
+    assert {k: sorted(v) for k, v in after.items()} == {k: sorted(v) for k, v in before.items()}

@@ -357,3 +357,104 @@ def test_two_drains_adding_case_twins_at_once_get_one_name_each(tmp_path):
         assert set(by_path) == {("speed",), ("Speed",)}, names
         rows = table.scan().to_arrow().to_pylist()
         assert sorted(r[by_path[("speed",)]] or r[by_path[("Speed",)]] for r in rows) == [1, 1, 2, 2]
+
+
+def metadata_files(tmp_path: Path, table: str) -> list[Path]:
+    return list((tmp_path / "warehouse").rglob(f"{table}/metadata/*.metadata.json"))
+
+
+@pytest.mark.slow
+def test_a_hundred_small_flushes_leave_bounded_metadata(tmp_path):
+    """Each flush is a commit: without the table properties, 110 flushes leave 111 metadata.json
+    files and 110 manifests in the current snapshot, and every commit costs more than the last."""
+    catalog = catalog_for(tmp_path)
+    batches = [batch_of(f"b{i}", records([i])) for i in range(110)]
+    drain, _ = drain_into(IcebergSink(catalog), batches, flush_records=1, max_runtime=300)
+    table = catalog.load_table("ktexport.telemetry")
+    commits = [s for s in table.snapshots() if s.summary.operation.value == "append"]
+    assert len(commits) >= 100  # really a hundred small flushes
+    assert sorted(table.scan().to_arrow().column("seq").to_pylist()) == list(range(110))
+    assert len(metadata_files(tmp_path, "telemetry")) <= 25
+    assert len(table.current_snapshot().manifests(table.io)) <= 10
+
+
+def test_tables_are_created_with_their_spec_and_bounding_properties(tmp_path):
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog, table_properties={"write.metadata.previous-versions-max": 5})
+    drain_into(sink, [batch_of("b1", records(range(3)))])
+    table = catalog.load_table("ktexport.telemetry")
+    assert len(table.specs()) == 1 and [f.name for f in table.spec().fields] == [EVENT_DATE_COLUMN]
+    props = table.properties
+    assert props["write.metadata.delete-after-commit.enabled"] == "true"
+    assert props["commit.manifest-merge.enabled"] == "true"
+    assert props["write.metadata.previous-versions-max"] == "5"  # the user's value wins
+
+
+def test_an_existing_table_gets_the_properties_it_lacks_and_keeps_its_own(tmp_path):
+    import pyarrow as pa
+
+    catalog = catalog_for(tmp_path)
+    catalog.create_namespace("ktexport")
+    catalog.create_table(
+        "ktexport.telemetry",
+        schema=pa.schema([pa.field("seq", pa.int64()), pa.field(EVENT_DATE_COLUMN, pa.date32())]),
+        properties={"write.metadata.previous-versions-max": "50"},
+    )
+    drain_into(IcebergSink(catalog), [batch_of("b1", records(range(3)))])
+    table = catalog.load_table("ktexport.telemetry")
+    assert table.properties["write.metadata.previous-versions-max"] == "50"
+    assert table.properties["write.metadata.delete-after-commit.enabled"] == "true"
+    assert [f.name for f in table.spec().fields] == [EVENT_DATE_COLUMN]
+    assert sorted(table.scan().to_arrow().column("seq").to_pylist()) == [0, 1, 2]
+
+
+def test_a_snapshot_names_only_the_batches_with_rows_in_its_table(tmp_path):
+    catalog = catalog_for(tmp_path)
+    raws_b1 = records(range(3))  # telemetry only
+    raws_b2 = records(range(3, 5), rtype="trip")  # trip only
+    raws_b3 = records(range(5, 6)) + [HOSTILE["lone_surrogate"]]  # telemetry and a reject
+    drain_into(
+        IcebergSink(catalog),
+        [batch_of("b1", raws_b1), batch_of("b2", raws_b2), batch_of("b3", raws_b3)],
+        flush_records=100,
+    )
+
+    def named(table: str) -> set[str]:
+        snaps = catalog.load_table(f"ktexport.{table}").snapshots()
+        props = [s.summary.additional_properties for s in snaps]
+        return {b for p in props for b in p.get("ktexport.batch-ids", "").split(",") if b}
+
+    assert named("telemetry") == {"b1", "b3"}
+    assert named("trip") == {"b2"}
+    assert named("_rejected") == {"b3"}
+
+
+def test_a_table_is_found_by_its_folder_through_version_hint(tmp_path):
+    """The SQL catalog keeps the current metadata.json in its database; readers given a table's
+    folder (DuckDB's iceberg_scan, pyiceberg's StaticTable) need metadata/version-hint.text."""
+    from pyiceberg.table import StaticTable
+
+    catalog = catalog_for(tmp_path)
+    sink = IcebergSink(catalog)
+    drain_into(sink, [batch_of("b1", records(range(3)))])
+    drain_into(sink, [batch_of("b2", records(range(3, 5)))])
+    table = catalog.load_table("ktexport.telemetry")
+    folder = table.location()
+    hint = Path(folder.removeprefix("file://")) / "metadata" / "version-hint.text"
+    assert table.metadata_location.endswith(f"/{hint.read_text()}.metadata.json")
+    by_folder = StaticTable.from_metadata(folder)
+    assert sorted(by_folder.scan().to_arrow().column("seq").to_pylist()) == [0, 1, 2, 3, 4]
+
+
+def test_duckdb_iceberg_scan_reads_a_table_by_its_folder(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    con = duckdb.connect()
+    try:
+        con.sql("LOAD iceberg")
+    except duckdb.Error as exc:  # the extension is downloaded on first use: not on an offline machine
+        pytest.skip(f"DuckDB's iceberg extension is not available here: {exc}")
+    catalog = catalog_for(tmp_path)
+    drain_into(IcebergSink(catalog), [batch_of("b1", records(range(5)))])
+    folder = catalog.load_table("ktexport.telemetry").location()
+    rows = con.sql(f"SELECT seq FROM iceberg_scan('{folder}') ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [0, 1, 2, 3, 4]

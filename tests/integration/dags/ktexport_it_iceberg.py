@@ -1,7 +1,8 @@
 """An Iceberg drain DAG the integration tests tune through environment variables (read at parse time).
 
 The catalog is pyiceberg's SQL catalog on SQLite, placed by the Variables
-``ktexport_iceberg_catalog_uri`` and ``ktexport_iceberg_warehouse``.
+``ktexport_iceberg_catalog_uri`` and ``ktexport_iceberg_warehouse``, unless the options give
+``catalog_properties`` of their own (a test of bad ones).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from airflow.sdk import dag
 from airflow_provider_ktexport.operators.iceberg import KtExportToIcebergOperator
 
 OPTIONS = json.loads(os.environ.get("KTEXPORT_IT_OPTIONS", "{}"))
+CATALOG = OPTIONS.pop(
+    "catalog_properties",
+    {
+        "type": "sql",
+        "uri": "{{ var.value.ktexport_iceberg_catalog_uri }}",
+        "warehouse": "{{ var.value.ktexport_iceberg_warehouse }}",
+    },
+)
 
 
 @dag(
@@ -27,11 +36,7 @@ def ktexport_it_iceberg():
     KtExportToIcebergOperator(
         task_id="drain",
         namespace="ktexport",
-        catalog_properties={
-            "type": "sql",
-            "uri": "{{ var.value.ktexport_iceberg_catalog_uri }}",
-            "warehouse": "{{ var.value.ktexport_iceberg_warehouse }}",
-        },
+        catalog_properties=CATALOG,
         **OPTIONS,
     )
 
