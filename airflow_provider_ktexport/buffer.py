@@ -1,6 +1,6 @@
 """The drain's held state: leased batches waiting to land, and the partitions a flush of them writes.
 
-Plain Python, no Airflow. :meth:`Buffer.add` is the commit point of design.md section 3: a batch
+Plain Python, no Airflow. :meth:`Buffer.add` is the commit point of docs/architecture.md section 3: a batch
 joins in one step, with its records.
 """
 

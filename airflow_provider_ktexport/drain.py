@@ -3,7 +3,7 @@
 Plain Python, no Airflow: the operator adapts it, the benchmark and the crash
 suite drive it directly.
 
-How the time rules are kept (design.md section 3):
+How the time rules are kept (docs/architecture.md section 3):
 
 * Fetcher threads (``max_in_flight`` of them) keep GETs outstanding while the
   main thread decodes, writes and acknowledges, so network latency overlaps

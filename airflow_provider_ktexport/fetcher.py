@@ -1,6 +1,6 @@
 """Fetcher threads: keep GETs outstanding while the drain's main thread writes and acknowledges.
 
-Plain Python, no Airflow (design.md section 2, section 6: pipelining is the lever when the
+Plain Python, no Airflow (docs/architecture.md section 2, section 6: pipelining is the lever when the
 server is far away).
 """
 

@@ -656,7 +656,7 @@ def shown_id(batch_id: str) -> str:
 
 @dataclass(frozen=True)
 class BatchBody:
-    """What a ``200`` body means under the envelope rules (design.md section 3).
+    """What a ``200`` body means under the envelope rules (docs/architecture.md section 3).
 
     :param kind: ``"empty"`` (no id: the queue is empty), ``"empty_batch"`` (an id with
         ``"items": []``: acknowledge at once), ``"data"`` (records to land) or ``"problem"``

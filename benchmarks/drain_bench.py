@@ -1,4 +1,4 @@
-"""The drain benchmark (design.md section 6): CPU, wall throughput and memory, one command, JSON out.
+"""The drain benchmark (docs/architecture.md section 6): CPU, wall throughput and memory, one command, JSON out.
 
 Run from the repository root::
 
@@ -210,7 +210,7 @@ def _target(value: float | None, limit: float, *, at_most: bool) -> dict[str, An
 
 
 def _contract_bound(a0: dict[str, Any], micro: dict[str, Any]) -> float | None:
-    """An estimate of the least CPU per 100k any drain keeping design.md's contract can spend.
+    """An estimate of the least CPU per 100k any drain keeping docs/architecture.md's contract can spend.
 
     The floor's own HTTP work (the floor minus its decode), plus the steps no such drain can skip,
     each measured by the micro-benchmark on the same machine: split the body into records, the

@@ -1,6 +1,6 @@
 """The micro-benchmark (the report's ``micro``): CPU per 100k records of each candidate decode/build step.
 
-Each JSON decoder, splitting bodies into raw record slices, design.md's record key (and a hash of the
+Each JSON decoder, splitting bodies into raw record slices, docs/architecture.md's record key (and a hash of the
 raw bytes for comparison), pyarrow's JSON reader, the lake's ``build_tables`` and a zstd Parquet write,
 on generator records in 500-record bodies, in this process. The harness (``drain_bench``) runs it
 first: it picks the decoder of case (a) and feeds the contract bound estimate.
@@ -63,7 +63,7 @@ def run_micro(n: int, **shape: Any) -> dict[str, Any]:
     timings["split_raw_msgspec"] = per_100k(
         lambda: [[bytes(r) for r in split.decode(b).items] for b in bodies]
     )
-    # design.md section 3's record key: blake2b-128 of the canonical JSON (keys sorted, compact).
+    # docs/architecture.md section 3's record key: blake2b-128 of the canonical JSON (keys sorted, compact).
     # Canonical needs the record decoded and encoded again; msgspec is the cheapest way found.
     record_dec, sorted_enc = msgspec.json.Decoder(), msgspec.json.Encoder(order="sorted")
     timings["record_key_canonical"] = per_100k(

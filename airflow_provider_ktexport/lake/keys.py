@@ -1,4 +1,4 @@
-"""Record keys: ``_record_key`` is blake2b-128 of the record's canonical JSON (design.md section 3).
+"""Record keys: ``_record_key`` is blake2b-128 of the record's canonical JSON (docs/architecture.md section 3).
 
 The definition is pinned by literal test vectors and must never change between versions: a
 redelivered copy of a record gets the same key in any later run, so duplicates stay cheap to

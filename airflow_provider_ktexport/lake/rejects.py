@@ -1,4 +1,4 @@
-"""Per-record isolation: one bad record never fails a flush (design.md section 3).
+"""Per-record isolation: one bad record never fails a flush (docs/architecture.md section 3).
 
 A record that is valid JSON inside a valid batch body can still be impossible to land as a row:
 a number out of double range, nesting deeper than the recursion limits, a lone UTF-16 surrogate,

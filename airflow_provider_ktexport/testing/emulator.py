@@ -2,7 +2,7 @@
 
 Standard library only, and nothing imported from the rest of the package: the
 client and the emulator must not share code, or a shared bug would pass every
-test. Behaviour follows design.md section 1: ``GET /v2/stream`` leases a batch,
+test. Behaviour follows docs/architecture.md section 1: ``GET /v2/stream`` leases a batch,
 ``DELETE /v2/stream/{id}`` acknowledges it, an unacknowledged lease goes back
 to the front of the queue, an empty queue is long-polled and then answered 500.
 

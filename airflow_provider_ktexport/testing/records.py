@@ -2,7 +2,7 @@
 
 Each record is a pure function of ``(seed, emulator_seq)``: the same seed always
 yields the same records, whatever order or batch size they are asked for in, so
-a test or benchmark can rebuild what the server sent. The mix follows design.md
+a test or benchmark can rebuild what the server sent. The mix follows docs/architecture.md
 section 1 (telemetry, trip, event, changenotification, plus a few unknown
 types) and drifts after ``drift_after`` records the way a real feed does (new
 keys appear, an int field starts to carry floats).

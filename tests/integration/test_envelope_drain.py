@@ -1,5 +1,5 @@
 """The envelope rules through the whole drain: a batch served with an id but no readable items is
-quarantined and never acknowledged, and its records land after redelivery (design.md section 3)."""
+quarantined and never acknowledged, and its records land after redelivery (docs/architecture.md section 3)."""
 
 from __future__ import annotations
 

@@ -232,7 +232,7 @@ def test_hostile_records_through_airflow_dags_test(run_dag, tmp_path):
 
 def test_100_point_trips_and_too_deep_records_through_the_drain(tmp_path):
     """Issue 18's shape: long bracket-heavy records land whole (the track as canonical JSON text,
-    the key as design.md defines it) beside records nested too deep, which are kept as rejects."""
+    the key as docs/architecture.md defines it) beside records nested too deep, which are kept as rejects."""
     import json
 
     import pyarrow.dataset as ds
