@@ -221,7 +221,7 @@ def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
 )
 def test_bad_catalog_properties_fail_before_any_lease_naming_the_cause(run_dag, tmp_path, bad, says):
     props = {k: v.format(tmp=tmp_path) for k, v in bad.items()}
-    with Emulator(api_key="ice-key", lease_seconds=120, long_poll_seconds=1, batch_size=50, seed=3) as emu:
+    with Emulator(api_key="ice-key-0123456789", lease_seconds=120, long_poll_seconds=1, batch_size=50, seed=3) as emu:
         emu.generate(100)
         result = run_dag(
             "ktexport_it_iceberg",
@@ -261,7 +261,7 @@ def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp
     iceberg_namespace_properties already exists' (unit-tested deterministically in
     tests/unit/test_iceberg_catalog.py; here with real processes)."""
     props = catalog_props(tmp_path)
-    with Emulator(api_key="ice-key", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6) as emu:
+    with Emulator(api_key="ice-key-0123456789", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6) as emu:
         emu.generate(600)
         start = time.time() + 6  # after both interpreters have imported everything
         procs = [
@@ -300,7 +300,7 @@ def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
 
     props = catalog_props(tmp_path)
-    with Emulator(api_key="ice-key", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7) as emu:
+    with Emulator(api_key="ice-key-0123456789", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7) as emu:
         emu.generate(300)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
             Drain(client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(flush_records=25)).run()
