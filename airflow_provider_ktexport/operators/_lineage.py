@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 #: Object-store schemes OpenLineage spells differently from fsspec.
 _SCHEMES = {"gcs": "gs", "s3a": "s3", "s3n": "s3", "abfs": "abfss", "az": "abfss"}
@@ -82,12 +82,18 @@ def storage_dataset(uri: str, *, azure_account: str | None = None) -> tuple[str,
 
 
 def clean_uri(uri: str) -> str:
-    """A catalog or warehouse URI without credentials or query string (for lineage facets)."""
+    """A catalog or warehouse URI without credentials or query string (for lineage facets).
+
+    Put back together by hand: ``urlunsplit`` turns ``sqlite:////data/catalog.db`` (empty host,
+    absolute path) into ``sqlite://data/catalog.db``, a host named ``data``.
+    """
     parts = urlsplit(uri)
     if not parts.scheme:
         return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if not uri[len(parts.scheme) + 1 :].startswith("//"):
+        return f"{parts.scheme}:{parts.path}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def outputs_from(datasets: Mapping[str, Any]) -> list[OutputFacts]:

@@ -172,6 +172,15 @@ def test_catalog_facts_keep_no_credentials():
     assert facts == {"name": "prod", "type": "sql", "uri": "postgresql://db:5432/cat"}
 
 
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite:////data/catalog.db", "sqlite:///catalog.db", "file:///data/wh", "s3://bucket/wh", "jdbc:x"],
+)
+def test_catalog_uris_without_credentials_keep_their_path(uri):
+    # sqlite:////data/catalog.db once came out as sqlite://data/catalog.db (a host named "data").
+    assert _lineage.clean_uri(uri) == uri
+
+
 # -- lineage after an execute against the emulator ---------------------------------------------------
 
 
