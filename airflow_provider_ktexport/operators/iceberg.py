@@ -137,8 +137,9 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
     Every table of ``namespace`` is maintained in turn; see docs/iceberg.md for what each step
     deletes and what it never touches. Safe while drains append: a compaction that meets a
     drain's commit to the same partition is refused by Iceberg, retried, then left for the next
-    run. Returns, per table, data files and bytes before and after, partitions compacted and
-    skipped, snapshots expired, files of expired snapshots deleted and orphans removed.
+    run. Returns, per table, data files and bytes before and after, rows after, partitions
+    compacted and skipped, snapshots expired, files of expired snapshots deleted and orphans
+    removed; OpenLineage names each table as input and output (docs/monitoring.md).
 
     :param namespace: the catalog namespace of the tables (templated)
     :param catalog_properties: the catalog's properties, as for
@@ -188,6 +189,8 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         self.expire_snapshots_older_than = expire_snapshots_older_than
         self.target_file_mb = target_file_mb
         self.remove_orphans_older_than = remove_orphans_older_than
+        # What get_openlineage_facets_on_complete reports, set by execute (never XCom).
+        self._lineage_facts: _lineage.RunFacts | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_ktexport.lake.iceberg import load_catalog
@@ -206,6 +209,9 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
             target_file_bytes=int(self.target_file_mb * 2**20),
             orphans_older_than=self.remove_orphans_older_than,
         )
+        self._lineage_facts = _lineage.maintenance_facts(
+            reports, _lineage.catalog_facts(self.catalog_name, props)
+        )
         tables = [r.as_dict() for r in reports]
         totals = {
             key: sum(t[key] for t in tables)
@@ -214,6 +220,7 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
                 "files_after",
                 "bytes_before",
                 "bytes_after",
+                "rows_after",
                 "snapshots_expired",
                 "expired_files_deleted",
                 "orphans_removed",
@@ -225,3 +232,17 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
 
     def _uri(self) -> str:
         return f"iceberg://{self.catalog_name}/{self.namespace}"
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage of the run (OpenLineage provider): each table maintained, as input and output, named
+        by its location with its catalog name, and its rows, bytes and data files after the run."""
+        return _lineage.operator_lineage(self._lineage_facts)
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """The START event names no dataset: which tables the namespace holds is known only by asking
+        the catalog, and the listener must not make a second catalog connection (or its error)."""
+        return _lineage.operator_lineage(None)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """The FAIL event names the tables when the failure came after they were maintained."""
+        return _lineage.operator_lineage(self._lineage_facts)

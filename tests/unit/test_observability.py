@@ -270,6 +270,74 @@ def test_iceberg_drain_reports_each_table_by_location_with_its_catalog_name(emul
     assert total == 300
 
 
+def test_iceberg_maintenance_reports_each_table_as_input_and_output_with_what_it_left(emulator, tmp_path):
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+    from airflow_provider_ktexport.operators.iceberg import (
+        KtExportIcebergMaintenanceOperator,
+        KtExportToIcebergOperator,
+    )
+
+    (tmp_path / "wh").mkdir()
+    props = {
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path}/catalog.db",
+        "warehouse": (tmp_path / "wh").as_uri(),
+        "token": "catalog-t0ken-5ecret",  # a secret the facets must not carry
+    }
+    emulator.generate(300)
+    KtExportToIcebergOperator(
+        task_id="drain",
+        catalog_properties=props,
+        catalog_name="lakecat",
+        max_runtime=60,
+        flush_records=50,  # many small files for the maintenance to compact
+        asset_alias=None,
+    ).execute({"outlet_events": {}})  # type: ignore[arg-type]
+    op = KtExportIcebergMaintenanceOperator(
+        task_id="maintain",
+        catalog_properties=props,
+        catalog_name="lakecat",
+        expire_snapshots_older_than=timedelta(0),
+        remove_orphans_older_than=timedelta(0),
+    )
+    assert op.get_openlineage_facets_on_start().inputs == []
+    summary = op.execute({})  # type: ignore[arg-type]
+    assert summary["files_after"] < summary["files_before"]
+    lineage = op.get_openlineage_facets_on_complete(None)
+
+    catalog = load_catalog("lakecat", props)
+    tables = {".".join(t) for t in catalog.list_tables("ktexport")}
+    assert {t["table"] for t in summary["tables"]} == tables
+    inputs = {d.facets["symlinks"].identifiers[0].name: d for d in lineage.inputs}
+    outputs = {d.facets["symlinks"].identifiers[0].name: d for d in lineage.outputs}
+    assert set(inputs) == set(outputs) == tables
+    total = 0
+    for name in tables:
+        table = catalog.load_table(name)
+        where = _lineage.storage_dataset(table.location())
+        inp, out = inputs[name], outputs[name]
+        assert (inp.namespace, inp.name) == (out.namespace, out.name) == where
+        for d in (inp, out):
+            assert d.facets["symlinks"].identifiers[0].type == "TABLE"
+            assert d.facets["catalog"].name == "lakecat" and d.facets["catalog"].framework == "iceberg"
+            assert d.facets["catalog"].metadataUri == props["uri"]
+        live = [task.file for task in table.scan().plan_files()]
+        stats = out.outputFacets["outputStatistics"]
+        rows = table.scan().to_arrow().num_rows
+        assert (stats.rowCount, stats.size, stats.fileCount) == (
+            rows,
+            sum(f.file_size_in_bytes for f in live),
+            len(live),
+        )
+        assert {f.name for f in out.facets["schema"].fields} == set(table.schema().column_names)
+        total += rows
+    assert total == 300
+    assert "catalog-t0ken-5ecret" not in repr(lineage)
+    # The FAIL event after the tables were maintained names them too; XCom carries no schema.
+    assert len(op.get_openlineage_facets_on_failure(None).outputs) == len(tables)
+    assert "schema" not in json.dumps(summary) and summary["rows_after"] == 300
+
+
 def test_compaction_reports_each_folder_it_compacted_as_input_and_output(tmp_path):
     from airflow_provider_ktexport.operators.compact import KtExportCompactOperator
     from tests.lake_support import land
