@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -84,16 +84,19 @@ def maintain_namespace(
     target_file_bytes: int = 128 * 2**20,
     orphans_older_than: timedelta = timedelta(days=3),
     now: datetime | None = None,
+    on_table: Callable[[TableMaintenance], None] | None = None,
 ) -> list[TableMaintenance]:
     """Maintain every table of ``namespace``; see :func:`maintain_table`. A namespace no drain has
-    created yet has nothing to maintain."""
+    created yet has nothing to maintain. ``on_table`` gets each table's report as soon as it is
+    done, so a caller can report the tables maintained before a later one fails."""
     try:
         identifiers = sorted(catalog.list_tables(namespace))
     except pyiceberg_modules().exceptions.NoSuchNamespaceError:
         log.info("Iceberg namespace %s does not exist yet: nothing to maintain", namespace)
         return []
-    return [
-        maintain_table(
+    reports = []
+    for identifier in identifiers:
+        report = maintain_table(
             catalog,
             ".".join(identifier),
             expire_older_than=expire_older_than,
@@ -101,8 +104,10 @@ def maintain_namespace(
             orphans_older_than=orphans_older_than,
             now=now,
         )
-        for identifier in identifiers
-    ]
+        reports.append(report)
+        if on_table is not None:
+            on_table(report)
+    return reports
 
 
 def maintain_table(

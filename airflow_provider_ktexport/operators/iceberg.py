@@ -20,6 +20,8 @@ from airflow_provider_ktexport.operators.ktexport import AirflowFailException, K
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_ktexport.lake.iceberg_maintenance import TableMaintenance
+
 #: Connection fields mapped to catalog properties when the extras do not set them.
 _SECRET_PROPERTIES = ("token", "credential", "s3.secret-access-key", "password")
 
@@ -189,8 +191,10 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         self.expire_snapshots_older_than = expire_snapshots_older_than
         self.target_file_mb = target_file_mb
         self.remove_orphans_older_than = remove_orphans_older_than
-        # What get_openlineage_facets_on_complete reports, set by execute (never XCom).
-        self._lineage_facts: _lineage.RunFacts | None = None
+        # What get_openlineage_facets_on_complete reports, set by execute (never XCom): the
+        # catalog, and each table's report as soon as that table is done.
+        self._lineage_catalog: dict[str, str] = {}
+        self._maintained: list[TableMaintenance] = []
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_ktexport.lake.iceberg import load_catalog
@@ -202,15 +206,15 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
             catalog = load_catalog(self.catalog_name, props)
         except KtExportConfigError as exc:
             raise AirflowFailException(str(exc)) from None
+        self._lineage_catalog = _lineage.catalog_facts(self.catalog_name, props)
+        self._maintained = []
         reports = maintain_namespace(
             catalog,
             self.namespace,
             expire_older_than=self.expire_snapshots_older_than,
             target_file_bytes=int(self.target_file_mb * 2**20),
             orphans_older_than=self.remove_orphans_older_than,
-        )
-        self._lineage_facts = _lineage.maintenance_facts(
-            reports, _lineage.catalog_facts(self.catalog_name, props)
+            on_table=self._maintained.append,
         )
         tables = [r.as_dict() for r in reports]
         totals = {
@@ -236,7 +240,9 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage of the run (OpenLineage provider): each table maintained, as input and output, named
         by its location with its catalog name, and its rows, bytes and data files after the run."""
-        return _lineage.operator_lineage(self._lineage_facts)
+        if not self._maintained:
+            return _lineage.operator_lineage(None)
+        return _lineage.operator_lineage(_lineage.maintenance_facts(self._maintained, self._lineage_catalog))
 
     def get_openlineage_facets_on_start(self) -> Any:
         """The START event names no dataset: which tables the namespace holds is known only by asking
@@ -244,5 +250,6 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         return _lineage.operator_lineage(None)
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        """The FAIL event names the tables when the failure came after they were maintained."""
-        return _lineage.operator_lineage(self._lineage_facts)
+        """The FAIL event names the tables maintained before the failure (a catalog that went away,
+        a table that could not be read), so what did change shows on the lineage graph."""
+        return self.get_openlineage_facets_on_complete(task_instance)

@@ -6,6 +6,8 @@ import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -270,12 +272,9 @@ def test_iceberg_drain_reports_each_table_by_location_with_its_catalog_name(emul
     assert total == 300
 
 
-def test_iceberg_maintenance_reports_each_table_as_input_and_output_with_what_it_left(emulator, tmp_path):
-    from airflow_provider_ktexport.lake.iceberg import load_catalog
-    from airflow_provider_ktexport.operators.iceberg import (
-        KtExportIcebergMaintenanceOperator,
-        KtExportToIcebergOperator,
-    )
+def drained_iceberg_catalog(emulator: Emulator, tmp_path: Path) -> dict[str, str]:
+    """A SQL catalog on SQLite whose tables hold 300 records of many small flushes."""
+    from airflow_provider_ktexport.operators.iceberg import KtExportToIcebergOperator
 
     (tmp_path / "wh").mkdir()
     props = {
@@ -293,13 +292,26 @@ def test_iceberg_maintenance_reports_each_table_as_input_and_output_with_what_it
         flush_records=50,  # many small files for the maintenance to compact
         asset_alias=None,
     ).execute({"outlet_events": {}})  # type: ignore[arg-type]
-    op = KtExportIcebergMaintenanceOperator(
+    return props
+
+
+def maintenance_of(props: dict[str, str]) -> Any:
+    from airflow_provider_ktexport.operators.iceberg import KtExportIcebergMaintenanceOperator
+
+    return KtExportIcebergMaintenanceOperator(
         task_id="maintain",
         catalog_properties=props,
         catalog_name="lakecat",
         expire_snapshots_older_than=timedelta(0),
         remove_orphans_older_than=timedelta(0),
     )
+
+
+def test_iceberg_maintenance_reports_each_table_as_input_and_output_with_what_it_left(emulator, tmp_path):
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+
+    props = drained_iceberg_catalog(emulator, tmp_path)
+    op = maintenance_of(props)
     assert op.get_openlineage_facets_on_start().inputs == []
     summary = op.execute({})  # type: ignore[arg-type]
     assert summary["files_after"] < summary["files_before"]
@@ -336,6 +348,22 @@ def test_iceberg_maintenance_reports_each_table_as_input_and_output_with_what_it
     # The FAIL event after the tables were maintained names them too; XCom carries no schema.
     assert len(op.get_openlineage_facets_on_failure(None).outputs) == len(tables)
     assert "schema" not in json.dumps(summary) and summary["rows_after"] == 300
+
+
+def test_a_failed_iceberg_maintenance_names_the_tables_it_maintained_before_the_failure(emulator, tmp_path):
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+
+    props = drained_iceberg_catalog(emulator, tmp_path)
+    catalog = load_catalog("lakecat", props)
+    tables = sorted(".".join(t) for t in catalog.list_tables("ktexport"))
+    # The last table (they are maintained in name order) cannot be read: its metadata file is gone.
+    Path(urlsplit(catalog.load_table(tables[-1]).metadata_location).path).unlink()
+    op = maintenance_of(props)
+    with pytest.raises(FileNotFoundError):
+        op.execute({})  # type: ignore[arg-type]
+    failed = op.get_openlineage_facets_on_failure(None)
+    named = sorted(d.facets["symlinks"].identifiers[0].name for d in failed.outputs)
+    assert named == sorted(d.facets["symlinks"].identifiers[0].name for d in failed.inputs) == tables[:-1]
 
 
 def test_compaction_reports_each_folder_it_compacted_as_input_and_output(tmp_path):
