@@ -21,9 +21,10 @@ table needs, safely while drains keep appending:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,9 +62,18 @@ class TableMaintenance:
     expired_files_deleted: int = 0
     orphans_removed: int = 0
     orphan_bytes: int = 0
+    #: Rows the table holds after maintenance (what a reader of the current snapshot counts).
+    rows_after: int = 0
+    #: The table's location and columns (a pyarrow.Schema) after maintenance, for OpenLineage;
+    #: kept out of XCom (a schema can be large).
+    location: str = dataclasses.field(default="", metadata={"xcom": False})
+    schema: Any = dataclasses.field(default=None, repr=False, metadata={"xcom": False})
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The figures for XCom and logs (no location or schema)."""
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("xcom", True)
+        }
 
 
 def maintain_namespace(
@@ -74,16 +84,19 @@ def maintain_namespace(
     target_file_bytes: int = 128 * 2**20,
     orphans_older_than: timedelta = timedelta(days=3),
     now: datetime | None = None,
+    on_table: Callable[[TableMaintenance], None] | None = None,
 ) -> list[TableMaintenance]:
     """Maintain every table of ``namespace``; see :func:`maintain_table`. A namespace no drain has
-    created yet has nothing to maintain."""
+    created yet has nothing to maintain. ``on_table`` gets each table's report as soon as it is
+    done, so a caller can report the tables maintained before a later one fails."""
     try:
         identifiers = sorted(catalog.list_tables(namespace))
     except pyiceberg_modules().exceptions.NoSuchNamespaceError:
         log.info("Iceberg namespace %s does not exist yet: nothing to maintain", namespace)
         return []
-    return [
-        maintain_table(
+    reports = []
+    for identifier in identifiers:
+        report = maintain_table(
             catalog,
             ".".join(identifier),
             expire_older_than=expire_older_than,
@@ -91,8 +104,10 @@ def maintain_namespace(
             orphans_older_than=orphans_older_than,
             now=now,
         )
-        for identifier in identifiers
-    ]
+        reports.append(report)
+        if on_table is not None:
+            on_table(report)
+    return reports
 
 
 def maintain_table(
@@ -119,6 +134,8 @@ def maintain_table(
     )
     table = catalog.load_table(identifier)
     report.files_after, report.bytes_after = _live_totals(table)
+    report.rows_after = table.scan().count() if table.current_snapshot() else 0
+    report.location, report.schema = table.location(), table.schema().as_arrow()
     if wants_version_hint(catalog):
         write_version_hint(table)  # compaction and expiry made a new metadata.json
     log.info(

@@ -1,4 +1,5 @@
-"""OpenLineage for the drain and compaction operators (``get_openlineage_facets_on_complete``).
+"""OpenLineage for the drain, compaction and Iceberg maintenance operators
+(``get_openlineage_facets_on_complete``).
 
 The OpenLineage provider is optional (the ``openlineage`` extra): everything from it is imported
 inside the functions the provider itself calls. Datasets follow OpenLineage's naming:
@@ -11,7 +12,8 @@ inside the functions the provider itself calls. Datasets follow OpenLineage's na
   with a ``symlinks`` facet naming the table in its catalog and a ``catalog`` facet.
 
 Each output carries a ``schema`` facet (the columns that landed) and ``outputStatistics``
-(rows, bytes, files) for this run.
+(rows, bytes, files) for this run. Compaction and maintenance rewrite in place: each folder or
+table is both an input and an output.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 #: Object-store schemes OpenLineage spells differently from fsspec.
 _SCHEMES = {"gcs": "gs", "s3a": "s3", "s3n": "s3", "abfs": "abfss", "az": "abfss"}
@@ -45,6 +47,9 @@ class RunFacts:
 
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (namespace, name)
     outputs: list[OutputFacts] = field(default_factory=list)
+    #: Iceberg tables read (``namespace.table`` at a location): named and faceted as table outputs
+    #: are, so lineage tools see one dataset, without statistics or schema.
+    table_inputs: list[OutputFacts] = field(default_factory=list)
     #: For Iceberg outputs: the catalog's name, type, metadata URI and warehouse (no secrets).
     catalog: dict[str, str] | None = None
 
@@ -82,12 +87,18 @@ def storage_dataset(uri: str, *, azure_account: str | None = None) -> tuple[str,
 
 
 def clean_uri(uri: str) -> str:
-    """A catalog or warehouse URI without credentials or query string (for lineage facets)."""
+    """A catalog or warehouse URI without credentials or query string (for lineage facets).
+
+    Put back together by hand: ``urlunsplit`` turns ``sqlite:////data/catalog.db`` (empty host,
+    absolute path) into ``sqlite://data/catalog.db``, a host named ``data``.
+    """
     parts = urlsplit(uri)
     if not parts.scheme:
         return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if not uri[len(parts.scheme) + 1 :].startswith("//"):
+        return f"{parts.scheme}:{parts.path}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def outputs_from(datasets: Mapping[str, Any]) -> list[OutputFacts]:
@@ -115,9 +126,17 @@ def operator_lineage(facts: RunFacts | None, *, azure_account: str | None = None
     from airflow.providers.common.compat.openlineage.facet import InputDataset
 
     return OperatorLineage(
-        inputs=[InputDataset(namespace=ns, name=name) for ns, name in facts.inputs],
+        inputs=[InputDataset(namespace=ns, name=name) for ns, name in facts.inputs]
+        + [_table_input(t, facts.catalog, azure_account) for t in facts.table_inputs],
         outputs=[_output(o, facts.catalog, azure_account) for o in facts.outputs],
     )
+
+
+def _table_input(table: OutputFacts, catalog: Mapping[str, str] | None, azure_account: str | None) -> Any:
+    from airflow.providers.common.compat.openlineage.facet import InputDataset
+
+    namespace, name = storage_dataset(table.location, azure_account=azure_account)
+    return InputDataset(namespace=namespace, name=name, facets=_table_facets(str(table.table), catalog or {}))
 
 
 def _output(out: OutputFacts, catalog: Mapping[str, str] | None, azure_account: str | None) -> Any:
@@ -196,4 +215,16 @@ def compaction_facts(
     for uri, d in datasets.items():
         facts.inputs.append(storage_dataset(uri, azure_account=azure_account))
         facts.outputs.append(OutputFacts(uri, d["rows_out"], d["bytes_out"], d["files_out"], d.get("schema")))
+    return facts
+
+
+def maintenance_facts(reports: Iterable[Any], catalog: dict[str, str]) -> RunFacts:
+    """An Iceberg maintenance run's lineage: each table maintained (a ``TableMaintenance``) is its
+    input and its output; the output's statistics are the table's rows, bytes and data files after."""
+    facts = RunFacts(catalog=catalog)
+    for r in reports:
+        facts.table_inputs.append(OutputFacts(r.location, 0, 0, 0, table=r.table))
+        facts.outputs.append(
+            OutputFacts(r.location, r.rows_after, r.bytes_after, r.files_after, r.schema, table=r.table)
+        )
     return facts

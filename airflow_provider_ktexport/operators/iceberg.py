@@ -20,6 +20,8 @@ from airflow_provider_ktexport.operators.ktexport import AirflowFailException, K
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_ktexport.lake.iceberg_maintenance import TableMaintenance
+
 #: Connection fields mapped to catalog properties when the extras do not set them.
 _SECRET_PROPERTIES = ("token", "credential", "s3.secret-access-key", "password")
 
@@ -137,8 +139,9 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
     Every table of ``namespace`` is maintained in turn; see docs/iceberg.md for what each step
     deletes and what it never touches. Safe while drains append: a compaction that meets a
     drain's commit to the same partition is refused by Iceberg, retried, then left for the next
-    run. Returns, per table, data files and bytes before and after, partitions compacted and
-    skipped, snapshots expired, files of expired snapshots deleted and orphans removed.
+    run. Returns, per table, data files and bytes before and after, rows after, partitions
+    compacted and skipped, snapshots expired, files of expired snapshots deleted and orphans
+    removed; OpenLineage names each table as input and output (docs/monitoring.md).
 
     :param namespace: the catalog namespace of the tables (templated)
     :param catalog_properties: the catalog's properties, as for
@@ -188,6 +191,10 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         self.expire_snapshots_older_than = expire_snapshots_older_than
         self.target_file_mb = target_file_mb
         self.remove_orphans_older_than = remove_orphans_older_than
+        # What get_openlineage_facets_on_complete reports, set by execute (never XCom): the
+        # catalog, and each table's report as soon as that table is done.
+        self._lineage_catalog: dict[str, str] = {}
+        self._maintained: list[TableMaintenance] = []
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_ktexport.lake.iceberg import load_catalog
@@ -199,12 +206,15 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
             catalog = load_catalog(self.catalog_name, props)
         except KtExportConfigError as exc:
             raise AirflowFailException(str(exc)) from None
+        self._lineage_catalog = _lineage.catalog_facts(self.catalog_name, props)
+        self._maintained = []
         reports = maintain_namespace(
             catalog,
             self.namespace,
             expire_older_than=self.expire_snapshots_older_than,
             target_file_bytes=int(self.target_file_mb * 2**20),
             orphans_older_than=self.remove_orphans_older_than,
+            on_table=self._maintained.append,
         )
         tables = [r.as_dict() for r in reports]
         totals = {
@@ -214,6 +224,7 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
                 "files_after",
                 "bytes_before",
                 "bytes_after",
+                "rows_after",
                 "snapshots_expired",
                 "expired_files_deleted",
                 "orphans_removed",
@@ -225,3 +236,20 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
 
     def _uri(self) -> str:
         return f"iceberg://{self.catalog_name}/{self.namespace}"
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage of the run (OpenLineage provider): each table maintained, as input and output, named
+        by its location with its catalog name, and its rows, bytes and data files after the run."""
+        if not self._maintained:
+            return _lineage.operator_lineage(None)
+        return _lineage.operator_lineage(_lineage.maintenance_facts(self._maintained, self._lineage_catalog))
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """The START event names no dataset: which tables the namespace holds is known only by asking
+        the catalog, and the listener must not make a second catalog connection (or its error)."""
+        return _lineage.operator_lineage(None)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """The FAIL event names the tables maintained before the failure (a catalog that went away,
+        a table that could not be read), so what did change shows on the lineage graph."""
+        return self.get_openlineage_facets_on_complete(task_instance)

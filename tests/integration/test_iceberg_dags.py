@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -221,7 +222,9 @@ def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
 )
 def test_bad_catalog_properties_fail_before_any_lease_naming_the_cause(run_dag, tmp_path, bad, says):
     props = {k: v.format(tmp=tmp_path) for k, v in bad.items()}
-    with Emulator(api_key="ice-key-0123456789", lease_seconds=120, long_poll_seconds=1, batch_size=50, seed=3) as emu:
+    with Emulator(
+        api_key="iceberg-test-key", lease_seconds=120, long_poll_seconds=1, batch_size=50, seed=3
+    ) as emu:
         emu.generate(100)
         result = run_dag(
             "ktexport_it_iceberg",
@@ -261,7 +264,9 @@ def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp
     iceberg_namespace_properties already exists' (unit-tested deterministically in
     tests/unit/test_iceberg_catalog.py; here with real processes)."""
     props = catalog_props(tmp_path)
-    with Emulator(api_key="ice-key-0123456789", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6) as emu:
+    with Emulator(
+        api_key="iceberg-test-key", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6
+    ) as emu:
         emu.generate(600)
         start = time.time() + 6  # after both interpreters have imported everything
         procs = [
@@ -294,17 +299,22 @@ def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp
 
 def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
     """The daily example DAG through `airflow dags test`: it compacts what a drain of many small
-    flushes left, loses no row, and reports per table in XCom."""
+    flushes left, loses no row, and reports per table in XCom and in its OpenLineage COMPLETE
+    event (written by the provider's file transport)."""
     from airflow_provider_ktexport.client import KtExportClient
     from airflow_provider_ktexport.drain import Drain, DrainConfig
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
 
     props = catalog_props(tmp_path)
-    with Emulator(api_key="ice-key-0123456789", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7) as emu:
+    with Emulator(
+        api_key="iceberg-test-key", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7
+    ) as emu:
         emu.generate(300)
         with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
             Drain(client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(flush_records=25)).run()
     before = table_seqs(props)
+    events = tmp_path / "ol"
+    events.mkdir()
     result = run_dag(
         "ktexport_iceberg_maintenance",
         connections={},
@@ -313,6 +323,13 @@ def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
             "ktexport_iceberg_warehouse": props["warehouse"],
         },
         dags_folder=REPO / "dags",
+        env={
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                {"type": "file", "log_file_path": str(events / "event"), "append": False}
+            ),
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": "ktexport_it",
+            "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",  # no fork: see test_observability_dags
+        },
     )
     assert result.returncode == 0, result.output[-6000:]
     summary = result.xcom("maintain_iceberg_tables")
@@ -323,3 +340,35 @@ def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
     assert "Maintained ktexport." in result.output
     after = table_seqs(props)
     assert {k: sorted(v) for k, v in after.items()} == {k: sorted(v) for k, v in before.items()}
+    assert_maintenance_lineage(events, props, summary)
+
+
+def assert_maintenance_lineage(events: Path, props: dict[str, str], summary: dict) -> None:
+    """The COMPLETE event of the maintenance task names each table as input and output (by its
+    location, with its catalog name), with the rows, bytes and data files the table holds now."""
+    from airflow_provider_ktexport.operators._lineage import storage_dataset
+
+    complete = [
+        e
+        for e in (json.loads(p.read_text()) for p in sorted(events.iterdir()))
+        if e.get("eventType") == "COMPLETE" and e["job"]["name"].endswith(".maintain_iceberg_tables")
+    ]
+    assert len(complete) == 1, [p.name for p in events.iterdir()]
+    event = complete[0]
+    catalog = load_catalog("ktexport", props)
+    outputs = {o["facets"]["symlinks"]["identifiers"][0]["name"]: o for o in event["outputs"]}
+    assert set(outputs) == {t["table"] for t in summary["tables"]}
+    assert sorted((i["namespace"], i["name"]) for i in event["inputs"]) == sorted(
+        (o["namespace"], o["name"]) for o in event["outputs"]
+    )
+    for name, out in outputs.items():
+        table = catalog.load_table(name)
+        assert (out["namespace"], out["name"]) == storage_dataset(table.location())
+        assert out["facets"]["catalog"]["metadataUri"] == props["uri"]
+        live = [task.file for task in table.scan().plan_files()]
+        stats = out["outputFacets"]["outputStatistics"]
+        assert (stats["rowCount"], stats["size"], stats["fileCount"]) == (
+            table.scan().to_arrow().num_rows,
+            sum(f.file_size_in_bytes for f in live),
+            len(live),
+        )

@@ -65,7 +65,9 @@ def test_maintenance_while_a_drain_commits_loses_and_doubles_nothing(tmp_path):
     props = catalog_props(tmp_path)
     total = 2400
     passes: list[dict] = []
-    with Emulator(api_key="ice-key-0123456789", lease_seconds=60, long_poll_seconds=1, batch_size=20, seed=4) as emu:
+    with Emulator(
+        api_key="ice-key-0123456789", lease_seconds=60, long_poll_seconds=1, batch_size=20, seed=4
+    ) as emu:
         emu.generate(total)
         drain = subprocess.Popen(
             [sys.executable, "-c", DRAIN, emu.url, emu.api_key, props["uri"], props["warehouse"]],

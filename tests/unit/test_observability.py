@@ -6,6 +6,8 @@ import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -172,6 +174,15 @@ def test_catalog_facts_keep_no_credentials():
     assert facts == {"name": "prod", "type": "sql", "uri": "postgresql://db:5432/cat"}
 
 
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite:////data/catalog.db", "sqlite:///catalog.db", "file:///data/wh", "s3://bucket/wh", "jdbc:x"],
+)
+def test_catalog_uris_without_credentials_keep_their_path(uri):
+    # sqlite:////data/catalog.db once came out as sqlite://data/catalog.db (a host named "data").
+    assert _lineage.clean_uri(uri) == uri
+
+
 # -- lineage after an execute against the emulator ---------------------------------------------------
 
 
@@ -259,6 +270,100 @@ def test_iceberg_drain_reports_each_table_by_location_with_its_catalog_name(emul
         assert columns == set(table.schema().column_names)
         total += rows
     assert total == 300
+
+
+def drained_iceberg_catalog(emulator: Emulator, tmp_path: Path) -> dict[str, str]:
+    """A SQL catalog on SQLite whose tables hold 300 records of many small flushes."""
+    from airflow_provider_ktexport.operators.iceberg import KtExportToIcebergOperator
+
+    (tmp_path / "wh").mkdir()
+    props = {
+        "type": "sql",
+        "uri": f"sqlite:///{tmp_path}/catalog.db",
+        "warehouse": (tmp_path / "wh").as_uri(),
+        "token": "catalog-t0ken-5ecret",  # a secret the facets must not carry
+    }
+    emulator.generate(300)
+    KtExportToIcebergOperator(
+        task_id="drain",
+        catalog_properties=props,
+        catalog_name="lakecat",
+        max_runtime=60,
+        flush_records=50,  # many small files for the maintenance to compact
+        asset_alias=None,
+    ).execute({"outlet_events": {}})  # type: ignore[arg-type]
+    return props
+
+
+def maintenance_of(props: dict[str, str]) -> Any:
+    from airflow_provider_ktexport.operators.iceberg import KtExportIcebergMaintenanceOperator
+
+    return KtExportIcebergMaintenanceOperator(
+        task_id="maintain",
+        catalog_properties=props,
+        catalog_name="lakecat",
+        expire_snapshots_older_than=timedelta(0),
+        remove_orphans_older_than=timedelta(0),
+    )
+
+
+def test_iceberg_maintenance_reports_each_table_as_input_and_output_with_what_it_left(emulator, tmp_path):
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+
+    props = drained_iceberg_catalog(emulator, tmp_path)
+    op = maintenance_of(props)
+    assert op.get_openlineage_facets_on_start().inputs == []
+    summary = op.execute({})  # type: ignore[arg-type]
+    assert summary["files_after"] < summary["files_before"]
+    lineage = op.get_openlineage_facets_on_complete(None)
+
+    catalog = load_catalog("lakecat", props)
+    tables = {".".join(t) for t in catalog.list_tables("ktexport")}
+    assert {t["table"] for t in summary["tables"]} == tables
+    inputs = {d.facets["symlinks"].identifiers[0].name: d for d in lineage.inputs}
+    outputs = {d.facets["symlinks"].identifiers[0].name: d for d in lineage.outputs}
+    assert set(inputs) == set(outputs) == tables
+    total = 0
+    for name in tables:
+        table = catalog.load_table(name)
+        where = _lineage.storage_dataset(table.location())
+        inp, out = inputs[name], outputs[name]
+        assert (inp.namespace, inp.name) == (out.namespace, out.name) == where
+        for d in (inp, out):
+            assert d.facets["symlinks"].identifiers[0].type == "TABLE"
+            assert d.facets["catalog"].name == "lakecat" and d.facets["catalog"].framework == "iceberg"
+            assert d.facets["catalog"].metadataUri == props["uri"]
+        live = [task.file for task in table.scan().plan_files()]
+        stats = out.outputFacets["outputStatistics"]
+        rows = table.scan().to_arrow().num_rows
+        assert (stats.rowCount, stats.size, stats.fileCount) == (
+            rows,
+            sum(f.file_size_in_bytes for f in live),
+            len(live),
+        )
+        assert {f.name for f in out.facets["schema"].fields} == set(table.schema().column_names)
+        total += rows
+    assert total == 300
+    assert "catalog-t0ken-5ecret" not in repr(lineage)
+    # The FAIL event after the tables were maintained names them too; XCom carries no schema.
+    assert len(op.get_openlineage_facets_on_failure(None).outputs) == len(tables)
+    assert "schema" not in json.dumps(summary) and summary["rows_after"] == 300
+
+
+def test_a_failed_iceberg_maintenance_names_the_tables_it_maintained_before_the_failure(emulator, tmp_path):
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+
+    props = drained_iceberg_catalog(emulator, tmp_path)
+    catalog = load_catalog("lakecat", props)
+    tables = sorted(".".join(t) for t in catalog.list_tables("ktexport"))
+    # The last table (they are maintained in name order) cannot be read: its metadata file is gone.
+    Path(urlsplit(catalog.load_table(tables[-1]).metadata_location).path).unlink()
+    op = maintenance_of(props)
+    with pytest.raises(FileNotFoundError):
+        op.execute({})  # type: ignore[arg-type]
+    failed = op.get_openlineage_facets_on_failure(None)
+    named = sorted(d.facets["symlinks"].identifiers[0].name for d in failed.outputs)
+    assert named == sorted(d.facets["symlinks"].identifiers[0].name for d in failed.inputs) == tables[:-1]
 
 
 def test_compaction_reports_each_folder_it_compacted_as_input_and_output(tmp_path):
