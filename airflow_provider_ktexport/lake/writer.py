@@ -709,6 +709,8 @@ _MISCONFIGURED: tuple[tuple[type[BaseException], str], ...] = (
 def _probe_failed(uri: str, exc: BaseException) -> KtExportError:
     """What a failed probe of the lake at ``uri`` means: a configuration error when the store said
     the destination is wrong, else an outage (connection refused, timeout) that a retry may outlive."""
+    if isinstance(exc, KtExportWriteError):  # the writer's own refusal (a zonal GCS bucket): a setting
+        return KtExportConfigError(f"{exc} Nothing was leased.")
     cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     fix = next((text for kind, text in _MISCONFIGURED if isinstance(exc, kind)), None)
     if fix is None and isinstance(exc, OSError) and exc.errno == errno.EROFS:

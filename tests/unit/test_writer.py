@@ -433,3 +433,17 @@ def test_prove_writable_refuses_a_store_that_reads_back_other_bytes() -> None:
     with pytest.raises(KtExportWriteError, match="differ"):
         writer.prove_writable()
     assert fs.find("/garbled") == []  # the probe was removed
+
+
+def test_prove_writable_refuses_a_zonal_gcs_bucket_as_a_setting() -> None:
+    class ZonalBuckets(MemoryFileSystem):
+        def _sync_lookup_bucket_type(self, bucket: str) -> str:
+            return "ZONAL_HIERARCHICAL"
+
+        def split_path(self, path: str) -> tuple[str, str, None]:
+            bucket, _, key = path.lstrip("/").partition("/")
+            return bucket, key, None
+
+    writer = LakeWriter(ZonalBuckets(), "/zonal/lake", uri_prefix="gs://zonal/lake")
+    with pytest.raises(KtExportConfigError, match="zonal"):
+        writer.prove_writable()
