@@ -367,8 +367,8 @@ class KtExportClient:
             failures += 1
             if failures > max_retries:
                 raise KtExportTransientError(
-                    f"{failure} (gave up after {failures} attempts: the server or network is still "
-                    "failing; the run can be retried later)",
+                    f"{failure} (gave up after {failures} attempts at {self._where()}: the server or "
+                    "network is still failing; the run can be retried later)",
                     status_code=failure.status_code,
                     retry_after=failure.retry_after,
                 )

@@ -348,6 +348,7 @@ class Drain:
         def keep_polling() -> bool:
             return not cfg.stop_when_empty or (until_mono is not None and time.monotonic() < until_mono)
 
+        self._prove_destination()
         fetcher = Fetcher(self.client, cfg.max_in_flight, run_deadline, keep_polling)
         self._handoff = fetcher.results
         self._pace_fetchers()
@@ -441,6 +442,19 @@ class Drain:
             return False
         self.log.warning("The run's time ran out while the export API was failing; ending the run: %s", exc)
         return True
+
+    def _prove_destination(self) -> None:
+        """Fail before the first lease when the destination cannot take data.
+
+        A destination found broken at the first flush has leased batches by then (a whole queue,
+        on a fast source), and one found broken only when data arrives passes every empty run.
+        """
+        try:
+            self.sink.prove_writable()
+        except BaseException:
+            self._ack_pool.shutdown(wait=False)
+            self.sink.close()
+            raise
 
     def _finish(self, fetcher: Fetcher, *, wait_for_fetchers: bool, killed: bool) -> None:
         """Collect batches that in-flight GETs still deliver, then land what is held."""

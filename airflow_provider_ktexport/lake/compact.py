@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.lake.layout import QUARANTINE_DIR, SCHEMA_DIR, record_type_folder
+from airflow_provider_ktexport.lake.layout import PROBE_DIR, QUARANTINE_DIR, SCHEMA_DIR, record_type_folder
 from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
 from airflow_provider_ktexport.lake.reader import published_types
 from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
@@ -118,6 +118,8 @@ def _check_root(fs: fsspec.AbstractFileSystem, root: str) -> bool:
     except FileNotFoundError:
         return False
     names = [posixpath.basename(str(e["name"]).rstrip("/")) for e in entries]
+    # A drain that found its queue empty leaves only the (empty) folder of its destination probe.
+    names = [n for n in names if n != PROBE_DIR]
     if not names:
         return False
     if SCHEMA_DIR in names or any(_is_partition_segment(n) for n in names):

@@ -275,6 +275,10 @@ class IcebergSink:
         self._adopted.add(table)
         return handle
 
+    def prove_writable(self) -> None:
+        """Nothing more to do: opening the sink already proved the catalog (its namespace) and the
+        warehouse (:func:`check_warehouse_writable`), before any lease."""
+
     def load_schema(self, record_type: str) -> pa.Schema | None:
         table = self._load(table_name(record_type))
         return None if table is None else _plain_arrow(table.schema().as_arrow())

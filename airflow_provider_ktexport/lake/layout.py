@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 __all__ = [
     "MAX_NAME_BYTES",
+    "PROBE_DIR",
     "QUARANTINE_DIR",
     "REJECTED_DIR",
     "RESERVED_PREFIX",
@@ -48,6 +49,8 @@ SCHEMA_DIR = "_schema"
 REJECTED_DIR = "_rejected"
 #: Undecodable bodies (an Iceberg table too).
 QUARANTINE_DIR = "_quarantine"
+#: Where a drain writes, reads back and deletes a small probe file before its first lease.
+PROBE_DIR = "_probe"
 #: The folder of records without a usable ``type``.
 UNKNOWN_TYPE = "unknown"
 #: Longest folder or table name, in UTF-8 bytes: room under the usual 255-byte file name limit.

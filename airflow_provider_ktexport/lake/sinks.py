@@ -96,6 +96,11 @@ class Landed:
 class Sink(Protocol):
     """What the drain needs of a destination."""
 
+    def prove_writable(self) -> None:
+        """Show the destination takes data, before the drain leases anything; raise
+        ``KtExportConfigError`` when it is misconfigured, ``KtExportWriteError`` when unreachable."""
+        ...
+
     def load_schema(self, record_type: str) -> pa.Schema | None: ...
 
     def land(
@@ -126,6 +131,9 @@ class ParquetSink:
         self.concurrency = concurrency or default_write_concurrency(writer)
         _note_s3_pool(writer, self.concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ktexport-write")
+
+    def prove_writable(self) -> None:
+        self.writer.prove_writable()
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
         return self.writer.load_schema(record_type)

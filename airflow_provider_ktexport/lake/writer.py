@@ -23,6 +23,7 @@ exactly one decides it, and the others fit their rows to it before they write a 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -42,8 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError, KtExportWriteError
 from airflow_provider_ktexport.lake.layout import (
+    PROBE_DIR,
     QUARANTINE_DIR,
     is_safe_folder_name,
     safe_folder_name,
@@ -322,6 +324,36 @@ class LakeWriter:
             pass
         except Exception:  # noqa: BLE001 - cleanup must not mask the original error
             log.warning("Could not remove %s after a failed write", path)
+
+    # -- proving the destination -------------------------------------------------------------------
+
+    def prove_writable(self) -> None:
+        """Write, read back and delete a small file under ``_probe/``, through the same atomic put
+        as every data file, so a destination that cannot take files fails before any lease.
+
+        Without it a wrong bucket or folder showed only at the first flush: after a whole queue
+        was leased (a retry inside the lease then found it empty and went green), or never while
+        the queue was empty.
+
+        :raises KtExportConfigError: the store answered that the destination is wrong (missing
+            bucket, no permission, a path through a regular file): a retry cannot fix it
+        :raises KtExportWriteError: anything else (the store unreachable, a timeout): an outage
+        """
+        path = self._join(PROBE_DIR, f"{uuid.uuid4().hex}.probe")
+        data = f"ktexport probe from {self.writer_id}\n".encode()
+        try:
+            self._put(path, data)  # atomic: when it fails there is nothing to remove
+        except Exception as exc:
+            raise _probe_failed(self.uri_of(self.root), exc) from None
+        try:
+            back = self.fs.cat_file(path)
+            if back != data:
+                raise ValueError(f"read back {len(back)} bytes that differ from the {len(data)} written")
+            self.fs.rm_file(path)
+        except Exception as exc:
+            self._remove_quietly(path)
+            raise _probe_failed(self.uri_of(self.root), exc) from None
+        log.debug("Proved %s writable (probe %s written, read back, deleted)", self.uri_of(self.root), path)
 
     # -- data files --------------------------------------------------------------------------------
 
@@ -657,6 +689,41 @@ class LakeWriter:
         if removed:
             log.info("Removed %d leftover temporary files under %s", removed, self.root)
         return removed
+
+
+#: Store answers that mean the destination itself is wrong, with what to do about each.
+_MISCONFIGURED: tuple[tuple[type[BaseException], str], ...] = (
+    (
+        FileNotFoundError,
+        "the bucket or container does not exist: create it, or correct its name in the destination",
+    ),
+    (
+        PermissionError,
+        "these credentials may not write, read and delete there: grant that, or choose another destination",
+    ),
+    (NotADirectoryError, "part of the path is a regular file, not a folder: choose a folder"),
+    (FileExistsError, "the path is a regular file, not a folder: choose a folder"),
+)
+
+
+def _probe_failed(uri: str, exc: BaseException) -> KtExportError:
+    """What a failed probe of the lake at ``uri`` means: a configuration error when the store said
+    the destination is wrong, else an outage (connection refused, timeout) that a retry may outlive."""
+    if isinstance(exc, KtExportWriteError):  # the writer's own refusal (a zonal GCS bucket): a setting
+        return KtExportConfigError(f"{exc} Nothing was leased.")
+    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    fix = next((text for kind, text in _MISCONFIGURED if isinstance(exc, kind)), None)
+    if fix is None and isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        fix = "the filesystem is read-only: choose a writable destination"
+    if fix is not None:
+        return KtExportConfigError(
+            f"The lake {uri} does not take files ({cause}); {fix}. Nothing was leased."
+        )
+    return KtExportWriteError(
+        f"Could not prove the lake {uri} writable ({cause}); nothing was leased, and a later run can "
+        "retry once the store answers.",
+        destination=uri,
+    )
 
 
 def _quarantine_failed(uri: str, exc: Exception) -> KtExportWriteError:

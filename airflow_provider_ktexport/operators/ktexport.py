@@ -201,8 +201,9 @@ class KtExportDrainOperatorBase(BaseOperator):
             result = Drain(
                 hook.client, sink, config, should_stop=stop.is_set, logger=self.log, metrics=metrics
             ).run()
-        except KtExportAuthError as exc:
-            # A wrong key does not fix itself: fail now instead of retrying into the same wall.
+        except (KtExportAuthError, KtExportConfigError) as exc:
+            # A wrong key or a destination that refuses files (missing bucket, no permission) does
+            # not fix itself: fail now instead of retrying into the same wall.
             raise AirflowFailException(str(exc)) from None
         finally:
             hook.close()

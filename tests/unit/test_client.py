@@ -600,9 +600,12 @@ def test_connection_refused_is_transient() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with make_client(f"http://127.0.0.1:{port}", max_retries=1) as c:
-        with pytest.raises(KtExportTransientError, match="connection failed"):
+    with make_client(f"http://127.0.0.1:{port}", max_retries=1, conn_label="connection 'kt_prod'") as c:
+        with pytest.raises(KtExportTransientError, match="connection failed") as err:
             c.get_batch()
+    # The final message names the connection to check (a refused port is still an outage: retryable).
+    assert "gave up after 2 attempts at connection 'kt_prod'" in str(err.value)
+    assert err.value.retryable
 
 
 # ---------------------------------------------------------------------------- protocol errors

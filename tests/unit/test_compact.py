@@ -223,6 +223,13 @@ def test_a_root_that_is_not_a_lake_is_refused_and_nothing_moves(tmp_path):
     assert compact_lake(fs, str(tmp_path / "empty"), now=LATER).partitions == 0  # no lake yet
 
 
+def test_a_lake_whose_drains_found_no_data_yet_is_an_empty_lake(tmp_path):
+    fs = LocalFileSystem()
+    root = str(tmp_path / "lake")
+    LakeWriter(fs, root).prove_writable()  # what every drain does first: leaves an empty _probe/
+    assert compact_lake(fs, root, now=LATER).partitions == 0
+
+
 def test_a_folder_that_is_not_a_partition_path_is_refused(tmp_path):
     fs = LocalFileSystem()
     root = str(tmp_path / "lake")

@@ -158,6 +158,35 @@ def test_write_failure_acknowledges_nothing_and_raises(tmp_path):
     assert client.acks == []
 
 
+@pytest.mark.parametrize("queued", [True, False], ids=["data-queued", "queue-empty"])
+def test_a_lake_under_a_regular_file_fails_before_the_first_get(tmp_path, queued):
+    (tmp_path / "file").write_text("not a folder")
+    lake = tmp_path / "file" / "lake"
+    client = FakeClient([make_batch("b1", range(5))] if queued else [])
+    with pytest.raises(KtExportConfigError, match="regular file") as err:
+        run(client, lake)
+    assert str(lake) in str(err.value)
+    assert client.gets == 0 and client.acks == []
+
+
+def test_an_unreachable_store_fails_before_the_first_get_as_an_outage(tmp_path):
+    client = FakeClient([make_batch("b1", range(5))])
+
+    class UnreachableStore(LakeWriter):
+        def _put(self, path, data):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    drain = Drain(
+        client,
+        UnreachableStore(fsspec.filesystem("memory"), "/lake"),
+        DrainConfig(lease_seconds=8, flush_seconds=3),
+    )
+    with pytest.raises(KtExportWriteError, match="ConnectionRefusedError") as err:
+        drain.run()
+    assert not isinstance(err.value, KtExportConfigError)
+    assert client.gets == 0
+
+
 def test_stops_at_max_runtime_and_lands_what_it_holds(tmp_path):
     lake = tmp_path / "lake"
     counter = iter(range(10_000))
