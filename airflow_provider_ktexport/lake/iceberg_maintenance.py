@@ -39,6 +39,12 @@ __all__ = ["TableMaintenance", "maintain_namespace", "maintain_table"]
 
 log = logging.getLogger(__name__)
 
+#: The defaults of a maintenance run (the operator's too): snapshots older than a day expire,
+#: small files are compacted towards 128 MiB, unreferenced files older than three days go.
+DEFAULT_EXPIRE_OLDER_THAN = timedelta(days=1)
+DEFAULT_TARGET_FILE_BYTES = 128 * 2**20
+DEFAULT_ORPHANS_OLDER_THAN = timedelta(days=3)
+
 #: A partition is compacted when it has more than one file and one is below this share of the target.
 _SMALL_SHARE = 0.75
 #: Commit attempts per partition before it is left for the next run.
@@ -80,9 +86,9 @@ def maintain_namespace(
     catalog: Any,
     namespace: str,
     *,
-    expire_older_than: timedelta = timedelta(days=1),
-    target_file_bytes: int = 128 * 2**20,
-    orphans_older_than: timedelta = timedelta(days=3),
+    expire_older_than: timedelta = DEFAULT_EXPIRE_OLDER_THAN,
+    target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES,
+    orphans_older_than: timedelta = DEFAULT_ORPHANS_OLDER_THAN,
     now: datetime | None = None,
     on_table: Callable[[TableMaintenance], None] | None = None,
 ) -> list[TableMaintenance]:
@@ -114,9 +120,9 @@ def maintain_table(
     catalog: Any,
     identifier: str,
     *,
-    expire_older_than: timedelta = timedelta(days=1),
-    target_file_bytes: int = 128 * 2**20,
-    orphans_older_than: timedelta = timedelta(days=3),
+    expire_older_than: timedelta = DEFAULT_EXPIRE_OLDER_THAN,
+    target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES,
+    orphans_older_than: timedelta = DEFAULT_ORPHANS_OLDER_THAN,
     now: datetime | None = None,
 ) -> TableMaintenance:
     """Compact, then expire, then remove orphans, in that order: the files compaction replaces go

@@ -11,6 +11,11 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import _mask_secret
+from airflow_provider_ktexport.lake.iceberg_maintenance import (
+    DEFAULT_EXPIRE_OLDER_THAN,
+    DEFAULT_ORPHANS_OLDER_THAN,
+    DEFAULT_TARGET_FILE_BYTES,
+)
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.operators import _lineage
@@ -165,9 +170,9 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         catalog_properties: dict[str, Any] | None = None,
         catalog_conn_id: str | None = None,
         catalog_name: str = "ktexport",
-        expire_snapshots_older_than: timedelta = timedelta(days=1),
-        target_file_mb: float = 128,
-        remove_orphans_older_than: timedelta = timedelta(days=3),
+        expire_snapshots_older_than: timedelta = DEFAULT_EXPIRE_OLDER_THAN,
+        target_file_mb: float = DEFAULT_TARGET_FILE_BYTES / 2**20,
+        remove_orphans_older_than: timedelta = DEFAULT_ORPHANS_OLDER_THAN,
         **kwargs: Any,
     ) -> None:
         _check_catalog_choice(catalog_properties, catalog_conn_id)
