@@ -32,7 +32,6 @@ from airflow_provider_ktexport.exceptions import (
     KtExportError,
     KtExportHTTPError,
     KtExportTransientError,
-    KtExportWriteError,
 )
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.writer import LakeWriter
@@ -207,7 +206,8 @@ def test_error_paths_leak_no_key(case, placement, debug_logs, tmp_path, tls_cert
         elif case == "storage_failure":
             lake.parent.mkdir(exist_ok=True)
             lake.write_text("a file where the lake directory should be")
-            with pytest.raises(KtExportWriteError) as err:
+            # Found by the destination check before any lease: a configuration error.
+            with pytest.raises(KtExportConfigError) as err:
                 run_drain(c, lake)
             error = err.value
         elif case == "ack_error_echoing_the_key":
