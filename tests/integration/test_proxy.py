@@ -21,8 +21,8 @@ from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.exceptions import KtExportHTTPError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.testing.emulator import Emulator
-from airflow_provider_ktexport.testing.proxy import ForwardProxy
 from airflow_provider_ktexport.triggers.ktexport import AsyncProber, KtExportTrigger
+from tests.integration.forward_proxy import ForwardProxy
 
 pytestmark = pytest.mark.integration
 
