@@ -102,6 +102,15 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_ktexport.triggers.ktexport"],
             }
         ],
+        # Airflow validates every Asset("iceberg://...") through this handler (as s3:// through the
+        # Amazon provider's), so a malformed URI fails at parse time; the factory builds one.
+        "asset-uris": [
+            {
+                "schemes": ["iceberg"],
+                "handler": "airflow_provider_ktexport.assets.iceberg.sanitize_uri",
+                "factory": "airflow_provider_ktexport.assets.iceberg.create_asset",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "ktexport",
