@@ -31,8 +31,26 @@ if [ -z "${KTEXPORT_UV:-}" ]; then
     KTEXPORT_UV="$tools/bin/uv"
   fi
   export KTEXPORT_UV
-  # --locked: install exactly what uv.lock says (fails if pyproject.toml and the lock disagree).
-  $KTEXPORT_UV sync --quiet --locked --extra dev --compile-bytecode
+fi
+# What the calling script needs in .venv, set before sourcing: KTEXPORT_SYNC=dev (the default: the
+# `dev` dependency group, every tool the tests, lint and docs use) or demo (the package and the `demo`
+# group only; --inexact, so it removes nothing a `dev` sync installed). --locked: exactly what uv.lock
+# says (fails if pyproject.toml and the lock disagree). A parent script that synced `dev` already
+# (exported KTEXPORT_SYNCED) covers both.
+want="${KTEXPORT_SYNC:-dev}"
+if [ "${KTEXPORT_SYNCED:-}" != dev ] && [ "${KTEXPORT_SYNCED:-}" != "$want" ]; then
+  case "$want" in
+    dev) sync_args=(--locked) ;;
+    demo) sync_args=(--locked --inexact --no-default-groups --group demo) ;;
+    *) echo "KTEXPORT_SYNC must be dev or demo, not '$want'" >&2; exit 1 ;;
+  esac
+  # Quiet when .venv already matches; otherwise say what is happening and let uv report its progress
+  # (a first run downloads Airflow and its dependencies: a minute or more, not silence).
+  if ! $KTEXPORT_UV sync --check --quiet "${sync_args[@]}" >/dev/null 2>&1; then
+    echo "Installing the $want environment into $ROOT/.venv from uv.lock (the first run takes a minute or more) ..." >&2
+    $KTEXPORT_UV sync "${sync_args[@]}" --compile-bytecode
+  fi
+  export KTEXPORT_SYNCED="$want"
 fi
 PY="$ROOT/.venv/bin/python"
 export PATH="$ROOT/.venv/bin:$PATH"
