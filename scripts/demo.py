@@ -1,7 +1,10 @@
 """The README's main job: emulator -> `airflow dags test` -> local lake -> what landed.
 
 Run through ``bash scripts/demo`` (which prepares the virtual environment). Everything lives
-under ``./.demo`` (Airflow home, SQLite database, the lake); it is recreated on every run.
+under ``./.demo`` (Airflow home, SQLite database, the lake; ``--workdir`` elsewhere); it is
+recreated on every run. ``--check`` turns what it prints into a verdict (every record emitted was
+acknowledged and is in the lake as a row or a rejected record): CI's release leg
+(ci/wheel-at-floor) runs it with the built wheel and stock Airflow at the declared floor.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
 DAG_ID = "ktexport_drain"
 API_KEY = "demo-key-not-a-secret"
 
 
-def start_emulator(records: int) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = DEMO / "emulator.port"
+def start_emulator(demo: Path, records: int) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = demo / "emulator.port"
     port_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [
@@ -54,10 +56,10 @@ def start_emulator(records: int) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the emulator did not start within 30 s")
 
 
-def airflow_env(emulator_url: str, lake: Path) -> dict[str, str]:
+def airflow_env(demo: Path, emulator_url: str, lake: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        AIRFLOW_HOME=str(DEMO / "airflow"),
+        AIRFLOW_HOME=str(demo / "airflow"),
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW_CONN_KTEXPORT_DEFAULT=json.dumps(
@@ -83,7 +85,7 @@ def airflow(env: dict[str, str], *args: str, log: Path) -> None:
         raise SystemExit(f"`airflow {' '.join(args)}` failed with code {code}; full log: {log}")
 
 
-def show_emulator(url: str) -> None:
+def show_emulator(url: str) -> dict[str, int]:
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as resp:  # noqa: S310 - loopback
@@ -93,9 +95,11 @@ def show_emulator(url: str) -> None:
         f"{stats['acked']} batches; {stats['queued']} still queued, {stats['leased']} batches still leased, "
         f"{stats['redelivered']} redelivered"
     )
+    return stats
 
 
-def show_lake(lake: Path) -> None:
+def show_lake(lake: Path) -> int:
+    """Print what landed; return how many distinct records it holds (rows and rejected records)."""
     import duckdb
 
     from airflow_provider_ktexport.lake.reader import read_lake_table
@@ -127,35 +131,55 @@ def show_lake(lake: Path) -> None:
     )
     table = read_lake_table(lake.as_uri(), record_type="telemetry")
     print(f"read_lake_table(record_type='telemetry'): {table.num_rows} rows x {table.num_columns} columns")
+    return int(distinct) + rejected.num_rows
+
+
+def verdict(stats: dict[str, int], landed: int) -> int:
+    """``--check``: 0 when every record emitted was acknowledged and is in the lake, else 1."""
+    problems = []
+    if stats["acked_records"] != stats["emitted"] or stats["queued"] or stats["leased"]:
+        problems.append(f"acknowledged {stats['acked_records']} of {stats['emitted']} records emitted")
+    if landed < stats["acked_records"]:
+        problems.append(
+            f"the lake holds {landed} records, fewer than the {stats['acked_records']} acknowledged"
+        )
+    for problem in problems:
+        print(f"CHECK FAILED: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"\nCheck passed: all {stats['emitted']} records acknowledged and in the lake.")
+    return 1 if problems else 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=20_000, help="records the emulator starts with")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo", help="recreated; default ./.demo")
+    parser.add_argument("--check", action="store_true", help="fail unless every record landed and was acked")
     args = parser.parse_args()
-    shutil.rmtree(DEMO, ignore_errors=True)
-    (DEMO / "airflow").mkdir(parents=True)
-    lake = DEMO / "lake"
-    log = DEMO / "airflow.log"
+    demo = args.workdir.resolve()
+    shutil.rmtree(demo, ignore_errors=True)
+    (demo / "airflow").mkdir(parents=True)
+    lake = demo / "lake"
+    log = demo / "airflow.log"
     print(f"Starting the export-API emulator with {args.records} records ...")
-    emulator, url = start_emulator(args.records)
+    emulator, url = start_emulator(demo, args.records)
     try:
-        env = airflow_env(url, lake)
+        env = airflow_env(demo, url, lake)
         print("Preparing Airflow's embedded SQLite database (airflow db migrate) ...")
         airflow(env, "db", "migrate", log=log)
         print(f"Running `airflow dags test {DAG_ID}` against {url} (log: {log}) ...")
         started = time.monotonic()
         airflow(env, "dags", "test", DAG_ID, log=log)
         print(f"DAG run finished in {time.monotonic() - started:.1f} s")
-        show_emulator(url)
-        show_lake(lake)
+        stats = show_emulator(url)
+        landed = show_lake(lake)
     finally:
         emulator.send_signal(signal.SIGTERM)
         try:
             emulator.wait(10)
         except subprocess.TimeoutExpired:
             emulator.kill()
-    return 0
+    return verdict(stats, landed) if args.check else 0
 
 
 if __name__ == "__main__":
