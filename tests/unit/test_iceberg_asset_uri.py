@@ -49,7 +49,7 @@ def providers_manager():
     return ProvidersManager()
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.3 points the task runtime at its own manager
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # 3.3: the task runtime has its own manager (below)
 def test_providers_manager_registers_the_scheme(providers_manager) -> None:
     assert providers_manager.asset_uri_handlers.get("iceberg") is sanitize_uri
     assert providers_manager.asset_factories.get("iceberg") is create_asset
