@@ -67,7 +67,7 @@ def gcs_endpoint_fixture() -> Iterator[str]:
     try:
         from gcp_storage_emulator.server import create_server
     except ImportError:
-        missing("gcp-storage-emulator is not installed (it is in the dev extra)")
+        missing("gcp-storage-emulator is not installed (it is in the test dependency group: uv sync)")
     server = create_server("127.0.0.1", 0, in_memory=True)
     server.start()
     yield f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
