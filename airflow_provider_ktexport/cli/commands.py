@@ -29,7 +29,7 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
-__all__ = ["EXIT_INTERRUPTED", "open_destination", "run_drain", "run_probe"]
+__all__ = ["EXIT_INTERRUPTED", "open_destination", "run_drain", "run_probe", "stop_on_signals"]
 
 log = logging.getLogger("airflow_provider_ktexport.cli")
 
@@ -48,7 +48,7 @@ def run_drain(args: argparse.Namespace) -> int:
     sink, uri = open_destination(args)
     stop = threading.Event()
     log.info("Draining %s into %s", settings.base_url, uri)
-    with KtExportClient.from_settings(settings) as client, _stop_on_signals(stop):
+    with KtExportClient.from_settings(settings) as client, stop_on_signals(stop):
         result = Drain(client, sink, config, should_stop=stop.is_set).run()
     _print_json({**result.summary(), "destination": uri})
     return EXIT_INTERRUPTED if stop.is_set() else 0
@@ -134,7 +134,7 @@ def _print_json(doc: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """The first Ctrl-C (or SIGTERM) stops leasing and lands what is held while its leases leave
     time, as the operator's ``on_kill`` does; a second one abandons the held batches at once
     (unacknowledged: the server delivers them again)."""
