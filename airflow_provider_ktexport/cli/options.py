@@ -7,6 +7,7 @@ and :class:`DrainConfig` too, so the command drains exactly as the operator does
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 from dataclasses import MISSING, fields
@@ -14,6 +15,7 @@ from typing import Any
 
 from airflow_provider_ktexport.drain import PARTITION_KEYS, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.protocol import DEFAULT_MAX_BODY_BYTES
 from airflow_provider_ktexport.settings import ClientSettings, build_client_settings
 
 __all__ = ["build_parser", "client_settings", "drain_config", "key_from_env", "pairs"]
@@ -23,11 +25,16 @@ DEFAULT_KEY_ENV = "KTEXPORT_KEY"
 
 #: Client options: (flag, build_client_settings argument, type, help).
 _CLIENT_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--long-poll-seconds", "long_poll_seconds", float, "how long the server holds an empty GET (45 s)"),
-    ("--connect-timeout", "connect_timeout", float, "seconds to open a connection (10)"),
-    ("--read-timeout", "read_timeout", float, "seconds between bytes (long poll + 30)"),
-    ("--max-retries", "max_retries", int, "retries of a transient failure: 429, 5xx, reset (5)"),
-    ("--max-body-bytes", "max_body_bytes", int, "largest batch body once gzip is undone (64 MiB)"),
+    ("--long-poll-seconds", "long_poll_seconds", float, "how long the server holds an empty GET"),
+    ("--connect-timeout", "connect_timeout", float, "seconds to open a connection"),
+    ("--read-timeout", "read_timeout", float, "seconds between bytes (default: long poll + 30)"),
+    ("--max-retries", "max_retries", int, "retries of a transient failure: 429, 5xx, reset"),
+    (
+        "--max-body-bytes",
+        "max_body_bytes",
+        int,
+        f"largest body once gzip is undone (default {DEFAULT_MAX_BODY_BYTES})",
+    ),
 )
 
 #: Drain options: (flag, DrainConfig field, type, help). Defaults are DrainConfig's.
@@ -93,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(a DELETE of a random id). With a destination, also prove it takes files.",
     )
     for sub in (drain, probe):
+        # Also after the command (ktexport drain --log-level DEBUG); the top level's default stands.
+        sub.add_argument("--log-level", default=argparse.SUPPRESS, help="as before the command")
         _add_connection(sub)
         _add_destination(sub)
     _add_drain(drain)
@@ -111,7 +120,10 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--auth-location", choices=("header", "query"), help="send the key as (header)")
     group.add_argument("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to trust")
     group.add_argument("--insecure", action="store_true", help="do not verify TLS (a test server only)")
+    defaults = inspect.signature(build_client_settings).parameters
     for flag, dest, kind, text in _CLIENT_OPTIONS:
+        default = defaults[dest].default
+        text += f" (default {default})" if default is not None else ""
         group.add_argument(flag, dest=dest, type=kind, metavar=_metavar(dest, kind), help=text)
 
 
@@ -122,27 +134,26 @@ def _add_destination(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="lake root: a path, file:///..., s3://bucket/path, gs://bucket/path, abfs://container@account/path",
     )
-    group.add_argument(
+    _add_pairs(
+        group,
         "--storage-option",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="fsspec option of the filesystem, e.g. endpoint_url=http://localhost:9000 (V read as JSON if it "
+        "fsspec option of the filesystem, e.g. endpoint_url=http://localhost:9000 (V read as JSON if it "
         "parses); credentials belong in the environment (AWS_ACCESS_KEY_ID, ...)",
     )
     group.add_argument("--iceberg-catalog", metavar="NAME", help="land in Iceberg tables of this catalog")
-    group.add_argument(
+    _add_pairs(
+        group,
         "--iceberg-property",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="catalog property, e.g. type=sql, uri=sqlite:////data/catalog.db, warehouse=file:///data/wh; "
+        "catalog property, e.g. type=sql, uri=sqlite:////data/catalog.db, warehouse=file:///data/wh; "
         "secrets belong in PYICEBERG_CATALOG__<NAME>__<KEY> variables",
     )
     group.add_argument("--namespace", default="ktexport", help="the tables' namespace (default ktexport)")
-    group.add_argument(
-        "--table-property", action="append", default=[], metavar="K=V", help="Iceberg table property"
-    )
+    _add_pairs(group, "--table-property", "Iceberg table property, over the provider's defaults")
+
+
+def _add_pairs(group: Any, flag: str, text: str) -> None:
+    """A repeatable ``K=V`` option (read with :func:`pairs`)."""
+    group.add_argument(flag, action="append", default=[], metavar="K=V", help=text)
 
 
 def _add_drain(parser: argparse.ArgumentParser) -> None:

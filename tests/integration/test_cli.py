@@ -24,6 +24,7 @@ import pytest
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import S3_KEY, s3_filesystem
 from tests.integration.test_poison import guard_acks, iceberg_view, landed_seqs, parquet_view
+from tests.unit.test_pace import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -209,7 +210,7 @@ def test_ctrl_c_stops_cleanly_and_acknowledges_nothing_unlanded(tmp_path):
             text=True,
         )
         try:
-            assert _wait(lambda: emu.stats()["acked"] >= 3, seconds=90), "no flush was acknowledged"
+            wait_until(lambda: emu.stats()["acked"] >= 3, seconds=90)  # a few flushes acknowledged
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=120)
         finally:
@@ -221,12 +222,3 @@ def test_ctrl_c_stops_cleanly_and_acknowledges_nothing_unlanded(tmp_path):
     assert "SIGINT: no new leases" in err
     assert violations == []
     assert acked <= set(landed_seqs(lake))  # nothing acknowledged that is not in the lake
-
-
-def _wait(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportHTTPError,
     KtExportTransientError,
 )
+from tests.unit.test_pace import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "unit-cli-key-0123456789"
@@ -167,20 +167,11 @@ def test_ctrl_c_stops_leasing_first_and_abandons_at_the_second():
     stop = threading.Event()
     with stop_on_signals(stop):
         os.kill(os.getpid(), signal.SIGINT)
-        assert _wait(stop.is_set)  # the handler runs between bytecodes of this thread
+        wait_until(stop.is_set)  # the handler runs between bytecodes of this thread
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-            _wait(lambda: False, seconds=30)
+            wait_until(lambda: False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-
-
-def _wait(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_the_command_imports_no_airflow(tmp_path):
