@@ -222,3 +222,23 @@ def test_ctrl_c_stops_cleanly_and_acknowledges_nothing_unlanded(tmp_path):
     assert "SIGINT: no new leases" in err
     assert violations == []
     assert acked <= set(landed_seqs(lake))  # nothing acknowledged that is not in the lake
+
+
+@pytest.mark.parametrize("mistake", ["wrong key", "missing bucket"])
+def test_a_drain_misconfigured_exits_2_naming_the_cause_and_leases_nothing(mistake, s3_endpoint, tmp_path):
+    env = environment(AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_KEY, AWS_DEFAULT_REGION="us-east-1")
+    if mistake == "wrong key":
+        env["KTEXPORT_KEY"] = "wrong-key-abcdefgh-0123"
+        destination = ["--dest", str(tmp_path / "lake")]
+    else:
+        dest = f"s3://ktexport-no-such-bucket-{os.getpid()}/lake"
+        destination = ["--dest", dest, "--storage-option", f"endpoint_url={s3_endpoint}"]
+    with Emulator(api_key=KEY, long_poll_seconds=1, seed=27) as emu:
+        emu.generate(100)
+        proc = ktexport(*drain_args(emu, *destination), env=env)
+        stats = emu.stats()
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert proc.stdout == "" and stats["leased"] == 0 and stats["queued"] == 100
+    says = "401" if mistake == "wrong key" else "does not take files"
+    assert says in proc.stderr and env["KTEXPORT_KEY"] not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("ktexport drain: error: ")
