@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError, KtExportHTTPError
 from airflow_provider_ktexport.protocol import redact
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "exit_code", "main"]
 
 #: Bad options, URL, key or destination: fix the configuration (argparse's own code for bad usage).
 EXIT_CONFIG = 2
 #: Anything else: the run failed; nothing unlanded was acknowledged.
 EXIT_FAILED = 1
+#: Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): the drain did not finish.
+EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("airflow_provider_ktexport.cli")
 
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except KeyboardInterrupt:
         _fail(args, "interrupted; batches not acknowledged will be delivered again")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         code = exit_code(exc)
         text = str(exc) if code == EXIT_CONFIG else f"{type(exc).__name__}: {exc}"
@@ -69,13 +71,7 @@ def _fail(args: argparse.Namespace, text: str) -> None:
 def _configure_logging(level: str) -> None:
     """Progress (the drain's flush lines) on stderr at ``level``; other libraries' at WARNING, so
     a problem (urllib3's "Connection pool is full", a botocore retry) still shows."""
-    try:
-        chosen = logging.getLevelNamesMapping()[level.upper()]
-    except KeyError:
-        raise SystemExit(
-            f"ktexport: error: --log-level {level!r} is not DEBUG, INFO, WARNING or ERROR"
-        ) from None
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("airflow_provider_ktexport").setLevel(chosen)
+    logging.getLogger("airflow_provider_ktexport").setLevel(level)

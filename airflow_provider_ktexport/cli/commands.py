@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_ktexport.cli import EXIT_INTERRUPTED
 from airflow_provider_ktexport.cli.options import client_settings, drain_config, pairs
 from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.destinations import open_iceberg_sink, open_parquet_lake
@@ -29,12 +30,10 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
-__all__ = ["EXIT_INTERRUPTED", "open_destination", "run_drain", "run_probe", "stop_on_signals"]
+__all__ = ["open_destination", "run_drain", "run_probe", "stop_on_signals"]
 
 log = logging.getLogger("airflow_provider_ktexport.cli")
 
-#: A drain stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): it did not finish.
-EXIT_INTERRUPTED = 130
 #: Object stores whose URL's user part is an Airflow connection id in ``ObjectStoragePath`` (for
 #: Azure, ``container@account`` is the store's own syntax).
 _CONN_ID_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs"})

@@ -20,6 +20,8 @@ from airflow_provider_ktexport.settings import ClientSettings, build_client_sett
 
 __all__ = ["build_parser", "client_settings", "drain_config", "key_from_env", "pairs"]
 
+#: Levels of ``--log-level``: the drain's progress lines are INFO.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Where the API key is read from unless ``--key-env`` names another variable.
 DEFAULT_KEY_ENV = "KTEXPORT_KEY"
 
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "without Airflow. The API key is read from an environment variable, never from an argument.",
     )
     parser.add_argument(
-        "--log-level", default="INFO", help="progress on stderr at this level (default INFO; DEBUG, WARNING)"
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="progress on stderr (INFO)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{drain,probe}")
     drain = commands.add_parser(
@@ -101,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for sub in (drain, probe):
         # Also after the command (ktexport drain --log-level DEBUG); the top level's default stands.
-        sub.add_argument("--log-level", default=argparse.SUPPRESS, help="as before the command")
+        sub.add_argument(
+            "--log-level",
+            type=str.upper,
+            choices=LOG_LEVELS,
+            default=argparse.SUPPRESS,
+            help="progress on stderr",
+        )
         _add_connection(sub)
         _add_destination(sub)
     _add_drain(drain)
