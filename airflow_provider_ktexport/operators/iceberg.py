@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator
 
+from airflow_provider_ktexport.destinations import iceberg_uri, open_iceberg_sink
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import _mask_secret
 from airflow_provider_ktexport.lake.iceberg_maintenance import (
@@ -119,21 +120,15 @@ class KtExportToIcebergOperator(KtExportDrainOperatorBase):
         self._declare_lake(None if is_templated(namespace) else self._uri())
 
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
-        from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
-
         props = catalog_properties_of(self.catalog_properties, self.catalog_conn_id)
         mask_catalog_secrets(props)
         self._lineage_catalog = _lineage.catalog_facts(self.catalog_name, props)
-        sink = IcebergSink(
-            load_catalog(self.catalog_name, props),
-            self.namespace,
-            catalog_name=self.catalog_name,
-            table_properties=self.table_properties,
+        return open_iceberg_sink(
+            self.catalog_name, props, self.namespace, table_properties=self.table_properties
         )
-        return sink, self._uri()
 
     def _uri(self) -> str:
-        return f"iceberg://{self.catalog_name}/{self.namespace}"
+        return iceberg_uri(self.catalog_name, self.namespace)
 
 
 class KtExportIcebergMaintenanceOperator(BaseOperator):
@@ -240,7 +235,7 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         return {"namespace": self._uri(), "tables": tables, **totals}
 
     def _uri(self) -> str:
-        return f"iceberg://{self.catalog_name}/{self.namespace}"
+        return iceberg_uri(self.catalog_name, self.namespace)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage of the run (OpenLineage provider): each table maintained, as input and output, named

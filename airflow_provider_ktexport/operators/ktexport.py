@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
+from airflow_provider_ktexport import destinations
 from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError, KtExportError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
@@ -34,7 +35,7 @@ DEFAULT_ASSET_ALIAS = "ktexport_lake"
 
 def lake_uri(path: ObjectStoragePath) -> str:
     """The destination as an Asset URI: no ``conn_id@`` part and no trailing slash."""
-    return f"{path.protocol or 'file'}://{str(path.path).rstrip('/') or '/'}"
+    return destinations.lake_uri(path.protocol, str(path.path))
 
 
 def _seconds(value: timedelta | float | int | str, name: str) -> float:
@@ -328,13 +329,10 @@ class KtExportToParquetOperator(KtExportDrainOperatorBase):
 
     def open_sink(self, context: Context) -> tuple[LakeWriter | Sink, str]:
         root = ObjectStoragePath(self.destination)
-        uri = lake_uri(root)
         self._azure_account = getattr(root.fs, "account_name", None)  # lineage names Azure by account
-        writer = LakeWriter(root.fs, str(root.path), compression=self.compression, uri_prefix=uri)
-        removed = writer.cleanup_temp()
-        if removed:
-            self.log.info("Removed %d temporary files left by an earlier, interrupted run", removed)
-        return writer, uri
+        return destinations.open_parquet_lake(
+            root.fs, str(root.path), uri=lake_uri(root), compression=self.compression, logger=self.log
+        )
 
 
 from airflow_provider_ktexport.operators.compact import KtExportCompactOperator  # noqa: E402,F401
