@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-import airflow_provider_ktexport.client as client_module
+import airflow_provider_ktexport.transport.sync_client as client_module
 from airflow_provider_ktexport import __version__
 from airflow_provider_ktexport.client import Batch, KtExportClient
 from airflow_provider_ktexport.exceptions import (
@@ -233,7 +233,7 @@ def test_empty_key_is_refused() -> None:
 
 def test_default_read_timeout_outlasts_long_poll() -> None:
     c = KtExportClient("export.us1.kt1.io", KEY)
-    assert c.read_timeout == c.long_poll_seconds + 30
+    assert c.settings.read_timeout == c.long_poll_seconds + 30
     c.close()
 
 

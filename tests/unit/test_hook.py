@@ -112,10 +112,14 @@ def test_client_built_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client is hook.client  # built once, kept for the hook's life (keep-alive)
     assert client.base_url == "https://export.eu1.kt1.io"
     assert client.auth_location == "query"
-    assert client.verify is False
-    assert (client.connect_timeout, client.read_timeout, client.long_poll_seconds) == (3.0, 50.0, 20.0)
-    assert client.max_retries == 2
-    assert client.max_body_bytes == 1048576
+    assert client.settings.verify is False
+    assert (client.settings.connect_timeout, client.settings.read_timeout, client.long_poll_seconds) == (
+        3.0,
+        50.0,
+        20.0,
+    )
+    assert client.settings.max_retries == 2
+    assert client.settings.max_body_bytes == 1048576
     assert hook.client_settings().max_body_bytes == 1048576  # what the trigger reads too
     hook.close()
 
@@ -132,14 +136,14 @@ def test_bare_host_port_and_31_style_extras(monkeypatch: pytest.MonkeyPatch) -> 
     client = KtExportHook("kt_eu").client
     assert client.base_url == "https://export.eu1.kt1.io:8443"
     assert client.auth_location == "header"
-    assert client.verify is True
-    assert client.read_timeout == client.long_poll_seconds + 30
+    assert client.settings.verify is True
+    assert client.settings.read_timeout == client.long_poll_seconds + 30
 
 
 def test_overrides_win_over_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, host="export.us1.kt1.io", password=GOOD_KEY, extra={"max_retries": 5})
     client = KtExportHook(max_retries=1, pool_size=3).client
-    assert client.max_retries == 1 and client.pool_size == 3
+    assert client.settings.max_retries == 1 and client.settings.pool_size == 3
 
 
 def test_unknown_override_is_refused() -> None:
@@ -183,7 +187,11 @@ def test_client_settings_rebuild_the_same_client(monkeypatch: pytest.MonkeyPatch
     # only the connection id), so the settings never cross a process boundary with the key.
     assert GOOD_KEY not in repr(settings)
     rebuilt = KtExportClient.from_settings(settings)
-    assert (rebuilt.base_url, rebuilt.auth_location, rebuilt.pool_size) == ("http://127.0.0.1:9", "query", 2)
+    assert (rebuilt.base_url, rebuilt.auth_location, rebuilt.settings.pool_size) == (
+        "http://127.0.0.1:9",
+        "query",
+        2,
+    )
     assert asyncio.run(hook.aclient_settings()) == settings
 
 
@@ -288,11 +296,11 @@ def test_form_defaults_are_the_clients_defaults() -> None:
     }
     client_defaults = KtExportClient("https://export.us1.kt1.io", GOOD_KEY)
     for name, value in shown.items():
-        assert getattr(client_defaults, name) == value, name
+        assert getattr(client_defaults.settings, name) == value, name
     # read_timeout derives from the long poll, so the form leaves it blank and says so.
     assert "default" not in fields["read_timeout"]["schema"]
     assert "75 s" in fields["read_timeout"]["description"]
-    assert client_defaults.read_timeout == 75
+    assert client_defaults.settings.read_timeout == 75
     # One field per kind of input: a dropdown, a switch, plain text.
     assert fields["auth_location"]["schema"]["type"] == "string"
     assert fields["auth_location"]["schema"]["enum"] == ["header", "query"]
@@ -411,7 +419,7 @@ def test_ca_bundle_is_folded_into_verify(
     )
     hook = KtExportHook()
     assert hook.client_settings().verify == fill(verify)
-    assert hook.client.verify == fill(verify)
+    assert hook.client.settings.verify == fill(verify)
 
 
 @pytest.mark.parametrize(

@@ -430,7 +430,7 @@ def test_an_ordinary_body_is_data_as_before(body: bytes) -> None:
 
 def test_an_ordinary_body_keeps_the_one_pass_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     """The drain's hot path: a usual body is proven sound without scanning its records."""
-    import airflow_provider_ktexport.protocol as protocol
+    import airflow_provider_ktexport.api.envelope as protocol
 
     def no_full_scan(body: bytes) -> None:
         raise AssertionError("the whole body was scanned")
