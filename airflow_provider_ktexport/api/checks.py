@@ -82,16 +82,7 @@ def normalize_base_url(url: str, port: int | None = None) -> str:
     host = parts.hostname
     if not host:
         raise KtExportConfigError(f"the export API base URL has no host name: use e.g. {EXAMPLE_BASE_URL}")
-    if port is not None:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise KtExportConfigError(f"the export API port {port!r} is not a TCP port (1-65535)")
-        if url_port is not None and url_port != port:
-            raise KtExportConfigError(
-                f"the export API base URL says port {url_port} but the port field says {port}: keep one"
-            )
-    final_port = url_port if url_port is not None else port
-    if url_port is not None and not 0 < url_port < 65536:
-        raise KtExportConfigError(f"the export API port {url_port} is not a TCP port (1-65535)")
+    final_port = _one_port(url_port, port)
     netloc = f"[{host}]" if ":" in host else host
     if final_port is not None:
         netloc = f"{netloc}:{final_port}"
@@ -101,6 +92,20 @@ def normalize_base_url(url: str, port: int | None = None) -> str:
             path = path[: -len(endpoint)].rstrip("/")
             break
     return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def _one_port(url_port: int | None, port: int | None) -> int | None:
+    """The port of the URL or of the connection's port field (both only when they agree)."""
+    if port is not None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise KtExportConfigError(f"the export API port {port!r} is not a TCP port (1-65535)")
+        if url_port is not None and url_port != port:
+            raise KtExportConfigError(
+                f"the export API base URL says port {url_port} but the port field says {port}: keep one"
+            )
+    if url_port is not None and not 0 < url_port < 65536:
+        raise KtExportConfigError(f"the export API port {url_port} is not a TCP port (1-65535)")
+    return url_port if url_port is not None else port
 
 
 def check_api_key(value: Any, where: str) -> str:
