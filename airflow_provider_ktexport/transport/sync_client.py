@@ -15,7 +15,6 @@ import ssl
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,18 +24,18 @@ from urllib.parse import quote
 
 import msgspec
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_ktexport.api import exchange
 from airflow_provider_ktexport.api.errors import body_too_large_error, has_cause, transport_error
 from airflow_provider_ktexport.api.exchange import STREAM_PATH, Answer, Call, Retrying, auth_parts
-from airflow_provider_ktexport.api.inflate import BodyTooLarge, CappedDecoder
+from airflow_provider_ktexport.api.inflate import BodyTooLarge
 from airflow_provider_ktexport.api.keymask import key_mask
 from airflow_provider_ktexport.api.proxy import safe_proxy
 from airflow_provider_ktexport.api.redact import guard_http_logs
 from airflow_provider_ktexport.api.settings import ClientSettings, build_client_settings
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportProtocolError, KtExportTransientError
+from airflow_provider_ktexport.transport.body import read_body
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +305,7 @@ class KtExportClient:
         received_at = time.monotonic()
         too_large: BodyTooLarge | None = None
         try:
-            body = _read_body(response, self.settings.max_body_bytes)
+            body = read_body(response, self.settings.max_body_bytes)
         except BodyTooLarge as exc:
             too_large = exc
         finally:
@@ -382,40 +381,3 @@ class KtExportClient:
             body=body,
             batch_id=batch_id,
         )
-
-
-#: Wire bytes per read: one read for a typical (compressed) batch, yet bounded for any body.
-_READ_CHUNK = 1 << 20
-
-
-def _read_body(response: requests.Response, limit: int) -> bytes:
-    """The whole body, content-encoding undone, at most ``limit`` bytes once decoded.
-
-    ``response.content`` reads and decodes in 10 KB steps; each step releases and retakes the
-    GIL, which the fetcher threads then fight the main thread for (measured: ~500 futex calls
-    per 420 KB batch). Reads of 1 MiB of wire bytes keep a typical body to one read and one
-    decompression, while :class:`CappedDecoder` stops a body that expands past ``limit``
-    (a 305 KB gzip body can hold 300 MB) after about ``limit`` bytes of memory. The urllib3
-    errors are mapped as ``requests`` maps them in ``iter_content`` (a stalled body is a
-    ``ReadTimeout`` here, so the message says it timed out).
-
-    :raises BodyTooLarge: the decoded body passed ``limit``
-    """
-    try:
-        decoder = CappedDecoder(response.headers.get("content-encoding"), limit)
-    except ValueError as exc:
-        raise requests.exceptions.ContentDecodingError(str(exc)) from None
-    try:
-        for chunk in response.raw.stream(_READ_CHUNK, decode_content=False):
-            decoder.feed(chunk)
-        return decoder.finish()
-    except zlib.error as exc:
-        raise requests.exceptions.ContentDecodingError(f"the gzip body is corrupt ({exc})") from exc
-    except urllib3.exceptions.ProtocolError as exc:
-        raise requests.exceptions.ChunkedEncodingError(exc) from exc
-    except urllib3.exceptions.DecodeError as exc:
-        raise requests.exceptions.ContentDecodingError(exc) from exc
-    except urllib3.exceptions.ReadTimeoutError as exc:
-        raise requests.exceptions.ReadTimeout(exc) from exc
-    except urllib3.exceptions.SSLError as exc:
-        raise requests.exceptions.SSLError(exc) from exc
