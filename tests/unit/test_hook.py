@@ -15,9 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from airflow_provider_ktexport import get_provider_info
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+from airflow_provider_ktexport.hooks.ktexport_async import KtExportAsyncHook
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 
 GOOD_KEY = "good-key-0123456789"
 
@@ -475,3 +476,39 @@ def test_async_settings_mask_secrets_without_a_blocking_call_on_the_event_loop(
     assert comms.sent == []
     masked = [getattr(m, "value", None) for m in comms.asent]
     assert GOOD_KEY in masked and "pr0xy-secret" in masked
+
+
+def test_the_async_hook_reads_the_same_settings_as_the_sync_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(
+        monkeypatch,
+        "kt_async",
+        host="export.eu1.kt1.io",
+        password=GOOD_KEY,
+        extra={"auth_location": "query", "max_retries": "2"},
+    )
+    settings = asyncio.run(KtExportAsyncHook("kt_async").client_settings())
+    assert settings == KtExportHook("kt_async").client_settings()
+    assert (settings.auth_location, settings.max_retries) == ("query", 2)
+
+
+def test_the_async_hook_names_a_missing_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_KT_NOWHERE", raising=False)
+    with pytest.raises(KtExportConfigError, match="'kt_nowhere' is not defined"):
+        asyncio.run(KtExportAsyncHook("kt_nowhere").client_settings())
+
+
+def test_the_hook_probe_never_acknowledges_and_counts_a_bad_body_as_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_ktexport.exceptions import KtExportProtocolError
+
+    def bad_body(self: KtExportHook, **kwargs: object) -> None:
+        raise KtExportProtocolError(
+            "GET answered 200 but the body is not valid JSON", body=b"{", batch_id="x-1"
+        )
+
+    monkeypatch.setattr(KtExportHook, "get_batch", bad_body)
+    monkeypatch.setattr(KtExportHook, "ack", lambda self, batch_id: pytest.fail("the probe acknowledged"))
+    probe = KtExportHook().probe(lease_seconds=60)
+    assert probe is not None and (probe.record_count, probe.batch_id) == (None, "x-1")
+    assert probe.as_xcom()["record_count"] is None
