@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from typing import Any
 
-from airflow_provider_ktexport.api.exchange import DEFAULT_LEASE_SECONDS
 from airflow_provider_ktexport.api.settings import ClientSettings
-from airflow_provider_ktexport.transport.async_client import AsyncProber
 
 __all__ = ["KtExportAsyncHook", "aclient_settings"]
 
 
 class KtExportAsyncHook:
-    """Reads a KT Export connection and builds the async client, from inside the triggerer.
+    """Reads a KT Export connection from inside the triggerer, for the async client
+    (:class:`~airflow_provider_ktexport.transport.async_client.AsyncProber`).
 
     The connection (and its key) is looked up here: trigger kwargs only ever carry the
     connection id.
@@ -39,12 +37,6 @@ class KtExportAsyncHook:
         hooks = await asyncio.to_thread(importlib.import_module, "airflow_provider_ktexport.hooks.ktexport")
         hook = hooks.KtExportHook(ktexport_conn_id=self.ktexport_conn_id)
         return await hook.aclient_settings()
-
-    async def prober(
-        self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, logger: Any = None
-    ) -> AsyncProber:
-        """The async client for the connection (enter it with ``async with``)."""
-        return AsyncProber(await self.client_settings(), lease_seconds=lease_seconds, logger=logger)
 
 
 async def aclient_settings(conn_id: str) -> ClientSettings:
