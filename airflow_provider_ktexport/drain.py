@@ -44,6 +44,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from airflow_provider_ktexport.api.envelope import is_ackable_id
+from airflow_provider_ktexport.api.redact import redact
 from airflow_provider_ktexport.buffer import Buffer, HeldBatch
 from airflow_provider_ktexport.exceptions import (
     KtExportConfigError,
@@ -60,7 +62,6 @@ from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import MAX_WRITE_CONCURRENCY, FlushInfo, Landed, ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.pace import FlushPace
-from airflow_provider_ktexport.protocol import is_ackable_id, redact
 
 log = logging.getLogger(__name__)
 

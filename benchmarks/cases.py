@@ -276,10 +276,10 @@ def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
     import pyarrow.parquet  # noqa: F401
 
     from airflow_provider_ktexport import drain as drain_mod
-    from airflow_provider_ktexport.client import KtExportClient
     from airflow_provider_ktexport.lake import rejects as rejects_mod
     from airflow_provider_ktexport.lake.sinks import ParquetSink
     from airflow_provider_ktexport.lake.writer import LakeWriter
+    from airflow_provider_ktexport.transport.sync_client import KtExportClient
 
     # pyarrow imports pandas (when installed) at the first pa.array() of a Python list: ~1 s of CPU
     # once per process here (no bytecode cache), which would pass for per-record cost in a short run.

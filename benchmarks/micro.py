@@ -77,7 +77,7 @@ def run_micro(n: int, **shape: Any) -> dict[str, Any]:
     )
     # The drain masks its API key in every record before building (keymask.py); a flush where no
     # record holds the key, the usual one, costs a substring search per record.
-    from airflow_provider_ktexport.keymask import key_mask
+    from airflow_provider_ktexport.api.keymask import key_mask
 
     timings["key_mask_records"] = per_100k(lambda: key_mask(API_KEY).records(raws))
     # pyarrow's JSON reader infers one schema per stream, so it cannot take a mixed stream (measured:

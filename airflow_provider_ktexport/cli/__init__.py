@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from airflow_provider_ktexport.api.redact import redact
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError, KtExportHTTPError
-from airflow_provider_ktexport.protocol import redact
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "exit_code", "main"]
 

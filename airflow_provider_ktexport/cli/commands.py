@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 from airflow_provider_ktexport.cli import EXIT_INTERRUPTED
 from airflow_provider_ktexport.cli.options import client_settings, drain_config, pairs
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.destinations import open_iceberg_sink, open_parquet_lake
 from airflow_provider_ktexport.drain import Drain
 from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 
 __all__ = ["open_destination", "run_drain", "run_probe", "stop_on_signals"]
 

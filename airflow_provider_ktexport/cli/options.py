@@ -7,16 +7,14 @@ and :class:`DrainConfig` too, so the command drains exactly as the operator does
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 from dataclasses import MISSING, fields
 from typing import Any
 
+from airflow_provider_ktexport.api.settings import ClientSettings, build_client_settings, option_defaults
 from airflow_provider_ktexport.drain import PARTITION_KEYS, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.protocol import DEFAULT_MAX_BODY_BYTES
-from airflow_provider_ktexport.settings import ClientSettings, build_client_settings
 
 __all__ = ["build_parser", "client_settings", "drain_config", "key_from_env", "pairs"]
 
@@ -31,12 +29,7 @@ _CLIENT_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--connect-timeout", "connect_timeout", float, "seconds to open a connection"),
     ("--read-timeout", "read_timeout", float, "seconds between bytes (default: long poll + 30)"),
     ("--max-retries", "max_retries", int, "retries of a transient failure: 429, 5xx, reset"),
-    (
-        "--max-body-bytes",
-        "max_body_bytes",
-        int,
-        f"largest body once gzip is undone (default {DEFAULT_MAX_BODY_BYTES})",
-    ),
+    ("--max-body-bytes", "max_body_bytes", int, "largest body once gzip is undone"),
 )
 
 #: Drain options: (flag, DrainConfig field, type, help). Defaults are DrainConfig's.
@@ -128,9 +121,9 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--auth-location", choices=("header", "query"), help="send the key as (header)")
     group.add_argument("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to trust")
     group.add_argument("--insecure", action="store_true", help="do not verify TLS (a test server only)")
-    defaults = inspect.signature(build_client_settings).parameters
+    defaults = option_defaults()
     for flag, dest, kind, text in _CLIENT_OPTIONS:
-        default = defaults[dest].default
+        default = defaults[dest]
         text += f" (default {default})" if default is not None else ""
         group.add_argument(flag, dest=dest, type=kind, metavar=_metavar(dest, kind), help=text)
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import inspect
 import json
+import time
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_ktexport.client import Batch, KtExportClient
-from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError
-from airflow_provider_ktexport.protocol import normalize_base_url, redact
-from airflow_provider_ktexport.settings import ClientSettings, build_client_settings, proxy_credentials
+from airflow_provider_ktexport.api import exchange
+from airflow_provider_ktexport.api.form import connection_form_fields
+from airflow_provider_ktexport.api.probe import Probe, probe_of
+from airflow_provider_ktexport.api.proxy import proxy_credentials
+from airflow_provider_ktexport.api.redact import redact
+from airflow_provider_ktexport.api.settings import (
+    ClientSettings,
+    build_client_settings,
+    normalize_base_url,
+    option_names,
+)
+from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError, KtExportProtocolError
+from airflow_provider_ktexport.transport.sync_client import Batch, KtExportClient
 
 try:
     from airflow.sdk import BaseHook
@@ -21,18 +30,15 @@ except ImportError:  # pragma: no cover - Airflow without the task SDK's public 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-#: Extras read from the connection, with the parser of each.
-_FLOAT_EXTRAS = ("connect_timeout", "read_timeout", "long_poll_seconds")
-_INT_EXTRAS = ("max_retries", "max_body_bytes")
-_KNOWN_EXTRAS = frozenset({"auth_location", "verify", "proxy", *_FLOAT_EXTRAS, *_INT_EXTRAS})
+#: Extras read from the connection: the form's fields (api.settings' metadata), by JSON type.
+_FORM = connection_form_fields()
+_FLOAT_EXTRAS = tuple(name for name, spec in _FORM.items() if "number" in spec["schema"]["type"])
+_INT_EXTRAS = tuple(name for name, spec in _FORM.items() if "integer" in spec["schema"]["type"])
+_KNOWN_EXTRAS = frozenset(_FORM) - {"ca_bundle"}  # the CA path is folded into verify
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-#: Keyword arguments of KtExportClient a caller may override (everything but the connection's own).
-_CLIENT_KWARGS = frozenset(inspect.signature(KtExportClient.__init__).parameters) - {
-    "self",
-    "base_url",
-    "api_key",
-}
+#: Client settings a caller may override (everything but the connection's own).
+_CLIENT_KWARGS = option_names()
 
 
 def _mask_secret(secret: str) -> None:
@@ -72,8 +78,8 @@ class KtExportHook(BaseHook):
     Nothing is read or sent until the client is first used.
 
     :param ktexport_conn_id: the connection id (default ``ktexport_default``)
-    :param client_overrides: :class:`KtExportClient` keyword arguments that win over the connection
-        (e.g. ``pool_size=16``, ``max_retries=2``)
+    :param client_overrides: :class:`~airflow_provider_ktexport.api.settings.ClientSettings` fields
+        that win over the connection (e.g. ``pool_size=16``, ``max_retries=2``)
     """
 
     conn_name_attr = "ktexport_conn_id"
@@ -145,6 +151,28 @@ class KtExportHook(BaseHook):
     def ack(self, batch_id: str) -> bool:
         """Acknowledge a batch; see :meth:`KtExportClient.ack`."""
         return self.client.ack(batch_id)
+
+    def probe(self, lease_seconds: float = exchange.DEFAULT_LEASE_SECONDS) -> Probe | None:
+        """One long-polling GET that never acknowledges: a :class:`Probe` when it leased data (or a
+        body the drain will quarantine, which counts as data: :func:`~.api.probe.probe_of`), else
+        ``None``. The sensor's poke; the trigger's is the async client's ``probe_once``.
+
+        :raises KtExportTransientError: retries exhausted (the sensor reads it as "not yet")
+        :raises KtExportAuthError: the key was refused
+        """
+        found: exchange.Lease | exchange.Problem
+        try:
+            batch = self.get_batch()
+        except KtExportProtocolError as exc:
+            # The lease started before this line, so "now + lease" is a little late, never early
+            # (drain_until may only err long).
+            self.log.warning("%s; counting it as data: the drain will quarantine it", exc)
+            found = exchange.Problem(str(exc), exc.batch_id, received_at=time.monotonic())
+        else:
+            if batch is None:
+                return None
+            found = exchange.Lease(batch.id, batch.raw_items, batch.body_size, batch.leased_at)
+        return probe_of(found, lease_seconds, now_mono=time.monotonic(), now_wall=time.time())
 
     def close(self) -> None:
         """Close the client's connections, if a client was built."""

@@ -40,6 +40,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from airflow_provider_ktexport.api.envelope import sighting_digest
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
 from airflow_provider_ktexport.lake.iceberg_catalog import (
     check_warehouse_writable,
@@ -58,7 +59,6 @@ from airflow_provider_ktexport.lake.naming import legacy_renames
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
-from airflow_provider_ktexport.protocol import sighting_digest
 
 __all__ = [
     "DEFAULT_TABLE_PROPERTIES",
@@ -445,7 +445,7 @@ class IcebergSink:
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
         """One row per sighting in ``<namespace>._quarantine``; the body itself only the first time.
 
-        Rows are keyed by :func:`~airflow_provider_ktexport.protocol.sighting_digest` (the body's
+        Rows are keyed by :func:`~airflow_provider_ktexport.api.envelope.sighting_digest` (the body's
         SHA-256 with its envelope id blanked), so redeliveries under new ids count as sightings
         of one body (its column still named ``sha256``).
         """

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from airflow_provider_ktexport.api.envelope import sighting_digest
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportError, KtExportWriteError
 from airflow_provider_ktexport.lake.layout import (
     PROBE_DIR,
@@ -57,7 +58,6 @@ from airflow_provider_ktexport.lake.variants import (
     is_meta_column,
     needs_fit,
 )
-from airflow_provider_ktexport.protocol import sighting_digest
 
 __all__ = ["LakeWriter", "WrittenFile"]
 
@@ -603,7 +603,7 @@ class LakeWriter:
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
         """Store an undecodable body once: ``_quarantine/<digest>.body`` plus a ``.json`` sidecar.
 
-        ``digest`` is :func:`~airflow_provider_ktexport.protocol.sighting_digest`: the body's
+        ``digest`` is :func:`~airflow_provider_ktexport.api.envelope.sighting_digest`: the body's
         SHA-256 with its envelope id blanked, so a redelivery under a new id is the same body,
         stored once (the first delivery's copy and id are kept). Every call also counts a
         sighting in ``<digest>.seen`` (see :meth:`quarantine_sightings`). Pass the body with the

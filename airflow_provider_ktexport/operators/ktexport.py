@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_ktexport import destinations
+from airflow_provider_ktexport.api.exchange import DEFAULT_LEASE_SECONDS
 from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError, KtExportError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
@@ -112,7 +113,7 @@ class KtExportDrainOperatorBase(BaseOperator):
         max_runtime: timedelta | float = timedelta(minutes=10),
         flush_records: int = 50_000,
         flush_seconds: float | str = 60.0,
-        lease_seconds: float | str = 120.0,
+        lease_seconds: float | str = DEFAULT_LEASE_SECONDS,
         stop_when_empty: bool = True,
         drain_until: str | float | None = None,
         partition_by: Sequence[str] = ("record_type", "event_date"),

@@ -17,19 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_ktexport.exceptions import (
-    KtExportConfigError,
-    KtExportProtocolError,
-    KtExportTransientError,
-)
+from airflow_provider_ktexport.api.exchange import DEFAULT_LEASE_SECONDS
+from airflow_provider_ktexport.api.probe import Probe, error_from_event, lease_end_iso
+from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportTransientError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
-from airflow_provider_ktexport.triggers.ktexport import (
-    DEFAULT_LEASE_SECONDS,
-    KtExportTrigger,
-    Probe,
-    error_from_event,
-    lease_end_iso,
-)
+from airflow_provider_ktexport.triggers.ktexport import KtExportTrigger
 
 try:  # Airflow 3.2+
     from airflow.sdk.configuration import conf
@@ -43,8 +35,6 @@ except ImportError:  # pragma: no cover - Airflow 3.1
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_provider_ktexport.client import Batch
 
 
 def _default_deferrable() -> bool:
@@ -115,18 +105,10 @@ class KtExportSensor(BaseSensorOperator):
         """
         lease_seconds = self._lease_seconds()
         try:
-            batch = self.hook.get_batch()
-        except KtExportProtocolError as exc:
-            # Only a lease answers 200: count it as data. The lease started before this line,
-            # so "now + lease" is a little late, never early (drain_until may only err long).
-            self.log.warning("%s; counting it as data: the drain will quarantine it", exc)
-            return Probe(time.time() + lease_seconds, None, exc.batch_id)
+            return self.hook.probe(lease_seconds)
         except KtExportTransientError as exc:
             self.log.warning("%s; will try again", exc)
             return None
-        if batch is None:
-            return None
-        return _probe_from_batch(batch, lease_seconds)
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Probe once; done when a batch was leased (its lease end is the XCom value)."""
@@ -170,7 +152,7 @@ class KtExportSensor(BaseSensorOperator):
                 event.get("record_count"),
                 event.get("lease_ends_at"),
             )
-            return {"lease_ends_at": event["lease_ends_at"], "record_count": event.get("record_count")}
+            return Probe.xcom_of_event(event)
         if status == "timeout":
             message = f"Sensor has timed out: {event.get('message')}"
             # Logged here because soft_fail replaces it with a generic skip message.
@@ -187,9 +169,3 @@ class KtExportSensor(BaseSensorOperator):
             found.record_count,
             lease_end_iso(found.lease_ends_at),
         )
-
-
-def _probe_from_batch(batch: Batch, lease_seconds: float) -> Probe:
-    # leased_at is time.monotonic() at the response headers: carry it to the wall clock.
-    leased_wall = time.time() - (time.monotonic() - batch.leased_at)
-    return Probe(leased_wall + lease_seconds, len(batch), batch.id)

@@ -486,7 +486,7 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
 def _split(body: bytes) -> tuple[str, list[bytes]]:
     """The id and raw record texts of a served body, split without a JSON parser (some records
     are deeper than Python's json can read)."""
-    from airflow_provider_ktexport._jsonscan import scan  # the reader's splitter, not the emulator's
+    from airflow_provider_ktexport.api.scan import scan  # the reader's splitter, not the emulator's
 
     found = scan(body)
     assert found.error is None and found.items is not None, found.error

@@ -15,9 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from airflow_provider_ktexport import get_provider_info
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
+from airflow_provider_ktexport.hooks.ktexport_async import KtExportAsyncHook
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 
 GOOD_KEY = "good-key-0123456789"
 
@@ -112,10 +113,14 @@ def test_client_built_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client is hook.client  # built once, kept for the hook's life (keep-alive)
     assert client.base_url == "https://export.eu1.kt1.io"
     assert client.auth_location == "query"
-    assert client.verify is False
-    assert (client.connect_timeout, client.read_timeout, client.long_poll_seconds) == (3.0, 50.0, 20.0)
-    assert client.max_retries == 2
-    assert client.max_body_bytes == 1048576
+    assert client.settings.verify is False
+    assert (client.settings.connect_timeout, client.settings.read_timeout, client.long_poll_seconds) == (
+        3.0,
+        50.0,
+        20.0,
+    )
+    assert client.settings.max_retries == 2
+    assert client.settings.max_body_bytes == 1048576
     assert hook.client_settings().max_body_bytes == 1048576  # what the trigger reads too
     hook.close()
 
@@ -132,14 +137,14 @@ def test_bare_host_port_and_31_style_extras(monkeypatch: pytest.MonkeyPatch) -> 
     client = KtExportHook("kt_eu").client
     assert client.base_url == "https://export.eu1.kt1.io:8443"
     assert client.auth_location == "header"
-    assert client.verify is True
-    assert client.read_timeout == client.long_poll_seconds + 30
+    assert client.settings.verify is True
+    assert client.settings.read_timeout == client.long_poll_seconds + 30
 
 
 def test_overrides_win_over_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     set_conn(monkeypatch, host="export.us1.kt1.io", password=GOOD_KEY, extra={"max_retries": 5})
     client = KtExportHook(max_retries=1, pool_size=3).client
-    assert client.max_retries == 1 and client.pool_size == 3
+    assert client.settings.max_retries == 1 and client.settings.pool_size == 3
 
 
 def test_unknown_override_is_refused() -> None:
@@ -183,7 +188,11 @@ def test_client_settings_rebuild_the_same_client(monkeypatch: pytest.MonkeyPatch
     # only the connection id), so the settings never cross a process boundary with the key.
     assert GOOD_KEY not in repr(settings)
     rebuilt = KtExportClient.from_settings(settings)
-    assert (rebuilt.base_url, rebuilt.auth_location, rebuilt.pool_size) == ("http://127.0.0.1:9", "query", 2)
+    assert (rebuilt.base_url, rebuilt.auth_location, rebuilt.settings.pool_size) == (
+        "http://127.0.0.1:9",
+        "query",
+        2,
+    )
     assert asyncio.run(hook.aclient_settings()) == settings
 
 
@@ -288,11 +297,11 @@ def test_form_defaults_are_the_clients_defaults() -> None:
     }
     client_defaults = KtExportClient("https://export.us1.kt1.io", GOOD_KEY)
     for name, value in shown.items():
-        assert getattr(client_defaults, name) == value, name
+        assert getattr(client_defaults.settings, name) == value, name
     # read_timeout derives from the long poll, so the form leaves it blank and says so.
     assert "default" not in fields["read_timeout"]["schema"]
     assert "75 s" in fields["read_timeout"]["description"]
-    assert client_defaults.read_timeout == 75
+    assert client_defaults.settings.read_timeout == 75
     # One field per kind of input: a dropdown, a switch, plain text.
     assert fields["auth_location"]["schema"]["type"] == "string"
     assert fields["auth_location"]["schema"]["enum"] == ["header", "query"]
@@ -411,7 +420,7 @@ def test_ca_bundle_is_folded_into_verify(
     )
     hook = KtExportHook()
     assert hook.client_settings().verify == fill(verify)
-    assert hook.client.verify == fill(verify)
+    assert hook.client.settings.verify == fill(verify)
 
 
 @pytest.mark.parametrize(
@@ -467,3 +476,39 @@ def test_async_settings_mask_secrets_without_a_blocking_call_on_the_event_loop(
     assert comms.sent == []
     masked = [getattr(m, "value", None) for m in comms.asent]
     assert GOOD_KEY in masked and "pr0xy-secret" in masked
+
+
+def test_the_async_hook_reads_the_same_settings_as_the_sync_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_conn(
+        monkeypatch,
+        "kt_async",
+        host="export.eu1.kt1.io",
+        password=GOOD_KEY,
+        extra={"auth_location": "query", "max_retries": "2"},
+    )
+    settings = asyncio.run(KtExportAsyncHook("kt_async").client_settings())
+    assert settings == KtExportHook("kt_async").client_settings()
+    assert (settings.auth_location, settings.max_retries) == ("query", 2)
+
+
+def test_the_async_hook_names_a_missing_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_KT_NOWHERE", raising=False)
+    with pytest.raises(KtExportConfigError, match="'kt_nowhere' is not defined"):
+        asyncio.run(KtExportAsyncHook("kt_nowhere").client_settings())
+
+
+def test_the_hook_probe_never_acknowledges_and_counts_a_bad_body_as_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_ktexport.exceptions import KtExportProtocolError
+
+    def bad_body(self: KtExportHook, **kwargs: object) -> None:
+        raise KtExportProtocolError(
+            "GET answered 200 but the body is not valid JSON", body=b"{", batch_id="x-1"
+        )
+
+    monkeypatch.setattr(KtExportHook, "get_batch", bad_body)
+    monkeypatch.setattr(KtExportHook, "ack", lambda self, batch_id: pytest.fail("the probe acknowledged"))
+    probe = KtExportHook().probe(lease_seconds=60)
+    assert probe is not None and (probe.record_count, probe.batch_id) == (None, "x-1")
+    assert probe.as_xcom()["record_count"] is None

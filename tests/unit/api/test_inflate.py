@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ktexport._inflate import BodyTooLarge, CappedDecoder
+from airflow_provider_ktexport.api.inflate import BodyTooLarge, CappedDecoder
 
 _REAL_DECOMPRESSOBJ = zlib.decompressobj
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_ktexport._jsonscan import scan
+from airflow_provider_ktexport.api.scan import scan
 
 _SCALARS = (
     st.none()

@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from airflow_provider_ktexport.keymask import KeyMask, key_mask
+from airflow_provider_ktexport.api.keymask import KeyMask, key_mask
 
 KEY = "Kt-8c4f/x"  # 9 characters, one that JSON writers may escape
 

@@ -9,16 +9,12 @@ import time
 import httpx
 import pytest
 
-from airflow_provider_ktexport.client import KtExportClient
+from airflow_provider_ktexport.api.proxy import safe_proxy
+from airflow_provider_ktexport.api.settings import ClientSettings, build_client_settings
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.settings import (
-    ClientSettings,
-    build_client_settings,
-    env_proxy,
-    safe_proxy,
-    ssl_context,
-)
-from airflow_provider_ktexport.triggers.ktexport import AsyncProber
+from airflow_provider_ktexport.transport.async_client import AsyncProber
+from airflow_provider_ktexport.transport.environment import env_proxy, ssl_context
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 
 KEY = "s3cr3t-key-123456"
 PASSWORD = "p@ss:w/rd-9"

@@ -1,4 +1,4 @@
-"""The export API's transport-free rules (protocol.py): URLs, redaction, backoff, bodies, errors."""
+"""The export API's transport-free rules (api/: settings checks, exchange, envelope, errors, redact)."""
 
 from __future__ import annotations
 
@@ -8,31 +8,36 @@ import re
 
 import pytest
 
-from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.protocol import (
-    HTTP_LOGGERS,
+from airflow_provider_ktexport.api.envelope import (
     BatchBody,
     Envelope,
-    RedactTokenFilter,
+    classify_body,
+    envelope_id,
+    is_ackable_id,
+    read_envelope,
+    sighting_digest,
+)
+from airflow_provider_ktexport.api.errors import (
     auth_error,
-    auth_parts,
-    backoff_delay,
+    http_error,
+    parse_retry_after,
+    transient_status_error,
+)
+from airflow_provider_ktexport.api.exchange import auth_parts, backoff_delay
+from airflow_provider_ktexport.api.redact import (
+    HTTP_LOGGERS,
+    RedactTokenFilter,
+    guard_http_logs,
+    redact,
+    redact_bytes,
+)
+from airflow_provider_ktexport.api.settings import (
     check_api_key,
     check_auth_location,
     check_read_timeout,
-    classify_body,
-    envelope_id,
-    guard_http_logs,
-    http_error,
-    is_ackable_id,
     normalize_base_url,
-    parse_retry_after,
-    read_envelope,
-    redact,
-    redact_bytes,
-    sighting_digest,
-    transient_status_error,
 )
+from airflow_provider_ktexport.exceptions import KtExportConfigError
 
 SECRET = "Sup3r-Secret-Key/+=%42"  # characters that URL-encode differently, to catch partial redaction
 
@@ -430,7 +435,7 @@ def test_an_ordinary_body_is_data_as_before(body: bytes) -> None:
 
 def test_an_ordinary_body_keeps_the_one_pass_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     """The drain's hot path: a usual body is proven sound without scanning its records."""
-    import airflow_provider_ktexport.protocol as protocol
+    import airflow_provider_ktexport.api.envelope as protocol
 
     def no_full_scan(body: bytes) -> None:
         raise AssertionError("the whole body was scanned")
