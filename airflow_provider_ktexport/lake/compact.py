@@ -37,8 +37,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.lake.layout import PROBE_DIR, QUARANTINE_DIR, SCHEMA_DIR, record_type_folder
-from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
+from airflow_provider_ktexport.lake.layout import (
+    INGESTED_AT_COLUMN,
+    PARTITION_KEYS,
+    PROBE_DIR,
+    QUARANTINE_DIR,
+    RECORD_KEY_COLUMN,
+    RECORD_TYPE_KEY,
+    RESERVED_PREFIX,
+    SCHEMA_DIR,
+    SOURCE_COLUMN,
+    dataset_dir,
+    is_partition_segment,
+    parse_hive_path,
+    record_type_folder,
+)
 from airflow_provider_ktexport.lake.reader import published_types
 from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
 from airflow_provider_ktexport.lake.writer import LakeWriter, WrittenFile
@@ -49,9 +62,9 @@ log = logging.getLogger(__name__)
 
 #: A file this fraction of the target size or bigger is "done" unless its columns need fitting.
 BIG_FILE_FRACTION = 0.75
-_KEY = "_record_key"
-_SOURCE = "_source"
-_INGESTED = "_ingested_at"
+_KEY = RECORD_KEY_COLUMN
+_SOURCE = SOURCE_COLUMN
+_INGESTED = INGESTED_AT_COLUMN
 _Pair = tuple[str | None, str]
 
 
@@ -106,11 +119,6 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
-def _is_partition_segment(segment: str) -> bool:
-    key, sep, value = segment.partition("=")
-    return bool(sep) and key in PARTITION_KEYS and is_safe_partition_value(value)
-
-
 def _check_root(fs: fsspec.AbstractFileSystem, root: str) -> bool:
     """True for a lake root with data; False for an empty or missing one; raises for anything else."""
     try:
@@ -122,7 +130,7 @@ def _check_root(fs: fsspec.AbstractFileSystem, root: str) -> bool:
     names = [n for n in names if n != PROBE_DIR]
     if not names:
         return False
-    if SCHEMA_DIR in names or any(_is_partition_segment(n) for n in names):
+    if SCHEMA_DIR in names or any(is_partition_segment(n) for n in names):
         return True
     below = []
     for e in entries:
@@ -131,7 +139,7 @@ def _check_root(fs: fsspec.AbstractFileSystem, root: str) -> bool:
                 inner = fs.ls(e["name"], detail=False)
             except FileNotFoundError:
                 continue
-            if any(_is_partition_segment(posixpath.basename(p.rstrip("/"))) for p in inner):
+            if any(is_partition_segment(posixpath.basename(p.rstrip("/"))) for p in inner):
                 below.append(str(e["name"]))
     hint = f" Lakes found one level below: {', '.join(sorted(below))}; pass one of them." if below else ""
     raise KtExportConfigError(
@@ -151,12 +159,16 @@ def _partitions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[_Fil
     for path, info in found.items():
         rel = path[len(root) :].strip("/")
         first = rel.split("/", 1)[0]
-        if "/" not in rel or first in (SCHEMA_DIR, QUARANTINE_DIR) or first.startswith((".", "_")):
+        if (
+            "/" not in rel
+            or first in (SCHEMA_DIR, QUARANTINE_DIR)
+            or first.startswith((".", RESERVED_PREFIX))
+        ):
             continue
         directory = posixpath.dirname(path)
         segments = directory[len(root) :].strip("/").split("/")
         keys = [s.partition("=")[0] for s in segments]
-        if not all(_is_partition_segment(s) for s in segments) or len(set(keys)) != len(keys):
+        if not all(is_partition_segment(s) for s in segments) or len(set(keys)) != len(keys):
             bad.add(directory)
             continue
         out[directory].append(_File(path, int(info.get("size") or 0), _mtime(info)))
@@ -172,8 +184,7 @@ def _partitions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[_Fil
 
 def _partition_of(root: str, directory: str) -> dict[str, str]:
     """``{"record_type": "telemetry", ...}`` from the path, values as stored (already sanitised)."""
-    segments = directory[len(root) :].strip("/").split("/")
-    return {k: v for k, sep, v in (s.partition("=") for s in segments) if sep}
+    return parse_hive_path(directory[len(root) :])
 
 
 def _is_data(f: _File) -> bool:
@@ -239,9 +250,9 @@ class _Compactor:
             partition = _partition_of(root, directory)
             if self.writer.partition_dir(partition) != directory:  # pragma: no cover - checked above
                 raise KtExportConfigError(f"Refusing to compact {directory}: not a partition path of {root}")
-            if record_type is not None and partition.get("record_type") != record_type_folder(record_type):
+            if record_type is not None and partition.get(RECORD_TYPE_KEY) != record_type_folder(record_type):
                 continue
-            by_type[partition.get("record_type")].append((directory, partition, files))
+            by_type[partition.get(RECORD_TYPE_KEY)].append((directory, partition, files))
         for rtype, partitions in by_type.items():
             self.record_type(rtype, partitions)
         return self.result
@@ -263,7 +274,7 @@ class _Compactor:
                     if not pa.types.is_null(fld.type):
                         types.setdefault(fld.name, fld.type)
         else:
-            types = published_types(self.writer, rtype, oldest_first)
+            types = published_types(self.writer.schemas, rtype, oldest_first)
         full = fitted_columns(oldest_first, types) if self.uniform_columns else {}
         for directory, partition, files in partitions:
             self.partition(directory, partition, files, schemas, types, full)
@@ -399,9 +410,7 @@ class _Compactor:
     def _count_dataset(
         self, directory: str, rewrite: list[_File], rows_in: int, written: list[WrittenFile]
     ) -> None:
-        root = self.writer.root
-        first = directory[len(root) :].strip("/").split("/", 1)[0]
-        folder = posixpath.join(root, first) if first.startswith("record_type=") else root
+        folder = self.writer.lake.join(dataset_dir(_partition_of(self.writer.root, directory)))
         d = self.result.datasets.setdefault(
             self.writer.uri_of(folder),
             {"rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0, "files_in": 0, "files_out": 0},

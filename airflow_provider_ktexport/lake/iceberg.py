@@ -35,7 +35,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -49,8 +49,14 @@ from airflow_provider_ktexport.lake.iceberg_catalog import (
     write_version_hint,
 )
 from airflow_provider_ktexport.lake.layout import (
+    BATCH_ID_COLUMN,
+    EVENT_DATE_COLUMN,
+    EVENT_DATE_KEY,
     QUARANTINE_DIR,
+    RECORD_TYPE_KEY,
     REJECTED_DIR,
+    TIMESTAMP,
+    event_day_value,
     folder_table,
     record_type_of_folder,
 )
@@ -72,7 +78,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENT_DATE_COLUMN = "_event_date"
 REJECTS_TABLE = REJECTED_DIR
 QUARANTINE_TABLE = QUARANTINE_DIR
 #: Longest snapshot property value kept (batch ids of a very large flush are cut, and say so).
@@ -96,7 +101,7 @@ _QUARANTINE_SCHEMA = pa.schema(
         pa.field("body", pa.binary()),
         pa.field("reason", pa.string()),
         pa.field("batch_id", pa.string()),
-        pa.field("seen_at", pa.timestamp("us", tz="UTC")),
+        pa.field("seen_at", TIMESTAMP),
     ]
 )
 
@@ -118,8 +123,9 @@ def _plain_arrow(schema: pa.Schema) -> pa.Schema:
 
 
 def _event_days(part: PartitionTable) -> pa.Array:
-    day = part.partition.get("event_date")
-    value = date.fromisoformat(day) if day and day != "unknown" and len(day) == 10 else None
+    """The ``_event_date`` of a partition's rows: its ``event_date`` (:func:`.layout.event_date`,
+    the UTC day), as the Parquet lake keeps it in its path."""
+    value = event_day_value(part.partition.get(EVENT_DATE_KEY))
     return pa.repeat(pa.scalar(value, pa.date32()), part.table.num_rows)
 
 
@@ -314,13 +320,13 @@ class IcebergSink:
             arrow = pa.concat_tables(
                 [
                     t.append_column(
-                        "record_type",
+                        RECORD_TYPE_KEY,
                         pa.repeat(pa.scalar(record_type_of_folder(rtype), pa.string()), t.num_rows),
                     )
                     for rtype, t in rejects.items()
                 ]
             )
-            batches = frozenset(arrow.column("_batch_id").to_pylist())
+            batches = frozenset(arrow.column(BATCH_ID_COLUMN).to_pylist())
             landed.append(
                 self._commit(
                     REJECTS_TABLE,

@@ -31,10 +31,25 @@ import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.columns import decode_record
 from airflow_provider_ktexport.lake.keys import record_key
-from airflow_provider_ktexport.lake.layout import REJECTED_DIR, record_type_folder, record_type_of_folder
+from airflow_provider_ktexport.lake.layout import (
+    BATCH_ID_COLUMN,
+    INGEST_DATE_KEY,
+    INGESTED_AT_COLUMN,
+    RECORD_KEY_COLUMN,
+    RECORD_TYPE_KEY,
+    REJECTED_DIR,
+    RESERVED_PREFIX,
+    SOURCE_COLUMN,
+    TIMESTAMP,
+    UNKNOWN_TYPE,
+    LakeRoot,
+    parse_hive_path,
+    record_type_folder,
+    record_type_of_folder,
+    type_dir,
+)
 from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
-from airflow_provider_ktexport.lake.types import TIMESTAMP
 
 __all__ = [
     "DATA_ERRORS",
@@ -84,10 +99,10 @@ REJECTS_SCHEMA = pa.schema(
         pa.field("_raw", pa.string()),
         pa.field("_error_class", pa.string()),
         pa.field("_error", pa.string()),
-        pa.field("_record_key", pa.string()),
-        pa.field("_batch_id", pa.string()),
-        pa.field("_ingested_at", TIMESTAMP),
-        pa.field("_source", pa.string()),
+        pa.field(RECORD_KEY_COLUMN, pa.string()),
+        pa.field(BATCH_ID_COLUMN, pa.string()),
+        pa.field(INGESTED_AT_COLUMN, TIMESTAMP),
+        pa.field(SOURCE_COLUMN, pa.string()),
     ]
 )
 
@@ -286,7 +301,7 @@ def _out_of_range_rows(tables: list[PartitionTable]) -> set[tuple[str, str]]:
     for part in tables:
         table = part.table
         for field in table.schema:
-            if not pa.types.is_timestamp(field.type) or field.name.startswith("_"):
+            if not pa.types.is_timestamp(field.type) or field.name.startswith(RESERVED_PREFIX):
                 continue
             col = table.column(field.name)
             bad = pc.or_(pc.less(col, _MIN_TIME), pc.greater(col, _MAX_TIME))
@@ -295,8 +310,8 @@ def _out_of_range_rows(tables: list[PartitionTable]) -> set[tuple[str, str]]:
                 sub = table.take(rows)
                 found.update(
                     zip(
-                        sub.column("_batch_id").to_pylist(),
-                        sub.column("_record_key").to_pylist(),
+                        sub.column(BATCH_ID_COLUMN).to_pylist(),
+                        sub.column(RECORD_KEY_COLUMN).to_pylist(),
                         strict=True,
                     )
                 )
@@ -346,12 +361,12 @@ def record_type_of_raw(raw: bytes) -> str:
     if value is _UNREADABLE:
         match = _TYPE_IN_TEXT.search(raw)
         if match is None:
-            return "unknown"
+            return UNKNOWN_TYPE
         try:
             value = {"type": json.loads(b'"' + match.group(1) + b'"')}
         except ValueError:
-            return "unknown"
-    return record_type_of(value) if type(value) is dict else "unknown"
+            return UNKNOWN_TYPE
+    return record_type_of(value) if type(value) is dict else UNKNOWN_TYPE
 
 
 def _decoded(raw: bytes) -> Any:
@@ -410,6 +425,12 @@ def rejects_table(
     return out
 
 
+#: The columns :func:`read_rejects` returns: the rejects table's, then its partition values.
+_READ_SCHEMA = REJECTS_SCHEMA.append(pa.field(RECORD_TYPE_KEY, pa.string())).append(
+    pa.field(INGEST_DATE_KEY, pa.string())
+)
+
+
 def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | None = None) -> pa.Table:
     """Every rejected record of the lake (or of one record type), with ``record_type`` and
     ``ingest_date`` columns from the paths; an empty table in :data:`REJECTS_SCHEMA` if none.
@@ -418,39 +439,33 @@ def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | 
     :param root: the lake root on the filesystem
     :param record_type: only the rejects of this record type
     """
+    lake = LakeRoot.open(fs_or_url, root)
+    base = lake.join(REJECTED_DIR)
+    if record_type is not None:
+        base = lake.join(REJECTED_DIR, type_dir(record_type_folder(record_type)))
+    tables = [_read_rejects_file(lake, base, path, record_type) for path in _rejects_files(lake, base)]
+    return pa.concat_tables(tables) if tables else _READ_SCHEMA.empty_table()
+
+
+def _rejects_files(lake: LakeRoot, base: str) -> list[str]:
+    try:
+        found = lake.fs.find(base)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in found if p.endswith(".parquet") and not posixpath.basename(p).startswith("."))
+
+
+def _read_rejects_file(lake: LakeRoot, base: str, path: str, record_type: str | None) -> pa.Table:
+    """One rejects file with its partition values (decoded) as columns, in :data:`_READ_SCHEMA`."""
     import pyarrow.parquet as pq
 
-    from airflow_provider_ktexport.lake.reader import open_lake
-
-    lake = open_lake(fs_or_url, root)
-    fs = lake.fs
-    base = posixpath.join(lake.root, REJECTED_DIR)
-    if record_type is not None:
-        base = posixpath.join(base, f"record_type={record_type_folder(record_type)}")
-    try:
-        found = sorted(
-            p for p in fs.find(base) if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
-        )
-    except FileNotFoundError:
-        found = []
-    tables = []
-    for path in found:
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh, schema=REJECTS_SCHEMA)
-        for seg in path[len(base) :].strip("/").split("/")[:-1]:
-            key, _, value = seg.partition("=")
-            table = table.append_column(
-                key, pa.repeat(pa.scalar(record_type_of_folder(value), pa.string()), table.num_rows)
-            )
-        if record_type is not None:
-            table = table.append_column(
-                "record_type", pa.repeat(pa.scalar(record_type, pa.string()), table.num_rows)
-            )
-        tables.append(table.select([*REJECTS_SCHEMA.names, "record_type", "ingest_date"]))
-    if not tables:
-        return (
-            REJECTS_SCHEMA.append(pa.field("record_type", pa.string()))
-            .append(pa.field("ingest_date", pa.string()))
-            .empty_table()
-        )
-    return pa.concat_tables(tables)
+    with lake.fs.open(path, "rb") as fh:
+        table = pq.read_table(fh, schema=REJECTS_SCHEMA)
+    values = {
+        k: record_type_of_folder(v) for k, v in parse_hive_path(posixpath.dirname(path[len(base) :])).items()
+    }
+    if record_type is not None:  # its folder is part of base, not of the path below it
+        values[RECORD_TYPE_KEY] = record_type
+    for key, value in values.items():
+        table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
+    return table.select(_READ_SCHEMA.names)

@@ -243,7 +243,7 @@ def test_schema_store_keeps_the_first_published_type(tmp_path: Path) -> None:
     w1.save_schema("t", pa.schema([("a", pa.int64()), ("b", pa.bool_()), ("z", pa.null())]))
     # w2 started before w1 published and meant other types: its offer of "a" loses, "c" is new.
     w2._published.clear()
-    w2._publish("t", [pa.field("a", pa.float64()), pa.field("c", pa.string())], {})
+    w2.schemas.publish("t", [pa.field("a", pa.float64()), pa.field("c", pa.string())], {})
     for reader in (w1, w2, LakeWriter(fs, str(tmp_path), writer_id="reader")):
         merged = reader.load_schema("t")
         assert merged is not None
