@@ -35,6 +35,7 @@ from airflow_provider_ktexport.lake.layout import (
     BATCH_ID_COLUMN,
     INGEST_DATE_KEY,
     INGESTED_AT_COLUMN,
+    RAW_COLUMN,
     RECORD_KEY_COLUMN,
     RECORD_TYPE_KEY,
     REJECTED_DIR,
@@ -96,7 +97,7 @@ _TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,4000})"')
 
 REJECTS_SCHEMA = pa.schema(
     [
-        pa.field("_raw", pa.string()),
+        pa.field(RAW_COLUMN, pa.string()),
         pa.field("_error_class", pa.string()),
         pa.field("_error", pa.string()),
         pa.field(RECORD_KEY_COLUMN, pa.string()),
