@@ -277,6 +277,25 @@ def _type_table(
     for j in unsafe:
         keys[j] = record_key(decode_record(raws[j]))
 
+    meta_arrays = _meta_arrays(
+        raws, batch_ids, keys, include_raw=include_raw, source=source, ingested_at=ingested_at, known=known
+    )
+    fields, arrays = _assemble(columns, meta_arrays, known, n)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), event_dates(by_path, n)
+
+
+def _meta_arrays(
+    raws: list[Any],
+    batch_ids: list[str],
+    keys: list[str],
+    *,
+    include_raw: bool,
+    source: str,
+    ingested_at: datetime,
+    known: pa.Schema | None,
+) -> dict[str, pa.Array]:
+    """The metadata columns of the rows (``_raw`` only when asked for, or nulls when published)."""
+    n = len(raws)
     meta_arrays: dict[str, pa.Array] = {
         RECORD_KEY_COLUMN: pa.array(keys, pa.string()),
         BATCH_ID_COLUMN: pa.array(batch_ids, pa.string()),
@@ -287,7 +306,17 @@ def _type_table(
         meta_arrays[RAW_COLUMN] = pa.array([bytes(raw).decode("utf-8") for raw in raws], pa.string())
     elif known is not None and RAW_COLUMN in known.names:
         meta_arrays[RAW_COLUMN] = pa.nulls(n, pa.string())
+    return meta_arrays
 
+
+def _assemble(
+    columns: dict[str, tuple[pa.Field, pa.Array]],
+    meta_arrays: dict[str, pa.Array],
+    known: pa.Schema | None,
+    n: int,
+) -> tuple[list[pa.Field], list[pa.Array]]:
+    """The table's fields and arrays: published columns first in their order (nulls where this
+    batch has none), then new data columns by name, then metadata columns not published yet."""
     fields: list[pa.Field] = []
     arrays: list[pa.Array] = []
     seen: set[str] = set()
@@ -314,4 +343,4 @@ def _type_table(
         if name not in seen:
             fields.append(pa.field(name, arr.type))
             arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), event_dates(by_path, n)
+    return fields, arrays
