@@ -42,7 +42,6 @@ import pyarrow as pa
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.iceberg_catalog import (
-    check_warehouse_writable,
     load_catalog,
     write_version_hint,
 )
@@ -118,21 +117,9 @@ class IcebergSink(IcebergTables):
         tables and to existing ones that lack them
     """
 
-    def __init__(
-        self,
-        catalog: Any,
-        namespace: str = "ktexport",
-        *,
-        catalog_name: str = "ktexport",
-        table_properties: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(catalog, namespace, catalog_name=catalog_name, table_properties=table_properties)
-        # Before the drain's first lease: a warehouse that takes no files fails the run now.
-        check_warehouse_writable(catalog)
-
     def prove_writable(self) -> None:
         """Nothing more to do: opening the sink already proved the catalog (its namespace) and the
-        warehouse (:func:`check_warehouse_writable`), before any lease."""
+        warehouse (:func:`.iceberg_catalog.check_warehouse_writable`), before any lease."""
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
         table = self._load(table_name(record_type))

@@ -15,7 +15,11 @@ from typing import Any
 import pyarrow as pa
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
-from airflow_provider_ktexport.lake.iceberg_catalog import pyiceberg_modules, wants_version_hint
+from airflow_provider_ktexport.lake.iceberg_catalog import (
+    check_warehouse_writable,
+    pyiceberg_modules,
+    wants_version_hint,
+)
 from airflow_provider_ktexport.lake.layout import EVENT_DATE_COLUMN
 from airflow_provider_ktexport.lake.naming import legacy_renames
 
@@ -88,7 +92,8 @@ def _identity_spec(schema: Any, column: str | None) -> Any:
 
 
 class IcebergTables:
-    """The tables of ``namespace`` in ``catalog`` (the namespace is created if missing).
+    """The tables of ``namespace`` in ``catalog``, opened: the namespace created if missing and the
+    warehouse proved to take files (:func:`.iceberg_catalog.check_warehouse_writable`).
 
     :param catalog: a pyiceberg catalog (see :func:`.iceberg_catalog.load_catalog`)
     :param namespace: where the tables live
@@ -114,6 +119,8 @@ class IcebergTables:
         #: Tables whose properties this sink has checked (once per table per run).
         self._adopted: set[str] = set()
         self._open_namespace()
+        # Before the drain's first lease: a warehouse that takes no files fails the run now.
+        check_warehouse_writable(catalog)
 
     def _open_namespace(self) -> None:
         try:
