@@ -4,6 +4,9 @@ Files are read whole with pyarrow through fsspec and fitted by the variant rule
 (:func:`.variants.fit_table`), so files of any version read alike: this version's names, each
 column at its published type (the store's, else its oldest file's), Null-typed columns dropped.
 Engines read the lake on their own too (docs/schema-mapping.md, "Reading the lake").
+
+Where things are comes from :mod:`.layout` (the record type folders, the hive path of each file)
+and the published columns from :class:`.schema_store.SchemaStore`: reading never builds a writer.
 """
 
 from __future__ import annotations
