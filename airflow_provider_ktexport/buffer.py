@@ -12,7 +12,8 @@ from typing import Any
 
 import msgspec
 
-from airflow_provider_ktexport.lake.partitions import event_date, record_type_of
+from airflow_provider_ktexport.lake.layout import event_date
+from airflow_provider_ktexport.lake.partitions import record_type_of
 
 __all__ = ["Buffer", "HeldBatch"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -33,3 +34,8 @@ def land(
         known_schema=writer.load_schema if known is None else known,
     )
     return [writer.write(p.table, p.partition) for p in parts]
+
+
+def parquet_files(root: Path) -> list[Path]:
+    """Every Parquet file under ``root`` (a local lake), sorted."""
+    return sorted(root.rglob("*.parquet"))

@@ -27,18 +27,29 @@ import logging
 import posixpath
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from airflow_provider_ktexport.exceptions import KtExportConfigError
-from airflow_provider_ktexport.lake.layout import PROBE_DIR, QUARANTINE_DIR, SCHEMA_DIR, record_type_folder
-from airflow_provider_ktexport.lake.naming import PARTITION_KEYS, is_safe_partition_value
+from airflow_provider_ktexport.lake.compact_scan import (
+    LakeFile,
+    Pair,
+    check_root,
+    find_partitions,
+    is_data,
+    key_rows,
+    partition_of,
+    read_schema,
+    read_table,
+)
+from airflow_provider_ktexport.lake.layout import (
+    RECORD_TYPE_KEY,
+    dataset_dir,
+    record_type_folder,
+)
 from airflow_provider_ktexport.lake.reader import published_types
 from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
 from airflow_provider_ktexport.lake.writer import LakeWriter, WrittenFile
@@ -49,10 +60,6 @@ log = logging.getLogger(__name__)
 
 #: A file this fraction of the target size or bigger is "done" unless its columns need fitting.
 BIG_FILE_FRACTION = 0.75
-_KEY = "_record_key"
-_SOURCE = "_source"
-_INGESTED = "_ingested_at"
-_Pair = tuple[str | None, str]
 
 
 @dataclass
@@ -81,136 +88,6 @@ class CompactResult:
         return out
 
 
-@dataclass
-class _File:
-    path: str
-    size: int
-    mtime: float | None
-
-
-def _mtime(info: dict[str, Any]) -> float | None:
-    """Modification time (epoch seconds) from an fsspec info dict, whatever the backend calls it."""
-    for key in ("mtime", "LastModified", "last_modified", "updated", "mtime_ns", "created"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, int | float):
-            return value / 1e9 if key == "mtime_ns" else float(value)
-        if isinstance(value, str):
-            try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
-
-
-def _is_partition_segment(segment: str) -> bool:
-    key, sep, value = segment.partition("=")
-    return bool(sep) and key in PARTITION_KEYS and is_safe_partition_value(value)
-
-
-def _check_root(fs: fsspec.AbstractFileSystem, root: str) -> bool:
-    """True for a lake root with data; False for an empty or missing one; raises for anything else."""
-    try:
-        entries = fs.ls(root, detail=True)
-    except FileNotFoundError:
-        return False
-    names = [posixpath.basename(str(e["name"]).rstrip("/")) for e in entries]
-    # A drain that found its queue empty leaves only the (empty) folder of its destination probe.
-    names = [n for n in names if n != PROBE_DIR]
-    if not names:
-        return False
-    if SCHEMA_DIR in names or any(_is_partition_segment(n) for n in names):
-        return True
-    below = []
-    for e in entries:
-        if e.get("type") == "directory":
-            try:
-                inner = fs.ls(e["name"], detail=False)
-            except FileNotFoundError:
-                continue
-            if any(_is_partition_segment(posixpath.basename(p.rstrip("/"))) for p in inner):
-                below.append(str(e["name"]))
-    hint = f" Lakes found one level below: {', '.join(sorted(below))}; pass one of them." if below else ""
-    raise KtExportConfigError(
-        f"Refusing to compact {root}: it is not a lake root (no {SCHEMA_DIR}/ and no record_type=... "
-        f"partition folders directly below it). Pass the folder the drain writes to (its destination).{hint}"
-    )
-
-
-def _partitions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[_File]]:
-    """Every partition directory under ``root`` with all its files; refuses impure directories."""
-    try:
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        return {}
-    out: dict[str, list[_File]] = defaultdict(list)
-    bad: set[str] = set()
-    for path, info in found.items():
-        rel = path[len(root) :].strip("/")
-        first = rel.split("/", 1)[0]
-        if "/" not in rel or first in (SCHEMA_DIR, QUARANTINE_DIR) or first.startswith((".", "_")):
-            continue
-        directory = posixpath.dirname(path)
-        segments = directory[len(root) :].strip("/").split("/")
-        keys = [s.partition("=")[0] for s in segments]
-        if not all(_is_partition_segment(s) for s in segments) or len(set(keys)) != len(keys):
-            bad.add(directory)
-            continue
-        out[directory].append(_File(path, int(info.get("size") or 0), _mtime(info)))
-    if bad:
-        raise KtExportConfigError(
-            f"Refusing to compact {root}: {', '.join(sorted(bad)[:5])} "
-            f"{'is not a partition path' if len(bad) == 1 else 'are not partition paths'} of this lake "
-            f"(only {'/'.join(k + '=...' for k in PARTITION_KEYS[:2])} folders may hold files below the "
-            "root). Nothing was changed; move those files out of the lake or pass the right root."
-        )
-    return dict(out)
-
-
-def _partition_of(root: str, directory: str) -> dict[str, str]:
-    """``{"record_type": "telemetry", ...}`` from the path, values as stored (already sanitised)."""
-    segments = directory[len(root) :].strip("/").split("/")
-    return {k: v for k, sep, v in (s.partition("=") for s in segments) if sep}
-
-
-def _is_data(f: _File) -> bool:
-    name = posixpath.basename(f.path)
-    return name.endswith(".parquet") and not name.startswith(".")
-
-
-def _read(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
-    with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
-
-
-def _read_schema(fs: fsspec.AbstractFileSystem, path: str) -> pa.Schema:
-    with fs.open(path, "rb") as fh:
-        return pq.read_schema(fh)
-
-
-def _key_rows(
-    fs: fsspec.AbstractFileSystem, f: _File, schema: pa.Schema
-) -> Iterable[tuple[_Pair | None, float]]:
-    """``((_source, _record_key), ingested epoch)`` of each row; the pair is None without a key."""
-    cols = [c for c in (_SOURCE, _KEY, _INGESTED) if c in schema.names]
-    if _KEY not in cols:
-        with fs.open(f.path, "rb") as fh:
-            return [(None, 0.0)] * pq.ParquetFile(fh).metadata.num_rows
-    t = _read(fs, f.path, cols)
-    n = t.num_rows
-    sources = t.column(_SOURCE).to_pylist() if _SOURCE in cols else [None] * n
-    keys = t.column(_KEY).to_pylist()
-    times = (
-        [float("inf") if v is None else v.timestamp() for v in t.column(_INGESTED).to_pylist()]
-        if _INGESTED in cols
-        else [float("inf")] * n
-    )
-    return [(None if k is None else (s, k), ts) for s, k, ts in zip(sources, keys, times, strict=True)]
-
-
 class _Compactor:
     def __init__(
         self,
@@ -231,30 +108,30 @@ class _Compactor:
 
     def run(self, record_type: str | None) -> CompactResult:
         root = self.writer.root
-        if not _check_root(self.fs, root):
+        if not check_root(self.fs, root):
             log.info("Nothing to compact: %s is empty or missing", root)
             return self.result
-        by_type: dict[str | None, list[tuple[str, dict[str, str], list[_File]]]] = defaultdict(list)
-        for directory, files in sorted(_partitions(self.fs, root).items()):
-            partition = _partition_of(root, directory)
+        by_type: dict[str | None, list[tuple[str, dict[str, str], list[LakeFile]]]] = defaultdict(list)
+        for directory, files in sorted(find_partitions(self.fs, root).items()):
+            partition = partition_of(root, directory)
             if self.writer.partition_dir(partition) != directory:  # pragma: no cover - checked above
                 raise KtExportConfigError(f"Refusing to compact {directory}: not a partition path of {root}")
-            if record_type is not None and partition.get("record_type") != record_type_folder(record_type):
+            if record_type is not None and partition.get(RECORD_TYPE_KEY) != record_type_folder(record_type):
                 continue
-            by_type[partition.get("record_type")].append((directory, partition, files))
+            by_type[partition.get(RECORD_TYPE_KEY)].append((directory, partition, files))
         for rtype, partitions in by_type.items():
             self.record_type(rtype, partitions)
         return self.result
 
     def record_type(
-        self, rtype: str | None, partitions: list[tuple[str, dict[str, str], list[_File]]]
+        self, rtype: str | None, partitions: list[tuple[str, dict[str, str], list[LakeFile]]]
     ) -> None:
         """Fix the record type's column types once (across all its partitions), then each partition."""
         schemas: dict[str, pa.Schema] = {}
         for _, _, files in partitions:
             for f in files:
-                if _is_data(f):
-                    schemas[f.path] = _read_schema(self.fs, f.path)
+                if is_data(f):
+                    schemas[f.path] = read_schema(self.fs, f.path)
         oldest_first = [schemas[p] for p in sorted(schemas, key=posixpath.basename)]
         if rtype is None:
             types: dict[str, pa.DataType] = {}
@@ -263,7 +140,7 @@ class _Compactor:
                     if not pa.types.is_null(fld.type):
                         types.setdefault(fld.name, fld.type)
         else:
-            types = published_types(self.writer, rtype, oldest_first)
+            types = published_types(self.writer.schemas, rtype, oldest_first)
         full = fitted_columns(oldest_first, types) if self.uniform_columns else {}
         for directory, partition, files in partitions:
             self.partition(directory, partition, files, schemas, types, full)
@@ -272,12 +149,12 @@ class _Compactor:
         self,
         directory: str,
         partition: dict[str, str],
-        files: list[_File],
+        files: list[LakeFile],
         schemas: dict[str, pa.Schema],
         types: dict[str, pa.DataType],
         full: dict[str, pa.DataType],
     ) -> None:
-        data = sorted((f for f in files if _is_data(f)), key=lambda f: posixpath.basename(f.path))
+        data = sorted((f for f in files if is_data(f)), key=lambda f: posixpath.basename(f.path))
         if not data:
             return
         newest = max((f.mtime if f.mtime is not None else self.now) for f in files)
@@ -287,7 +164,7 @@ class _Compactor:
             return
         big_limit = BIG_FILE_FRACTION * self.target_bytes
 
-        def fine(f: _File) -> bool:  # at the published types, and (if asked) every column there
+        def fine(f: LakeFile) -> bool:  # at the published types, and (if asked) every column there
             schema = schemas[f.path]
             return not needs_fit(schema, types) and (not full or set(schema.names) == set(full))
 
@@ -296,9 +173,9 @@ class _Compactor:
         if not rewrite:
             self.result.partitions_unchanged += 1
             return
-        kept_first: dict[_Pair, float] = {}
+        kept_first: dict[Pair, float] = {}
         for f in keep:  # rows already in a kept file are not written again (unless ingested earlier)
-            for pair, ts in _key_rows(self.fs, f, schemas[f.path]):
+            for pair, ts in key_rows(self.fs, f, schemas[f.path]):
                 if pair is not None and ts < kept_first.get(pair, float("inf")):
                     kept_first[pair] = ts
         masks = self._first_copies(rewrite, schemas, kept_first)
@@ -308,11 +185,11 @@ class _Compactor:
         self._rewrite(directory, partition, rewrite, masks, types, full)
 
     def _first_copies(
-        self, rewrite: list[_File], schemas: dict[str, pa.Schema], kept_first: dict[_Pair, float]
+        self, rewrite: list[LakeFile], schemas: dict[str, pa.Schema], kept_first: dict[Pair, float]
     ) -> list[list[bool]]:
         """Per file, per row: keep it (the first-ingested copy of its ``(_source, _record_key)``)."""
-        rows = [list(_key_rows(self.fs, f, schemas[f.path])) for f in rewrite]
-        best: dict[_Pair, tuple[float, int, int]] = {}
+        rows = [list(key_rows(self.fs, f, schemas[f.path])) for f in rewrite]
+        best: dict[Pair, tuple[float, int, int]] = {}
         for i, file_rows in enumerate(rows):
             for j, (pair, ts) in enumerate(file_rows):
                 if pair is None:
@@ -335,7 +212,7 @@ class _Compactor:
         self,
         directory: str,
         partition: dict[str, str],
-        rewrite: list[_File],
+        rewrite: list[LakeFile],
         masks: list[list[bool]],
         types: dict[str, pa.DataType],
         full: dict[str, pa.DataType],
@@ -345,7 +222,7 @@ class _Compactor:
         written: list[WrittenFile] = []
         rows_in = 0
         for f, mask in zip(rewrite, masks, strict=True):
-            table = _read(self.fs, f.path)
+            table = read_table(self.fs, f.path)
             rows_in += table.num_rows
             kept = fit_table(table, types).filter(pa.array(mask, pa.bool_()))
             if table.num_rows:
@@ -373,7 +250,9 @@ class _Compactor:
         table = pa.concat_tables(pending, promote_options="default")
         return self.writer.write(pad_table(table, full) if full else table, partition)
 
-    def _count(self, directory: str, rewrite: list[_File], rows_in: int, written: list[WrittenFile]) -> None:
+    def _count(
+        self, directory: str, rewrite: list[LakeFile], rows_in: int, written: list[WrittenFile]
+    ) -> None:
         rows_out = sum(w.rows for w in written)
         r = self.result
         r.partitions += 1
@@ -397,11 +276,9 @@ class _Compactor:
         )
 
     def _count_dataset(
-        self, directory: str, rewrite: list[_File], rows_in: int, written: list[WrittenFile]
+        self, directory: str, rewrite: list[LakeFile], rows_in: int, written: list[WrittenFile]
     ) -> None:
-        root = self.writer.root
-        first = directory[len(root) :].strip("/").split("/", 1)[0]
-        folder = posixpath.join(root, first) if first.startswith("record_type=") else root
+        folder = self.writer.lake.join(dataset_dir(partition_of(self.writer.root, directory)))
         d = self.result.datasets.setdefault(
             self.writer.uri_of(folder),
             {"rows_in": 0, "rows_out": 0, "bytes_in": 0, "bytes_out": 0, "files_in": 0, "files_out": 0},

@@ -35,27 +35,34 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
 from airflow_provider_ktexport.api.envelope import sighting_digest
-from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWriteError
+from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.iceberg_catalog import (
-    check_warehouse_writable,
     load_catalog,
-    pyiceberg_modules,
-    wants_version_hint,
     write_version_hint,
 )
+from airflow_provider_ktexport.lake.iceberg_tables import (
+    DEFAULT_TABLE_PROPERTIES,
+    IcebergTables,
+    plain_arrow,
+)
 from airflow_provider_ktexport.lake.layout import (
+    BATCH_ID_COLUMN,
+    EVENT_DATE_COLUMN,
+    EVENT_DATE_KEY,
     QUARANTINE_DIR,
+    RECORD_TYPE_KEY,
     REJECTED_DIR,
+    TIMESTAMP,
+    event_day_value,
     folder_table,
     record_type_of_folder,
 )
-from airflow_provider_ktexport.lake.naming import legacy_renames
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
@@ -72,23 +79,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENT_DATE_COLUMN = "_event_date"
 REJECTS_TABLE = REJECTED_DIR
 QUARANTINE_TABLE = QUARANTINE_DIR
 #: Longest snapshot property value kept (batch ids of a very large flush are cut, and say so).
 _MAX_PROPERTY = 16_000
 
-#: Table properties every table gets unless the user overrides them (``table_properties``). Without
-#: them each commit rewrites a ``metadata.json`` that is never deleted and adds a manifest that is
-#: never merged: commit cost and metadata grow with every flush, for ever.
-DEFAULT_TABLE_PROPERTIES: Mapping[str, str] = {
-    # Keep the last 20 metadata.json files and delete older ones at each commit.
-    "write.metadata.delete-after-commit.enabled": "true",
-    "write.metadata.previous-versions-max": "20",
-    # Merge manifests at append time once 8 small ones pile up (pyiceberg's default waits for 100).
-    "commit.manifest-merge.enabled": "true",
-    "commit.manifest.min-count-to-merge": "8",
-}
 
 _QUARANTINE_SCHEMA = pa.schema(
     [
@@ -96,7 +91,7 @@ _QUARANTINE_SCHEMA = pa.schema(
         pa.field("body", pa.binary()),
         pa.field("reason", pa.string()),
         pa.field("batch_id", pa.string()),
-        pa.field("seen_at", pa.timestamp("us", tz="UTC")),
+        pa.field("seen_at", TIMESTAMP),
     ]
 )
 
@@ -105,65 +100,15 @@ _QUARANTINE_SCHEMA = pa.schema(
 table_name = folder_table
 
 
-def _plain_arrow(schema: pa.Schema) -> pa.Schema:
-    """An Iceberg table's Arrow schema as the lake builds tables: string (not large_string), no ids."""
-    fields = []
-    for f in schema:
-        if f.name == EVENT_DATE_COLUMN:
-            continue
-        t = pa.string() if pa.types.is_large_string(f.type) else f.type
-        t = pa.binary() if pa.types.is_large_binary(t) else t
-        fields.append(pa.field(f.name, t))
-    return pa.schema(fields)
-
-
 def _event_days(part: PartitionTable) -> pa.Array:
-    day = part.partition.get("event_date")
-    value = date.fromisoformat(day) if day and day != "unknown" and len(day) == 10 else None
+    """The ``_event_date`` of a partition's rows: its ``event_date`` (:func:`.layout.event_date`,
+    the UTC day), as the Parquet lake keeps it in its path."""
+    value = event_day_value(part.partition.get(EVENT_DATE_KEY))
     return pa.repeat(pa.scalar(value, pa.date32()), part.table.num_rows)
 
 
-def table_properties_with_defaults(overrides: Mapping[str, Any] | None) -> dict[str, str]:
-    """:data:`DEFAULT_TABLE_PROPERTIES` with the user's ``table_properties`` over them (as text)."""
-    merged = dict(DEFAULT_TABLE_PROPERTIES)
-    for key, value in (overrides or {}).items():
-        if not isinstance(key, str) or value is None:
-            raise KtExportConfigError(
-                f"table_properties must map property names to values, got {key!r}: {value!r}; e.g. "
-                "{'write.metadata.previous-versions-max': '50'}"
-            )
-        merged[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return merged
-
-
-def _iceberg_schema(schema: pa.Schema) -> Any:
-    """An Arrow schema as an Iceberg schema with field ids, so a partition spec can name its source."""
-    from pyiceberg.catalog import Catalog
-    from pyiceberg.schema import assign_fresh_schema_ids
-
-    return assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
-
-
-def _identity_spec(schema: Any, column: str | None) -> Any:
-    """An identity partition on ``column`` (unpartitioned when ``None``)."""
-    from pyiceberg.partitioning import PARTITION_FIELD_ID_START, PartitionField, PartitionSpec
-    from pyiceberg.transforms import IdentityTransform
-
-    if column is None:
-        return PartitionSpec()
-    source = schema.find_field(column)
-    return PartitionSpec(
-        PartitionField(
-            source_id=source.field_id,
-            field_id=PARTITION_FIELD_ID_START,
-            transform=IdentityTransform(),
-            name=column,
-        )
-    )
-
-
-class IcebergSink:
-    """Lands flushes as Iceberg commits in ``namespace`` of ``catalog``.
+class IcebergSink(IcebergTables):
+    """Lands flushes as Iceberg commits in ``namespace`` of ``catalog`` (its tables: :class:`IcebergTables`).
 
     :param catalog: a pyiceberg catalog (see :func:`load_catalog`)
     :param namespace: where the tables live (created if missing)
@@ -172,116 +117,13 @@ class IcebergSink:
         tables and to existing ones that lack them
     """
 
-    def __init__(
-        self,
-        catalog: Any,
-        namespace: str = "ktexport",
-        *,
-        catalog_name: str = "ktexport",
-        table_properties: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._ice = pyiceberg_modules()
-        self.catalog = catalog
-        self.namespace = namespace
-        self.catalog_name = catalog_name
-        self.table_properties = table_properties_with_defaults(table_properties)
-        self._version_hints = wants_version_hint(catalog)
-        #: Tables whose properties this sink has checked (once per table per run).
-        self._adopted: set[str] = set()
-        self._open_namespace()
-        # Before the drain's first lease: a warehouse that takes no files fails the run now.
-        check_warehouse_writable(catalog)
-
-    def _open_namespace(self) -> None:
-        try:
-            self.catalog.create_namespace_if_not_exists(self.namespace)
-        except Exception as exc:  # noqa: BLE001 - any catalog failure here is a destination problem
-            if self._namespace_exists():
-                return  # another writer created it at the same moment (SQL catalogs say IntegrityError)
-            raise KtExportWriteError(
-                f"Could not open namespace {self.namespace!r} in Iceberg catalog {self.catalog_name!r}: "
-                f"{type(exc).__name__}: {exc}",
-                destination=f"iceberg://{self.catalog_name}/{self.namespace}",
-            ) from exc
-
-    # -- tables ------------------------------------------------------------------------------------
-
-    def _namespace_exists(self) -> bool:
-        try:
-            self.catalog.load_namespace_properties(self.namespace)
-        except Exception:  # noqa: BLE001 - any failure means we cannot use it
-            return False
-        return True
-
-    def identifier(self, table: str) -> str:
-        return f"{self.namespace}.{table}"
-
-    def uri(self, table: str) -> str:
-        return f"iceberg://{self.catalog_name}/{self.namespace}/{table}"
-
-    def _load(self, table: str) -> Any | None:
-        try:
-            return self.catalog.load_table(self.identifier(table))
-        except self._ice.exceptions.NoSuchTableError:
-            return None
-
-    def _open(self, table: str, schema: pa.Schema, *, partition_by: str | None) -> Any:
-        """The table, created with ``schema``, its partition spec and properties if it does not exist."""
-        found = self._load(table)
-        if found is None:
-            found = self._create(table, schema, partition_by=partition_by)
-        if table not in self._adopted:
-            found = self._adopt(table, found, partition_by=partition_by)
-        return found
-
-    def _create(self, table: str, schema: pa.Schema, *, partition_by: str | None) -> Any:
-        """Create the table in one step with its spec (not unpartitioned, then evolved: that leaves
-        two specs in every table); a writer that loses the race to create it loads the winner's."""
-        iceberg_schema = _iceberg_schema(schema)
-        try:
-            created = self.catalog.create_table(
-                self.identifier(table),
-                schema=iceberg_schema,
-                partition_spec=_identity_spec(iceberg_schema, partition_by),
-                properties=dict(self.table_properties),
-            )
-        except self._ice.exceptions.TableAlreadyExistsError:
-            return self.catalog.load_table(self.identifier(table))
-        log.info("Created Iceberg table %s", self.identifier(table))
-        return created
-
-    def _adopt(self, table: str, handle: Any, *, partition_by: str | None) -> Any:
-        """Give a table made before (by an older version, or by hand) the properties it lacks, and
-        its partition spec if it has none; properties it already has are the owner's choice."""
-        missing = {k: v for k, v in self.table_properties.items() if k not in handle.properties}
-        renames = legacy_renames([f.name for f in handle.schema().fields])
-        try:
-            if renames:
-                # Tables of the version that tagged names with capitals: renamed in place (Iceberg
-                # tracks columns by id, so no data file changes).
-                with handle.update_schema() as update:
-                    for old, new in renames.items():
-                        update.rename_column(old, new)
-                log.info("Renamed columns of %s to this version's names: %s", self.identifier(table), renames)
-            if missing:
-                with handle.transaction() as tx:
-                    tx.set_properties(missing)
-                log.info("Set %s on Iceberg table %s", ", ".join(sorted(missing)), self.identifier(table))
-            if partition_by and not handle.spec().fields:
-                with handle.update_spec() as spec:
-                    spec.add_identity(partition_by)
-        except self._ice.exceptions.CommitFailedException:
-            handle = self.catalog.load_table(self.identifier(table))  # another writer did it first
-        self._adopted.add(table)
-        return handle
-
     def prove_writable(self) -> None:
         """Nothing more to do: opening the sink already proved the catalog (its namespace) and the
-        warehouse (:func:`check_warehouse_writable`), before any lease."""
+        warehouse (:func:`.iceberg_catalog.check_warehouse_writable`), before any lease."""
 
     def load_schema(self, record_type: str) -> pa.Schema | None:
         table = self._load(table_name(record_type))
-        return None if table is None else _plain_arrow(table.schema().as_arrow())
+        return None if table is None else plain_arrow(table.schema().as_arrow())
 
     # -- landing -----------------------------------------------------------------------------------
 
@@ -314,13 +156,13 @@ class IcebergSink:
             arrow = pa.concat_tables(
                 [
                     t.append_column(
-                        "record_type",
+                        RECORD_TYPE_KEY,
                         pa.repeat(pa.scalar(record_type_of_folder(rtype), pa.string()), t.num_rows),
                     )
                     for rtype, t in rejects.items()
                 ]
             )
-            batches = frozenset(arrow.column("_batch_id").to_pylist())
+            batches = frozenset(arrow.column(BATCH_ID_COLUMN).to_pylist())
             landed.append(
                 self._commit(
                     REJECTS_TABLE,
@@ -365,50 +207,78 @@ class IcebergSink:
         while True:
             attempt += 1
             try:
-                handle = self._open(table, arrow.schema, partition_by=partition_by)
-                published = _plain_arrow(handle.schema().as_arrow())
-                # Another writer may have given a new column its type first: values that do not fit
-                # it move to variant columns, so no column ever changes type.
-                # A new case twin is named against the table's names: its twin name goes into
-                # the same optimistic commit that publishes it, so no two writers disagree.
-                rows = (
-                    arrow
-                    if rejected
-                    else name_new_columns(
-                        fit_table(arrow, dict(zip(published.names, published.types, strict=True))),
-                        published.names,
-                    )
+                handle, rows, snapshot = self._append(
+                    table, arrow, info, partition_by=partition_by, batch_ids=batch_ids, rejected=rejected
                 )
-                if any(
-                    name not in published.names for name in rows.schema.names if name != EVENT_DATE_COLUMN
-                ):
-                    # Only ever adds columns (union by name): existing ones keep their types.
-                    with handle.update_schema() as update:
-                        update.union_by_name(rows.schema)
-                handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows, batch_ids))
-                snapshot = handle.current_snapshot()
                 break
             except (exc_types.CommitFailedException, exc_types.CommitStateUnknownException) as exc:
-                pause = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-                if info.land_by is not None and time.monotonic() + pause >= info.land_by:
-                    raise KtExportWriteError(
-                        f"Committing to Iceberg table {self.identifier(table)} lost {attempt} races with other "
-                        f"writers before its batches' leases ran out ({exc}); nothing was acknowledged and "
-                        "the batches will be delivered again.",
-                        destination=self.uri(table),
-                    ) from exc
-                log.warning(
-                    "Commit to %s conflicted (%s); retrying on fresh metadata", self.identifier(table), exc
-                )
-                time.sleep(pause)
+                time.sleep(self._pause_after_conflict(table, attempt, exc, info))
             except exc_types.ValidationError as exc:
                 raise KtExportWriteError(
                     f"Iceberg refused the rows for {self.identifier(table)}: {exc}",
                     destination=self.uri(table),
                 ) from exc
         self._verify_visible(table, snapshot.snapshot_id)
+        return self._landed(table, arrow, rows, handle, snapshot, record_type=record_type, rejected=rejected)
+
+    def _append(
+        self,
+        table: str,
+        arrow: pa.Table,
+        info: FlushInfo,
+        *,
+        partition_by: str | None,
+        batch_ids: Sequence[str],
+        rejected: bool,
+    ) -> tuple[Any, pa.Table, Any]:
+        """One attempt: ``arrow`` fitted to the table as it is now, appended; (table, rows, snapshot)."""
+        handle = self._open(table, arrow.schema, partition_by=partition_by)
+        published = plain_arrow(handle.schema().as_arrow())
+        # Another writer may have given a new column its type first: values that do not fit
+        # it move to variant columns, so no column ever changes type.
+        # A new case twin is named against the table's names: its twin name goes into
+        # the same optimistic commit that publishes it, so no two writers disagree.
+        rows = (
+            arrow
+            if rejected
+            else name_new_columns(
+                fit_table(arrow, dict(zip(published.names, published.types, strict=True))),
+                published.names,
+            )
+        )
+        if any(name not in published.names for name in rows.schema.names if name != EVENT_DATE_COLUMN):
+            # Only ever adds columns (union by name): existing ones keep their types.
+            with handle.update_schema() as update:
+                update.union_by_name(rows.schema)
+        handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows, batch_ids))
+        return handle, rows, handle.current_snapshot()
+
+    def _pause_after_conflict(self, table: str, attempt: int, exc: Exception, info: FlushInfo) -> float:
+        """How long to wait before the next attempt; raises when that would outlive the leases."""
+        pause = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+        if info.land_by is not None and time.monotonic() + pause >= info.land_by:
+            raise KtExportWriteError(
+                f"Committing to Iceberg table {self.identifier(table)} lost {attempt} races with other "
+                f"writers before its batches' leases ran out ({exc}); nothing was acknowledged and "
+                "the batches will be delivered again.",
+                destination=self.uri(table),
+            ) from exc
+        log.warning("Commit to %s conflicted (%s); retrying on fresh metadata", self.identifier(table), exc)
+        return pause
+
+    def _landed(
+        self,
+        table: str,
+        arrow: pa.Table,
+        rows: pa.Table,
+        handle: Any,
+        snapshot: Any,
+        *,
+        record_type: str,
+        rejected: bool,
+    ) -> Landed:
+        """The commit as a landed piece of the flush, for the drain's result and lineage."""
         summary = snapshot.summary.additional_properties if snapshot.summary is not None else {}
-        size = int(summary.get("added-files-size", 0))
         extra = {
             "table": self.identifier(table),
             "snapshot_id": snapshot.snapshot_id,
@@ -418,7 +288,7 @@ class IcebergSink:
         return Landed(
             f"{self.uri(table)}@{snapshot.snapshot_id}",
             arrow.num_rows,
-            size,
+            int(summary.get("added-files-size", 0)),
             rejected=rejected,
             record_type=record_type,
             extra=extra,

@@ -1,4 +1,11 @@
-"""The lake's names: the folders it reserves, and how a record type becomes a folder and a table.
+"""The lake's layout, in one place: its paths, the folders it reserves, its meta columns, the event
+day, and how a record type becomes a folder and a table (docs/architecture.md, "The lake's layout").
+
+Every writer, reader, sink, compaction and the Iceberg sink asks this module where things are and
+what they are called, never re-derives it: a hive partition path is built by :func:`hive_path`
+and parsed by :func:`parse_hive_path`; the event day is :func:`event_date` (the UTC day, for
+Parquet folders and Iceberg's ``_event_date`` alike); the meta columns are the ``*_COLUMN``
+constants; :class:`LakeRoot` joins paths under a root and spells their URIs.
 
 A record's ``type`` is free text from the server, yet it names a hive partition folder
 (``record_type=<folder>``, ``_rejected/record_type=<folder>``, the schema store's
@@ -22,9 +29,40 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any
 from urllib.parse import unquote
 
+import fsspec
+import fsspec.core
+import pyarrow as pa
+
 __all__ = [
+    "BATCH_ID_COLUMN",
+    "EVENT_DATE_COLUMN",
+    "EVENT_DATE_KEY",
+    "EVENT_TIME_FIELDS",
+    "INGESTED_AT_COLUMN",
+    "INGEST_DATE_KEY",
+    "PARTITION_KEYS",
+    "RAW_COLUMN",
+    "RECORD_KEY_COLUMN",
+    "RECORD_TYPE_KEY",
+    "SOURCE_COLUMN",
+    "TIMESTAMP",
+    "UNKNOWN_DAY",
+    "LakeRoot",
+    "UnsafePartitionError",
+    "dataset_dir",
+    "event_date",
+    "event_day_value",
+    "hive_path",
+    "is_partition_segment",
+    "parse_hive_path",
+    "type_dir",
+    "type_dir_folder",
+    "utc_day",
     "MAX_NAME_BYTES",
     "PROBE_DIR",
     "QUARANTINE_DIR",
@@ -180,3 +218,199 @@ def folder_table(folder: str) -> str:
 def record_type_table(record_type: object) -> str:
     """The Iceberg table of a record type (the table of its :func:`record_type_folder`)."""
     return folder_table(record_type_folder(record_type))
+
+
+# -- partitions ------------------------------------------------------------------------------------
+
+#: The hive partition keys (``<key>=<value>`` folders); a data column never takes one of these names.
+RECORD_TYPE_KEY = "record_type"
+EVENT_DATE_KEY = "event_date"
+INGEST_DATE_KEY = "ingest_date"
+PARTITION_KEYS = (RECORD_TYPE_KEY, EVENT_DATE_KEY, INGEST_DATE_KEY)
+
+
+def is_partition_segment(segment: str) -> bool:
+    """True for one ``<key>=<value>`` folder of this lake: a known key and a safe value."""
+    key, sep, value = segment.partition("=")
+    return bool(sep) and key in PARTITION_KEYS and is_safe_folder_name(value)
+
+
+class UnsafePartitionError(ValueError):
+    """A partition key or value that is no safe folder name (it could point outside the lake)."""
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key = key
+        self.value = value
+        super().__init__(
+            f"partition {key}={value!r}: the value is not sanitised (it could point outside the lake)"
+        )
+
+
+def hive_path(partition: Mapping[str, str], area: str = "") -> str:
+    """``[<area>/]k=v/...`` relative to the lake root: where the files of ``partition`` live.
+
+    :raises UnsafePartitionError: a key or value is not a safe folder name
+    """
+    parts = [area] if area else []
+    for key, value in partition.items():
+        if not (is_safe_folder_name(key) and is_safe_folder_name(value)):
+            raise UnsafePartitionError(key, value)
+        parts.append(f"{key}={value}")
+    return posixpath.join(*parts) if parts else ""
+
+
+def parse_hive_path(rel_dir: str) -> dict[str, str]:
+    """The partition of a folder relative to the root (or to an area), values as stored (escaped).
+
+    Segments without ``=`` (an area such as ``_rejected``) are skipped.
+    """
+    segments = rel_dir.strip("/").split("/")
+    return {k: v for k, sep, v in (s.partition("=") for s in segments) if sep}
+
+
+def type_dir(folder: str) -> str:
+    """The folder of a record type's data, relative to the root: ``record_type=<folder>``."""
+    return f"{RECORD_TYPE_KEY}={folder}"
+
+
+def type_dir_folder(path: str) -> str | None:
+    """The record type folder of a ``.../record_type=<folder>`` directory, None for any other."""
+    key, sep, value = posixpath.basename(path.rstrip("/")).partition("=")
+    return value if sep and key == RECORD_TYPE_KEY else None
+
+
+def dataset_dir(partition: Mapping[str, str], area: str = "") -> str:
+    """The folder a partition's files belong to as a dataset (lineage), relative to the root: its
+    record type's folder when the record type is the first partition key, else the root (or the
+    area's folder, e.g. ``_rejected``)."""
+    first = next(iter(partition.items()), None)
+    if area:
+        return area
+    if first is not None and first[0] == RECORD_TYPE_KEY:
+        return type_dir(first[1])
+    return ""
+
+
+# -- meta columns ----------------------------------------------------------------------------------
+
+#: The UTC timestamp type of every time column the lake writes (microseconds, zone UTC).
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+RECORD_KEY_COLUMN = "_record_key"
+BATCH_ID_COLUMN = "_batch_id"
+INGESTED_AT_COLUMN = "_ingested_at"
+SOURCE_COLUMN = "_source"
+RAW_COLUMN = "_raw"
+#: Iceberg tables keep the event day as this column (the Parquet lake keeps it in its path).
+EVENT_DATE_COLUMN = "_event_date"
+
+
+# -- the event day ---------------------------------------------------------------------------------
+
+#: The fields whose first parsable value gives a record's event day, in order.
+EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
+#: The event day of a record without a parsable time.
+UNKNOWN_DAY = "unknown"
+# event_date is a partition choice, not a stored value: it also takes a bare date, or a time
+# without zone (read as UTC).
+_ISO_LOOSE = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
+)
+
+
+def parse_time(value: object) -> datetime | None:
+    """A time text as an aware UTC datetime (no zone: read as UTC), None when it does not parse."""
+    if type(value) is not str or not _ISO_LOOSE.match(value):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: the UTC instant is outside years 1-9999
+        return None
+
+
+def utc_day(value: object) -> str | None:
+    """The UTC day ``YYYY-MM-DD`` of a time text (its offset applied), None when it does not parse."""
+    parsed = parse_time(value)
+    return None if parsed is None else parsed.strftime("%Y-%m-%d")
+
+
+def event_date(record: Mapping[str, Any]) -> str:
+    """UTC day ``YYYY-MM-DD`` of the first of date, eventDate, dateEnd, received that parses; else
+    ``unknown``.
+
+    Never the ingestion day: a redelivered copy lands in the same partition as the first. The one
+    rule for the ``event_date`` folder, the buffer's file count and Iceberg's ``_event_date``.
+    """
+    for name in EVENT_TIME_FIELDS:
+        day = utc_day(record.get(name))
+        if day is not None:
+            return day
+    return UNKNOWN_DAY
+
+
+def event_day_value(day: str | None) -> date | None:
+    """An ``event_date`` partition value as a date (Iceberg's ``_event_date``); None for ``unknown``."""
+    if not day or day == UNKNOWN_DAY or len(day) != 10:
+        return None
+    try:
+        return date.fromisoformat(day)
+    except ValueError:
+        return None
+
+
+# -- a lake root -----------------------------------------------------------------------------------
+
+
+class LakeRoot:
+    """A lake's root on a filesystem: joins paths under it and spells their user-facing URIs.
+
+    What writers, readers and compaction share of a lake; it holds no state beyond its names.
+
+    :param fs: the filesystem (``ObjectStoragePath.fs``, ``s3fs.S3FileSystem``, local, ...)
+    :param root: the lake root on ``fs`` (protocol optional)
+    :param uri_prefix: user-facing URL of ``root``; URIs are this plus the relative path
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, uri_prefix: str | None = None) -> None:
+        self.fs = fs
+        self.root = fs._strip_protocol(root).rstrip("/") or "/"
+        self.uri_prefix = uri_prefix
+
+    def __repr__(self) -> str:
+        return f"LakeRoot({self.root!r})"
+
+    @classmethod
+    def open(cls, fs_or_url: fsspec.AbstractFileSystem | str, root: str | None = None) -> LakeRoot:
+        """A lake given as a filesystem and root, or as a URL (``s3://bucket/lake``)."""
+        if isinstance(fs_or_url, str):
+            fs, url_root = fsspec.core.url_to_fs(fs_or_url)
+            root = url_root if root is None else root
+        else:
+            fs = fs_or_url
+        if root is None:
+            raise ValueError("reading a lake needs its root when given a filesystem")
+        return cls(fs, root)
+
+    def join(self, *parts: str) -> str:
+        """A path under the root."""
+        return posixpath.join(self.root, *[p for p in parts if p])
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the root."""
+        return path[len(self.root) :].strip("/")
+
+    def uri_of(self, path: str) -> str:
+        """The user-facing URI of a path under the root."""
+        if self.uri_prefix is not None:
+            return self.uri_prefix.rstrip("/") + "/" + path[len(self.root) :].lstrip("/")
+        return self.fs.unstrip_protocol(path)
+
+    def schema_dir(self, folder: str) -> str:
+        """The schema store folder of a record type folder (:func:`schema_folder`)."""
+        return self.join(schema_folder(folder))
+
+    def quarantine_file(self, digest: str, suffix: str) -> str:
+        """``_quarantine/<digest><suffix>``: a quarantined body (``.body``), its sidecar or counter."""
+        return self.join(QUARANTINE_DIR, f"{digest}{suffix}")

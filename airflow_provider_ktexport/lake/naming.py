@@ -26,7 +26,12 @@ from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
-from airflow_provider_ktexport.lake.layout import is_safe_folder_name, safe_folder_name
+from airflow_provider_ktexport.lake.layout import (
+    PARTITION_KEYS,
+    TIMESTAMP,
+    is_safe_folder_name,
+    safe_folder_name,
+)
 
 __all__ = [
     "PARTITION_KEYS",
@@ -54,20 +59,17 @@ __all__ = [
 
 #: Field metadata key holding the JSON list of the original key path of a data column.
 PATH_METADATA_KEY = b"ktexport.path"
-#: Hive partition keys the lake may use; a data column never takes one of these names.
-PARTITION_KEYS = ("record_type", "event_date", "ingest_date")
 #: Separates a column's key path from its tags; escaped key paths never contain it.
 TAG_SEP = "___"
 _TWIN_TAG = "t"
 _EMPTY_SEGMENT = "%-"
 
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: The variant suffix of each column type, and back (SQL type words people recognise).
 VARIANT_TAGS: dict[pa.DataType, str] = {
     pa.bool_(): "boolean",
     pa.int64(): "bigint",
     pa.float64(): "double",
-    _TIMESTAMP: "timestamp",
+    TIMESTAMP: "timestamp",
     pa.string(): "string",
 }
 _TAG_TYPES = {tag: t for t, tag in VARIANT_TAGS.items()}

@@ -1,58 +1,33 @@
-"""Partition values of a record: its type and its event day (the ``record_type``/``event_date`` keys).
+"""Partition values of a built table: its rows' event days, vectorised.
 
-``event_date`` is the UTC day of the first of ``date``, ``eventDate``, ``dateEnd``, ``received``
-that parses, never the ingestion day, so a redelivered copy lands in the same partition as the
-first. :func:`event_dates` computes it for a whole built table (vectorised where the column is a
-timestamp); :func:`event_date` is the per-record definition it must agree with.
+The event day rule is :func:`.layout.event_date` (the UTC day of the first of ``date``,
+``eventDate``, ``dateEnd``, ``received`` that parses, never the ingestion day, so a redelivered
+copy lands in the same partition as the first). :func:`event_dates` computes it for a whole
+built table (vectorised where the column is a timestamp) and must agree with it.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_ktexport.lake.layout import record_type_folder
+from airflow_provider_ktexport.lake.layout import (
+    EVENT_TIME_FIELDS,
+    TIMESTAMP,
+    UNKNOWN_DAY,
+    event_date,
+    record_type_folder,
+    utc_day,
+)
 from airflow_provider_ktexport.lake.naming import column_name
-from airflow_provider_ktexport.lake.types import TIMESTAMP
 
 __all__ = ["EVENT_TIME_COLUMNS", "EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
 
-EVENT_TIME_FIELDS = ("date", "eventDate", "dateEnd", "received")
 #: Their column names (plain: a key keeps its spelling).
 EVENT_TIME_COLUMNS = tuple(column_name((f,)) for f in EVENT_TIME_FIELDS)
-# event_date is a partition choice, not a stored value: it also takes a bare date, or a time
-# without zone (read as UTC).
-_ISO_LOOSE = re.compile(
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
-)
-
-
-def _parse_loose(value: object) -> datetime | None:
-    if type(value) is not str or not _ISO_LOOSE.match(value):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: the UTC instant is outside years 1-9999
-        return None
-
-
-def event_date(record: dict[str, Any]) -> str:
-    """UTC day ``YYYY-MM-DD`` of the first of date, eventDate, dateEnd, received that parses; else ``unknown``.
-
-    Never the ingestion day: a redelivered copy lands in the same partition as the first.
-    """
-    for name in EVENT_TIME_FIELDS:
-        parsed = _parse_loose(record.get(name))
-        if parsed is not None:
-            return parsed.strftime("%Y-%m-%d")
-    return "unknown"
 
 
 def record_type_of(record: dict[str, Any]) -> str:
@@ -90,7 +65,7 @@ def event_dates(columns: dict[tuple[str, ...], list[pa.Array]], n: int) -> pa.Ar
             days = _days_of(arr, days)
         if days.null_count == 0:
             break
-    return pc.fill_null(days, "unknown")
+    return pc.fill_null(days, UNKNOWN_DAY)
 
 
 def _days_of(arr: pa.Array, days: pa.Array) -> pa.Array:
@@ -103,8 +78,8 @@ def _days_of(arr: pa.Array, days: pa.Array) -> pa.Array:
         if len(todo):
             out = days.to_pylist()
             for j, value in zip(todo.to_pylist(), arr.take(todo).to_pylist(), strict=True):
-                parsed = _parse_loose(value)
-                if parsed is not None:
-                    out[j] = parsed.strftime("%Y-%m-%d")
+                day = utc_day(value)
+                if day is not None:
+                    out[j] = day
             days = pa.array(out, pa.string())
     return days

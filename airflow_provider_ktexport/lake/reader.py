@@ -4,6 +4,9 @@ Files are read whole with pyarrow through fsspec and fitted by the variant rule
 (:func:`.variants.fit_table`), so files of any version read alike: this version's names, each
 column at its published type (the store's, else its oldest file's), Null-typed columns dropped.
 Engines read the lake on their own too (docs/schema-mapping.md, "Reading the lake").
+
+Where things are comes from :mod:`.layout` (the record type folders, the hive path of each file)
+and the published columns from :class:`.schema_store.SchemaStore`: reading never builds a writer.
 """
 
 from __future__ import annotations
@@ -12,11 +15,19 @@ import posixpath
 from typing import Any
 
 import fsspec
-import fsspec.core
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_ktexport.lake.layout import record_type_folder, record_type_of_folder
+from airflow_provider_ktexport.lake.layout import (
+    RESERVED_PREFIX,
+    LakeRoot,
+    parse_hive_path,
+    record_type_folder,
+    record_type_of_folder,
+    type_dir,
+    type_dir_folder,
+)
+from airflow_provider_ktexport.lake.schema_store import SchemaStore
 from airflow_provider_ktexport.lake.variants import (
     FoldMode,
     current_name,
@@ -24,9 +35,8 @@ from airflow_provider_ktexport.lake.variants import (
     fold_variants,
     published_names,
 )
-from airflow_provider_ktexport.lake.writer import LakeWriter
 
-__all__ = ["published_types", "read_lake", "read_lake_pandas", "read_lake_table"]
+__all__ = ["open_lake", "published_types", "read_lake", "read_lake_pandas", "read_lake_table"]
 
 
 def _data_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
@@ -37,74 +47,64 @@ def _data_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
     return sorted(p for p in found if p.endswith(".parquet") and not posixpath.basename(p).startswith("."))
 
 
-def _partition_values(root: str, path: str) -> dict[str, str]:
-    rel = path[len(root) :].strip("/").split("/")[:-1]
-    return {k: record_type_of_folder(v) for k, _, v in (seg.partition("=") for seg in rel) if _ == "="}
+def _partition_values(lake: LakeRoot, path: str) -> dict[str, str]:
+    """The partition values of a data file from its path, decoded as readers show them."""
+    return {
+        k: record_type_of_folder(v)
+        for k, v in parse_hive_path(posixpath.dirname(lake.relative(path))).items()
+    }
 
 
-def _type_dirs(fs: fsspec.AbstractFileSystem, writer: LakeWriter, record_type: str | None) -> list[str]:
+def _type_dirs(lake: LakeRoot, record_type: str | None) -> list[str]:
     if record_type is not None:
-        return [writer._join(f"record_type={record_type_folder(record_type)}")]
+        return [lake.join(type_dir(record_type_folder(record_type)))]
     try:
-        entries = fs.ls(writer.root, detail=False)
+        entries = lake.fs.ls(lake.root, detail=False)
     except FileNotFoundError:
         entries = []
-    return sorted(p for p in entries if posixpath.basename(p.rstrip("/")).startswith("record_type="))
+    return sorted(p for p in entries if type_dir_folder(p) is not None)
 
 
-def published_types(writer: LakeWriter, record_type: str, schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
+def published_types(store: SchemaStore, record_type: str, schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
     """Each base column's type: the store's, else its type in the oldest file that has it.
 
     ``schemas`` are the record type's file schemas, oldest first (file names start with their
     UTC time). Lakes written before the store fixed types get, per column, the type its first
     file gave it; files that disagree are fitted to it by the variant rule.
     """
-    published = writer.load_schema(record_type)
+    published = store.load(record_type)
     types: dict[str, pa.DataType] = {}
     if published is not None:
         types.update(zip(published.names, published.types, strict=True))
     names = published_names(types)
     for schema in schemas:
         for f in schema:
-            if pa.types.is_null(f.type) or f.name.startswith("_"):
+            if pa.types.is_null(f.type) or f.name.startswith(RESERVED_PREFIX):
                 continue
             types.setdefault(current_name(f, names), f.type)
     return types
 
 
-def open_lake(fs_or_url: fsspec.AbstractFileSystem | str, root: str | None) -> LakeWriter:
-    """A read-only handle on a lake given as a filesystem and root, or as a URL."""
-    if isinstance(fs_or_url, str):
-        fs, url_root = fsspec.core.url_to_fs(fs_or_url)
-        root = url_root if root is None else root
-    else:
-        fs = fs_or_url
-    if root is None:
-        raise ValueError("reading a lake needs its root when given a filesystem")
-    return LakeWriter(fs, root, writer_id="reader")
+def open_lake(fs_or_url: fsspec.AbstractFileSystem | str, root: str | None) -> LakeRoot:
+    """A read-only handle on a lake given as a filesystem and root, or as a URL (:meth:`.LakeRoot.open`)."""
+    return LakeRoot.open(fs_or_url, root)
 
 
-def _folder_of(type_dir: str) -> str:
-    """The record type folder of a ``record_type=<folder>`` directory."""
-    return posixpath.basename(type_dir.rstrip("/")).partition("=")[2]
-
-
-def _read_type(writer: LakeWriter, type_dir: str) -> pa.Table | None:
-    fs, base = writer.fs, writer.root
-    # The schema store is keyed by the folder, as the drain and compaction key it.
-    rtype = _folder_of(type_dir)
-    files = sorted(_data_files(fs, type_dir), key=posixpath.basename)
+def _read_type(lake: LakeRoot, store: SchemaStore, type_path: str, folder: str) -> pa.Table | None:
+    fs = lake.fs
+    files = sorted(_data_files(fs, type_path), key=posixpath.basename)
     if not files:
         return None
     tables = []
     for path in files:
         with fs.open(path, "rb") as fh:
             tables.append((path, pq.read_table(fh)))
-    types = published_types(writer, rtype, [t.schema for _, t in tables])
+    # The schema store is keyed by the folder, as the drain and compaction key it.
+    types = published_types(store, folder, [t.schema for _, t in tables])
     fitted = []
     for path, t in tables:
         t = fit_table(t, types)
-        for key, value in _partition_values(base, path).items():
+        for key, value in _partition_values(lake, path).items():
             t = t.append_column(
                 pa.field(key, pa.string()), pa.repeat(pa.scalar(value, pa.string()), t.num_rows)
             )
@@ -134,15 +134,15 @@ def read_lake(
         text) or ``"widest"`` (the lattice join of its types); by default variants stay apart
     :return: ``{record_type: table}`` for every record type with data
     """
-    writer = open_lake(fs_or_url, root)
+    lake = open_lake(fs_or_url, root)
+    store = SchemaStore(lake)
     out: dict[str, pa.Table] = {}
-    for type_dir in _type_dirs(writer.fs, writer, record_type):
-        table = _read_type(writer, type_dir)
+    for type_path in _type_dirs(lake, record_type):
+        folder = type_dir_folder(type_path) or ""
+        table = _read_type(lake, store, type_path, folder)
         if table is None:
             continue
-        out[record_type_of_folder(_folder_of(type_dir))] = (
-            table if fold is None else fold_variants(table, fold)
-        )
+        out[record_type_of_folder(folder)] = table if fold is None else fold_variants(table, fold)
     return out
 
 

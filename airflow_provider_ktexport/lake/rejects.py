@@ -15,26 +15,33 @@ failing is found by halving (a few builds per bad record), so an unknown kind of
 isolated too.
 """
 
-from __future__ import annotations
-
 import json
-import posixpath
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.columns import decode_record
 from airflow_provider_ktexport.lake.keys import record_key
-from airflow_provider_ktexport.lake.layout import REJECTED_DIR, record_type_folder, record_type_of_folder
-from airflow_provider_ktexport.lake.partitions import record_type_of
+from airflow_provider_ktexport.lake.layout import (
+    BATCH_ID_COLUMN,
+    RECORD_KEY_COLUMN,
+    REJECTED_DIR,
+    RESERVED_PREFIX,
+    TIMESTAMP,
+)
+from airflow_provider_ktexport.lake.record_limits import DATA_ERRORS, MAX_DEPTH, nests_deeper_than
+from airflow_provider_ktexport.lake.rejects_table import (
+    REJECTS_SCHEMA,
+    Reject,
+    read_rejects,
+    record_type_of_raw,
+    rejects_table,
+)
 from airflow_provider_ktexport.lake.schema import PartitionTable, build_tables
-from airflow_provider_ktexport.lake.types import TIMESTAMP
 
 __all__ = [
     "DATA_ERRORS",
@@ -44,29 +51,12 @@ __all__ = [
     "Landing",
     "Reject",
     "land_records",
+    "nests_deeper_than",
     "read_rejects",
+    "record_type_of_raw",
     "rejects_table",
 ]
 
-#: What building a record's row can raise because of the record's content (not of our code's
-#: state): these route the record to the rejects table; anything else still fails the flush.
-DATA_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    OverflowError,
-    RecursionError,
-    UnicodeError,
-    ArithmeticError,
-    msgspec.MsgspecError,
-    pa.ArrowException,
-)
-
-#: Deepest nesting of objects and lists a record may have to become a row.
-MAX_DEPTH = 64
-#: What :func:`nests_deeper_than` keeps of a record: quotes and brackets, one kind of bracket.
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"{}[]')
-_ONE_BRACKET_KIND = bytes.maketrans(b"[]", b"{}")
-_QUOTED = re.compile(rb'"[^"]*"')
 #: Records up to this many bytes are screened by counting brackets before the exact check.
 _SHORT = 4096
 
@@ -75,31 +65,6 @@ _MAX_MESSAGE = 2000
 
 _MIN_TIME = pa.scalar(datetime(1, 1, 1, tzinfo=UTC), TIMESTAMP)
 _MAX_TIME = pa.scalar(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), TIMESTAMP)
-_UNREADABLE = object()
-# Long enough for any type the layout names (120 CJK characters are 720 bytes as \u escapes).
-_TYPE_IN_TEXT = re.compile(rb'"type"\s*:\s*"((?:[^"\\]|\\.){1,4000})"')
-
-REJECTS_SCHEMA = pa.schema(
-    [
-        pa.field("_raw", pa.string()),
-        pa.field("_error_class", pa.string()),
-        pa.field("_error", pa.string()),
-        pa.field("_record_key", pa.string()),
-        pa.field("_batch_id", pa.string()),
-        pa.field("_ingested_at", TIMESTAMP),
-        pa.field("_source", pa.string()),
-    ]
-)
-
-
-@dataclass(frozen=True)
-class Reject:
-    """A record that cannot be a row: its exact bytes, its batch, and why."""
-
-    raw: bytes
-    batch_id: str
-    error_class: str
-    error: str
 
 
 @dataclass
@@ -163,33 +128,6 @@ def _reject_out_of_range(
         keep = [j for j in keep if j not in bad]
         tables = _build(raws, batch_ids, keep, options)
     return keep, tables
-
-
-def nests_deeper_than(raw: bytes, limit: int) -> bool:
-    """Whether objects and lists nest more than ``limit`` levels deep in a JSON text (strings skipped).
-
-    Only C-speed steps, no loop per byte (a Python loop over every byte cost 0.3-0.5 ms per
-    100-point trip, a third of the drain): escapes that could hide a quote go; every byte but
-    quotes and brackets is deleted (``[`` ``]`` become ``{`` ``}``: in valid JSON brackets pair up
-    in order, so one kind is enough); strings go with any brackets inside them; then each
-    ``replace(b"{}", b"")`` peels exactly one level (it removes the innermost pairs only), and
-    after ``limit`` peels anything left was deeper. No recursion, so no depth can crash it.
-    """
-    s = bytes(raw)
-    if b"\\" in s:
-        # Left to right, as JSON reads escapes: pairs of backslashes first, then escaped quotes.
-        s = s.replace(b"\\\\", b"").replace(b'\\"', b"")
-    s = s.translate(_ONE_BRACKET_KIND, _NOT_STRUCTURE)
-    if s.count(b"{") <= limit:  # fewer openers (strings' included) than levels
-        return False
-    # Quotes alternate open, close. When they all pair up as adjacent "" from the left, no string
-    # holds a bracket and the quotes can simply go; else cut the strings out (rare).
-    s = s.translate(None, b'"') if 2 * s.count(b'""') == s.count(b'"') else _QUOTED.sub(b"", s)
-    for _ in range(limit):
-        if not s:
-            return False
-        s = s.replace(b"{}", b"")
-    return bool(s)
 
 
 def _within_depth(raws: Sequence[bytes], batch_ids: Sequence[str], rejects: list[Reject]) -> list[int]:
@@ -286,7 +224,7 @@ def _out_of_range_rows(tables: list[PartitionTable]) -> set[tuple[str, str]]:
     for part in tables:
         table = part.table
         for field in table.schema:
-            if not pa.types.is_timestamp(field.type) or field.name.startswith("_"):
+            if not pa.types.is_timestamp(field.type) or field.name.startswith(RESERVED_PREFIX):
                 continue
             col = table.column(field.name)
             bad = pc.or_(pc.less(col, _MIN_TIME), pc.greater(col, _MAX_TIME))
@@ -295,8 +233,8 @@ def _out_of_range_rows(tables: list[PartitionTable]) -> set[tuple[str, str]]:
                 sub = table.take(rows)
                 found.update(
                     zip(
-                        sub.column("_batch_id").to_pylist(),
-                        sub.column("_record_key").to_pylist(),
+                        sub.column(BATCH_ID_COLUMN).to_pylist(),
+                        sub.column(RECORD_KEY_COLUMN).to_pylist(),
                         strict=True,
                     )
                 )
@@ -338,119 +276,3 @@ def _explain(raw: bytes, exc: BaseException) -> str:
             f"Unicode text and cannot be stored as a Parquet string ({text})"
         )
     return text
-
-
-def record_type_of_raw(raw: bytes) -> str:
-    """The record's ``type`` for the rejects table's partition (by text search when it does not decode)."""
-    value = _decoded(raw)
-    if value is _UNREADABLE:
-        match = _TYPE_IN_TEXT.search(raw)
-        if match is None:
-            return "unknown"
-        try:
-            value = {"type": json.loads(b'"' + match.group(1) + b'"')}
-        except ValueError:
-            return "unknown"
-    return record_type_of(value) if type(value) is dict else "unknown"
-
-
-def _decoded(raw: bytes) -> Any:
-    """The decoded record, or :data:`_UNREADABLE`; one nested too deep is never decoded.
-
-    msgspec stops at the interpreter's recursion limit, so decoding a deep record would make its
-    stored key depend on that limit, and a limit raised far enough lets it overflow the C stack.
-    """
-    if nests_deeper_than(raw, MAX_DEPTH):
-        return _UNREADABLE
-    try:
-        return msgspec.json.decode(raw)
-    except DATA_ERRORS:
-        return _UNREADABLE
-
-
-def _key_or_none(raw: bytes) -> str | None:
-    value = _decoded(raw)
-    if type(value) is not dict:
-        return None
-    try:
-        return record_key(value)
-    except DATA_ERRORS:
-        return None
-
-
-def rejects_table(
-    rejects: Sequence[Reject],
-    *,
-    source: str,
-    ingested_at: datetime,
-) -> dict[str, pa.Table]:
-    """The rejects as one table per record type (the partition value), in :data:`REJECTS_SCHEMA`.
-
-    ``_raw`` is the record's exact text as the drain passed it: the drain masks the API key in
-    every record before building anything (``KeyMask.records``), so no other text is changed.
-    """
-    by_type: dict[str, list[Reject]] = {}
-    for r in rejects:
-        by_type.setdefault(record_type_of_raw(r.raw), []).append(r)
-    out = {}
-    for rtype, group in by_type.items():
-        n = len(group)
-        out[rtype] = pa.Table.from_arrays(
-            [
-                pa.array([r.raw.decode("utf-8", "backslashreplace") for r in group], pa.string()),
-                pa.array([r.error_class for r in group], pa.string()),
-                pa.array([r.error for r in group], pa.string()),
-                pa.array([_key_or_none(r.raw) for r in group], pa.string()),
-                pa.array([r.batch_id for r in group], pa.string()),
-                pa.repeat(pa.scalar(ingested_at, TIMESTAMP), n),
-                pa.repeat(pa.scalar(source, pa.string()), n),
-            ],
-            schema=REJECTS_SCHEMA,
-        )
-    return out
-
-
-def read_rejects(fs_or_url: Any, root: str | None = None, *, record_type: str | None = None) -> pa.Table:
-    """Every rejected record of the lake (or of one record type), with ``record_type`` and
-    ``ingest_date`` columns from the paths; an empty table in :data:`REJECTS_SCHEMA` if none.
-
-    :param fs_or_url: an fsspec filesystem (then pass ``root``) or a URL such as ``s3://bucket/lake``
-    :param root: the lake root on the filesystem
-    :param record_type: only the rejects of this record type
-    """
-    import pyarrow.parquet as pq
-
-    from airflow_provider_ktexport.lake.reader import open_lake
-
-    lake = open_lake(fs_or_url, root)
-    fs = lake.fs
-    base = posixpath.join(lake.root, REJECTED_DIR)
-    if record_type is not None:
-        base = posixpath.join(base, f"record_type={record_type_folder(record_type)}")
-    try:
-        found = sorted(
-            p for p in fs.find(base) if p.endswith(".parquet") and not posixpath.basename(p).startswith(".")
-        )
-    except FileNotFoundError:
-        found = []
-    tables = []
-    for path in found:
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh, schema=REJECTS_SCHEMA)
-        for seg in path[len(base) :].strip("/").split("/")[:-1]:
-            key, _, value = seg.partition("=")
-            table = table.append_column(
-                key, pa.repeat(pa.scalar(record_type_of_folder(value), pa.string()), table.num_rows)
-            )
-        if record_type is not None:
-            table = table.append_column(
-                "record_type", pa.repeat(pa.scalar(record_type, pa.string()), table.num_rows)
-            )
-        tables.append(table.select([*REJECTS_SCHEMA.names, "record_type", "ingest_date"]))
-    if not tables:
-        return (
-            REJECTS_SCHEMA.append(pa.field("record_type", pa.string()))
-            .append(pa.field("ingest_date", pa.string()))
-            .empty_table()
-        )
-    return pa.concat_tables(tables)

@@ -30,7 +30,18 @@ import pyarrow.compute as pc
 
 from airflow_provider_ktexport.lake.columns import decode_record, dict_columns, reader_columns
 from airflow_provider_ktexport.lake.keys import RECORD_KEY_HASH, canonical_json, record_key
-from airflow_provider_ktexport.lake.layout import record_type_folder
+from airflow_provider_ktexport.lake.layout import (
+    BATCH_ID_COLUMN,
+    EVENT_DATE_KEY,
+    INGEST_DATE_KEY,
+    INGESTED_AT_COLUMN,
+    RAW_COLUMN,
+    RECORD_KEY_COLUMN,
+    RECORD_TYPE_KEY,
+    SOURCE_COLUMN,
+    TIMESTAMP,
+    record_type_folder,
+)
 from airflow_provider_ktexport.lake.naming import (
     PARTITION_KEYS,
     PATH_METADATA_KEY,
@@ -46,7 +57,7 @@ from airflow_provider_ktexport.lake.naming import (
     variant_type,
 )
 from airflow_provider_ktexport.lake.partitions import event_date, event_dates
-from airflow_provider_ktexport.lake.types import TIMESTAMP, build_fitted, widen_type
+from airflow_provider_ktexport.lake.types import build_fitted, widen_type
 
 __all__ = [
     "META_COLUMNS",
@@ -70,11 +81,11 @@ __all__ = [
 
 #: Metadata columns added to every row, in table order (``_raw`` only when asked for).
 META_COLUMNS: dict[str, pa.DataType] = {
-    "_record_key": pa.string(),
-    "_batch_id": pa.string(),
-    "_ingested_at": TIMESTAMP,
-    "_source": pa.string(),
-    "_raw": pa.string(),
+    RECORD_KEY_COLUMN: pa.string(),
+    BATCH_ID_COLUMN: pa.string(),
+    INGESTED_AT_COLUMN: TIMESTAMP,
+    SOURCE_COLUMN: pa.string(),
+    RAW_COLUMN: pa.string(),
 }
 
 
@@ -137,7 +148,7 @@ def build_tables(
     *,
     source: str,
     ingested_at: datetime,
-    partition_by: Sequence[str] = ("record_type", "event_date"),
+    partition_by: Sequence[str] = (RECORD_TYPE_KEY, EVENT_DATE_KEY),
     include_raw: bool = False,
     known_schema: Callable[[str], pa.Schema | None] = lambda t: None,
 ) -> list[PartitionTable]:
@@ -206,8 +217,8 @@ def _build_tables(
             ingested_at=ingested_at,
             known=known_schema(rtype),
         )
-        fixed = {"record_type": rtype, "ingest_date": ingest_day}
-        for day, positions in _split(days, "event_date" in partition_by):
+        fixed = {RECORD_TYPE_KEY: rtype, INGEST_DATE_KEY: ingest_day}
+        for day, positions in _split(days, EVENT_DATE_KEY in partition_by):
             part = tuple(fixed.get(k, day) for k in partition_by)
             sub = table if len(positions) == len(idx) else table.take(positions)
             result.append(
@@ -215,7 +226,7 @@ def _build_tables(
                     record_type=rtype,
                     partition=dict(zip(partition_by, part, strict=True)),
                     table=sub,
-                    batch_ids=frozenset(pc.unique(sub.column("_batch_id")).to_pylist()),
+                    batch_ids=frozenset(pc.unique(sub.column(BATCH_ID_COLUMN)).to_pylist()),
                 )
             )
     return result
@@ -266,17 +277,46 @@ def _type_table(
     for j in unsafe:
         keys[j] = record_key(decode_record(raws[j]))
 
+    meta_arrays = _meta_arrays(
+        raws, batch_ids, keys, include_raw=include_raw, source=source, ingested_at=ingested_at, known=known
+    )
+    fields, arrays = _assemble(columns, meta_arrays, known, n)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), event_dates(by_path, n)
+
+
+def _meta_arrays(
+    raws: list[Any],
+    batch_ids: list[str],
+    keys: list[str],
+    *,
+    include_raw: bool,
+    source: str,
+    ingested_at: datetime,
+    known: pa.Schema | None,
+) -> dict[str, pa.Array]:
+    """The metadata columns of the rows (``_raw`` only when asked for, or nulls when published)."""
+    n = len(raws)
     meta_arrays: dict[str, pa.Array] = {
-        "_record_key": pa.array(keys, pa.string()),
-        "_batch_id": pa.array(batch_ids, pa.string()),
-        "_ingested_at": pa.repeat(pa.scalar(ingested_at, TIMESTAMP), n),
-        "_source": pa.repeat(pa.scalar(source, pa.string()), n),
+        RECORD_KEY_COLUMN: pa.array(keys, pa.string()),
+        BATCH_ID_COLUMN: pa.array(batch_ids, pa.string()),
+        INGESTED_AT_COLUMN: pa.repeat(pa.scalar(ingested_at, TIMESTAMP), n),
+        SOURCE_COLUMN: pa.repeat(pa.scalar(source, pa.string()), n),
     }
     if include_raw:
-        meta_arrays["_raw"] = pa.array([bytes(raw).decode("utf-8") for raw in raws], pa.string())
-    elif known is not None and "_raw" in known.names:
-        meta_arrays["_raw"] = pa.nulls(n, pa.string())
+        meta_arrays[RAW_COLUMN] = pa.array([bytes(raw).decode("utf-8") for raw in raws], pa.string())
+    elif known is not None and RAW_COLUMN in known.names:
+        meta_arrays[RAW_COLUMN] = pa.nulls(n, pa.string())
+    return meta_arrays
 
+
+def _assemble(
+    columns: dict[str, tuple[pa.Field, pa.Array]],
+    meta_arrays: dict[str, pa.Array],
+    known: pa.Schema | None,
+    n: int,
+) -> tuple[list[pa.Field], list[pa.Array]]:
+    """The table's fields and arrays: published columns first in their order (nulls where this
+    batch has none), then new data columns by name, then metadata columns not published yet."""
     fields: list[pa.Field] = []
     arrays: list[pa.Array] = []
     seen: set[str] = set()
@@ -303,4 +343,4 @@ def _type_table(
         if name not in seen:
             fields.append(pa.field(name, arr.type))
             arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), event_dates(by_path, n)
+    return fields, arrays

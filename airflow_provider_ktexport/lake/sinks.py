@@ -10,7 +10,6 @@ the drain's rule "acknowledge only what has landed" holds whatever the destinati
 from __future__ import annotations
 
 import logging
-import posixpath
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from airflow_provider_ktexport.lake.layout import REJECTED_DIR
+from airflow_provider_ktexport.lake.layout import INGEST_DATE_KEY, RECORD_TYPE_KEY, REJECTED_DIR, dataset_dir
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
@@ -143,7 +142,7 @@ class ParquetSink:
     ) -> list[Landed]:
         jobs = [(part.table, part.partition, "", part.record_type) for part in tables]
         jobs += [
-            (table, {"record_type": rtype, "ingest_date": info.ingest_day}, REJECTED_DIR, rtype)
+            (table, {RECORD_TYPE_KEY: rtype, INGEST_DATE_KEY: info.ingest_day}, REJECTED_DIR, rtype)
             for rtype, table in rejects.items()
         ]
         futures = [self._pool.submit(self.writer.write, job[0], job[1], area=job[2]) for job in jobs]
@@ -172,12 +171,9 @@ class ParquetSink:
 
     def dataset_of(self, partition: Mapping[str, str], area: str = "") -> str:
         """The folder a file belongs to as a dataset: its record type's folder when the record type
-        is the first partition key, else the lake root (or the area's folder, e.g. ``_rejected``)."""
-        first = next(iter(partition.items()), None)
-        parts = [area] if area else []
-        if first is not None and first[0] == "record_type" and not area:
-            parts.append(f"record_type={first[1]}")
-        return self.writer.uri_of(posixpath.join(self.writer.root, *parts))
+        is the first partition key, else the lake root (or the area's folder, e.g. ``_rejected``):
+        :func:`.layout.dataset_dir`."""
+        return self.writer.uri_of(self.writer.lake.join(dataset_dir(partition, area)))
 
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
         return self.writer.quarantine(body, reason=reason, batch_id=batch_id)

@@ -25,6 +25,8 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from airflow_provider_ktexport.lake.layout import TIMESTAMP
+
 __all__ = [
     "MAX_INT_EXACT",
     "TIMESTAMP",
@@ -37,7 +39,6 @@ __all__ = [
     "widen_type",
 ]
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
 MAX_INT_EXACT = 2**53
 #: The range of an int64 column: JSON integers in it land as int64, exactly.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import fsspec
 import pyarrow as pa
@@ -22,20 +21,30 @@ def part(rtype: str) -> PartitionTable:
     return PartitionTable(rtype, {"record_type": rtype}, table, frozenset({"b"}))
 
 
+#: How long a test waits for a condition that holds at once when the code is right.
+DEADLINE = 60.0
+
+
 def test_a_failed_flush_returns_only_after_its_other_writes_ended(tmp_path):
     started: list[str] = []
     in_flight = [0]
     lock = threading.Lock()
+    both_started = threading.Barrier(3)  # the two slow writes and the failing one
+    failed = threading.Event()
 
     class Writer(LakeWriter):
         def write(self, table, partition, **kwargs):
             if partition["record_type"] == "bad":
+                both_started.wait(DEADLINE)
+                failed.set()
                 raise KtExportWriteError("no bucket", destination="x")
             with lock:
                 started.append(partition["record_type"])
                 in_flight[0] += 1
             try:
-                time.sleep(0.3)  # a slow PUT still in flight when the other one failed
+                both_started.wait(DEADLINE)
+                # A slow PUT still in flight when the other one failed: it goes on after the failure.
+                assert failed.wait(DEADLINE)
                 return super().write(table, partition, **kwargs)
             finally:
                 with lock:
@@ -54,12 +63,17 @@ def test_files_of_a_flush_go_up_at_once(tmp_path):
     active, peak = [0], [0]
     lock = threading.Lock()
 
+    overlap = threading.Condition(lock)
+
     class Writer(LakeWriter):
         def write(self, table, partition, **kwargs):
-            with lock:
+            with overlap:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
-            time.sleep(0.1)
+                overlap.notify_all()
+                # Hold this write until another is under way too; written one at a time, it
+                # would wait out the deadline alone and the peak would stay 1.
+                overlap.wait_for(lambda: peak[0] > 1, timeout=DEADLINE)
             try:
                 return super().write(table, partition, **kwargs)
             finally:

@@ -19,7 +19,8 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError, KtExportWr
 from airflow_provider_ktexport.lake.compact import compact_lake
 from airflow_provider_ktexport.lake.layout import record_type_folder
 from airflow_provider_ktexport.lake.naming import path_metadata
-from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_table
+from airflow_provider_ktexport.lake.reader import read_lake, read_lake_table
+from airflow_provider_ktexport.lake.writer import LakeWriter
 from tests.lake_support import land
 
 NOW = datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC)
