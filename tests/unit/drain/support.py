@@ -12,6 +12,7 @@ import fsspec
 
 from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.keymask import key_mask
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 
 EMPTY = object()
@@ -122,3 +123,12 @@ BAD_TYPES = {
     "quarantine": b'{"type":"_quarantine","seq":104}',
     "schema": b'{"type":"_schema","seq":105}',
 }
+
+
+class MaskingClient(FakeClient):
+    """A fake client that masks its key in records as the real one does (``KeyMask``)."""
+
+    key = "s3cr3t-KEY"
+
+    def mask_records(self, raws: list[bytes]) -> list[bytes]:
+        return key_mask(self.key).records(raws)

@@ -18,7 +18,6 @@ from airflow_provider_ktexport.exceptions import (
     KtExportRejectsError,
     KtExportWriteError,
 )
-from airflow_provider_ktexport.keymask import key_mask
 from airflow_provider_ktexport.lake.keys import record_key
 from airflow_provider_ktexport.lake.rejects import (
     read_rejects,
@@ -28,6 +27,7 @@ from tests.unit.drain.support import (
     BAD_TYPES,
     HOSTILE,
     FakeClient,
+    MaskingClient,
     batch_of,
     good_records,
     lake_seqs,
@@ -115,15 +115,6 @@ def test_every_hostile_kind_in_one_flush(tmp_path):
     assert kept == sorted(h.decode() for h in HOSTILE.values())
     assert sorted(read_lake_table(str(lake)).column("seq").to_pylist()) == list(range(10))
     assert drain.result.rejected == len(HOSTILE)
-
-
-class MaskingClient(FakeClient):
-    """A fake client that masks its key in records as the real one does (``KeyMask``)."""
-
-    key = "s3cr3t-KEY"
-
-    def mask_records(self, raws: list[bytes]) -> list[bytes]:
-        return key_mask(self.key).records(raws)
 
 
 def test_the_key_is_redacted_from_stored_rejects(tmp_path):
