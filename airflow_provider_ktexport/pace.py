@@ -1,16 +1,9 @@
-"""Deprecated: moved to :mod:`airflow_provider_ktexport.drain.pace`; import from there (or from
-:mod:`airflow_provider_ktexport.drain`). This shim goes in the next release."""
+"""Deprecated: moved to :mod:`airflow_provider_ktexport.drain.pace` (this shim goes in the next release)."""
 
 from __future__ import annotations
 
-import warnings
-
+from airflow_provider_ktexport.drain._moved import warn_moved
 from airflow_provider_ktexport.drain.pace import *  # noqa: F403
 from airflow_provider_ktexport.drain.pace import __all__  # noqa: F401
 
-warnings.warn(
-    "airflow_provider_ktexport.pace is deprecated: import from airflow_provider_ktexport.drain.pace "
-    "(or airflow_provider_ktexport.drain)",
-    DeprecationWarning,
-    stacklevel=2,
-)
+warn_moved("pace")

@@ -107,30 +107,39 @@ class Drain:
         self.progress = Progress(self.result, self.log)
         reporter = MetricsReporter(self.metrics, self.log)
         self.acks = Acknowledger(client, config, self.result, reporter, self.log)
-        # Stored data must not hold the key, yet must keep every other byte: the client masks its
-        # own key only (quarantined bodies anywhere, records inside their JSON strings); the
-        # quarantine's reason is text for humans, where the token= belt applies too.
-        self.flusher = Flusher(
+        self.flusher = self._flusher(reporter)
+        self.quarantine = self._quarantine(reporter)
+
+    # Stored data must not hold the key, yet must keep every other byte: the client masks its own
+    # key only (quarantined bodies anywhere, records inside their JSON strings); the quarantine's
+    # reason is text for humans, where the token= belt applies too.
+
+    def _flusher(self, reporter: MetricsReporter) -> Flusher:
+        """The flush steps, masking the key in records with the client's own mask."""
+        return Flusher(
             self.sink,
-            config,
+            self.config,
             self.result,
             self.pace,
             self.acks,
             reporter,
             self.progress,
             self.log,
-            mask_records=getattr(client, "mask_records", None) or (lambda raws: raws),
+            mask_records=getattr(self.client, "mask_records", None) or (lambda raws: raws),
             on_pending=self._pace_fetchers,
         )
-        self.quarantine = Quarantine(
+
+    def _quarantine(self, reporter: MetricsReporter) -> Quarantine:
+        """The quarantine, redacting stored bodies and reasons with the client's own redaction."""
+        return Quarantine(
             self.sink,
-            config,
+            self.config,
             self.result,
             self.acks,
             reporter,
             self.log,
-            redact_body=getattr(client, "redact_body", None) or (lambda b: b),
-            redact_text=getattr(client, "redact_text", None) or (lambda text: redact(text, None)),
+            redact_body=getattr(self.client, "redact_body", None) or (lambda b: b),
+            redact_text=getattr(self.client, "redact_text", None) or (lambda text: redact(text, None)),
         )
 
     # -- the loop -----------------------------------------------------------------------------------
