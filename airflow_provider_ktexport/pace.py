@@ -1,4 +1,4 @@
-"""Deprecated: moved to :mod:`airflow_provider_ktexport.drain.pace` (this shim goes in the next release)."""
+"""Deprecated: moved to :mod:`airflow_provider_ktexport.drain.pace`; this shim goes next release."""
 
 from __future__ import annotations
 

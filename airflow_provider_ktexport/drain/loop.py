@@ -23,14 +23,15 @@ How the time rules are kept (docs/architecture.md section 3):
   visible), never after its lease ran out on our clock. A failed write
   acknowledges nothing and raises.
 * A record that cannot be a row goes to the rejects table with its exact text
-  (:mod:`airflow_provider_ktexport.lake.rejects`); written plus rejected rows must equal each batch's
-  records before anything is acknowledged.
+  (:mod:`airflow_provider_ktexport.lake.rejects`); written plus rejected rows must equal each
+  batch's records before anything is acknowledged (:func:`.flush.check_complete`).
 * A flush also starts early when the held batches span ``max_flush_partitions``
   partition files (counted exactly as each batch joins, :mod:`.buffer`), or more files than the
   oldest lease leaves time for at the pace this run measured, and writes its files concurrently
-  (:mod:`airflow_provider_ktexport.lake.sinks`). A flush that would not fit lands in several steps, each acknowledged in
-  time; the fetchers lease no further ahead than the writer lands within a lease; and when leases
-  ran out anyway, the flush limits halve for the rest of the run (:mod:`.pace`).
+  (:mod:`airflow_provider_ktexport.lake.sinks`). A flush that would not fit lands in several
+  steps, each acknowledged in time; the fetchers lease no further ahead than the writer lands
+  within a lease; and when leases ran out anyway, the flush limits halve for the rest of the run
+  (:mod:`.pace`).
 * A single batch that cannot land within its lease even alone is written but never acknowledged
   late: it is counted (``wide_batches``) and redelivered; a second one in a run stops the run with
   an error saying what to change, rather than keep writing copies.
