@@ -47,8 +47,8 @@ def partitions_of(raws: Sequence[bytes], partition_by: Sequence[str]) -> frozens
     Every record counts: a backfill's batch can spread over hundreds of days, and no sample can
     stand in for the whole. Each record's head is decoded alone (a few microseconds) and given
     the values the built tables get (:mod:`airflow_provider_ktexport.lake.partitions`): one file
-    per record type, and per event day when ``event_date`` is a partition key (``ingest_date`` is one day per flush, so it
-    adds no files). A record that does not decode is a reject (in ``_rejected/``), not a data file.
+    per record type, and per event day when ``event_date`` is a partition key (``ingest_date`` is
+    one day per flush, so it adds no files). A record that does not decode is a reject (in ``_rejected/``), not a data file.
     """
     by_day = "event_date" in partition_by
     out: set[tuple[str, str]] = set()
