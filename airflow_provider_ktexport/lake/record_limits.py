@@ -12,7 +12,7 @@ import re
 import msgspec
 import pyarrow as pa
 
-__all__ = ["DATA_ERRORS", "MAX_DEPTH", "nests_deeper_than"]
+__all__ = ["DATA_ERRORS", "MAX_DEPTH", "nests_deeper_than", "too_deep"]
 
 #: What building a record's row can raise because of the record's content (not of our code's
 #: state): these route the record to the rejects table; anything else still fails the flush.
@@ -60,3 +60,12 @@ def nests_deeper_than(raw: bytes, limit: int) -> bool:
             return False
         s = s.replace(b"{}", b"")
     return bool(s)
+
+
+def too_deep(raw: bytes) -> bool:
+    """Whether a record nests deeper than :data:`MAX_DEPTH` (so it is a reject, never a row).
+
+    Decided on the text, not by a parser's RecursionError: a process whose recursion limit a
+    library raised would otherwise parse it. Records with fewer brackets than levels cost two counts.
+    """
+    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and nests_deeper_than(raw, MAX_DEPTH)

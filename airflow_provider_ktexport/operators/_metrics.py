@@ -31,7 +31,7 @@ def airflow_stats() -> Any:
 
 
 class AirflowStatsMetrics:
-    """A :class:`~airflow_provider_ktexport.drain.Metrics` that reports through Airflow's ``Stats``.
+    """A :class:`~airflow_provider_ktexport.drain.metrics.Metrics` that reports through Airflow's ``Stats``.
 
     :param conn_id: the ``ktexport`` connection drained, sent as the ``conn_id`` tag
     :param stats: the ``Stats`` facade (default: Airflow's)

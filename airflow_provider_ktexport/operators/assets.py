@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias
 
-from airflow_provider_ktexport.drain import MAX_SUMMARY_FILES
+from airflow_provider_ktexport.drain.result import MAX_SUMMARY_FILES
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+def check_target_file_mb(value: Any) -> float:
+    """``target_file_mb`` of either compaction operator (files or Iceberg tables), checked one way.
+
+    Both used to check it, with two different messages and one letting ``True`` through.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise KtExportConfigError(f"target_file_mb must be a positive number of MB, got {value!r}")
+    return float(value)
+
+
 def _lake_uri(path: ObjectStoragePath) -> str:
     # Same rule as the drain's lake_uri (no conn_id@, no trailing slash); not imported from
     # operators.ktexport, which re-exports this module.
@@ -69,8 +79,7 @@ class KtExportCompactOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if target_file_mb <= 0:
-            raise KtExportConfigError(f"target_file_mb must be positive, got {target_file_mb!r}")
+        check_target_file_mb(target_file_mb)
         if min_age_minutes < 0:
             raise KtExportConfigError(f"min_age_minutes must not be negative, got {min_age_minutes!r}")
         self.source = source

@@ -21,6 +21,7 @@ from airflow_provider_ktexport.lake.sinks import Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.operators import _lineage
 from airflow_provider_ktexport.operators.assets import is_templated
+from airflow_provider_ktexport.operators.compact import check_target_file_mb
 from airflow_provider_ktexport.operators.ktexport import AirflowFailException, KtExportDrainOperatorBase
 
 if TYPE_CHECKING:
@@ -177,12 +178,7 @@ class KtExportIcebergMaintenanceOperator(BaseOperator):
         ):
             if not isinstance(age, timedelta) or age < timedelta(0):
                 raise KtExportConfigError(f"{name} must be a timedelta of zero or more, got {age!r}")
-        if (
-            isinstance(target_file_mb, bool)
-            or not isinstance(target_file_mb, int | float)
-            or target_file_mb <= 0
-        ):
-            raise KtExportConfigError(f"target_file_mb must be a positive number, got {target_file_mb!r}")
+        check_target_file_mb(target_file_mb)
         super().__init__(**kwargs)
         self.namespace = namespace
         self.catalog_properties = catalog_properties

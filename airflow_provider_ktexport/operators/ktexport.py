@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_ktexport import destinations
-from airflow_provider_ktexport.api.exchange import DEFAULT_LEASE_SECONDS
 from airflow_provider_ktexport.drain import Drain, DrainConfig, connections_needed
+from airflow_provider_ktexport.drain.config import DEFAULTS
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError, KtExportError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.sinks import Sink
@@ -110,20 +110,21 @@ class KtExportDrainOperatorBase(BaseOperator):
         self,
         *,
         ktexport_conn_id: str = KtExportHook.default_conn_name,
-        max_runtime: timedelta | float = timedelta(minutes=10),
-        flush_records: int = 50_000,
-        flush_seconds: float | str = 60.0,
-        lease_seconds: float | str = DEFAULT_LEASE_SECONDS,
-        stop_when_empty: bool = True,
+        # The drain's defaults have one home (DrainConfig); these read them, never restate them.
+        max_runtime: timedelta | float = timedelta(seconds=DEFAULTS.max_runtime),
+        flush_records: int = DEFAULTS.flush_records,
+        flush_seconds: float | str = DEFAULTS.flush_seconds,
+        lease_seconds: float | str = DEFAULTS.lease_seconds,
+        stop_when_empty: bool = DEFAULTS.stop_when_empty,
         drain_until: str | float | None = None,
-        partition_by: Sequence[str] = ("record_type", "event_date"),
-        include_raw: bool = False,
-        ack_quarantined: bool = False,
-        ack_quarantined_after: int = 3,
-        max_reject_share: float | None = None,
-        max_flush_partitions: int = 2000,
-        write_concurrency: int | None = None,
-        max_in_flight: int = 4,
+        partition_by: Sequence[str] = DEFAULTS.partition_by,
+        include_raw: bool = DEFAULTS.include_raw,
+        ack_quarantined: bool = DEFAULTS.ack_quarantined,
+        ack_quarantined_after: int = DEFAULTS.ack_quarantined_after,
+        max_reject_share: float | None = DEFAULTS.max_reject_share,
+        max_flush_partitions: int = DEFAULTS.max_flush_partitions,
+        write_concurrency: int | None = DEFAULTS.write_concurrency,
+        max_in_flight: int = DEFAULTS.max_in_flight,
         asset: Asset | None = None,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,

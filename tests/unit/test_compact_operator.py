@@ -25,7 +25,11 @@ def test_it_is_re_exported_next_to_the_drain_operator():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"target_file_mb": 0}, "target_file_mb"), ({"min_age_minutes": -1}, "min_age_minutes")],
+    [
+        ({"target_file_mb": 0}, "target_file_mb must be a positive number of MB, got 0"),
+        ({"target_file_mb": True}, "target_file_mb must be a positive number of MB, got True"),
+        ({"min_age_minutes": -1}, "min_age_minutes"),
+    ],
 )
 def test_bad_arguments_fail_at_parse_time(kwargs, match):
     with pytest.raises(KtExportConfigError, match=match):

@@ -27,8 +27,12 @@ from airflow_provider_ktexport.lake.naming import column_path  # noqa: E402
 from airflow_provider_ktexport.lake.rejects import REJECTS_SCHEMA  # noqa: E402
 from airflow_provider_ktexport.lake.sinks import ParquetSink  # noqa: E402
 from airflow_provider_ktexport.lake.writer import LakeWriter  # noqa: E402
-from tests.unit.test_drain import FakeClient  # noqa: E402
-from tests.unit.test_drain_rejects import BAD_TYPES, HOSTILE, batch_of  # noqa: E402
+from tests.unit.drain.support import (  # noqa: E402
+    BAD_TYPES,
+    HOSTILE,
+    FakeClient,  # noqa: E402
+    batch_of,
+)
 
 
 def catalog_for(tmp_path: Path):

@@ -15,7 +15,7 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError  # noqa: E4
 from airflow_provider_ktexport.lake.iceberg import IcebergSink  # noqa: E402
 from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_table  # noqa: E402
 from airflow_provider_ktexport.operators.iceberg import KtExportIcebergMaintenanceOperator  # noqa: E402
-from tests.unit.test_drain_rejects import batch_of  # noqa: E402
+from tests.unit.drain.support import batch_of  # noqa: E402
 from tests.unit.test_iceberg import catalog_for, drain_into, records  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def test_the_operator_maintains_every_table_and_reports_it(tmp_path):
     [
         ({"expire_snapshots_older_than": timedelta(days=-1)}, "expire_snapshots_older_than"),
         ({"remove_orphans_older_than": 3}, "remove_orphans_older_than must be a timedelta"),
-        ({"target_file_mb": 0}, "target_file_mb must be a positive number"),
+        ({"target_file_mb": 0}, "target_file_mb must be a positive number of MB, got 0"),
         ({"catalog_properties": None}, "exactly one of catalog_properties"),
     ],
 )

@@ -19,8 +19,7 @@ from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.operators import _lineage
 from airflow_provider_ktexport.operators._metrics import AirflowStatsMetrics, airflow_stats
 from airflow_provider_ktexport.testing.emulator import Emulator
-from tests.unit.test_drain import FakeClient, make_batch, writer_for
-from tests.unit.test_drain_rejects import HOSTILE, batch_of, good_records
+from tests.unit.drain.support import HOSTILE, FakeClient, batch_of, good_records, make_batch, writer_for
 
 pytest.importorskip("airflow.providers.openlineage")
 

@@ -1,4 +1,4 @@
-"""The fetchers' hand-off (fetcher.py): bounded by batch count and by body bytes, and never stuck."""
+"""The fetchers' hand-off (drain/fetcher.py): bounded by batch count and by body bytes, and never stuck."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from airflow_provider_ktexport import fetcher as fetcher_module
-from airflow_provider_ktexport.fetcher import Fetcher, HandoffQueue
+from airflow_provider_ktexport.drain import fetcher as fetcher_module
+from airflow_provider_ktexport.drain.fetcher import Fetcher, HandoffQueue
 
 
 @dataclass

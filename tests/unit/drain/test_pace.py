@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ktexport import drain as drain_module
-from airflow_provider_ktexport.buffer import HeldBatch
 from airflow_provider_ktexport.client import Batch
-from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.drain import Drain, DrainConfig, acks, flush, loop
+from airflow_provider_ktexport.drain.buffer import HeldBatch
+from airflow_provider_ktexport.drain.pace import FlushPace
 from airflow_provider_ktexport.exceptions import KtExportError
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
-from airflow_provider_ktexport.pace import FlushPace
-from tests.unit.test_drain import FakeClient, writer_for
+from tests.unit.drain.support import FakeClient, writer_for
 
 
 def held(batch_id: str, leased_at: float, days: range) -> HeldBatch:
@@ -110,9 +109,9 @@ def day_batch(batch_id: str, first_day: int, days: int) -> Batch:
 @pytest.fixture
 def slow_store(tmp_path, monkeypatch):
     store = SlowStore(tmp_path / "lake")
-    monkeypatch.setattr(
-        drain_module, "time", types.SimpleNamespace(monotonic=store.monotonic, time=time.time)
-    )
+    clock = types.SimpleNamespace(monotonic=store.monotonic, time=time.time)
+    for module in (loop, flush, acks):  # every drain module that reads the lease clock
+        monkeypatch.setattr(module, "time", clock)
     return store
 
 

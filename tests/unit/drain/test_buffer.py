@@ -7,9 +7,12 @@ import random
 import time
 from datetime import UTC, datetime
 
-from airflow_provider_ktexport.buffer import Buffer, partitions_of
+import pytest
+
 from airflow_provider_ktexport.client import Batch
+from airflow_provider_ktexport.drain.buffer import Buffer, partitions_of
 from airflow_provider_ktexport.lake.schema import build_tables
+from tests.unit.drain.support import HOSTILE, batch_of, good_records
 
 
 def _batch(batch_id: str, records: list[dict]) -> Batch:
@@ -72,3 +75,31 @@ def test_the_count_follows_the_event_day_rules_of_the_tables():
     for partition_by in [("record_type", "event_date"), ("event_date",), ("record_type", "ingest_date")]:
         raws = [json.dumps(r).encode() for r in records]
         assert len(partitions_of(raws, partition_by)) == _files_written(records, partition_by), partition_by
+
+
+def test_buffer_add_is_the_commit_point():
+    """A batch is held with its records in one step, or not at all."""
+
+    class Interrupting(list):
+        def __len__(self):
+            raise KeyboardInterrupt  # Airflow's execution_timeout lands mid-add
+
+    buf = Buffer(("record_type", "event_date"))
+    batch = Batch(id="b", raw_items=Interrupting(good_records(2)), leased_at=time.monotonic(), body_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        buf.add(batch)
+    taken = buf.take()
+    assert all(list.__len__(h.raw_items) == 2 for h in taken)  # never a held batch without records
+
+
+def test_buffer_counts_partitions_and_skips_undecodable_records():
+    buf = Buffer(("record_type", "event_date"))
+    for day in (1, 2, 3):
+        buf.add(
+            batch_of(f"d{day}", [json.dumps({"type": "t", "date": f"2026-01-0{day}T00:00:00Z"}).encode()] * 5)
+        )
+    assert buf.partitions == 3
+    buf.add(batch_of("x", [HOSTILE["object_1000_deep"]]))
+    assert buf.partitions == 3
+    buf.take()
+    assert buf.partitions == 0 and buf.records == 0

@@ -1,0 +1,119 @@
+"""The drain's held state: leased batches waiting to land, and the partitions a flush of them writes.
+
+Plain Python, no Airflow. :meth:`Buffer.add` is the commit point of docs/architecture.md section 3: a batch
+joins in one step, with its records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from airflow_provider_ktexport.lake.layout import event_date
+from airflow_provider_ktexport.lake.partitions import record_type_of
+from airflow_provider_ktexport.lake.record_limits import too_deep
+
+__all__ = ["Buffer", "HeldBatch", "partitions_of"]
+
+
+@dataclass(frozen=True)
+class HeldBatch:
+    """A leased batch in the buffer: its id, when its lease started (monotonic), its records and
+    the partitions its records land in (record type and event day, as the flush will write them)."""
+
+    id: str
+    leased_at: float
+    raw_items: Sequence[bytes]
+    partitions: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
+
+
+class _Head(msgspec.Struct):
+    """The fields that choose a record's partition, read without building the record."""
+
+    type: Any = None
+    date: Any = None
+    eventDate: Any = None  # the API's spelling
+    dateEnd: Any = None
+    received: Any = None
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+
+
+def partitions_of(raws: Sequence[bytes], partition_by: Sequence[str]) -> frozenset[tuple[str, str]]:
+    """The data files a flush writes for these records, as (record type, event day) pairs.
+
+    Every record counts: a backfill's batch can spread over hundreds of days, and no sample can
+    stand in for the whole. Each record's head is decoded alone (a few microseconds) and given
+    the values the built tables get (:mod:`airflow_provider_ktexport.lake.partitions`): one file
+    per record type, and per event day when ``event_date`` is a partition key (``ingest_date`` is
+    one day per flush, so it adds no files). A record that does not decode is a reject (in ``_rejected/``), not a data file.
+    """
+    by_day = "event_date" in partition_by
+    out: set[tuple[str, str]] = set()
+    for raw in raws:
+        if too_deep(raw):  # a reject, whatever recursion limit the process runs with
+            continue
+        try:
+            head = _HEAD.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):
+            continue
+        out.add((record_type_of({"type": head.type}), _event_day(head) if by_day else ""))
+    return frozenset(out)
+
+
+def _event_day(head: _Head) -> str:
+    return event_date(
+        {"date": head.date, "eventDate": head.eventDate, "dateEnd": head.dateEnd, "received": head.received}
+    )
+
+
+class Buffer:
+    """The batches a run holds until they land: :meth:`add` is the commit point.
+
+    A batch joins in one step (one ``list.append`` of a :class:`HeldBatch` that carries its
+    records), so an interrupt (Airflow's ``execution_timeout``, a kill) can never leave a held
+    batch without its records for the kill-path flush to acknowledge.
+
+    It also counts the partitions (files) a flush of it would write, exactly: each batch's set
+    is computed as it joins (:func:`partitions_of`), so a flush that would write too many files
+    on a slow object store starts early however widely a backfill's batches spread.
+    """
+
+    def __init__(self, partition_by: Sequence[str]) -> None:
+        self._batches: list[HeldBatch] = []
+        self._partition_by = tuple(partition_by)
+        self._partitions: set[tuple[str, str]] = set()
+        self.records = 0
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def add(self, batch: Any) -> None:
+        """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
+        held = HeldBatch(
+            batch.id, batch.leased_at, batch.raw_items, partitions_of(batch.raw_items, self._partition_by)
+        )
+        self._batches.append(held)  # the commit point
+        self.records += len(batch.raw_items)
+        self._partitions |= held.partitions
+
+    def take(self) -> list[HeldBatch]:
+        """Every held batch, oldest first; the buffer is empty afterwards."""
+        batches = self._batches
+        self._batches = []
+        self.records = 0
+        self._partitions = set()
+        return batches
+
+    def oldest_lease(self) -> float:
+        # Fetchers hand batches over in completion order, not lease order.
+        return min(b.leased_at for b in self._batches)
+
+    @property
+    def partitions(self) -> int:
+        """Partitions (data files) a flush of the buffer would write."""
+        return len(self._partitions)

@@ -1,0 +1,207 @@
+"""Fetcher threads: keep GETs outstanding while the drain's main thread writes and acknowledges.
+
+Plain Python, no Airflow (docs/architecture.md section 2, section 6: pipelining is the lever when the
+server is far away).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from airflow_provider_ktexport.exceptions import KtExportError, KtExportProtocolError
+
+__all__ = ["HANDOFF_BATCHES", "HANDOFF_BYTES", "BatchSource", "Fetcher", "HandoffQueue"]
+
+log = logging.getLogger(__name__)
+
+#: Leased batches the fetchers may hand over while the main thread is busy flushing. The main
+#: thread moves them into the buffer (lease clock included) as soon as it is free, so this only
+#: keeps the network busy during a flush.
+HANDOFF_BATCHES = 64
+#: Decoded body bytes (``Batch.body_size``) the hand-off may hold. A count alone bounds nothing
+#: when batches are large: 64 bodies near ``max_body_bytes`` (64 MiB) would be 4 GiB. Past this
+#: budget a fetcher waits before leasing more (and a batch already leased waits for room), so
+#: memory stays near the budget. One batch is always admitted to an empty hand-off, however
+#: large, or a single big batch could never pass.
+HANDOFF_BYTES = 256 * 1024 * 1024
+#: How often a waiting fetcher looks at stop/abandon/deadline even if nobody wakes it.
+_WAIT_STEP = 0.2
+
+
+def _size(item: tuple[str, Any]) -> int:
+    kind, value = item
+    return int(getattr(value, "body_size", 0) or 0) if kind == "batch" else 0
+
+
+class HandoffQueue(queue.Queue[tuple[str, Any]]):
+    """The fetchers' hand-off: bounded by item count (``maxsize``) and by body bytes (``max_bytes``).
+
+    ``get``/``get_nowait``/``empty`` are the plain :class:`queue.Queue` ones the drain uses;
+    ``put`` also waits while the bytes held plus the new batch's would pass ``max_bytes``.
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        #: Batches the fetchers may hold leased ahead of the writer (None: only the bounds above).
+        #: The drain sets it from the pace it measured, so no batch waits here past its lease.
+        self.lease_ahead: int | None = None
+        #: Body bytes of the batches held now (read without the lock for logs and tests only).
+        self.bytes = 0
+        self._wakes = 0
+
+    def _no_room(self, size: int) -> bool:
+        # Caller holds the mutex. An empty queue takes any batch: it must be able to pass alone.
+        # Errors and empty answers weigh nothing and wait for the count bound only.
+        if 0 < self.maxsize <= self._qsize():
+            return True
+        return size > 0 and bool(self._qsize()) and self.bytes + size > self.max_bytes
+
+    def put(self, item: tuple[str, Any], block: bool = True, timeout: float | None = None) -> None:
+        """Put ``item``, waiting up to ``timeout`` for room by count and by bytes; else ``queue.Full``."""
+        size = _size(item)
+        with self.not_full:
+            end = None if timeout is None else time.monotonic() + timeout
+            wakes = self._wakes
+            while self._no_room(size):
+                remaining = None if end is None else end - time.monotonic()
+                if not block or (remaining is not None and remaining <= 0) or self._wakes != wakes:
+                    raise queue.Full  # also after wake(): the caller looks at stop/abandon again
+                self.not_full.wait(remaining)
+            self._put(item)
+            self.bytes += size
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def _get(self) -> tuple[str, Any]:
+        item = super()._get()
+        self.bytes -= _size(item)
+        # Room by bytes may let several waiting fetchers on (Queue.get wakes only one).
+        self.not_full.notify_all()
+        return item
+
+    def budget_spent(self) -> bool:
+        """True while the held bytes fill the byte budget, or the batches held reach
+        ``lease_ahead``: a fetcher should not lease more yet."""
+        with self.mutex:
+            return self._spent()
+
+    def _spent(self) -> bool:
+        # Caller holds the mutex.
+        ahead = self.lease_ahead
+        return self.bytes >= self.max_bytes or (ahead is not None and self._qsize() >= ahead)
+
+    def wait_for_room(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a ``get`` (or :meth:`wake`)."""
+        with self.not_full:
+            if self._spent():
+                self.not_full.wait(timeout)
+
+    def wake(self) -> None:
+        """Wake every fetcher waiting for room (stop and abandon call it); a waiting ``put``
+        then raises ``queue.Full`` at once, so its caller can see why it was woken."""
+        with self.not_full:
+            self._wakes += 1
+            self.not_full.notify_all()
+
+
+class BatchSource(Protocol):
+    """What the drain needs of a client (``KtExportClient`` satisfies it)."""
+
+    long_poll_seconds: float
+
+    def get_batch(self, *, deadline: float | None = None) -> Any: ...
+
+    def ack(self, batch_id: str) -> bool: ...
+
+
+class Fetcher:
+    """Keeps up to ``n`` GETs outstanding and hands results to the main thread.
+
+    Results are ``("batch", Batch)``, ``("empty", None)``, ``("error", exc)``.
+    The hand-off queue is bounded by count (``HANDOFF_BATCHES``) and by body bytes
+    (``HANDOFF_BYTES``) so fetchers cannot run far ahead of the writer: memory stays set by the
+    flush size and the hand-off, not by the queue length or the size of its batches.
+    """
+
+    def __init__(
+        self, client: BatchSource, n: int, run_deadline: float, keep_polling: Callable[[], bool]
+    ) -> None:
+        self._client = client
+        self._deadline = run_deadline
+        self._keep_polling = keep_polling
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self.results = HandoffQueue(maxsize=max(n, HANDOFF_BATCHES), max_bytes=HANDOFF_BYTES)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"ktexport-fetch-{i}", daemon=True) for i in range(n)
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.results.wake()
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        # A leased batch waits for room while the run goes on; once the run has stopped and nobody
+        # reads any more, it is abandoned and the server delivers it again after its lease.
+        while True:
+            try:
+                self.results.put(item, timeout=_WAIT_STEP)
+                return
+            except queue.Full:
+                if self._stop.is_set() and (item[0] != "batch" or self._abandon.wait(0.0)):
+                    if item[0] == "batch":
+                        log.info("Abandoned batch %s at shutdown; it will be delivered again", item[1].id)
+                    return
+
+    def abandon(self) -> None:
+        """Stop waiting to hand over results: nobody will read them."""
+        self._stop.set()
+        self._abandon.set()
+        self.results.wake()
+
+    def _wait_for_budget(self) -> bool:
+        """Wait, leasing nothing, while the hand-off's budget is spent; False once the run stops."""
+        while self.results.budget_spent():
+            if self._stop.is_set() or time.monotonic() >= self._deadline:
+                return False
+            self.results.wait_for_room(_WAIT_STEP)
+        return not self._stop.is_set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() >= self._deadline:
+                return
+            if not self._wait_for_budget():
+                return
+            try:
+                batch = self._client.get_batch(deadline=self._deadline)
+            except KtExportError as exc:
+                self._put(("error", exc))
+                if not isinstance(exc, KtExportProtocolError):
+                    return
+                continue
+            except Exception as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+                self._put(("error", exc))
+                return
+            if batch is None:
+                if time.monotonic() >= self._deadline:
+                    return  # the deadline cut the long poll short: not an empty answer
+                self._put(("empty", None))
+                if not self._keep_polling():
+                    self._stop.set()  # the run ends on this answer: lease nothing more
+                    return
+                continue
+            self._put(("batch", batch))

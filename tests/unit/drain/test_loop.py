@@ -1,0 +1,181 @@
+"""The drain loop with a fake client and the real lake writer on a local folder: when it leases,
+flushes, stops and fails."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fsspec
+import pytest
+
+from airflow_provider_ktexport.client import Batch
+from airflow_provider_ktexport.drain import Drain, DrainConfig
+from airflow_provider_ktexport.exceptions import (
+    KtExportAuthError,
+    KtExportConfigError,
+    KtExportTransientError,
+    KtExportWriteError,
+)
+from airflow_provider_ktexport.lake.writer import LakeWriter
+from tests.unit.drain.support import (
+    EMPTY,
+    FakeClient,
+    lake_seqs,
+    make_batch,
+    run,
+    writer_for,
+)
+
+
+@pytest.mark.parametrize("queued", [True, False], ids=["data-queued", "queue-empty"])
+def test_a_lake_under_a_regular_file_fails_before_the_first_get(tmp_path, queued):
+    (tmp_path / "file").write_text("not a folder")
+    lake = tmp_path / "file" / "lake"
+    client = FakeClient([make_batch("b1", range(5))] if queued else [])
+    with pytest.raises(KtExportConfigError, match="regular file") as err:
+        run(client, lake)
+    assert str(lake) in str(err.value)
+    assert client.gets == 0 and client.acks == []
+
+
+def test_an_unreachable_store_fails_before_the_first_get_as_an_outage(tmp_path):
+    client = FakeClient([make_batch("b1", range(5))])
+
+    class UnreachableStore(LakeWriter):
+        def _put(self, path, data):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    drain = Drain(
+        client,
+        UnreachableStore(fsspec.filesystem("memory"), "/lake"),
+        DrainConfig(lease_seconds=8, flush_seconds=3),
+    )
+    with pytest.raises(KtExportWriteError, match="ConnectionRefusedError") as err:
+        drain.run()
+    assert not isinstance(err.value, KtExportConfigError)
+    assert client.gets == 0
+
+
+def test_stops_at_max_runtime_and_lands_what_it_holds(tmp_path):
+    lake = tmp_path / "lake"
+    counter = iter(range(10_000))
+
+    def endless():
+        i = next(counter)
+        time.sleep(0.02)
+        return make_batch(f"e{i}", range(i * 3, i * 3 + 3))
+
+    client = FakeClient([endless] * 10_000, lake=lake)
+    drain = run(client, lake, max_runtime=1.0)
+    assert drain.result.stopped == "max_runtime"
+    assert drain.result.batches == len(client.acks) > 0
+    assert len(lake_seqs(lake)) == drain.result.records == 3 * drain.result.batches
+
+
+def test_flushes_on_lease_age_while_a_get_is_still_outstanding(tmp_path):
+    lake = tmp_path / "lake"
+    late_served = threading.Event()
+
+    def late():
+        time.sleep(1.5)  # a long poll that holds the only GET slot
+        late_served.set()
+        return make_batch("late", range(3, 6))
+
+    client = FakeClient([make_batch("old", range(3)), late], lake=lake)
+    acked_before_late: list[bool] = []
+    real_ack = client.ack
+
+    def ack(batch_id):
+        acked_before_late.append(batch_id == "old" and not late_served.is_set())
+        return real_ack(batch_id)
+
+    client.ack = ack
+    drain = run(client, lake, lease_seconds=3, flush_seconds=0.5, max_in_flight=1)
+    # "old" was flushed on its age (0.5 s), not at the end of the run or the next answer.
+    assert acked_before_late[0] is True
+    assert client.landed_at_ack["old"] >= {0, 1, 2}
+    assert drain.result.max_ack_lease_age_s < 3
+    assert sorted(client.acks) == ["late", "old"]
+
+
+def test_drain_until_keeps_polling_through_empty_answers(tmp_path):
+    lake = tmp_path / "lake"
+    client = FakeClient([EMPTY, EMPTY, EMPTY, make_batch("probed", range(4))], lake=lake)
+    drain = run(client, lake, drain_until=time.time() + 0.8)
+    assert client.acks == ["probed"]
+    assert drain.result.stopped == "empty"
+
+
+def test_without_drain_until_the_first_empty_answer_ends_the_run(tmp_path):
+    lake = tmp_path / "lake"
+    more = [make_batch(f"later{i}", range(i * 4, i * 4 + 4)) for i in range(5)]
+    client = FakeClient([EMPTY, *more], lake=lake)
+    drain = run(client, lake, max_in_flight=1)
+    assert drain.result.stopped == "empty"
+    # The empty answer ends leasing: no GET after it.
+    assert client.gets == 1
+    assert client.acks == []
+
+
+def test_auth_error_lands_what_is_held_then_raises(tmp_path):
+    lake = tmp_path / "lake"
+    client = FakeClient(
+        [make_batch("held", range(3)), KtExportAuthError("bad key", status_code=401)], lake=lake
+    )
+    with pytest.raises(KtExportAuthError):
+        run(client, lake, max_in_flight=1)
+    assert client.acks == ["held"]
+    assert sorted(lake_seqs(lake)) == [0, 1, 2]
+
+
+def _storm(*, out_of_time: bool) -> KtExportTransientError:
+    return KtExportTransientError("GET answered 503", status_code=503, out_of_time=out_of_time)
+
+
+def test_a_failure_in_the_runs_last_seconds_ends_the_run_not_the_task(tmp_path):
+    # The server answered, then failed with no time left to retry: land, ack, end like max_runtime.
+    lake = tmp_path / "lake"
+    client = FakeClient([make_batch("held", range(3)), _storm(out_of_time=True)], lake=lake)
+    drain = run(client, lake, max_in_flight=1)
+    assert drain.result.stopped == "max_runtime"
+    assert client.acks == ["held"]
+    assert sorted(lake_seqs(lake)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [_storm(out_of_time=True)],  # the server never answered in this run: an outage, not a blip
+        [make_batch("held", range(3)), _storm(out_of_time=False)],  # retries ran out
+    ],
+    ids=["no-answer-yet", "retries-exhausted"],
+)
+def test_other_transient_failures_still_fail_the_task(tmp_path, answers):
+    lake = tmp_path / "lake"
+    client = FakeClient(answers, lake=lake)
+    with pytest.raises(KtExportTransientError):
+        run(client, lake, max_in_flight=1)
+    assert client.acks == [a.id for a in answers if isinstance(a, Batch)]  # what was held still landed
+
+
+def test_should_stop_stops_leasing_at_once(tmp_path):
+    lake = tmp_path / "lake"
+    stop = threading.Event()
+
+    def slow():
+        time.sleep(0.05)
+        return make_batch(f"s{time.monotonic_ns()}", range(1))
+
+    client = FakeClient([slow] * 1000, lake=lake)
+    drain = Drain(
+        client, writer_for(lake), DrainConfig(lease_seconds=8, flush_seconds=3), should_stop=stop.is_set
+    )
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    drain.run()
+    assert time.monotonic() - t0 < 5
+    assert drain.result.stopped == "stopped"
+    assert client.gets < 1000
+    # What was held was young enough to land: every held batch acked.
+    assert len(client.acks) == drain.result.batches
