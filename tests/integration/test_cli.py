@@ -24,7 +24,7 @@ import pytest
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import S3_KEY, s3_filesystem
 from tests.integration.test_poison import guard_acks, iceberg_view, landed_seqs, parquet_view
-from tests.unit.test_pace import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

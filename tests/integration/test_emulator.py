@@ -20,6 +20,7 @@ import requests
 
 from airflow_provider_ktexport.testing import FAULT_NAMES, Emulator
 from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -40,13 +41,6 @@ def _get(e: Emulator, session: requests.Session | None = None, **kw) -> requests
 
 def _ack(e: Emulator, batch_id: str, session: requests.Session | None = None) -> requests.Response:
     return (session or requests).delete(f"{e.url}/v2/stream/{batch_id}", headers=HDR, timeout=T)
-
-
-def _wait_for(predicate, seconds: float = 10.0) -> None:
-    end = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _seqs(resp: requests.Response) -> list[int]:
@@ -78,7 +72,7 @@ def test_get_leases_a_batch_and_delete_removes_it(emu: Emulator) -> None:
 def test_unacked_batch_comes_back_under_a_new_id(emu: Emulator) -> None:
     emu.generate(10)
     first = _get(emu)
-    _wait_for(lambda: emu.stats()["leased"] == 0)  # the sweeper expires it with nobody asking
+    wait_until(lambda: emu.stats()["leased"] == 0)  # the sweeper expires it with nobody asking
     assert emu.stats()["queued"] == 10
     second = _get(emu)
     assert second.status_code == 200
@@ -148,7 +142,7 @@ def test_stop_wakes_a_held_long_poll() -> None:
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(_get(e).status_code))
     t.start()
-    _wait_for(lambda: e.stats()["requests"] == 1)  # the GET is in, held by the long poll
+    wait_until(lambda: e.stats()["requests"] == 1)  # the GET is in, held by the long poll
     e.stop()
     t.join(10)
     assert result == [500]
@@ -167,7 +161,7 @@ def test_access_log_keeps_the_query_key_out(emu: Emulator, caplog: pytest.LogCap
     emu.generate(5)
     with caplog.at_level("DEBUG", logger="airflow_provider_ktexport.testing.emulator"):
         assert _get(emu, headers={}, params={"token": KEY}).status_code == 200
-        _wait_for(lambda: any("GET /v2/stream" in r.getMessage() for r in caplog.records))
+        wait_until(lambda: any("GET /v2/stream" in r.getMessage() for r in caplog.records))
     lines = [r.getMessage() for r in caplog.records if "GET /v2/stream" in r.getMessage()]
     assert lines and all("token=***" in line for line in lines)
     assert KEY not in caplog.text
@@ -282,7 +276,7 @@ def test_truncated_body_still_leases_and_is_redelivered(emu: Emulator) -> None:
         json.loads(r.content)
     assert emu.stats()["leased"] == 1
     emu.set_faults(truncated=0.0)
-    _wait_for(lambda: emu.stats()["leased"] == 0)
+    wait_until(lambda: emu.stats()["leased"] == 0)
     assert sorted(_seqs(_get(emu))) == [1, 2, 3, 4, 5]
 
 
@@ -303,7 +297,7 @@ def test_slow_answer_times_out_the_client_and_the_batch_comes_back(emu: Emulator
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.get(emu.url + "/v2/stream", headers=HDR, timeout=(T, 0.2))
     emu.set_faults(slow=0.0)
-    _wait_for(lambda: emu.stats()["leased"] == 0 and emu.stats()["queued"] == 5)
+    wait_until(lambda: emu.stats()["leased"] == 0 and emu.stats()["queued"] == 5)
 
 
 def test_faults_apply_to_delete_too_and_keep_the_lease(emu: Emulator) -> None:
@@ -463,7 +457,7 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
-        _wait_for(port_file.exists, 20)
+        wait_until(port_file.exists, 20)
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
         r = requests.get(url + "/v2/stream", headers={"x-access-token": "cli-test-key"}, timeout=T)
         assert r.status_code == 200 and len(r.json()["items"]) == 20
@@ -561,7 +555,7 @@ def test_envelope_faults_lease_a_batch_without_readable_items(
     stats = emu.stats()
     assert (stats["leased"], stats["broken_envelopes"], stats["faults"][fault]) == (1, 1, 1)
     emu.set_faults(**{fault: 0.0})
-    _wait_for(lambda: emu.stats()["leased"] == 0)  # never acked: the records come back
+    wait_until(lambda: emu.stats()["leased"] == 0)  # never acked: the records come back
     assert sorted(_seqs(_get(emu))) == [1, 2, 3, 4, 5]
     assert emu.stats()["acked_broken_envelopes"] == 0
 
@@ -595,7 +589,7 @@ def test_first_delivery_faults_break_only_the_first_delivery(
     else:
         assert first.endswith(b"}]" + tail)
     assert emu.stats()["broken_envelopes"] == 1
-    _wait_for(lambda: emu.stats()["leased"] == 0)  # never acked: the records come back
+    wait_until(lambda: emu.stats()["leased"] == 0)  # never acked: the records come back
     again = _get(emu)
     proper = {"id": again.json()["id"], "items": again.json()["items"]}
     assert again.content == json.dumps(proper, separators=(",", ":"), ensure_ascii=False).encode()
@@ -614,7 +608,7 @@ def test_gzip_trailer_follows_the_end_of_the_gzip_stream(emu: Emulator) -> None:
     assert inflater.eof and inflater.unused_data == bytes(4096)
     assert [i["emulator_seq"] for i in json.loads(body)["items"]] == [1, 2, 3, 4, 5]
     assert emu.stats()["broken_envelopes"] == 0  # its records are all there
-    _wait_for(lambda: emu.stats()["leased"] == 0)
+    wait_until(lambda: emu.stats()["leased"] == 0)
     again = _get(emu, headers={**HDR, "Accept-Encoding": "gzip"}, stream=True).raw.read(decode_content=False)
     assert json.loads(gzip.decompress(again))["items"] and not again.endswith(bytes(16))
 
@@ -652,7 +646,7 @@ def test_cli_serves_trips_with_a_gps_track(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        _wait_for(port_file.exists, 20)
+        wait_until(port_file.exists, 20)
         url = f"http://127.0.0.1:{int(port_file.read_text())}"
         items = requests.get(url + "/v2/stream", headers={"x-access-token": "cli-key"}, timeout=T).json()[
             "items"

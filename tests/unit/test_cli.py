@@ -26,7 +26,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportHTTPError,
     KtExportTransientError,
 )
-from tests.unit.test_pace import wait_until
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "unit-cli-key-0123456789"

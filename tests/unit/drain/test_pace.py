@@ -21,6 +21,7 @@ from airflow_provider_ktexport.drain.pace import FlushPace
 from airflow_provider_ktexport.exceptions import KtExportError
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from tests.unit.drain.support import FakeClient, writer_for
+from tests.waiting import wait_until
 
 
 def held(batch_id: str, leased_at: float, days: range) -> HeldBatch:
@@ -113,15 +114,6 @@ def slow_store(tmp_path, monkeypatch):
     for module in (loop, flush, acks):  # every drain module that reads the lease clock
         monkeypatch.setattr(module, "time", clock)
     return store
-
-
-def wait_until(condition: Any, seconds: float = 60.0) -> None:
-    """Wait (on the real clock) until ``condition()`` holds."""
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def config(**kwargs: Any) -> DrainConfig:
