@@ -158,9 +158,12 @@ def test_error_paths_leak_no_key(case, placement, debug_logs, tmp_path, tls_cert
     lake = tmp_path / "lake"
     certfile, keyfile = tls_cert
     tls = case == "tls_refused"
+    # The refused DELETE must be sent to be refused: a lease long enough that a loaded machine
+    # still acks inside it (3 s ran out before the ack under load, and nothing was sent).
+    lease = 60 if case == "ack_error_echoing_the_key" else 3
     with Emulator(
         api_key=KEY,
-        lease_seconds=3,
+        lease_seconds=lease,
         long_poll_seconds=LONG_POLL,
         batch_size=25,
         certfile=certfile if tls else None,
@@ -211,7 +214,7 @@ def test_error_paths_leak_no_key(case, placement, debug_logs, tmp_path, tls_cert
                 run_drain(c, lake)
             error = err.value
         elif case == "ack_error_echoing_the_key":
-            result = run_drain(c, lake)
+            result = run_drain(c, lake, lease_seconds=lease)
             assert result.ack_failed > 0
             error = None
         else:
