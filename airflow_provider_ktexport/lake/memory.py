@@ -1,15 +1,19 @@
-"""Which allocator Arrow uses while the lake builds and writes tables (docs/performance.md).
+"""Which allocator Arrow uses while the lake builds tables (docs/performance.md).
 
 pyarrow's default pool on Linux is mimalloc. A drain allocates a flush's worth of fresh Arrow
 memory (the reader's buffers, the columns, a ``take`` per partition) and frees it, flush after
 flush; mimalloc hands that memory back to the kernel and takes it again, and each time every
 page faults in anew. Measured in the benchmark (2 shared cores, Linux 6.18, transparent huge
 pages on ``madvise``): a cold ``land_records`` of 5,000 100-point trips spent 12-25 s of system
-CPU per 100k records with mimalloc and 2-3 s with jemalloc or the system allocator, and the whole
-drain went from 50 to 25 s per 100k trips (5.9 to 4.2 s on the ordinary mix). So the engine
-switches the process to jemalloc (the system allocator where a build of pyarrow lacks it), once,
-the first time it builds tables, unless the user chose a pool with Arrow's own
-``ARROW_DEFAULT_MEMORY_POOL`` environment variable, which is then left alone.
+CPU per 100k records with mimalloc and 2-3 s with jemalloc or the system allocator. So the
+engine switches pyarrow's default pool to jemalloc (the system allocator where a build of
+pyarrow lacks it), once, the first time it builds tables, unless the user chose a pool with
+Arrow's own ``ARROW_DEFAULT_MEMORY_POOL`` environment variable, which is then left alone.
+
+What this cannot reach: allocations inside Arrow's C++ that do not take pyarrow's pool, the
+Parquet writer's above all, stay on the pool Arrow chose at start-up, which only that environment
+variable sets (before pyarrow is imported). Setting ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` in
+the workers' environment gives the whole gain (docs/configuration.md).
 """
 
 from __future__ import annotations
