@@ -5,6 +5,7 @@
 (a) :func:`_case_raw`, the raw floor: GET, decode, DELETE, nothing written;
 (b) :func:`_case_naive`, the hand-written ``requests`` + ``pandas`` + ``to_parquet`` loop;
 (c) :func:`_case_drain`, our ``Drain`` with default settings, wrapped to check ack-after-write,
+(d) ``benchmarks.dlt_case``: a dlt pipeline to Parquet files (run in a side venv, ``--dlt``),
 
 and prints its figures as one JSON line on stdout for the parent (``drain_bench``) to read. CPU comes
 from ``getrusage(RUSAGE_SELF)`` and peak RSS from ``VmHWM``: both belong to this process alone.
@@ -54,7 +55,10 @@ class _Clock:
     t0: float
 
     @classmethod
-    def start(cls) -> _Clock:
+    def start(cls, at: float | None = None) -> _Clock:
+        """Start now, or at the epoch time ``at`` (several drains on one queue start together)."""
+        if at is not None:
+            time.sleep(max(0.0, at - time.time()))
         return cls(_cpu(), time.monotonic())
 
     def stop(self, *, records: int, batches: int, last_ack: float | None) -> dict[str, Any]:
@@ -71,6 +75,9 @@ class _Clock:
             # Until the last acknowledgement: the final empty long poll is waiting, not draining.
             "wall_s": round((last_ack or now) - self.t0, 3),
             "wall_total_s": round(now - self.t0, 3),
+            # Epoch times of the start and of the last ack: the scale-out curve spans several children.
+            "started_at_epoch": round(time.time() - (now - self.t0), 3),
+            "last_ack_epoch": round(time.time() - (now - (last_ack or now)), 3),
             "peak_rss_mb": round(_peak_rss_mb(), 1),
         }
 
@@ -247,7 +254,7 @@ class _CheckedWriter:
         return getattr(self._inner, name)
 
 
-def _lake_check(lake: Path) -> dict[str, Any]:
+def lake_check(lake: Path) -> dict[str, Any]:
     """Rows and distinct emulator_seq values in the lake's data files (footer plus one column)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -268,8 +275,12 @@ def _lake_check(lake: Path) -> dict[str, Any]:
     return {"landed_rows": rows, "distinct_seqs": distinct, "files": files}
 
 
-def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
-    """(c) Our drain with default settings, checked for ack-after-write and lease age."""
+def _case_drain(url: str, lake: Path, profile: Path | None, start_at: float | None = None) -> dict[str, Any]:
+    """(c) Our drain with default settings, checked for ack-after-write and lease age.
+
+    ``start_at``: several drains share the queue and the lake (the scale-out curve); each starts
+    at that epoch time, and the lake is checked once by the parent after all of them ended.
+    """
     import fsspec
     import pyarrow as pa
     import pyarrow.compute  # noqa: F401 - imported by the drain at first use: a one-time cost
@@ -305,7 +316,7 @@ def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
         import cProfile
 
         profiler = cProfile.Profile()  # the main thread: decode, flatten, Arrow, Parquet
-    clock = _Clock.start()
+    clock = _Clock.start(start_at)
     if profiler is not None:
         profiler.enable()
     result = drain.run()
@@ -322,7 +333,7 @@ def _case_drain(url: str, lake: Path, profile: Path | None) -> dict[str, Any]:
     }
     out["drain"]["files"] = len(result.files)
     out["checks"] = {
-        **_lake_check(lake),
+        **(lake_check(lake) if start_at is None else {}),
         "early_acks": client.early_acks,
         "max_ack_lease_age_s": round(client.max_ack_lease_age_s, 3),
     }
@@ -340,14 +351,20 @@ def _write_profile(profiler: Any, path: Path) -> None:
     path.with_suffix(".txt").write_text(text.getvalue())
 
 
-def run_child(case: str, url: str, lake: Path, decoder: str, profile: Path | None) -> int:
+def run_child(
+    case: str, url: str, lake: Path, decoder: str, profile: Path | None, start_at: float | None = None
+) -> int:
     """Run one case in this process and print its figures as one JSON line (the parent reads the last)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if case == "a":
         out = _case_raw(url, decoder)
     elif case == "b":
         out = _case_naive(url, lake)
+    elif case == "d":
+        from benchmarks.dlt_case import case_dlt  # only importable in the side venv
+
+        out = case_dlt(url, lake, _Clock.start, lake_check)
     else:
-        out = _case_drain(url, lake, profile)
+        out = _case_drain(url, lake, profile, start_at)
     print(json.dumps(out), flush=True)
     return 0

@@ -57,7 +57,10 @@ log = logging.getLogger("benchmarks.drain_bench")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
-CASE_NAMES = {"a": "raw floor", "b": "naive loop", "c": "drain"}
+CASE_NAMES = {"a": "raw floor", "b": "naive loop", "c": "drain", "d": "dlt"}
+#: The side virtual environment case (d) runs in (``benchmarks.dlt_case``): dlt's dependencies must
+#: not touch the project's own environment.
+DLT_VENV = REPO / ".bench-venv"
 
 
 class _EmulatorProcess:
@@ -145,16 +148,12 @@ def _run_case(
     try:
         with _EmulatorProcess(records, latency_ms, shape).running() as emu:
             cmd = [
-                sys.executable,
-                *("-m", "benchmarks.drain_bench", "--child", case, "--url", emu.url),
-                *("--lake", str(lake), "--decoder", decoder),
+                *child_command(case, emu.url, lake),
+                *("--decoder", decoder),
             ]
             if profile is not None:
                 cmd += ["--profile-path", str(profile)]
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-            if proc.returncode != 0 or not proc.stdout.strip():
-                raise RuntimeError(f"case {case} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            out = run_child_process(cmd, case)
             out["emulator"] = emu.stats()
     finally:
         shutil.rmtree(lake, ignore_errors=True)
@@ -173,6 +172,21 @@ def _run_case(
         out["peak_rss_mb"],
         time.monotonic() - started,
     )
+    return out
+
+
+def child_command(case: str, url: str, lake: Path) -> list[str]:
+    """The command that runs ``case`` against ``url`` in a child process (``d`` in the dlt venv)."""
+    python = str(DLT_VENV / "bin" / "python") if case == "d" else sys.executable
+    return [python, *("-m", "benchmarks.drain_bench", "--child", case, "--url", url, "--lake", str(lake))]
+
+
+def run_child_process(cmd: list[str], case: str) -> dict[str, Any]:
+    """Run a child's command and return the figures it printed (its last stdout line)."""
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"case {case} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -311,8 +325,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--shape",
         choices=sorted(SHAPES),
         default="mix",
-        help="records to drain: the emulator's mix (default) or trips100 (every record a trip with a "
-        "100-point GPS track)",
+        help="records to drain: the emulator's mix (default), or one of the shapes of benchmarks/_common.py "
+        "(small, trips100, one_type, types50)",
     )
     p.add_argument(
         "--micro-records",
@@ -331,6 +345,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lake", help=argparse.SUPPRESS)
     p.add_argument("--decoder", default="msgspec", help=argparse.SUPPRESS)
     p.add_argument("--profile-path", dest="profile_path_", help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is None and args.records < 1:
         p.error("--records must be at least 1")
@@ -344,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
         profile = Path(args.profile_path_) if args.profile_path_ else None
-        return run_child(args.child, args.url, Path(args.lake), args.decoder, profile)
+        return run_child(args.child, args.url, Path(args.lake), args.decoder, profile, args.start_at)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(message)s")
     n = args.records
     lat_n = args.latency_records or (max(n // 5, min(n, 5000)) if args.quick else n)
@@ -370,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             "drain_config": "DrainConfig defaults (flush_records 50000, flush_seconds 60, max_in_flight 4)",
         },
     }
-    micro_n = args.micro_records or (20_000 if args.shape == "mix" else 2_000)
+    micro_n = args.micro_records or (2_000 if args.shape == "trips100" else 20_000)
     micro = run_micro(micro_n, **SHAPES[args.shape])
     decoder = micro["fastest_decoder"]
     report["micro"] = micro

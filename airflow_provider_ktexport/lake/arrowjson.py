@@ -31,7 +31,7 @@ import pyarrow.json as pj
 
 from airflow_provider_ktexport.lake.types import MAX_INT_EXACT, unsafe_float_rows
 
-__all__ = ["LIST", "OBJECT", "VALUE", "read_columns"]
+__all__ = ["LIST", "OBJECT", "VALUE", "Found", "read_columns"]
 
 #: Probe kinds: the value at the path is a list (or null), an object that may be null or {}, or
 #: a number whose JSON spelling matters (``5`` or ``5.0`` under a published int64 column).
@@ -91,7 +91,7 @@ def _check_leaf(arr: pa.Array) -> None:
 
 
 @dataclass
-class _Found:
+class Found:
     """What the reader gave: leaf columns and probe paths by key path, and the rows of lists
     holding a float msgspec spells differently from canonical JSON."""
 
@@ -124,7 +124,7 @@ def _walk(
     path: tuple[str, ...],
     arr: pa.Array,
     parent_valid: pa.Array | None,
-    found: _Found,
+    found: Found,
     value_paths: frozenset[tuple[str, ...]],
 ) -> None:
     t = arr.type
@@ -158,7 +158,7 @@ def _walk(
         _walk((*path, f.name), child, valid, found, value_paths)
 
 
-def read_columns(raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()) -> _Found | None:
+def read_columns(raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()) -> Found | None:
     """Leaf columns, probe paths and unsafe list rows of one record type's records; None to fall back.
 
     :param value_paths: paths published as int64: a double leaf there becomes a ``VALUE`` probe
@@ -177,7 +177,7 @@ def read_columns(raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = 
         return None
     if table.num_rows != len(raws) or len(set(table.column_names)) != table.num_columns:
         return None
-    found = _Found()
+    found = Found()
     try:
         for column, col in zip(table.schema, table.columns, strict=True):
             arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()

@@ -10,6 +10,7 @@ dropped at once, so a flush never holds all its dicts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,16 @@ from airflow_provider_ktexport.lake.types import SORTED_ENCODER, canonical_text
 __all__ = ["decode_record", "dict_columns", "reader_columns"]
 
 _MISSING = object()
+#: A float msgspec spells otherwise than canonical JSON (``json.dumps``) has an exponent
+#: (msgspec ``1e16``, canonical ``1e+16``: a digit then ``e``) or is below 1e-4 written out
+#: (msgspec ``0.00001``, canonical ``1e-05``). :func:`_floats_safe` finds both in C-speed steps.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_SMALL_FLOAT = re.compile(rb"(?<![0-9])-?0\.0000[0-9]")
+#: A record type whose first record holds at least this share of its bytes in lists has its lists
+#: taken out before Arrow's reader (:func:`_lists_apart`): parsing a 100-point track
+#: into structs that are then thrown away cost the reader more than all the rest of a trip.
+_LIST_HEAVY = 0.5
+_ENCODER = msgspec.json.Encoder()
 
 
 class _Columns:
@@ -123,6 +134,89 @@ def _list_text(record: dict[str, Any], path: tuple[str, ...], value: Any, safe: 
     return text.decode("utf-8")
 
 
+def _list_paths(obj: dict[str, Any], parent: tuple[str, ...], out: list[tuple[str, ...]]) -> None:
+    """The key path of each list in ``obj`` and its nested objects (not inside lists)."""
+    for k, v in obj.items():
+        t = v.__class__
+        if t is list:
+            out.append((*parent, k))
+        elif t is dict:
+            _list_paths(v, (*parent, k), out)
+
+
+def _heavy_list_paths(raws: Sequence[Any]) -> list[tuple[str, ...]]:
+    """The list paths of the first record when they hold most of its bytes (:data:`_LIST_HEAVY`), else []."""
+    if not raws:
+        return []
+    first = decode_record(raws[0])
+    paths: list[tuple[str, ...]] = []
+    _list_paths(first, (), paths)
+    listed = sum(len(SORTED_ENCODER.encode(_probe(first, path))) for path in paths)
+    return paths if listed >= _LIST_HEAVY * len(raws[0]) else []
+
+
+def _floats_safe(text: bytes) -> bool:
+    """Whether msgspec's encoding ``text`` spells every float as canonical JSON does.
+
+    A match inside a string is a false alarm that only sends its row to the canonical encoder
+    (property-tested against :func:`.types.float_safe`).
+    """
+    if b"0e" in text.translate(_DIGITS_AS_ZERO):
+        return False
+    return b"0.0000" not in text or _SMALL_FLOAT.search(text) is None
+
+
+def _at(record: dict[str, Any], path: tuple[str, ...]) -> tuple[Any, Any]:
+    """The object holding ``path``'s last key (None if there is none) and the value (or _MISSING)."""
+    parent: Any = _probe(record, path[:-1]) if len(path) > 1 else record
+    if parent.__class__ is not dict:
+        return None, _MISSING
+    return parent, parent.get(path[-1], _MISSING)
+
+
+def _lists_apart(
+    raws: Sequence[Any], paths: list[tuple[str, ...]]
+) -> tuple[list[bytes], dict[tuple[str, ...], list[Any]], list[str]] | None:
+    """Each record without its values at ``paths`` (for Arrow's reader), those values, and keys.
+
+    A list's column is its canonical JSON text whatever Arrow would parse it into, and parsing a
+    100-point track into structs that are then thrown away cost the reader more than all the
+    rest of a trip. Here each list is encoded once by msgspec (its floats checked on the encoded
+    text in C, :func:`_floats_safe`), spliced into the record for its key as ``msgspec.Raw``
+    (as :func:`_list_text` does), and left out of what Arrow reads. The values at ``paths`` that
+    are not lists are kept as decoded, so the column types them as the dict path does (a list
+    text beside a string or a number makes a string column there too). None when a record holds
+    an object at one of ``paths``: that flattens into columns of its own (the caller then takes
+    the usual reader path).
+    """
+    columns: list[list[Any]] = [[] for _ in paths]
+    rest: list[bytes] = []
+    keys: list[str] = []
+    for raw in raws:
+        record = decode_record(raw)
+        found = [_at(record, path) for path in paths]
+        if any(value.__class__ is dict for _, value in found):
+            return None
+        texts = [SORTED_ENCODER.encode(value) if value.__class__ is list else None for _, value in found]
+        safe = all(text is None or _floats_safe(text) for text in texts)
+        if safe:
+            for (parent, _), path, text in zip(found, paths, texts, strict=True):
+                if text is not None:
+                    parent[path[-1]] = msgspec.Raw(text)
+        keys.append(fast_key(record) if safe else record_key(record))
+        for (parent, value), path, text, values in zip(found, paths, texts, columns, strict=True):
+            if value is _MISSING:
+                values.append(None)
+                continue
+            if text is None:
+                values.append(value)
+            else:
+                values.append(text.decode("utf-8") if safe else canonical_text(value))
+            del parent[path[-1]]
+        rest.append(_ENCODER.encode(record))
+    return rest, dict(zip(paths, columns, strict=True)), keys
+
+
 def reader_columns(
     raws: Sequence[Any], value_paths: frozenset[tuple[str, ...]] = frozenset()
 ) -> tuple[dict[tuple[str, ...], Any], list[str]] | None:
@@ -130,6 +224,13 @@ def reader_columns(
 
     :param value_paths: key paths whose numbers are needed as decoded (see ``arrowjson.VALUE``)
     """
+    apart = _lists_apart(raws, paths) if (paths := _heavy_list_paths(raws)) else None
+    if apart is not None:
+        found = arrowjson.read_columns(apart[0], value_paths)
+        if found is None:
+            return None
+        if not found.probes:  # else (a rare shape) read the whole records as below
+            return {**found.leaves, **apart[1]}, apart[2]
     found = arrowjson.read_columns(raws, value_paths)
     if found is None:
         return None

@@ -42,6 +42,7 @@ from airflow_provider_ktexport.lake.layout import (
     TIMESTAMP,
     record_type_folder,
 )
+from airflow_provider_ktexport.lake.memory import use_engine_memory_pool
 from airflow_provider_ktexport.lake.naming import (
     PARTITION_KEYS,
     PATH_METADATA_KEY,
@@ -164,6 +165,8 @@ def build_tables(
         their types, values that do not fit go to variant columns (docs/schema-mapping.md)
     :raises ValueError: a record is not a JSON object
     """
+    # Arrow's default pool (mimalloc) faults every flush's memory in anew: lake/memory.py.
+    use_engine_memory_pool()
     # Millions of short-lived, acyclic objects (decoded records, column lists) trigger the
     # cyclic GC over and over: measured 4x slower decoding with it on. Nothing here makes cycles.
     was_enabled = gc.isenabled()

@@ -69,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="comma-separated record types to generate (default: the whole mix), e.g. 'trip'",
     )
+    parser.add_argument(
+        "--type-names",
+        type=int,
+        default=0,
+        help="spread the generated records over this many record types, '<type>_<k>' (default 0: as generated)",
+    )
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     for name in FAULT_NAMES:
@@ -100,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         poison_kinds=[k.strip() for k in args.poison_kinds.split(",") if k.strip()] or None,
         track_points=args.track_points,
         record_types=[t.strip() for t in args.record_types.split(",") if t.strip()] or None,
+        type_names=args.type_names,
     )
     done = threading.Event()
 

@@ -197,6 +197,8 @@ class Emulator:
         API key or carry another service's ``token=`` URL) only when named here
     :param track_points: generated trips carry a ``track`` list of this many GPS points (0: none)
     :param record_types: generate only these record types (default: the whole mix)
+    :param type_names: spread the generated records over this many record types (``<type>_<k>``;
+        0: the types as they are)
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class Emulator:
         poison_kinds: Sequence[str] | None = None,
         track_points: int = 0,
         record_types: Sequence[str] | None = None,
+        type_names: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -243,7 +246,11 @@ class Emulator:
         #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
         self.on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
         self.generator = RecordGenerator(
-            seed, drift_after=drift_after, track_points=track_points, record_types=record_types
+            seed,
+            drift_after=drift_after,
+            track_points=track_points,
+            record_types=record_types,
+            type_names=type_names,
         )
         self._faults: dict[str, float] = dict.fromkeys(FAULT_NAMES, 0.0) | FAULT_SETTINGS
         self._fault_rng = random.Random(seed)

@@ -97,6 +97,10 @@ class RecordGenerator:
         fleet with trip tracks sends. 0 (the default) leaves the records as they were.
     :param record_types: only these record types, in their usual proportions (default: the whole
         mix); ``("trip",)`` with ``track_points=100`` is the benchmark's "100-point trips" shape.
+    :param type_names: when > 1, each record's ``type`` gets a suffix ``_<k>`` (``k`` from
+        ``emulator_seq``, 0 to ``type_names - 1``), so the same records spread over that many
+        record types: the benchmark's "50 record types" shape (one file per type and day per
+        flush). 0 or 1 (the default) leaves the types as they are.
     """
 
     def __init__(
@@ -106,12 +110,16 @@ class RecordGenerator:
         drift_after: int = 200,
         track_points: int = 0,
         record_types: Sequence[str] | None = None,
+        type_names: int = 0,
     ) -> None:
         if track_points < 0:
             raise ValueError(f"track_points must be 0 or more, not {track_points}")
+        if type_names < 0:
+            raise ValueError(f"type_names must be 0 or more, not {type_names}")
         self.seed = seed
         self.drift_after = drift_after
         self.track_points = track_points
+        self.type_names = type_names
         self._kinds, self._cum_weights = _mix(record_types)
         fleet = random.Random(seed)
         self._owners = [{"id": 1000 + i, "name": f"Fleet Owner {i}"} for i in range(3)]
@@ -154,6 +162,8 @@ class RecordGenerator:
             rec = self._driverlog(rng, asset, ms)
         if kind == "trip" and self.track_points:
             rec["track"] = self._track(seq, ms, rec)
+        if self.type_names > 1:
+            rec["type"] = f"{rec['type']}_{seq % self.type_names}"
         rec["emulator_seq"] = seq
         return rec
 

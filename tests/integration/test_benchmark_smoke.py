@@ -90,3 +90,43 @@ def test_the_drain_landed_every_record_once_and_acked_after_writing(report: dict
         assert report["runs"][name]["drain"]["ack_failed"] == 0, name
     assert report["runs"]["b_0ms"]["checks"]["landed_rows"] == RECORDS
     assert report["targets"]["semantics_ack_after_write_within_lease"]["met"] is True
+
+
+@pytest.fixture(scope="module")
+def shapes_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("shapes") / "shapes.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "benchmarks.shapes", "--records", "1000", "--repeat", "1"),
+            *("--shapes", "small,trips100,types50", "--scale-out", "--scale-records", "2000"),
+            *("--latency-ms", "20", "--out", str(out)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| small |" in proc.stderr and "| 4 |" in proc.stderr  # the printed table
+    return json.loads(proc.stdout)
+
+
+def test_every_shape_is_drained_whole_and_compared_with_its_floor(shapes_report: dict) -> None:
+    rows = shapes_report["shapes"]
+    assert list(rows) == ["small", "trips100", "types50"]
+    for name, row in rows.items():
+        assert row["records"] == shapes_report["settings"]["records_by_shape"][name], name
+        assert row["semantics_ok"] is True, name
+        assert row["drain_over_floor"] > 0 and row["drain_peak_rss_mb"] > 0, name
+    assert rows["trips100"]["mean_record_bytes"] > 5 * rows["small"]["mean_record_bytes"]
+    assert rows["types50"]["drain_files"] >= 50  # one file per record type at least
+
+
+def test_the_scale_out_curve_lands_everything_once(shapes_report: dict) -> None:
+    curve = shapes_report["scale_out"]
+    assert [p["drains"] for p in curve] == [1, 2, 4]
+    for point in curve:
+        assert point["records"] == 2000 and point["landed_rows"] == 2000, point
+        assert point["duplicate_rows"] == 0 and point["early_acks"] == 0, point
+        assert point["records_per_s"] > 0, point

@@ -172,3 +172,14 @@ def test_the_mix_can_be_narrowed_to_some_record_types() -> None:
         RecordGenerator(record_types=["tripp"])
     with pytest.raises(ValueError, match="track_points"):
         RecordGenerator(track_points=-1)
+
+
+def test_records_can_be_spread_over_many_record_types() -> None:
+    plain = RecordGenerator(seed=6, record_types=["telemetry"]).records(1, 200)
+    spread = RecordGenerator(seed=6, record_types=["telemetry"], type_names=50).records(1, 200)
+    assert {r["type"] for r in spread} == {f"telemetry_{k}" for k in range(50)}
+    for before, after in zip(plain, spread, strict=True):
+        assert after["type"] == f"telemetry_{after['emulator_seq'] % 50}"
+        assert {**after, "type": "telemetry"} == before
+    with pytest.raises(ValueError, match="type_names"):
+        RecordGenerator(type_names=-1)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_ktexport.lake import arrowjson
+from airflow_provider_ktexport.lake import arrowjson, columns
 from airflow_provider_ktexport.lake.schema import (
     PartitionTable,
     build_tables,
@@ -132,7 +133,9 @@ def test_tracks_with_floats_msgspec_spells_otherwise_take_the_reader_and_keep_ca
         {"type": "trip", "track": [{"lat": 1.25, "lon": 3.5e-4, "d": [123456.789]}]},
     ]
     fast, slow, used = _both_paths(raws_of(records), monkeypatch)
-    assert used == [True]
+    # The reader, never the dict path: once on the records without their lists ("track" holds
+    # most of the first record), then on the whole records, since "grid" shows up later.
+    assert used == [True, True]
     _assert_same(fast, slow)
     table = fast[0].table
     canonical = [
@@ -142,6 +145,51 @@ def test_tracks_with_floats_msgspec_spells_otherwise_take_the_reader_and_keep_ca
     assert table.column("track").to_pylist() == canonical
     assert table.column("track").to_pylist()[0].endswith('"d":[0.5,1e-05],"lat":-33.9,"lon":18.4}]')
     assert table.column("_record_key").to_pylist() == [record_key(r) for r in records]
+
+
+_TRACK = [{"date": "2026-11-25T10:11:12Z", "lat": -33.917123, "lon": 18.423456, "speed": 61}] * 30
+LIST_HEAVY = [
+    # The first record holds most of its bytes in lists: they are taken out before Arrow's reader.
+    [{"type": "t", "track": _TRACK}, {"type": "t", "track": "text"}, {"type": "t", "track": 5}],
+    [{"type": "t", "track": _TRACK}, {"type": "t", "track": None}, {"type": "t"}, {"type": "t", "track": []}],
+    [{"type": "t", "track": _TRACK}, {"type": "t", "track": "2026-11-25T10:11:12Z"}],
+    [{"type": "t", "track": _TRACK}, {"type": "t", "track": True}, {"type": "t", "track": 2.5}],
+    [{"type": "t", "track": _TRACK, "n": 1}, {"type": "t", "track": {"p": 1}}],  # an object there
+    [{"type": "t", "a": {"track": _TRACK}}, {"type": "t", "a": {"track": _TRACK[:2], "x": 1}}],
+    [{"type": "t", "track": _TRACK}, {"type": "t", "track": _TRACK, "grid": [[1.5]]}],  # a new list
+    [{"type": "t", "a": {"track": _TRACK}}, {"type": "t", "a": "flat"}],
+    [{"type": "t", "track": [1e-5, 0.5] * 20}, {"type": "t", "track": [1e16] * 20}, {"type": "t", "v": 1e-7}],
+    [{"type": "t", "track": ["1e5", "x0.00001", 0.00001, -0.00002, 10.00001] * 20, "n": 1e-6}],
+    [{"type": "t", "track": [{"b": 1, "a": [2, {"d": None, "c": 3}]}] * 20, "v": 1}, {"type": "t", "v": 2}],
+]
+
+
+@pytest.mark.parametrize("records", LIST_HEAVY)
+def test_lists_taken_out_before_the_reader_give_the_dict_paths_table(
+    records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[bool] = []
+    real = columns._lists_apart
+
+    def spy(raws: Any, paths: Any) -> Any:
+        found = real(raws, paths)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(columns, "_lists_apart", spy)
+    fast, slow, _ = _both_paths(raws_of(records), monkeypatch)
+    assert taken, "the list-heavy path was not tried"
+    _assert_same(fast, slow)
+    keys = [k for p in fast for k in p.table.column("_record_key").to_pylist()]
+    assert sorted(keys) == sorted(record_key(r) for r in records)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.integers() | st.text(), max_size=8))
+def test_the_float_check_on_encoded_text_never_passes_a_float_spelt_otherwise(values: list[Any]) -> None:
+    text = msgspec.json.encode(values)
+    if columns._floats_safe(text):
+        assert text == json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def test_reader_path_handles_pretty_printed_and_integer_minus_zero(monkeypatch: pytest.MonkeyPatch) -> None:

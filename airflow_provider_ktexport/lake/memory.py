@@ -1,0 +1,67 @@
+"""Which allocator Arrow uses while the lake builds tables (docs/performance.md).
+
+pyarrow's default pool on Linux is mimalloc. A drain allocates a flush's worth of fresh Arrow
+memory (the reader's buffers, the columns, a ``take`` per partition) and frees it, flush after
+flush; mimalloc hands that memory back to the kernel and takes it again, and each time every
+page faults in anew. Measured in the benchmark (2 shared cores, Linux 6.18, transparent huge
+pages on ``madvise``): a cold ``land_records`` of 5,000 100-point trips spent 12-25 s of system
+CPU per 100k records with mimalloc and 2-3 s with jemalloc or the system allocator. So the
+engine switches pyarrow's default pool to jemalloc (the system allocator where a build of
+pyarrow lacks it), once, the first time it builds tables, unless the user chose a pool with
+Arrow's own ``ARROW_DEFAULT_MEMORY_POOL`` environment variable, which is then left alone.
+
+What this cannot reach: allocations inside Arrow's C++ that do not take pyarrow's pool, the
+Parquet writer's above all, stay on the pool Arrow chose at start-up, which only that environment
+variable sets (before pyarrow is imported). Setting ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` in
+the workers' environment gives the whole gain (docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pyarrow as pa
+
+__all__ = ["ENV_VAR", "use_engine_memory_pool"]
+
+log = logging.getLogger(__name__)
+
+#: Arrow's own setting: when set, its choice stands.
+ENV_VAR = "ARROW_DEFAULT_MEMORY_POOL"
+_lock = threading.Lock()
+_done = False
+
+
+def _engine_pool() -> pa.MemoryPool:
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        return pa.system_memory_pool()
+
+
+def use_engine_memory_pool() -> None:
+    """Make jemalloc (else the system allocator) Arrow's default pool, once per process.
+
+    Cheap after the first call. Buffers remember the pool they came from, so arrays made
+    before the switch are freed correctly. Nothing changes when ``ARROW_DEFAULT_MEMORY_POOL``
+    is set.
+    """
+    global _done
+    if _done:
+        return
+    with _lock:
+        if _done:
+            return
+        _done = True
+        if os.environ.get(ENV_VAR):
+            return
+        pool = _engine_pool()
+        if pa.default_memory_pool().backend_name != pool.backend_name:
+            log.debug(
+                "Arrow memory pool: %s instead of %s",
+                pool.backend_name,
+                pa.default_memory_pool().backend_name,
+            )
+            pa.set_memory_pool(pool)

@@ -1,0 +1,34 @@
+"""The engine's Arrow memory pool: jemalloc (or the system allocator), unless the user chose one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from airflow_provider_ktexport.lake import memory
+from airflow_provider_ktexport.lake.schema import build_tables
+
+
+@pytest.fixture
+def fresh_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process whose engine has not chosen its pool yet; the pool is put back afterwards."""
+    before = pa.default_memory_pool()
+    monkeypatch.setattr(memory, "_done", False)
+    pa.set_memory_pool(pa.mimalloc_memory_pool())  # pyarrow's default on Linux
+    yield
+    pa.set_memory_pool(before)
+
+
+def test_building_tables_moves_arrow_off_mimalloc(fresh_pool: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(memory.ENV_VAR, raising=False)
+    build_tables([b'{"type":"t","a":1}'], ["b1"], source="s", ingested_at=datetime.now(UTC))
+    assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
+
+
+def test_a_pool_the_user_chose_is_left_alone(fresh_pool: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(memory.ENV_VAR, "mimalloc")
+    memory.use_engine_memory_pool()
+    assert pa.default_memory_pool().backend_name == "mimalloc"
