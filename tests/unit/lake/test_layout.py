@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_ktexport.lake import layout
 from airflow_provider_ktexport.lake.layout import (
@@ -203,6 +205,25 @@ def test_the_event_day_is_the_utc_day_for_parquet_the_buffer_and_iceberg(time: s
     assert part.partition["event_date"] == day
     assert partitions_of([raw], ("record_type", "event_date")) == {("t", day)}
     assert event_day_value(part.partition["event_date"]) == date.fromisoformat(day)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from(["Z", "+05:30"]),
+)
+def test_the_event_day_is_written_as_strftime_writes_it(when: datetime, zone: str) -> None:
+    """``utc_day`` writes days by ``date.isoformat`` for speed: the same text as the strftime every
+    version wrote, including the unpadded years below 1000 (existing lakes' folders)."""
+    text = when.isoformat() + zone
+    parsed = layout.parse_time(text)
+    assert parsed is not None
+    assert layout.utc_day(text) == parsed.strftime("%Y-%m-%d")
+
+
+def test_a_record_types_folder_is_remembered_only_for_text() -> None:
+    assert layout.record_type_folder("a/b") == layout.record_type_folder("a/b") == "a%2Fb"
+    assert layout.record_type_folder(["unhashable"]) == layout.UNKNOWN_TYPE
 
 
 def test_an_unknown_event_day_is_null_in_iceberg() -> None:
