@@ -112,17 +112,13 @@ class _Head(msgspec.Struct):
 _HEAD = msgspec.json.Decoder(_Head)
 
 
-def _type_of(raw: Any, cache: dict[str, str]) -> str:
+def _type_of(raw: Any) -> str:
+    """The record type's folder (remembered per type text by :func:`.layout.record_type_folder`)."""
     try:
         t = _HEAD.decode(raw).type
     except msgspec.DecodeError:
         t = decode_record(raw).get("type")  # raises the dict path's error for a bad record
-    if type(t) is not str:
-        return record_type_folder(t)
-    rtype = cache.get(t)
-    if rtype is None:
-        rtype = cache[t] = record_type_folder(t)
-    return rtype
+    return record_type_folder(t)
 
 
 def _published(known: pa.Schema | None) -> tuple[dict[str, pa.DataType], dict[str, tuple[pa.DataType, ...]]]:
@@ -204,10 +200,9 @@ def _build_tables(
     if ingested_at.tzinfo is None:
         ingested_at = ingested_at.replace(tzinfo=UTC)
     ingest_day = ingested_at.astimezone(UTC).strftime("%Y-%m-%d")
-    type_cache: dict[str, str] = {}
     by_type: dict[str, list[int]] = {}
     for i, raw in enumerate(raw_records):
-        by_type.setdefault(_type_of(raw, type_cache), []).append(i)
+        by_type.setdefault(_type_of(raw), []).append(i)
 
     result: list[PartitionTable] = []
     for rtype, idx in by_type.items():

@@ -110,15 +110,14 @@ def test_event_date_from_time_columns_equals_the_per_record_rule(
     ],
 )
 def test_record_type_from_bytes_equals_the_decoded_record(raw: bytes) -> None:
-    cache: dict[Any, str] = {}
     expected = record_type_of(json.loads(raw))
-    assert schema._type_of(raw, cache) == expected
-    assert schema._type_of(raw, cache) == expected  # and again from the cache
+    assert schema._type_of(raw) == expected
+    assert schema._type_of(raw) == expected  # and again from layout's cache of type folders
 
 
 def test_record_type_with_invalid_utf8_is_refused() -> None:
     with pytest.raises(ValueError, match="utf-8"):
-        schema._type_of(b'{"type":"\xff\xfe","x":1}', {})
+        schema._type_of(b'{"type":"\xff\xfe","x":1}')
 
 
 def test_event_time_columns_name_the_columns_the_time_fields_land_in() -> None:
