@@ -54,6 +54,7 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher, HandoffQueue
 from airflow_provider_ktexport.lake.layout import REJECTED_DIR
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, new_flush_id
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
@@ -106,6 +107,9 @@ class DrainConfig:
     max_flush_partitions: int = 2000
     #: None: 64 on an object store, 8 on a local disk (see lake.sinks.default_write_concurrency).
     write_concurrency: int | None = None
+    #: Seconds a flush left in doubt (a batch not acknowledged) is remembered, so its records'
+    #: redelivery is dropped as already landed: 7 days, since redeliveries wait for the next run.
+    redelivery_window: float = DEFAULT_REDELIVERY_WINDOW
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,6 +150,12 @@ class DrainConfig:
             raise KtExportConfigError(
                 f"write_concurrency must be between 1 and {MAX_WRITE_CONCURRENCY}, or None for the default "
                 f"(64 on an object store, 8 on a local disk); got {self.write_concurrency!r}"
+            )
+        if self.redelivery_window < self.lease_seconds:
+            raise KtExportConfigError(
+                f"redelivery_window must be at least the lease ({self.lease_seconds:g} s), got "
+                f"{self.redelivery_window!r}: a redelivery later than the window lands twice; keep the "
+                "default (7 days) unless runs are more frequent than that"
             )
         unknown = [k for k in self.partition_by if k not in PARTITION_KEYS]
         if unknown or not self.partition_by or len(set(self.partition_by)) != len(self.partition_by):
@@ -205,6 +215,8 @@ class DrainResult:
     acked: int = 0
     ack_failed: int = 0
     lease_expired: int = 0
+    #: Records dropped because a flush in doubt (not all acknowledged) had already landed them.
+    deduped: int = 0
     rejected: int = 0
     rejected_files: list[str] = field(default_factory=list)
     #: Table commits (Iceberg): table, snapshot id, rows, per commit.
@@ -595,6 +607,9 @@ class Drain:
     def _land_step(self, batches: list[HeldBatch], reason: str) -> int:
         """Land ``batches`` (build, write, verify), acknowledge them, and learn the pace from it;
         returns how many could not be acknowledged because their leases had run out."""
+        batches, late_before = self._unexpired(batches)
+        if not batches:
+            return late_before
         t0 = time.monotonic()
         oldest_lease = min(b.leased_at for b in batches)
         # Masked before anything is built, so rows, _raw, rejects and _record_key all come from the
@@ -624,8 +639,11 @@ class Drain:
             source=self.config.source,
             ingest_day=ingested_at.strftime("%Y-%m-%d"),
             land_by=oldest_lease + self.config.lease_seconds - self._ack_margin(),
+            flush_id=new_flush_id(),
+            redelivery_window=self.config.redelivery_window,
         )
         landed = self.sink.land(landing.tables, rejected, info)
+        self._count_deduped(info.tally.deduped)
         written_bytes = sum(piece.bytes for piece in landed)
         self.result.files.extend(piece.uri for piece in landed if not piece.rejected)
         self.result.rejected_files.extend(piece.uri for piece in landed if piece.rejected)
@@ -643,6 +661,7 @@ class Drain:
         self._note_lag(landing.tables, ingested_at)
         t_written = time.monotonic()
         acked, expired = self._ack_all(batches)
+        self.sink.settle(info, acked_all=acked == len(batches))
         self.result.flushes += 1
         prev = self.result.max_ack_lease_age_s or 0.0
         self.result.max_ack_lease_age_s = max(prev, time.monotonic() - oldest_lease)
@@ -677,7 +696,35 @@ class Drain:
             self._too_wide(batches[0])
         if landing.rejects:
             self._report_rejects(landing.rejects, len(records))
-        return expired
+        return expired + late_before
+
+    def _unexpired(self, batches: list[HeldBatch]) -> tuple[list[HeldBatch], int]:
+        """The batches whose lease has not run out before their write starts, and how many had.
+
+        A batch past its lease may already be redelivered to another drain (or this one): writing
+        it would race that copy, and it could not be acknowledged anyway. It is left to the server.
+        """
+        live = [b for b in batches if self._time_left(b.leased_at) > 0]
+        late = len(batches) - len(live)
+        if late:
+            self.result.lease_expired += late
+            self._metric("incr", "leases_expired", late)
+            self.log.warning(
+                "%d batches' %g s leases ran out before their write started: not written (the server "
+                "delivers them again).",
+                late,
+                self.config.lease_seconds,
+            )
+        return live, late
+
+    def _count_deduped(self, rows: int) -> None:
+        """Rows a flush did not write because a flush in doubt had landed them (redeliveries)."""
+        if rows:
+            self.result.deduped += rows
+            self._metric("incr", "records_deduped", rows)
+            self.log.info(
+                "Dropped %d redelivered records already landed by a flush in doubt (exactly once).", rows
+            )
 
     def _learn_pace(self, files: int, batches: int, land_seconds: float, total_seconds: float) -> None:
         """Note what this landing cost.

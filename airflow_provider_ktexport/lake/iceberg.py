@@ -48,12 +48,20 @@ from airflow_provider_ktexport.lake.iceberg_catalog import (
     wants_version_hint,
     write_version_hint,
 )
+from airflow_provider_ktexport.lake.iceberg_ledger import (
+    SETTLED_PROPERTY,
+    IcebergLedger,
+    find_flush,
+    maybe_committed_errors,
+    merged_settles,
+)
 from airflow_provider_ktexport.lake.layout import (
     QUARANTINE_DIR,
     REJECTED_DIR,
     folder_table,
     record_type_of_folder,
 )
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, drop_landed
 from airflow_provider_ktexport.lake.naming import legacy_renames
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
@@ -188,6 +196,9 @@ class IcebergSink:
         self._version_hints = wants_version_hint(catalog)
         #: Tables whose properties this sink has checked (once per table per run).
         self._adopted: set[str] = set()
+        #: Flush ids in snapshot summaries: what makes a redelivery land once (:mod:`.iceberg_ledger`).
+        self.ledger = IcebergLedger()
+        self._window = DEFAULT_REDELIVERY_WINDOW
         self._open_namespace()
         # Before the drain's first lease: a warehouse that takes no files fails the run now.
         check_warehouse_writable(catalog)
@@ -300,16 +311,16 @@ class IcebergSink:
                 ]
             )
             batches = frozenset().union(*(p.batch_ids for p in parts))
-            landed.append(
-                self._commit(
-                    table_name(record_type),
-                    arrow,
-                    info,
-                    record_type,
-                    partition_by=EVENT_DATE_COLUMN,
-                    batch_ids=[b for b in info.batch_ids if b in batches],
-                )
+            piece = self._commit(
+                table_name(record_type),
+                arrow,
+                info,
+                record_type,
+                partition_by=EVENT_DATE_COLUMN,
+                batch_ids=[b for b in info.batch_ids if b in batches],
             )
+            if piece is not None:  # None: every row was already landed by a flush in doubt
+                landed.append(piece)
         if rejects:
             arrow = pa.concat_tables(
                 [
@@ -322,7 +333,7 @@ class IcebergSink:
             )
             batches = frozenset(arrow.column("_batch_id").to_pylist())
             landed.append(
-                self._commit(
+                self._commit(  # type: ignore[arg-type]  # rejects are never dropped: never None
                     REJECTS_TABLE,
                     arrow,
                     info,
@@ -358,24 +369,44 @@ class IcebergSink:
         partition_by: str | None,
         batch_ids: Sequence[str],
         rejected: bool = False,
-    ) -> Landed:
-        """Append ``arrow`` in one commit, retried on conflicts until ``info.land_by``; verified visible."""
+    ) -> Landed | None:
+        """Append ``arrow`` in one commit, retried on conflicts until ``info.land_by``; verified visible.
+
+        Rows a flush in doubt already landed are dropped first, on the metadata the commit is based
+        on (a commit racing in between fails the optimistic commit, and the retry drops again);
+        returns None when none are left. An attempt whose outcome is unknown is looked for (its
+        flush id) before the next, so a commit is never made twice.
+        """
         exc_types = self._ice.exceptions
         attempt = 0
+        self._window = info.redelivery_window
         while True:
             attempt += 1
             try:
                 handle = self._open(table, arrow.schema, partition_by=partition_by)
+                done = find_flush(handle, info.flush_id) if info.flush_id and attempt > 1 else None
+                if done is not None:  # an earlier attempt's outcome was unknown: it committed
+                    snapshot, rows, dropped = done, arrow, 0
+                    break
+                kept, dropped = arrow, 0
+                if info.flush_id and not rejected:
+                    keys = self.ledger.in_doubt_keys(
+                        table, handle, info.source, own=info.flush_id, window=info.redelivery_window
+                    )
+                    kept, dropped = drop_landed(arrow, keys)
+                    if not kept.num_rows:
+                        info.tally.add(dropped)
+                        return None
                 published = _plain_arrow(handle.schema().as_arrow())
                 # Another writer may have given a new column its type first: values that do not fit
                 # it move to variant columns, so no column ever changes type.
                 # A new case twin is named against the table's names: its twin name goes into
                 # the same optimistic commit that publishes it, so no two writers disagree.
                 rows = (
-                    arrow
+                    kept
                     if rejected
                     else name_new_columns(
-                        fit_table(arrow, dict(zip(published.names, published.types, strict=True))),
+                        fit_table(kept, dict(zip(published.names, published.types, strict=True))),
                         published.names,
                     )
                 )
@@ -385,10 +416,13 @@ class IcebergSink:
                     # Only ever adds columns (union by name): existing ones keep their types.
                     with handle.update_schema() as update:
                         update.union_by_name(rows.schema)
-                handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows, batch_ids))
+                properties = self._properties(info, rows.num_rows, batch_ids)
+                if info.flush_id:
+                    properties |= self.ledger.summary(table, info.flush_id, dropped)
+                handle.append(rows, snapshot_properties=properties)
                 snapshot = handle.current_snapshot()
                 break
-            except (exc_types.CommitFailedException, exc_types.CommitStateUnknownException) as exc:
+            except (exc_types.CommitFailedException, *maybe_committed_errors(exc_types)) as exc:
                 pause = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
                 if info.land_by is not None and time.monotonic() + pause >= info.land_by:
                     raise KtExportWriteError(
@@ -408,16 +442,19 @@ class IcebergSink:
                 ) from exc
         self._verify_visible(table, snapshot.snapshot_id)
         summary = snapshot.summary.additional_properties if snapshot.summary is not None else {}
+        if info.flush_id:
+            info.tally.add(dropped)
+            self.ledger.committed(table, info.flush_id, summary)
         size = int(summary.get("added-files-size", 0))
         extra = {
             "table": self.identifier(table),
             "snapshot_id": snapshot.snapshot_id,
-            "rows": arrow.num_rows,
+            "rows": rows.num_rows,
             "rejected": rejected,
         }
         return Landed(
             f"{self.uri(table)}@{snapshot.snapshot_id}",
-            arrow.num_rows,
+            rows.num_rows,
             size,
             rejected=rejected,
             record_type=record_type,
@@ -485,5 +522,36 @@ class IcebergSink:
             row_filter=self._ice.expressions.EqualTo("sha256", digest), selected_fields=fields
         ).to_arrow()
 
+    # -- the flush ledger --------------------------------------------------------------------------
+
+    def settle(self, info: FlushInfo, *, acked_all: bool) -> None:
+        if info.flush_id:
+            self.ledger.settle(info.flush_id, acked_all=acked_all)
+
+    def _record_settles(self) -> None:
+        """Settles no commit carried (the run's last flushes) go into a table property, so later
+        runs need not read those flushes' keys; a failure only leaves them in doubt (a cost, not
+        a duplicate)."""
+        for table, settled in self.ledger.unrecorded().items():
+            for _ in range(3):
+                handle = self._load(table)
+                if handle is None:
+                    break
+                try:
+                    with handle.transaction() as tx:
+                        tx.set_properties(
+                            {SETTLED_PROPERTY: merged_settles(handle, settled, window=self._window)}
+                        )
+                    self.ledger.recorded(table)
+                    if self._version_hints:
+                        write_version_hint(self.catalog.load_table(self.identifier(table)))
+                    break
+                except self._ice.exceptions.CommitFailedException:
+                    continue  # another writer committed: merge again on fresh metadata
+                except Exception as exc:  # noqa: BLE001 - a settle is an optimisation; the flushes stay in doubt
+                    log.warning("Could not record settled flushes on %s: %s", self.identifier(table), exc)
+                    break
+
     def close(self) -> None:
-        """Nothing to release: the catalog is the caller's."""
+        """Record the run's last settles; the catalog itself is the caller's."""
+        self._record_settles()

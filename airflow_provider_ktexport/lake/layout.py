@@ -25,6 +25,7 @@ import re
 from urllib.parse import unquote
 
 __all__ = [
+    "FLUSH_DIR",
     "MAX_NAME_BYTES",
     "PROBE_DIR",
     "QUARANTINE_DIR",
@@ -49,6 +50,8 @@ SCHEMA_DIR = "_schema"
 REJECTED_DIR = "_rejected"
 #: Undecodable bodies (an Iceberg table too).
 QUARANTINE_DIR = "_quarantine"
+#: The flush ledger: ``_flushes/<source>/<flush id>.json``, one per flush still in doubt (:mod:`.ledger`).
+FLUSH_DIR = "_flushes"
 #: Where a drain writes, reads back and deletes a small probe file before its first lease.
 PROBE_DIR = "_probe"
 #: The folder of records without a usable ``type``.
