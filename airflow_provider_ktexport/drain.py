@@ -687,7 +687,7 @@ class Drain:
         if failed:
             self.log.warning(
                 "%d acknowledgements failed (lease expired on the server or id unknown): those batches will "
-                "be delivered again and land twice; remove duplicates by _record_key.",
+                "be delivered again; the flush stays in doubt, so their records are dropped as already landed.",
                 failed,
             )
         # A batch whose landing alone takes its whole lease is too wide for the store: it would
@@ -767,8 +767,8 @@ class Drain:
             )
         self.log.warning(
             "Batch %s alone writes %d partition files, more than its %g s lease lets land at this store's pace: "
-            "it was written but not acknowledged, and will be delivered again (remove the copy by "
-            "_record_key). If this repeats, %s.",
+            "it was written but not acknowledged, and will be delivered again (and dropped as already "
+            "landed). If this repeats, %s.",
             batch.id,
             len(batch.partitions),
             self.config.lease_seconds,
@@ -811,8 +811,8 @@ class Drain:
         if expired:
             self.log.warning(
                 "%d batches landed after their %g s lease had run out: not acknowledged (the server may "
-                "have leased them again); they will land twice, remove duplicates by _record_key. Lower "
-                "flush_seconds if this repeats across runs.",
+                "have leased them again); the flush stays in doubt, so their redelivery is dropped as already "
+                "landed. Lower flush_seconds if this repeats across runs.",
                 expired,
                 self.config.lease_seconds,
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -246,24 +247,53 @@ def four_drains(emu: Emulator, lake: Path, *extra: str) -> list[dict]:
     return summaries
 
 
+def refuse_some_acks(emu: Emulator, every: int = 6) -> list[str]:
+    """Refuse every ``every``-th acknowledgement (after any guard already installed): those batches
+    come back after their lease, regrouped, to whichever of the drains asks first."""
+    guard = emu.on_ack
+    refused: list[str] = []
+    lock = threading.Lock()
+    count = [0]
+
+    def on_ack(batch_id: str, records: list[dict]) -> None:
+        if guard is not None:
+            guard(batch_id, records)
+        with lock:
+            count[0] += 1
+            if count[0] % every:
+                return
+            refused.append(batch_id)
+        raise RuntimeError("refused: the ack did not take effect")
+
+    emu.on_ack = on_ack
+    return refused
+
+
 @pytest.mark.parametrize("sink", ["parquet", "iceberg"])
 def test_four_drains_on_one_queue_land_each_record_once(tmp_path, sink):
     lake, db = tmp_path / "lake", tmp_path / "catalog.db"
     extra = ("--iceberg", str(db)) if sink == "iceberg" else ()
+    violations: list[str] = []
     with emulator(seed=24, batch_size=40, latency_ms=20) as emu:
         emitted = simple_records(3000)
         emu.enqueue(emitted)
         if sink == "parquet":
-            ack_guard(emu, lake, violations := [])
+            ack_guard(emu, lake, violations)
+        refused = refuse_some_acks(emu)
         summaries = four_drains(emu, lake, *extra)
+        emu.on_ack = None  # the rest lands without refusals
         if emu.stats()["queued"] or emu.stats()["leased"]:
-            finish(emu, lake, *extra)
+            summaries.append(finish(emu, lake, *extra))
         if sink == "parquet":
             in_lake = audit(emu, lake, emitted)
             assert violations == [] and max(in_lake.values()) == 1
         else:
             assert_once(iceberg_rows(db), emu, emitted)
+    assert refused and sum(s["deduped"] for s in summaries) > 0, summaries
     print(
         "four drains:",
-        [{k: s[k] for k in ("records", "acked", "lease_expired", "deduped")} for s in summaries],
+        [
+            {k: s[k] for k in ("records", "acked", "ack_failed", "lease_expired", "deduped")}
+            for s in summaries
+        ],
     )
