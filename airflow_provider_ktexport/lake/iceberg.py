@@ -54,6 +54,7 @@ from airflow_provider_ktexport.lake.iceberg_ledger import (
     find_flush,
     maybe_committed_errors,
     merged_settles,
+    without_rebase,
 )
 from airflow_provider_ktexport.lake.layout import (
     QUARANTINE_DIR,
@@ -397,6 +398,7 @@ class IcebergSink:
                     if not kept.num_rows:
                         info.tally.add(dropped)
                         return None
+                    handle = without_rebase(handle)
                 published = _plain_arrow(handle.schema().as_arrow())
                 # Another writer may have given a new column its type first: values that do not fit
                 # it move to variant columns, so no column ever changes type.

@@ -57,6 +57,20 @@ def maybe_committed_errors(exc_types: Any) -> tuple[type[BaseException], ...]:
     )
 
 
+def without_rebase(table: Any) -> Any:
+    """``table`` as loaded, but committing without pyiceberg's own retries.
+
+    pyiceberg (0.10+) retries a conflicting append itself on fresh metadata
+    (``commit.retry.num-retries``): that would commit rows whose drop was decided on the old
+    metadata, missing what the winning writer just landed. Our retry reloads and decides again.
+    Only this handle's view changes; the table's properties in the catalog stay the owner's.
+    """
+    props = dict(table.metadata.properties)
+    props["commit.retry.num-retries"] = "0"
+    table.metadata = table.metadata.model_copy(update={"properties": props})
+    return table
+
+
 def find_flush(table: Any, flush_id: str) -> Any | None:
     """The snapshot of ``table`` that committed ``flush_id`` (newest first), or None."""
     for snapshot in reversed(table.snapshots()):

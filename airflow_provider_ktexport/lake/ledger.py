@@ -57,6 +57,11 @@ RECORD_KEY = "_record_key"
 #: next run to be redelivered, which can be days away; a redelivery later than this lands twice.
 DEFAULT_REDELIVERY_WINDOW = 7 * 24 * 3600.0
 _MANIFEST_FORMAT = 1
+#: Seconds past a manifest's deadline after which its files are taken as final (its keys cached,
+#: the manifest removed if none exist): a writer on a slow store may still be putting a file its
+#: flush started before the deadline, and a file that appeared after a reader gave up on it would
+#: have no ledger entry left.
+FINAL_AFTER_DEADLINE = 600.0
 _EMPTY_KEYS = pa.array([], pa.string())
 
 
@@ -238,7 +243,7 @@ class ParquetLedger:
                 parts.append(read_keys(posixpath.join(self.writer.root, rel), filesystem=fs))
             except FileNotFoundError:
                 continue  # not written before the flush stopped
-        final = now > manifest.deadline  # its writer publishes nothing after its deadline
+        final = now > manifest.deadline + FINAL_AFTER_DEADLINE  # its writer has long stopped
         if final and not parts:
             self._remove(path)  # nothing of it is visible, and nothing ever will be
             return None

@@ -191,7 +191,7 @@ def install_kill(
 
         def land(tables: Any, rejects: Any, info: Any) -> Any:
             if counter.hit():
-                die(point, info.flush_id)
+                die(point, getattr(info, "flush_id", ""))
             return orig_land(tables, rejects, info)
 
         sink.land = land
