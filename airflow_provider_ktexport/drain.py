@@ -54,7 +54,7 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.fetcher import BatchSource, Fetcher, HandoffQueue
 from airflow_provider_ktexport.lake.layout import REJECTED_DIR
-from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, new_flush_id
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, drop_repeats, new_flush_id
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
@@ -631,6 +631,8 @@ class Drain:
             # schema) before any data at them is visible.
             self._schemas[part.record_type] = part.table.schema
         self._check_complete(batches, landing)
+        # A batch and its redelivery in one flush (a GET answered late in its lease): one copy.
+        tables, repeats = drop_repeats(landing.tables, [b.id for b in batches])
         rejected = rejects_table(landing.rejects, source=self.config.source, ingested_at=ingested_at)
         info = FlushInfo(
             batch_ids=[b.id for b in batches],
@@ -642,7 +644,8 @@ class Drain:
             flush_id=new_flush_id(),
             redelivery_window=self.config.redelivery_window,
         )
-        landed = self.sink.land(landing.tables, rejected, info)
+        info.tally.add(repeats)
+        landed = self.sink.land(tables, rejected, info)
         self._count_deduped(info.tally.deduped)
         written_bytes = sum(piece.bytes for piece in landed)
         self.result.files.extend(piece.uri for piece in landed if not piece.rejected)

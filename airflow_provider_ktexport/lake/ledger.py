@@ -103,6 +103,39 @@ def drop_landed(table: pa.Table, keys: pa.Array) -> tuple[pa.Table, int]:
     return table.filter(pc.invert(landed)), dropped
 
 
+def drop_repeats(
+    tables: Sequence[PartitionTable], batch_order: Sequence[str]
+) -> tuple[list[PartitionTable], int]:
+    """The flush's tables without a record's copies from later batches than its first, and how
+    many rows that dropped.
+
+    A drain can hold a batch and, in the same flush, its redelivery: when a GET's answer reached it
+    late in the lease, the server redelivered the batch (regrouped, to this drain's next GET) while
+    its own clock still counted. Both copies of a record have one ``_record_key`` and always the
+    same partition. Copies inside one batch (records the source sent twice with the same content)
+    are left alone. Costs one distinct count per table when nothing repeats.
+    """
+    order = {batch_id: i for i, batch_id in enumerate(batch_order)}
+    out, dropped = [], 0
+    for part in tables:
+        table = part.table
+        if RECORD_KEY not in table.column_names or pc.count_distinct(table.column(RECORD_KEY)).as_py() == len(
+            table
+        ):
+            out.append(part)
+            continue
+        keys = table.column(RECORD_KEY).to_pylist()
+        ranks = [order.get(b, 0) for b in table.column("_batch_id").to_pylist()]
+        first: dict[str, int] = {}
+        for key, rank in zip(keys, ranks, strict=True):
+            first[key] = min(rank, first.get(key, rank))
+        keep = pa.array([first[k] == r for k, r in zip(keys, ranks, strict=True)])
+        kept = table.filter(keep)
+        dropped += len(table) - len(kept)
+        out.append(replace(part, table=kept) if len(kept) != len(table) else part)
+    return out, dropped
+
+
 def unique_keys(parts: Iterable[pa.Array]) -> pa.Array:
     """One array of the distinct keys of ``parts`` (for :func:`drop_landed`)."""
     arrays = [p for p in parts if len(p)]

@@ -39,6 +39,21 @@ def test_drop_landed_drops_only_the_given_keys():
     assert drop_landed(table, pa.array([], pa.string())) == (table, 0)
 
 
+def test_a_batch_and_its_redelivery_in_one_flush_land_once(tmp_path):
+    """A GET answered late in its lease: the server redelivered part of it (regrouped) to this
+    drain's next GET while the drain's own clock still counted, and both sit in one flush."""
+    lake = tmp_path / "lake"
+    d = drain(writer_for(lake), [batch_of("b1", good_records(5)), batch_of("b2", good_records(5, 3))])
+    assert sorted(lake_seqs(lake)) == list(range(8)) and d.result.deduped == 2
+    assert d.client.acks == ["b1", "b2"]
+
+
+def test_copies_inside_one_batch_are_left_alone(tmp_path):
+    lake = tmp_path / "lake"
+    d = drain(writer_for(lake), [batch_of("b1", good_records(2) * 2)])
+    assert sorted(lake_seqs(lake)) == [0, 0, 1, 1] and d.result.deduped == 0
+
+
 def test_flush_ids_are_unique_and_sort_by_time():
     ids = [new_flush_id() for _ in range(100)]
     assert len(set(ids)) == 100 and ids[0][:15] <= ids[-1][:15]
