@@ -333,17 +333,17 @@ class IcebergSink:
                 ]
             )
             batches = frozenset(arrow.column("_batch_id").to_pylist())
-            landed.append(
-                self._commit(  # type: ignore[arg-type]  # rejects are never dropped: never None
-                    REJECTS_TABLE,
-                    arrow,
-                    info,
-                    "",
-                    partition_by=None,
-                    rejected=True,
-                    batch_ids=[b for b in info.batch_ids if b in batches],
-                )
+            piece = self._commit(
+                REJECTS_TABLE,
+                arrow,
+                info,
+                "",
+                partition_by=None,
+                rejected=True,
+                batch_ids=[b for b in info.batch_ids if b in batches],
             )
+            if piece is not None:  # always: rejects are never dropped
+                landed.append(piece)
         return landed
 
     def _properties(self, info: FlushInfo, rows: int, batch_ids: Sequence[str]) -> dict[str, str]:
@@ -381,13 +381,14 @@ class IcebergSink:
         exc_types = self._ice.exceptions
         attempt = 0
         self._window = info.redelivery_window
+        rows, dropped = arrow, 0  # what the last attempt committed, or tried to
         while True:
             attempt += 1
             try:
                 handle = self._open(table, arrow.schema, partition_by=partition_by)
                 done = find_flush(handle, info.flush_id) if info.flush_id and attempt > 1 else None
                 if done is not None:  # an earlier attempt's outcome was unknown: it committed
-                    snapshot, rows, dropped = done, arrow, 0
+                    snapshot = done
                     break
                 kept, dropped = arrow, 0
                 if info.flush_id and not rejected:
@@ -398,7 +399,6 @@ class IcebergSink:
                     if not kept.num_rows:
                         info.tally.add(dropped)
                         return None
-                    handle = without_rebase(handle)
                 published = _plain_arrow(handle.schema().as_arrow())
                 # Another writer may have given a new column its type first: values that do not fit
                 # it move to variant columns, so no column ever changes type.
@@ -421,6 +421,7 @@ class IcebergSink:
                 properties = self._properties(info, rows.num_rows, batch_ids)
                 if info.flush_id:
                     properties |= self.ledger.summary(table, info.flush_id, dropped)
+                    handle = without_rebase(handle)  # after any schema commit, which reloads its view
                 handle.append(rows, snapshot_properties=properties)
                 snapshot = handle.current_snapshot()
                 break
