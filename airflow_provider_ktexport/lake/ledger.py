@@ -261,21 +261,20 @@ class ParquetLedger:
 
     def _read_flush(self, path: str, now: float, window: float) -> pa.Array | None:
         """The keys a manifest's files hold; removes the manifest when it no longer matters."""
-        fs = self.writer.fs
-        try:
-            manifest = _Manifest.from_json(fs.cat_file(path))
-        except FileNotFoundError:
+        manifest = self._load(path)
+        if manifest is None:
             return None  # settled since the listing
         if now - manifest.created > window:
             log.info("Flush %s left the redelivery window: forgetting it", manifest.flush_id)
             self._remove(path)
             return None
-        parts = []
-        for rel in manifest.files:
-            try:
-                parts.append(read_keys(posixpath.join(self.writer.root, rel), filesystem=fs))
-            except FileNotFoundError:
-                continue  # not written before the flush stopped
+        parts, missing = self._read_files(manifest.files)
+        if missing:
+            # A compaction may have moved them, naming the new files in the manifest first.
+            again = self._load(path)
+            if again is not None and again.files != manifest.files:
+                manifest = again
+                parts, missing = self._read_files(manifest.files)
         final = now > manifest.deadline + FINAL_AFTER_DEADLINE  # its writer has long stopped
         if final and not parts:
             self._remove(path)  # nothing of it is visible, and nothing ever will be
@@ -284,6 +283,55 @@ class ParquetLedger:
         if final:
             self._keys[manifest.flush_id] = keys
         return keys
+
+    def _load(self, path: str) -> _Manifest | None:
+        try:
+            return _Manifest.from_json(self.writer.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    def _read_files(self, files: Sequence[str]) -> tuple[list[pa.Array], int]:
+        """The keys of the files that exist, and how many did not (never written, or moved)."""
+        parts, missing = [], 0
+        for rel in files:
+            try:
+                parts.append(read_keys(posixpath.join(self.writer.root, rel), filesystem=self.writer.fs))
+            except FileNotFoundError:
+                missing += 1
+        return parts, missing
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    def replace_files(self, removed: Sequence[str], added: Sequence[str]) -> int:
+        """Before a compaction deletes ``removed``, name ``added`` instead in every manifest that
+        names one of them (every source); returns how many manifests changed.
+
+        ``added`` must hold every row of ``removed`` that compaction kept, wherever it kept it (its
+        new files and the partition's files it left alone): an in-doubt flush's keys then stay
+        findable. It may hold more (other flushes' rows); only a record's identical twin, which its
+        key cannot tell from a redelivery anyway, is affected by that.
+        """
+        root = self.writer.root
+        gone = {posixpath.relpath(p, root) for p in removed}
+        new = [posixpath.relpath(p, root) for p in added]
+        changed = 0
+        for path in self._all_manifests():
+            manifest = self._load(path)
+            if manifest is None or not gone.intersection(manifest.files):
+                continue
+            files = [f for f in manifest.files if f not in gone]
+            files += [f for f in new if f not in files]
+            self.writer.put_atomic(path, replace(manifest, files=tuple(files)).to_json())
+            changed += 1
+        return changed
+
+    def _all_manifests(self) -> list[str]:
+        folder = posixpath.join(self.writer.root, FLUSH_DIR)
+        try:
+            self.writer.fs.invalidate_cache(folder)
+            return sorted(str(p) for p in self.writer.fs.glob(posixpath.join(folder, "*", "*.json")))
+        except FileNotFoundError:
+            return []
 
     # -- after the acknowledgements -------------------------------------------------------------
 

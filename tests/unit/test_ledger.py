@@ -85,6 +85,23 @@ def test_parquet_a_redelivery_under_new_ids_lands_once(tmp_path):
     assert second.result.summary()["deduped"] == 10
 
 
+def test_a_compaction_keeps_an_in_doubt_flush_findable(tmp_path):
+    from airflow_provider_ktexport.lake.compact import compact_lake
+
+    lake = tmp_path / "lake"
+    for i in range(3):  # three small files; the last flush's acks fail
+        drain(writer_for(lake), [batch_of(f"b{i}", good_records(4, 4 * i))], ack_result=i < 2)
+    [manifest] = manifests(lake)
+    before = json.loads(manifest.read_text())["files"]
+    result = compact_lake(writer_for(lake).fs, str(lake), min_age_seconds=0, now=time.time() + 60)
+    assert result.files_in == 3
+    after = json.loads(manifest.read_text())["files"]
+    assert after != before and all((lake / f).exists() for f in after)
+
+    second = drain(writer_for(lake), [batch_of("r1", good_records(4, 8) + good_records(2, 20))])
+    assert second.result.deduped == 4 and sorted(lake_seqs(lake)) == [*range(12), 20, 21]
+
+
 def test_another_source_is_not_deduplicated_against(tmp_path):
     lake = tmp_path / "lake"
     drain(writer_for(lake), [batch_of("b1", good_records(4))], ack_result=False, source="a")
