@@ -420,7 +420,7 @@ class IcebergSink:
                         update.union_by_name(rows.schema)
                 properties = self._properties(info, rows.num_rows, batch_ids)
                 if info.flush_id:
-                    properties |= self.ledger.summary(table, info.flush_id, dropped)
+                    properties |= self.ledger.summary(table, info.flush_id, dropped, info.redelivery_window)
                     handle = without_rebase(handle)  # after any schema commit, which reloads its view
                 handle.append(rows, snapshot_properties=properties)
                 snapshot = handle.current_snapshot()

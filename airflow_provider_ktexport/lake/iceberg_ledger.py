@@ -24,9 +24,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_provider_ktexport.lake.ledger import read_keys, unique_keys
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, read_keys, unique_keys
 
-__all__ = ["FLUSH_ID", "SETTLED", "SETTLED_PROPERTY", "WRITER_ID", "IcebergLedger"]
+__all__ = ["FLUSH_ID", "SETTLED", "SETTLED_PROPERTY", "WRITER_ID", "IcebergLedger", "kept_for_redelivery"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ WRITER_ID = "ktexport.writer-id"
 SETTLED = "ktexport.settled"
 DEDUPED = "ktexport.deduped"
 SOURCE = "ktexport.source"
+#: The flush's redelivery window in seconds: snapshot expiry keeps an in-doubt flush's snapshot
+#: that long (:func:`kept_for_redelivery`).
+WINDOW = "ktexport.redelivery-window"
 #: Table property: ``{flush id: settled at (epoch seconds)}`` for settles no commit carried.
 SETTLED_PROPERTY = "ktexport.settled-flushes"
 
@@ -106,6 +109,29 @@ def in_doubt_snapshots(table: Any, source: str, *, own: str, window: float) -> d
     return {f: s for f, s in flushes.items() if f not in settled}
 
 
+def kept_for_redelivery(table: Any) -> set[int]:
+    """Snapshot ids that snapshot expiry must keep: those of flushes still in doubt, inside their
+    redelivery window. Without its snapshot an in-doubt flush cannot be found, and a redelivery of
+    its records would land twice."""
+    settled = set(settled_in_property(table))
+    for snapshot in table.snapshots():
+        settled.update(f for f in _summary(snapshot).get(SETTLED, "").split(",") if f)
+    now_ms = time.time() * 1000
+    kept = set()
+    for snapshot in table.snapshots():
+        props = _summary(snapshot)
+        flush_id = props.get(FLUSH_ID)
+        if not flush_id or flush_id in settled:
+            continue
+        try:
+            window = float(props.get(WINDOW, DEFAULT_REDELIVERY_WINDOW))
+        except ValueError:
+            window = DEFAULT_REDELIVERY_WINDOW
+        if snapshot.timestamp_ms + window * 1000 > now_ms:
+            kept.add(snapshot.snapshot_id)
+    return kept
+
+
 def added_files(table: Any, snapshot: Any) -> list[str]:
     """The data files ``snapshot`` added to ``table`` (from its own manifests)."""
     from pyiceberg.manifest import ManifestEntryStatus
@@ -158,11 +184,11 @@ class IcebergLedger:
             with table.io.new_input(path).open() as stream:
                 yield read_keys(stream)
 
-    def summary(self, name: str, flush_id: str, deduped: int) -> dict[str, str]:
+    def summary(self, name: str, flush_id: str, deduped: int, window: float) -> dict[str, str]:
         """The ledger's part of a commit's snapshot summary to table ``name``."""
         with self._lock:
             settled = ",".join(sorted(self._settled.get(name, {})))
-        out = {FLUSH_ID: flush_id, WRITER_ID: self.writer_id, DEDUPED: str(deduped)}
+        out = {FLUSH_ID: flush_id, WRITER_ID: self.writer_id, DEDUPED: str(deduped), WINDOW: f"{window:g}"}
         if settled:
             out[SETTLED] = settled
         return out

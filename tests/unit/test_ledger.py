@@ -182,3 +182,22 @@ def test_iceberg_settled_flushes_are_not_in_doubt(tmp_path):
     assert in_doubt_snapshots(table, "ktexport_default", own="", window=3600) == {}
     again = drain(IcebergSink(catalog), [batch_of("r1", good_records(6))])
     assert again.result.deduped == 0 and iceberg_rows(catalog) == sorted(list(range(6)) * 2)
+
+
+def test_iceberg_snapshot_expiry_keeps_an_in_doubt_flush_findable(tmp_path):
+    pytest.importorskip("pyiceberg")
+    from datetime import UTC, datetime, timedelta
+
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_namespace
+    from tests.unit.test_iceberg import catalog_for
+
+    catalog = catalog_for(tmp_path)
+    drain(IcebergSink(catalog), [batch_of("b1", good_records(4))], ack_result=False)  # in doubt
+    for i in (1, 2):  # later flushes, settled: the in-doubt one is no longer the table's head
+        drain(IcebergSink(catalog), [batch_of(f"b{i + 1}", good_records(4, 4 * i))])
+    later = datetime.now(UTC) + timedelta(hours=1)
+    [report] = maintain_namespace(catalog, "ktexport", expire_older_than=timedelta(0), now=later)
+    assert report.snapshots_expired > 0
+    again = drain(IcebergSink(catalog), [batch_of("r1", good_records(4) + good_records(2, 20))])
+    assert again.result.deduped == 4 and iceberg_rows(catalog) == [*range(12), 20, 21]
