@@ -31,7 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from airflow_provider_ktexport.lake.layout import FLUSH_DIR, safe_folder_name
+from airflow_provider_ktexport.lake.layout import (
+    BATCH_ID_COLUMN,
+    FLUSH_DIR,
+    RECORD_KEY_COLUMN,
+    safe_folder_name,
+)
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.writer import part_file_name
 
@@ -41,7 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_REDELIVERY_WINDOW",
-    "RECORD_KEY",
     "FlushTally",
     "ParquetLedger",
     "drop_landed",
@@ -51,8 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The column that identifies a record whatever batch brought it.
-RECORD_KEY = "_record_key"
 #: How long an in-doubt flush is remembered (seconds): a batch left unacknowledged waits for the
 #: next run to be redelivered, which can be days away; a redelivery later than this lands twice.
 DEFAULT_REDELIVERY_WINDOW = 7 * 24 * 3600.0
@@ -94,9 +96,9 @@ class FlushTally:
 
 def drop_landed(table: pa.Table, keys: pa.Array) -> tuple[pa.Table, int]:
     """``table`` without the rows whose ``_record_key`` is in ``keys``, and how many were dropped."""
-    if not len(keys) or RECORD_KEY not in table.column_names or not table.num_rows:
+    if not len(keys) or RECORD_KEY_COLUMN not in table.column_names or not table.num_rows:
         return table, 0
-    landed = pc.fill_null(pc.is_in(table.column(RECORD_KEY), value_set=keys), False)
+    landed = pc.fill_null(pc.is_in(table.column(RECORD_KEY_COLUMN), value_set=keys), False)
     dropped = pc.sum(landed).as_py() or 0
     if not dropped:
         return table, 0
@@ -119,13 +121,13 @@ def drop_repeats(
     out, dropped = [], 0
     for part in tables:
         table = part.table
-        if RECORD_KEY not in table.column_names or pc.count_distinct(table.column(RECORD_KEY)).as_py() == len(
-            table
-        ):
+        if RECORD_KEY_COLUMN not in table.column_names or pc.count_distinct(
+            table.column(RECORD_KEY_COLUMN)
+        ).as_py() == len(table):
             out.append(part)
             continue
-        keys = table.column(RECORD_KEY).to_pylist()
-        ranks = [order.get(b, 0) for b in table.column("_batch_id").to_pylist()]
+        keys = table.column(RECORD_KEY_COLUMN).to_pylist()
+        ranks = [order.get(b, 0) for b in table.column(BATCH_ID_COLUMN).to_pylist()]
         first: dict[str, int] = {}
         for key, rank in zip(keys, ranks, strict=True):
             first[key] = min(rank, first.get(key, rank))
@@ -146,7 +148,7 @@ def unique_keys(parts: Iterable[pa.Array]) -> pa.Array:
 
 def read_keys(source: Any, *, filesystem: Any = None) -> pa.Array:
     """The ``_record_key`` column of one Parquet file (only that column is read)."""
-    column = pq.read_table(source, columns=[RECORD_KEY], filesystem=filesystem).column(0)
+    column = pq.read_table(source, columns=[RECORD_KEY_COLUMN], filesystem=filesystem).column(0)
     return column.combine_chunks().cast(pa.string())
 
 
