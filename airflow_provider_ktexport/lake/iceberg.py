@@ -269,13 +269,12 @@ class IcebergSink(IcebergTables):
                     f"Iceberg refused the rows for {self.identifier(table)}: {exc}",
                     destination=self.uri(table),
                 ) from exc
+        info.tally.add(tried.dropped)  # what the committed (or last) attempt dropped
         if outcome is None:
-            info.tally.add(tried.dropped)
             return None
         handle, snapshot = outcome
         self._verify_visible(table, snapshot.snapshot_id)
         if info.flush_id:
-            info.tally.add(tried.dropped)
             summary = snapshot.summary.additional_properties if snapshot.summary is not None else {}
             self.ledger.committed(table, info.flush_id, summary)
         return self._landed(table, tried.rows, handle, snapshot, record_type=record_type, rejected=rejected)
