@@ -53,6 +53,12 @@ _DRAIN_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
         int,
         "sightings before --ack-quarantined acks a body",
     ),
+    (
+        "--redelivery-window",
+        "redelivery_window",
+        float,
+        "seconds a flush not all acknowledged is remembered, so its redelivery lands once",
+    ),
     ("--source", "source", str, "the rows' _source (the operator writes its connection id)"),
 )
 

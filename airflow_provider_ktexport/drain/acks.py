@@ -2,7 +2,8 @@
 
 Plain Python, no Airflow (docs/architecture.md section 3). Only the flush calls
 :meth:`Acknowledger.ack_landed`, and only after every record of those batches is in the lake
-(as rows or rejects); a failed acknowledgement costs a redelivered copy, never a record.
+(as rows or rejects); a failed acknowledgement costs a redelivery (dropped as already landed by
+the flush ledger), never a record.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class Acknowledger:
         if expired:
             self.log.warning(
                 "%d batches landed after their %g s lease had run out: not acknowledged (the server may "
-                "have leased them again); they will land twice, remove duplicates by _record_key. Lower "
-                "flush_seconds if this repeats across runs.",
+                "have leased them again); the flush stays in doubt, so their redelivery is dropped as already "
+                "landed. Lower flush_seconds if this repeats across runs.",
                 expired,
                 self.lease_seconds,
             )

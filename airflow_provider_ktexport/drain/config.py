@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from airflow_provider_ktexport.api.exchange import DEFAULT_LEASE_SECONDS
 from airflow_provider_ktexport.exceptions import KtExportConfigError
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW
 from airflow_provider_ktexport.lake.sinks import MAX_WRITE_CONCURRENCY
 
 __all__ = [
@@ -60,6 +61,9 @@ class DrainConfig:
     max_flush_partitions: int = 2000
     #: None: 64 on an object store, 8 on a local disk (see lake.sinks.default_write_concurrency).
     write_concurrency: int | None = None
+    #: Seconds a flush left in doubt (a batch not acknowledged) is remembered, so its records'
+    #: redelivery is dropped as already landed: 7 days, since redeliveries wait for the next run.
+    redelivery_window: float = DEFAULT_REDELIVERY_WINDOW
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +87,12 @@ class DrainConfig:
                 f"flush_seconds={self.flush_seconds:g} leaves too little of the {self.lease_seconds:g} s lease "
                 f"to write and acknowledge: keep it at most {self.lease_seconds - margin:g} s "
                 f"(lease_seconds minus a margin of {margin:g} s), or lower it."
+            )
+        if self.redelivery_window < self.lease_seconds:
+            raise KtExportConfigError(
+                f"redelivery_window must be at least the lease ({self.lease_seconds:g} s), got "
+                f"{self.redelivery_window!r}: a redelivery later than the window lands twice; keep the "
+                "default (7 days) unless runs are more frequent than that"
             )
 
     def _check_limits(self) -> None:

@@ -31,6 +31,7 @@ from airflow_provider_ktexport.drain.progress import Progress
 from airflow_provider_ktexport.drain.result import DrainResult
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportRejectsError
 from airflow_provider_ktexport.lake.layout import REJECTED_DIR
+from airflow_provider_ktexport.lake.ledger import drop_repeats, new_flush_id
 from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
 from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
@@ -103,14 +104,23 @@ class Flusher:
 
     def land_step(self, batches: list[HeldBatch], reason: str) -> int:
         """Land ``batches`` (build, write, verify), acknowledge them, and learn the pace from it;
-        returns how many could not be acknowledged because their leases had run out."""
+        returns how many could not be acknowledged because their leases had run out (before their
+        write started, or before their acknowledgement)."""
+        batches, late_before = self._unexpired(batches)
+        if not batches:
+            return late_before
         t0 = time.monotonic()
         oldest_lease = min(b.leased_at for b in batches)
         built = self.build(batches)
-        landed = self.write(batches, built, land_by=oldest_lease + self.config.lease_seconds - self._margin())
+        info = self.flush_info(
+            batches, built, land_by=oldest_lease + self.config.lease_seconds - self._margin()
+        )
+        landed = self.write(built, info)
         lag = self._note_lag(built.landing.tables, built.ingested_at)
         t_written = time.monotonic()
         acked, expired = self.acknowledge(batches, oldest_lease)
+        # All acknowledged: no redelivery can follow, the flush is settled; else it stays in doubt.
+        self.sink.settle(info, acked_all=acked == len(batches))
         elapsed = time.monotonic() - t0
         self._learn_pace(len(landed), len(batches), t_written - t0, elapsed)
         self.metrics.timing("flush_duration", elapsed)
@@ -119,7 +129,7 @@ class Flusher:
         self._warn_after_step(batches, acked, expired, write_seconds=t_written - t0)
         if built.landing.rejects:
             self._report_rejects(built.landing.rejects, len(built.records))
-        return expired
+        return expired + late_before
 
     # -- the steps ----------------------------------------------------------------------------------
 
@@ -146,19 +156,30 @@ class Flusher:
         check_complete(batches, landing)
         return Built(records, landing, ingested_at)
 
-    def write(self, batches: list[HeldBatch], built: Built, *, land_by: float) -> list[Landed]:
-        """Land the built tables and rejects (verified files or visible commits) and count them."""
-        landing, ingested_at = built.landing, built.ingested_at
-        rejected = rejects_table(landing.rejects, source=self.config.source, ingested_at=ingested_at)
-        info = FlushInfo(
+    def flush_info(self, batches: list[HeldBatch], built: Built, *, land_by: float) -> FlushInfo:
+        """What the sink records about this flush: a new flush id in the flush ledger (it stays in
+        doubt until :meth:`.Sink.settle` says all its batches were acknowledged)."""
+        return FlushInfo(
             batch_ids=[b.id for b in batches],
-            records=len(built.records) - len(landing.rejects),
-            rejected=len(landing.rejects),
+            records=len(built.records) - len(built.landing.rejects),
+            rejected=len(built.landing.rejects),
             source=self.config.source,
-            ingest_day=ingested_at.strftime("%Y-%m-%d"),
+            ingest_day=built.ingested_at.strftime("%Y-%m-%d"),
             land_by=land_by,
+            flush_id=new_flush_id(),
+            redelivery_window=self.config.redelivery_window,
         )
-        landed = self.sink.land(landing.tables, rejected, info)
+
+    def write(self, built: Built, info: FlushInfo) -> list[Landed]:
+        """Land the built tables and rejects (verified files or visible commits) and count them;
+        rows already landed (a repeat inside the flush, or by a flush in doubt) are dropped."""
+        landing = built.landing
+        rejected = rejects_table(landing.rejects, source=self.config.source, ingested_at=built.ingested_at)
+        # A batch and its redelivery in one flush (a GET answered late in its lease): one copy.
+        tables, repeats = drop_repeats(landing.tables, info.batch_ids)
+        info.tally.add(repeats)
+        landed = self.sink.land(tables, rejected, info)
+        self._count_deduped(info.tally.deduped)
         self.result.add_pieces(landed)
         self.result.records += info.records
         self.result.rejected += info.rejected
@@ -174,6 +195,34 @@ class Flusher:
         return acked, expired
 
     # -- what a step learns and reports -------------------------------------------------------------
+
+    def _unexpired(self, batches: list[HeldBatch]) -> tuple[list[HeldBatch], int]:
+        """The batches whose lease has not run out before their write starts, and how many had.
+
+        A batch past its lease may already be redelivered to another drain (or this one): writing
+        it would race that copy, and it could not be acknowledged anyway. It is left to the server.
+        """
+        live = [b for b in batches if self.acks.time_left(b.leased_at) > 0]
+        late = len(batches) - len(live)
+        if late:
+            self.result.lease_expired += late
+            self.metrics.incr("leases_expired", late)
+            self.log.warning(
+                "%d batches' %g s leases ran out before their write started: not written (the server "
+                "delivers them again).",
+                late,
+                self.config.lease_seconds,
+            )
+        return live, late
+
+    def _count_deduped(self, rows: int) -> None:
+        """Rows a flush did not write because a flush in doubt had landed them (redeliveries)."""
+        if rows:
+            self.result.deduped += rows
+            self.metrics.incr("records_deduped", rows)
+            self.log.info(
+                "Dropped %d redelivered records already landed by a flush in doubt (exactly once).", rows
+            )
 
     def _margin(self) -> float:
         return ack_margin(self.config.lease_seconds)
@@ -212,7 +261,7 @@ class Flusher:
         if failed:
             self.log.warning(
                 "%d acknowledgements failed (lease expired on the server or id unknown): those batches will "
-                "be delivered again and land twice; remove duplicates by _record_key.",
+                "be delivered again; the flush stays in doubt, so their records are dropped as already landed.",
                 failed,
             )
         # A batch whose landing alone takes its whole lease is too wide for the store: it would
@@ -261,8 +310,8 @@ class Flusher:
             )
         self.log.warning(
             "Batch %s alone writes %d partition files, more than its %g s lease lets land at this store's pace: "
-            "it was written but not acknowledged, and will be delivered again (remove the copy by "
-            "_record_key). If this repeats, %s.",
+            "it was written but not acknowledged, and will be delivered again (and dropped as already "
+            "landed). If this repeats, %s.",
             batch.id,
             len(batch.partitions),
             self.config.lease_seconds,

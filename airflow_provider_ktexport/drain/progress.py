@@ -43,7 +43,7 @@ class Progress:
         r = self.result
         self.log.info(
             "Progress: %d records landed (%.0f records/s), lag %s, %d rejected, %d acked, "
-            "%d ack failed, %d leases expired, %d files",
+            "%d ack failed, %d leases expired, %d deduped, %d files",
             r.records,
             self.rate(),
             _seconds(lag_s),
@@ -51,6 +51,7 @@ class Progress:
             r.acked,
             r.ack_failed,
             r.lease_expired,
+            r.deduped,
             len(r.files),
         )
 
@@ -59,7 +60,7 @@ class Progress:
         r = self.result
         self.log.info(
             "Drain finished (%s): %d records in %d batches, %d files, %d bytes, %d acked, %d ack failed, "
-            "%d leases expired, %d rejected, %d quarantined, %.1f s (%.0f records/s), max lag %s",
+            "%d leases expired, %d deduped, %d rejected, %d quarantined, %.1f s (%.0f records/s), max lag %s",
             r.stopped,
             r.records,
             r.batches,
@@ -68,6 +69,7 @@ class Progress:
             r.acked,
             r.ack_failed,
             r.lease_expired,
+            r.deduped,
             r.rejected,
             r.quarantined,
             r.duration_s,

@@ -43,6 +43,8 @@ class DrainResult:
     acked: int = 0
     ack_failed: int = 0
     lease_expired: int = 0
+    #: Records dropped because a flush in doubt (not all acknowledged) had already landed them.
+    deduped: int = 0
     rejected: int = 0
     rejected_files: list[str] = field(default_factory=list)
     #: Table commits (Iceberg): table, snapshot id, rows, per commit.

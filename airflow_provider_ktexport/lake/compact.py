@@ -50,6 +50,7 @@ from airflow_provider_ktexport.lake.layout import (
     dataset_dir,
     record_type_folder,
 )
+from airflow_provider_ktexport.lake.ledger import ParquetLedger
 from airflow_provider_ktexport.lake.reader import published_types
 from airflow_provider_ktexport.lake.variants import fit_table, fitted_columns, needs_fit, pad_table
 from airflow_provider_ktexport.lake.writer import LakeWriter, WrittenFile
@@ -182,7 +183,7 @@ class _Compactor:
         if len(rewrite) == 1 and all(masks[0]) and fine(rewrite[0]):
             self.result.partitions_unchanged += 1  # one small file: rewriting would change nothing
             return
-        self._rewrite(directory, partition, rewrite, masks, types, full)
+        self._rewrite(directory, partition, rewrite, masks, types, full, keep)
 
     def _first_copies(
         self, rewrite: list[LakeFile], schemas: dict[str, pa.Schema], kept_first: dict[Pair, float]
@@ -216,6 +217,7 @@ class _Compactor:
         masks: list[list[bool]],
         types: dict[str, pa.DataType],
         full: dict[str, pa.DataType],
+        kept_files: list[LakeFile],
     ) -> None:
         pending: list[pa.Table] = []
         pending_bytes = 0.0
@@ -235,6 +237,10 @@ class _Compactor:
                 pending, pending_bytes = [], 0.0
         if pending:
             written.append(self._write(pending, partition, full))
+        # Flushes still in doubt that named the old files now name where their rows are.
+        ParquetLedger(self.writer).replace_files(
+            [f.path for f in rewrite], [w.path for w in written] + [f.path for f in kept_files]
+        )
         # Every new file is written and verified: only now may the old ones go.
         for f in rewrite:
             try:

@@ -15,6 +15,9 @@ only after the commits holding all its records (and its rejects) are visible.
   ``<namespace>._quarantine`` (one row per sighting, the body on the first).
 - A commit that loses a race with another writer (a second drain, a compaction) is retried on
   fresh metadata until the flush's ``land_by`` (its oldest lease's end, less a margin).
+- Exactly once as landed (:mod:`.iceberg_ledger`): each commit's summary names its flush; rows
+  a flush still in doubt (not all its batches acknowledged) already landed are dropped before
+  the commit, and a commit whose outcome is unknown is looked for by its flush id before a retry.
 - Each snapshot's summary records the connection, record counts and the ids of the batches that
   have rows in that table (not every batch of the flush: a table's history names its own batches).
 - A SQL catalog's tables get ``metadata/version-hint.text`` after each commit, so DuckDB's
@@ -35,6 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +49,14 @@ from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.iceberg_catalog import (
     load_catalog,
     write_version_hint,
+)
+from airflow_provider_ktexport.lake.iceberg_ledger import (
+    SETTLED_PROPERTY,
+    IcebergLedger,
+    find_flush,
+    maybe_committed_errors,
+    merged_settles,
+    without_rebase,
 )
 from airflow_provider_ktexport.lake.iceberg_tables import (
     DEFAULT_TABLE_PROPERTIES,
@@ -63,6 +75,7 @@ from airflow_provider_ktexport.lake.layout import (
     folder_table,
     record_type_of_folder,
 )
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, drop_landed
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed
 from airflow_provider_ktexport.lake.variants import fit_table, name_new_columns
@@ -107,6 +120,16 @@ def _event_days(part: PartitionTable) -> pa.Array:
     return pa.repeat(pa.scalar(value, pa.date32()), part.table.num_rows)
 
 
+@dataclass
+class _Tried:
+    """What the latest attempt of a commit committed, or tried to: an attempt whose outcome was
+    unknown may have committed it, and then that is what landed."""
+
+    rows: pa.Table
+    #: Rows dropped as already landed by a flush in doubt.
+    dropped: int = 0
+
+
 class IcebergSink(IcebergTables):
     """Lands flushes as Iceberg commits in ``namespace`` of ``catalog`` (its tables: :class:`IcebergTables`).
 
@@ -116,6 +139,19 @@ class IcebergSink(IcebergTables):
     :param table_properties: table properties over :data:`DEFAULT_TABLE_PROPERTIES`, given to new
         tables and to existing ones that lack them
     """
+
+    def __init__(
+        self,
+        catalog: Any,
+        namespace: str = "ktexport",
+        *,
+        catalog_name: str = "ktexport",
+        table_properties: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(catalog, namespace, catalog_name=catalog_name, table_properties=table_properties)
+        #: Flush ids in snapshot summaries: what makes a redelivery land once (:mod:`.iceberg_ledger`).
+        self.ledger = IcebergLedger()
+        self._window = DEFAULT_REDELIVERY_WINDOW
 
     def prove_writable(self) -> None:
         """Nothing more to do: opening the sink already proved the catalog (its namespace) and the
@@ -142,16 +178,16 @@ class IcebergSink(IcebergTables):
                 ]
             )
             batches = frozenset().union(*(p.batch_ids for p in parts))
-            landed.append(
-                self._commit(
-                    table_name(record_type),
-                    arrow,
-                    info,
-                    record_type,
-                    partition_by=EVENT_DATE_COLUMN,
-                    batch_ids=[b for b in info.batch_ids if b in batches],
-                )
+            piece = self._commit(
+                table_name(record_type),
+                arrow,
+                info,
+                record_type,
+                partition_by=EVENT_DATE_COLUMN,
+                batch_ids=[b for b in info.batch_ids if b in batches],
             )
+            if piece is not None:  # None: every row was already landed by a flush in doubt
+                landed.append(piece)
         if rejects:
             arrow = pa.concat_tables(
                 [
@@ -163,17 +199,17 @@ class IcebergSink(IcebergTables):
                 ]
             )
             batches = frozenset(arrow.column(BATCH_ID_COLUMN).to_pylist())
-            landed.append(
-                self._commit(
-                    REJECTS_TABLE,
-                    arrow,
-                    info,
-                    "",
-                    partition_by=None,
-                    rejected=True,
-                    batch_ids=[b for b in info.batch_ids if b in batches],
-                )
+            piece = self._commit(
+                REJECTS_TABLE,
+                arrow,
+                info,
+                "",
+                partition_by=None,
+                rejected=True,
+                batch_ids=[b for b in info.batch_ids if b in batches],
             )
+            if piece is not None:  # always: rejects are never dropped
+                landed.append(piece)
         return landed
 
     def _properties(self, info: FlushInfo, rows: int, batch_ids: Sequence[str]) -> dict[str, str]:
@@ -200,49 +236,110 @@ class IcebergSink(IcebergTables):
         partition_by: str | None,
         batch_ids: Sequence[str],
         rejected: bool = False,
-    ) -> Landed:
-        """Append ``arrow`` in one commit, retried on conflicts until ``info.land_by``; verified visible."""
+    ) -> Landed | None:
+        """Append ``arrow`` in one commit, retried on conflicts until ``info.land_by``; verified visible.
+
+        Rows a flush in doubt already landed are dropped first, on the metadata the commit is based
+        on (a commit racing in between fails the optimistic commit, and the retry drops again);
+        returns None when none are left. An attempt whose outcome is unknown is looked for (its
+        flush id) before the next, so a commit is never made twice.
+        """
         exc_types = self._ice.exceptions
         attempt = 0
+        self._window = info.redelivery_window
+        tried = _Tried(arrow)
         while True:
             attempt += 1
             try:
-                handle, rows, snapshot = self._append(
-                    table, arrow, info, partition_by=partition_by, batch_ids=batch_ids, rejected=rejected
+                outcome = self._attempt(
+                    table,
+                    arrow,
+                    info,
+                    tried,
+                    attempt,
+                    partition_by=partition_by,
+                    batch_ids=batch_ids,
+                    rejected=rejected,
                 )
                 break
-            except (exc_types.CommitFailedException, exc_types.CommitStateUnknownException) as exc:
+            except (exc_types.CommitFailedException, *maybe_committed_errors(exc_types)) as exc:
                 time.sleep(self._pause_after_conflict(table, attempt, exc, info))
             except exc_types.ValidationError as exc:
                 raise KtExportWriteError(
                     f"Iceberg refused the rows for {self.identifier(table)}: {exc}",
                     destination=self.uri(table),
                 ) from exc
+        info.tally.add(tried.dropped)  # what the committed (or last) attempt dropped
+        if outcome is None:
+            return None
+        handle, snapshot = outcome
         self._verify_visible(table, snapshot.snapshot_id)
-        return self._landed(table, arrow, rows, handle, snapshot, record_type=record_type, rejected=rejected)
+        if info.flush_id:
+            summary = snapshot.summary.additional_properties if snapshot.summary is not None else {}
+            self.ledger.committed(table, info.flush_id, summary)
+        return self._landed(table, tried.rows, handle, snapshot, record_type=record_type, rejected=rejected)
 
-    def _append(
+    def _attempt(
         self,
         table: str,
         arrow: pa.Table,
         info: FlushInfo,
+        tried: _Tried,
+        attempt: int,
         *,
         partition_by: str | None,
         batch_ids: Sequence[str],
         rejected: bool,
-    ) -> tuple[Any, pa.Table, Any]:
-        """One attempt: ``arrow`` fitted to the table as it is now, appended; (table, rows, snapshot)."""
+    ) -> tuple[Any, Any] | None:
+        """One attempt on the table as it is now: (table, snapshot), or None when every row was
+        already landed by a flush in doubt. A retry first looks for its flush: an earlier attempt
+        whose outcome was unknown may have committed it."""
         handle = self._open(table, arrow.schema, partition_by=partition_by)
+        done = find_flush(handle, info.flush_id) if info.flush_id and attempt > 1 else None
+        if done is not None:
+            return handle, done
+        kept = self._drop_in_doubt(table, handle, arrow, info, tried, rejected=rejected)
+        if not kept.num_rows:
+            return None
+        return self._append(table, handle, kept, info, tried, batch_ids=batch_ids, rejected=rejected)
+
+    def _drop_in_doubt(
+        self, table: str, handle: Any, arrow: pa.Table, info: FlushInfo, tried: _Tried, *, rejected: bool
+    ) -> pa.Table:
+        """``arrow`` without the rows whose ``_record_key`` a flush of the same source still in doubt
+        added to this table (metadata this attempt commits on); rejects are never dropped."""
+        tried.dropped = 0
+        if not info.flush_id or rejected:
+            return arrow
+        keys = self.ledger.in_doubt_keys(
+            table, handle, info.source, own=info.flush_id, window=info.redelivery_window
+        )
+        kept, tried.dropped = drop_landed(arrow, keys)
+        return kept
+
+    def _append(
+        self,
+        table: str,
+        handle: Any,
+        kept: pa.Table,
+        info: FlushInfo,
+        tried: _Tried,
+        *,
+        batch_ids: Sequence[str],
+        rejected: bool,
+    ) -> tuple[Any, Any]:
+        """``kept`` fitted to the table as it is now, appended with the flush's id in the snapshot
+        summary; (table, snapshot)."""
         published = plain_arrow(handle.schema().as_arrow())
         # Another writer may have given a new column its type first: values that do not fit
         # it move to variant columns, so no column ever changes type.
         # A new case twin is named against the table's names: its twin name goes into
         # the same optimistic commit that publishes it, so no two writers disagree.
         rows = (
-            arrow
+            kept
             if rejected
             else name_new_columns(
-                fit_table(arrow, dict(zip(published.names, published.types, strict=True))),
+                fit_table(kept, dict(zip(published.names, published.types, strict=True))),
                 published.names,
             )
         )
@@ -250,8 +347,13 @@ class IcebergSink(IcebergTables):
             # Only ever adds columns (union by name): existing ones keep their types.
             with handle.update_schema() as update:
                 update.union_by_name(rows.schema)
-        handle.append(rows, snapshot_properties=self._properties(info, rows.num_rows, batch_ids))
-        return handle, rows, handle.current_snapshot()
+        tried.rows = rows
+        properties = self._properties(info, rows.num_rows, batch_ids)
+        if info.flush_id:
+            properties |= self.ledger.summary(table, info.flush_id, tried.dropped, info.redelivery_window)
+            handle = without_rebase(handle)  # after any schema commit, which reloads its view
+        handle.append(rows, snapshot_properties=properties)
+        return handle, handle.current_snapshot()
 
     def _pause_after_conflict(self, table: str, attempt: int, exc: Exception, info: FlushInfo) -> float:
         """How long to wait before the next attempt; raises when that would outlive the leases."""
@@ -269,7 +371,6 @@ class IcebergSink(IcebergTables):
     def _landed(
         self,
         table: str,
-        arrow: pa.Table,
         rows: pa.Table,
         handle: Any,
         snapshot: Any,
@@ -282,12 +383,12 @@ class IcebergSink(IcebergTables):
         extra = {
             "table": self.identifier(table),
             "snapshot_id": snapshot.snapshot_id,
-            "rows": arrow.num_rows,
+            "rows": rows.num_rows,
             "rejected": rejected,
         }
         return Landed(
             f"{self.uri(table)}@{snapshot.snapshot_id}",
-            arrow.num_rows,
+            rows.num_rows,
             int(summary.get("added-files-size", 0)),
             rejected=rejected,
             record_type=record_type,
@@ -355,5 +456,36 @@ class IcebergSink(IcebergTables):
             row_filter=self._ice.expressions.EqualTo("sha256", digest), selected_fields=fields
         ).to_arrow()
 
+    # -- the flush ledger --------------------------------------------------------------------------
+
+    def settle(self, info: FlushInfo, *, acked_all: bool) -> None:
+        if info.flush_id:
+            self.ledger.settle(info.flush_id, acked_all=acked_all)
+
+    def _record_settles(self) -> None:
+        """Settles no commit carried (the run's last flushes) go into a table property, so later
+        runs need not read those flushes' keys; a failure only leaves them in doubt (a cost, not
+        a duplicate)."""
+        for table, settled in self.ledger.unrecorded().items():
+            for _ in range(3):
+                handle = self._load(table)
+                if handle is None:
+                    break
+                try:
+                    with handle.transaction() as tx:
+                        tx.set_properties(
+                            {SETTLED_PROPERTY: merged_settles(handle, settled, window=self._window)}
+                        )
+                    self.ledger.recorded(table)
+                    if self._version_hints:
+                        write_version_hint(self.catalog.load_table(self.identifier(table)))
+                    break
+                except self._ice.exceptions.CommitFailedException:
+                    continue  # another writer committed: merge again on fresh metadata
+                except Exception as exc:  # noqa: BLE001 - a settle is an optimisation; the flushes stay in doubt
+                    log.warning("Could not record settled flushes on %s: %s", self.identifier(table), exc)
+                    break
+
     def close(self) -> None:
-        """Nothing to release: the catalog is the caller's."""
+        """Record the run's last settles; the catalog itself is the caller's."""
+        self._record_settles()

@@ -34,6 +34,7 @@ from airflow_provider_ktexport.lake.iceberg_catalog import (
     wants_version_hint,
     write_version_hint,
 )
+from airflow_provider_ktexport.lake.iceberg_ledger import kept_for_redelivery
 
 __all__ = ["TableMaintenance", "maintain_namespace", "maintain_table"]
 
@@ -296,7 +297,8 @@ def _expire(catalog: Any, identifier: str, cutoff: datetime) -> tuple[int, int]:
     exceptions = pyiceberg_modules().exceptions
     for attempt in range(1, _ATTEMPTS + 1):
         table = catalog.load_table(identifier)
-        protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
+        # Branch and tag heads, and the snapshots of flushes still in doubt (exactly once as landed).
+        protected = {ref.snapshot_id for ref in table.metadata.refs.values()} | kept_for_redelivery(table)
         cutoff_ms = int(cutoff.timestamp() * 1000)
         doomed = [
             s for s in table.snapshots() if s.timestamp_ms < cutoff_ms and s.snapshot_id not in protected

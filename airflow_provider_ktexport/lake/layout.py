@@ -44,6 +44,7 @@ __all__ = [
     "EVENT_DATE_COLUMN",
     "EVENT_DATE_KEY",
     "EVENT_TIME_FIELDS",
+    "FLUSH_DIR",
     "INGESTED_AT_COLUMN",
     "INGEST_DATE_KEY",
     "PARTITION_KEYS",
@@ -88,6 +89,8 @@ SCHEMA_DIR = "_schema"
 REJECTED_DIR = "_rejected"
 #: Undecodable bodies (an Iceberg table too).
 QUARANTINE_DIR = "_quarantine"
+#: The flush ledger: ``_flushes/<source>/<flush id>.json``, one per flush still in doubt (:mod:`.ledger`).
+FLUSH_DIR = "_flushes"
 #: Where a drain writes, reads back and deletes a small probe file before its first lease.
 PROBE_DIR = "_probe"
 #: The folder of records without a usable ``type``.

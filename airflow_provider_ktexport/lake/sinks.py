@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from airflow_provider_ktexport.lake.layout import INGEST_DATE_KEY, RECORD_TYPE_KEY, REJECTED_DIR, dataset_dir
+from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, FlushTally, ParquetLedger
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
@@ -69,6 +70,12 @@ class FlushInfo:
     ingest_day: str
     #: Monotonic time by which the flush must have landed (the oldest lease's end, less a margin).
     land_by: float | None = None
+    #: The flush's id in the flush ledger (:mod:`.ledger`); empty: not recorded.
+    flush_id: str = ""
+    #: Seconds a flush left in doubt is remembered (``DrainConfig.redelivery_window``).
+    redelivery_window: float = DEFAULT_REDELIVERY_WINDOW
+    #: What the sink reports back (rows dropped as already landed by a flush in doubt).
+    tally: FlushTally = field(default_factory=FlushTally, compare=False)
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,11 @@ class Sink(Protocol):
         self, tables: Sequence[PartitionTable], rejects: Mapping[str, pa.Table], info: FlushInfo
     ) -> list[Landed]: ...
 
+    def settle(self, info: FlushInfo, *, acked_all: bool) -> None:
+        """After the acknowledgements: a flush all of whose batches were acknowledged is settled
+        (no redelivery can follow); otherwise it stays in doubt for the redelivery window."""
+        ...
+
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str: ...
 
     def quarantine_sightings(self, body: bytes) -> int: ...
@@ -127,6 +139,7 @@ class ParquetSink:
 
     def __init__(self, writer: LakeWriter, *, concurrency: int | None = None) -> None:
         self.writer = writer
+        self.ledger = ParquetLedger(writer)
         self.concurrency = concurrency or default_write_concurrency(writer)
         _note_s3_pool(writer, self.concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="ktexport-write")
@@ -140,12 +153,17 @@ class ParquetSink:
     def land(
         self, tables: Sequence[PartitionTable], rejects: Mapping[str, pa.Table], info: FlushInfo
     ) -> list[Landed]:
-        jobs = [(part.table, part.partition, "", part.record_type) for part in tables]
+        # Exactly once as landed: rows an in-doubt flush already landed are dropped, and this
+        # flush's manifest is written before its files (names planned).
+        planned = self.ledger.prepare(tables, info) if info.flush_id else [(p, None) for p in tables]
+        jobs = [(part.table, part.partition, "", part.record_type, name) for part, name in planned]
         jobs += [
-            (table, {RECORD_TYPE_KEY: rtype, INGEST_DATE_KEY: info.ingest_day}, REJECTED_DIR, rtype)
+            (table, {RECORD_TYPE_KEY: rtype, INGEST_DATE_KEY: info.ingest_day}, REJECTED_DIR, rtype, None)
             for rtype, table in rejects.items()
         ]
-        futures = [self._pool.submit(self.writer.write, job[0], job[1], area=job[2]) for job in jobs]
+        futures = [
+            self._pool.submit(self.writer.write, job[0], job[1], area=job[2], name=job[4]) for job in jobs
+        ]
         _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
@@ -174,6 +192,10 @@ class ParquetSink:
         is the first partition key, else the lake root (or the area's folder, e.g. ``_rejected``):
         :func:`.layout.dataset_dir`."""
         return self.writer.uri_of(self.writer.lake.join(dataset_dir(partition, area)))
+
+    def settle(self, info: FlushInfo, *, acked_all: bool) -> None:
+        if info.flush_id:
+            self.ledger.settle(info, acked_all=acked_all)
 
     def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
         return self.writer.quarantine(body, reason=reason, batch_id=batch_id)

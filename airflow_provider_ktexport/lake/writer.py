@@ -41,7 +41,7 @@ from airflow_provider_ktexport.lake.layout import (
 from airflow_provider_ktexport.lake.quarantine import FileQuarantine
 from airflow_provider_ktexport.lake.schema_store import SchemaStore
 
-__all__ = ["LakeWriter", "WrittenFile"]
+__all__ = ["LakeWriter", "WrittenFile", "part_file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class WrittenFile:
     bytes: int
     #: The file's Arrow schema (for lineage); not part of its identity.
     schema: pa.Schema | None = field(default=None, compare=False, repr=False)
+
+
+def part_file_name() -> str:
+    """A new data file's name: ``part-<UTC stamp>-<random>.parquet`` (the flush ledger plans names
+    before the write, so its manifest can name the files)."""
+    return f"part-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}.parquet"
 
 
 def _check_footer(source: Any, rows: int) -> None:
@@ -139,6 +145,10 @@ class LakeWriter:
         """Make ``data`` visible at ``path`` only if nothing is there (:meth:`.AtomicStore.create`)."""
         self.atomic.create(path, data)
 
+    def put_atomic(self, path: str, data: bytes) -> None:
+        """Make ``data`` visible at ``path`` (under the root) whole or not at all (the flush ledger)."""
+        self._put(path, data)
+
     def prove_writable(self) -> None:
         """Write, read back and delete a probe file before any lease (:func:`.probe.prove_writable`).
 
@@ -149,7 +159,9 @@ class LakeWriter:
 
     # -- data files --------------------------------------------------------------------------------
 
-    def write(self, table: pa.Table, partition: Mapping[str, str], *, area: str = "") -> WrittenFile:
+    def write(
+        self, table: pa.Table, partition: Mapping[str, str], *, area: str = "", name: str | None = None
+    ) -> WrittenFile:
         """Write ``table`` as one new Parquet file in ``partition``, atomically, then verify it.
 
         The record type's schema is published first (when ``partition`` names a record type), so
@@ -158,11 +170,12 @@ class LakeWriter:
 
         :param area: a folder under the root for tables apart from the data (``_rejected``); their
             schema is fixed, so nothing is published for them
+        :param name: the file's name (default: a new :func:`part_file_name`); the flush ledger
+            names files before they are written
         :raises KtExportWriteError: writing or verification failed; names the destination and cause
         """
         directory = self.partition_dir(partition, area)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = posixpath.join(directory, f"part-{stamp}-{uuid.uuid4().hex}.parquet")
+        path = posixpath.join(directory, name or part_file_name())
         record_type = partition.get(RECORD_TYPE_KEY)
         if record_type is not None and not area:
             # One flush's files are written concurrently: they settle the schema one at a time.

@@ -125,6 +125,7 @@ class KtExportDrainOperatorBase(BaseOperator):
         max_flush_partitions: int = DEFAULTS.max_flush_partitions,
         write_concurrency: int | None = DEFAULTS.write_concurrency,
         max_in_flight: int = DEFAULTS.max_in_flight,
+        redelivery_window: timedelta | float = timedelta(seconds=DEFAULTS.redelivery_window),
         asset: Asset | None = None,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
@@ -148,6 +149,7 @@ class KtExportDrainOperatorBase(BaseOperator):
         self.max_flush_partitions = max_flush_partitions
         self.write_concurrency = write_concurrency
         self.max_in_flight = max_in_flight
+        self.redelivery_window = redelivery_window
         self.asset = asset
         self.asset_alias = asset_alias
         # Made in execute: an Event holds a lock, and Airflow deep-copies operators (partial(),
@@ -176,6 +178,7 @@ class KtExportDrainOperatorBase(BaseOperator):
             max_reject_share=self.max_reject_share,
             max_flush_partitions=self.max_flush_partitions,
             write_concurrency=self.write_concurrency,
+            redelivery_window=_seconds(self.redelivery_window, "redelivery_window"),
             include_raw=self.include_raw,
             partition_by=self.partition_by,
             source=self.ktexport_conn_id,
@@ -314,6 +317,9 @@ class KtExportToParquetOperator(KtExportDrainOperatorBase):
     :param write_concurrency: partition files written at once during a flush (1-256); ``None``
         (default): 64 on an object store, 8 on a local disk
     :param max_in_flight: GET requests kept outstanding while earlier batches are written
+    :param redelivery_window: how long a flush whose batches were not all acknowledged is
+        remembered (a ``timedelta`` or seconds; default 7 days), so a redelivery of its records is
+        dropped as already landed; a redelivery later than this lands twice
     :param asset: an Asset to emit an event on when files land (in addition to the alias); a run
         that lands nothing emits no event on it
     :param asset_alias: name of the AssetAlias the lake Asset is added to when files land

@@ -19,6 +19,8 @@ Kill points:
 ``after_write``    a data file is written and verified; the flush's other files and acks not done
 ``before_ack``     every file of a flush is verified; no acknowledgement sent
 ``between_acks``   the first acknowledgement of a flush answered; the others not sent
+``before_land``    the flush built its tables; nothing handed to the sink yet (either sink)
+``after_acks``     every acknowledgement of a flush answered; the flush not yet settled in its ledger
 ``random``         ``--kill-delay`` seconds after the drain started, wherever it is
 ``none``           no kill: run to the end
 """
@@ -45,6 +47,8 @@ KILL_POINTS = (
     "after_write",
     "before_ack",
     "between_acks",
+    "before_land",
+    "after_acks",
     "random",
 )
 
@@ -97,7 +101,9 @@ def _fd_path(fd: int) -> str:
         return ""
 
 
-def install_kill(point: str, nth: int, client: Any, writer: Any, delay: float) -> Callable[[], None]:
+def install_kill(
+    point: str, nth: int, client: Any, writer: Any, delay: float, sink: Any = None
+) -> Callable[[], None]:
     """Patch the step named ``point``; returns a function to call once the drain has started."""
     from airflow_provider_ktexport.lake import writer as writer_module
 
@@ -180,6 +186,26 @@ def install_kill(point: str, nth: int, client: Any, writer: Any, delay: float) -
 
         client.ack = ack
 
+    elif point == "before_land":
+        orig_land = sink.land
+
+        def land(tables: Any, rejects: Any, info: Any) -> Any:
+            if counter.hit():
+                die(point, getattr(info, "flush_id", ""))
+            return orig_land(tables, rejects, info)
+
+        sink.land = land
+
+    elif point == "after_acks":
+        orig_settle = sink.settle
+
+        def settle(info: Any, *, acked_all: bool) -> None:
+            if counter.hit():
+                die(point, f"{info.flush_id} acked_all={acked_all}")
+            orig_settle(info, acked_all=acked_all)
+
+        sink.settle = settle
+
     elif point == "random":
 
         def arm() -> None:
@@ -213,6 +239,23 @@ def make_filesystem(lake: str, s3_endpoint: str | None) -> tuple[Any, str]:
     return LocalFileSystem(), lake.removeprefix("file://")
 
 
+def iceberg_catalog(db: str) -> Any:
+    """pyiceberg's SQL catalog on the SQLite file ``db``, its warehouse in a folder beside it."""
+    from pathlib import Path
+
+    from airflow_provider_ktexport.lake.iceberg import load_catalog
+
+    warehouse = Path(db).parent / "warehouse"
+    warehouse.mkdir(parents=True, exist_ok=True)
+    return load_catalog("crash", {"type": "sql", "uri": f"sqlite:///{db}", "warehouse": warehouse.as_uri()})
+
+
+def iceberg_sink(db: str, namespace: str) -> Any:
+    from airflow_provider_ktexport.lake.iceberg import IcebergSink
+
+    return IcebergSink(iceberg_catalog(db), namespace, catalog_name="crash")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="crash_worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True)
@@ -234,6 +277,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-until", type=float, help="epoch seconds: poll through empty answers until then")
     p.add_argument("--no-stop-when-empty", action="store_true")
     p.add_argument("--source", default="crash_worker")
+    p.add_argument(
+        "--iceberg", help="land in Iceberg: the SQLite file of a SQL catalog (warehouse beside it)"
+    )
+    p.add_argument("--namespace", default="ktexport")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -263,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backoff_max=2.0,
     )
     writer = LakeWriter(fs, root, uri_prefix=args.lake if "://" in args.lake else f"file://{root}")
+    destination: Any = writer if args.iceberg is None else iceberg_sink(args.iceberg, args.namespace)
     config = DrainConfig(
         max_runtime=args.max_runtime,
         flush_records=args.flush_records,
@@ -273,8 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_in_flight=args.max_in_flight,
         source=args.source,
     )
-    started = install_kill(args.kill_at, args.kill_nth, client, writer, args.kill_delay)
-    drain = Drain(client, writer, config)
+    drain = Drain(client, destination, config)
+    started = install_kill(args.kill_at, args.kill_nth, client, writer, args.kill_delay, drain.sink)
     started()
     try:
         result = drain.run()

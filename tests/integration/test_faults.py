@@ -152,7 +152,7 @@ def test_read_timeout_abandons_the_lease_and_the_batch_comes_back(tmp_path):
     assert max(in_lake.values()) == 1  # the timed-out copies never reached the lake
 
 
-def test_slow_answer_close_to_the_lease_end_lands_twice_and_dedups(tmp_path, caplog):
+def test_slow_answer_close_to_the_lease_end_comes_back_and_lands_once(tmp_path, caplog):
     """An answer that arrives 2.6 s into a 3 s lease: the ack comes too late, the batch returns."""
     lake = tmp_path / "lake"
     with emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 2.6}, seed=6) as emu:
@@ -162,9 +162,15 @@ def test_slow_answer_close_to_the_lease_end_lands_twice_and_dedups(tmp_path, cap
         result = drain(emu, lake, client=client_for(emu, read_timeout=5.0), until=LEASE + 3.0)
         stats = emu.stats()
         in_lake = audit(emu, lake, emitted)
-    assert stats["ack_unknown"] >= 1 and result.ack_failed == stats["ack_unknown"]
-    assert max(in_lake.values()) == 2  # landed twice; audit() showed _record_key removes it
-    assert any("remove duplicates by _record_key" in r.getMessage() for r in caplog.records)
+    # The late batches came back: acknowledged too late (unknown id), or, on a loaded machine, their
+    # lease ran out on the drain's clock first (not acknowledged, maybe not even written).
+    assert stats["redelivered"] > 0 and stats["ack_unknown"] + result.lease_expired >= 1
+    assert result.ack_failed == stats["ack_unknown"]
+    # Delivered twice, landed once: a late flush stayed in doubt and its redelivery was dropped.
+    assert max(in_lake.values()) == 1
+    if stats["ack_unknown"]:
+        assert result.deduped > 0
+    assert any("again" in r.getMessage() for r in caplog.records)
 
 
 def test_slow_acknowledgements_do_not_make_already_fetched_batches_expire(tmp_path):

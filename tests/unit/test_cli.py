@@ -65,6 +65,7 @@ def test_options_left_out_keep_the_operators_defaults():
         ("event_date",),
         True,
     )
+    assert drain_config(drain_args("--redelivery-window", "86400")).redelivery_window == 86400.0
 
 
 def test_storage_options_read_json_values_and_keep_text():
@@ -101,6 +102,7 @@ def test_a_short_key_is_refused_without_showing_it(capsys, monkeypatch):
         (["--url", "ftp://export.example.com"], "scheme 'ftp'"),
         (["--url", DEAD_URL, "--flush-seconds", "200"], "flush_seconds=200"),
         (["--url", DEAD_URL, "--max-in-flight", "99"], "max_in_flight"),
+        (["--url", DEAD_URL, "--redelivery-window", "60"], "redelivery_window"),
         (["--url", DEAD_URL, "--dest", "s3://aws_default@bucket/lake"], "Airflow connection"),
         (["--url", DEAD_URL, "--dest", "/tmp/lake", "--iceberg-catalog", "c"], "exactly one of --dest"),
         (["--url", DEAD_URL], "exactly one of --dest"),

@@ -35,7 +35,8 @@ def test_no_delete_for_a_lease_that_ran_out_on_our_clock(tmp_path):
     drain = run(client, lake, max_in_flight=1)
     assert client.acks == ["fresh"]
     assert drain.result.lease_expired == 1
-    assert sorted(read_lake_table(str(lake)).column("seq").to_pylist()) == [0, 1, 2, 3, 4]
+    # Not written either: the server may have redelivered it already (exactly once as landed).
+    assert sorted(read_lake_table(str(lake)).column("seq").to_pylist()) == [3, 4]
 
 
 class _Client:

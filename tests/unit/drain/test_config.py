@@ -38,6 +38,7 @@ class TestConfig:
             {"max_reject_share": 1.0},
             {"max_flush_partitions": 0},
             {"write_concurrency": 0},
+            {"redelivery_window": 60},
             {"partition_by": ("record_type", "hour")},
             {"partition_by": ()},
         ],
@@ -54,7 +55,7 @@ def test_the_drain_operators_read_their_defaults_from_drain_config():
 
     params = inspect.signature(KtExportDrainOperatorBase.__init__).parameters
     shared = [name for name in params if hasattr(DEFAULTS, name) and name != "drain_until"]
-    assert len(shared) == 13  # every setting but source (the connection id) and drain_until
+    assert len(shared) == 14  # every setting but source (the connection id) and drain_until
     for name in shared:
         default = params[name].default
         if isinstance(default, timedelta):

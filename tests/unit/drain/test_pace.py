@@ -155,13 +155,14 @@ def test_a_batch_too_wide_for_its_lease_is_never_acked_and_a_second_stops_the_ru
 ):
     """60 partition files at 0.1 s each outlive a 4 s lease even alone: the batch is written,
     not acknowledged, counted and warned about; a second such batch stops the run with advice
-    instead of writing copies for as long as it runs."""
+    instead of writing such batches for as long as it runs."""
     client = FakeClient([slow_store.leased(day_batch("w1", 0, 60))])
     drain = Drain(client, slow_store.writer, config())
-    second = slow_store.leased(day_batch("w2", 0, 60))
+    # Other records: a redelivery of w1 would be dropped as already landed (its flush is in doubt).
+    second = slow_store.leased(day_batch("w2", 60, 60))
 
     def after_first_flush() -> Batch:
-        wait_until(lambda: drain.result.flushes >= 1)  # its redelivery, say: after the first landed
+        wait_until(lambda: drain.result.flushes >= 1)  # after the first landed
         return second()
 
     client.answers.append(after_first_flush)
@@ -171,3 +172,22 @@ def test_a_batch_too_wide_for_its_lease_is_never_acked_and_a_second_stops_the_ru
     assert client.acks == []
     assert drain.result.wide_batches == 2
     assert "alone writes 60 partition files" in caplog.text
+
+
+def test_the_redelivery_of_a_batch_too_wide_for_its_lease_is_dropped_as_landed(slow_store, tmp_path):
+    """The wide batch was written but not acknowledged, so its flush stays in doubt: its
+    redelivery (a new id, the same records) writes no file, is acknowledged in its lease, and
+    the lake holds each record once (each delivery used to write another copy, never acked)."""
+    client = FakeClient([slow_store.leased(day_batch("w1", 0, 60))])
+    drain = Drain(client, slow_store.writer, config())
+    again = slow_store.leased(day_batch("w1-again", 0, 60))
+
+    def after_first_flush() -> Batch:
+        wait_until(lambda: drain.result.flushes >= 1)
+        return again()
+
+    client.answers.append(after_first_flush)
+    result = drain.run()
+    assert result.wide_batches == 1 and client.acks == ["w1-again"]
+    assert result.deduped == 60 and result.summary()["deduped"] == 60
+    assert sorted(read_lake_table(str(tmp_path / "lake")).column("seq").to_pylist()) == list(range(60))

@@ -14,11 +14,11 @@ from tests.unit.drain.support import FakeClient, MaskingClient, batch_of, make_b
 PROGRESS = re.compile(
     r"^Progress: (?P<records>\d+) records landed \((?P<rate>\d+) records/s\), lag (?P<lag>[\d.]+ s|n/a), "
     r"(?P<rejected>\d+) rejected, (?P<acked>\d+) acked, (?P<ack_failed>\d+) ack failed, "
-    r"(?P<expired>\d+) leases expired, (?P<files>\d+) files$"
+    r"(?P<expired>\d+) leases expired, (?P<deduped>\d+) deduped, (?P<files>\d+) files$"
 )
 FINISHED = re.compile(
     r"^Drain finished \((?P<stopped>\w+)\): (?P<records>\d+) records in \d+ batches, \d+ files, \d+ bytes, "
-    r"(?P<acked>\d+) acked, \d+ ack failed, \d+ leases expired, (?P<rejected>\d+) rejected, \d+ quarantined, "
+    r"(?P<acked>\d+) acked, \d+ ack failed, \d+ leases expired, \d+ deduped, (?P<rejected>\d+) rejected, \d+ quarantined, "
     r"[\d.]+ s \(\d+ records/s\), max lag (?:[\d.]+ s|n/a)$"
 )
 
@@ -75,7 +75,9 @@ def test_progress_lines_never_show_the_key(tmp_path, caplog):
 def test_the_rate_is_records_landed_per_second_since_the_run_started(monkeypatch, caplog):
     now = [100.0]
     monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    result = DrainResult(records=5000, rejected=2, acked=9, ack_failed=1, lease_expired=3, files=["a", "b"])
+    result = DrainResult(
+        records=5000, rejected=2, acked=9, ack_failed=1, lease_expired=3, deduped=4, files=["a", "b"]
+    )
     progress = Progress(result, logging.getLogger("t"))
     progress.start()
     now[0] = 104.0
@@ -84,7 +86,7 @@ def test_the_rate_is_records_landed_per_second_since_the_run_started(monkeypatch
         progress.flushed(None)
     assert [r.getMessage() for r in caplog.records] == [
         "Progress: 5000 records landed (1250 records/s), lag 12.3 s, 2 rejected, 9 acked, 1 ack failed, "
-        "3 leases expired, 2 files",
+        "3 leases expired, 4 deduped, 2 files",
         "Progress: 5000 records landed (1250 records/s), lag n/a, 2 rejected, 9 acked, 1 ack failed, "
-        "3 leases expired, 2 files",
+        "3 leases expired, 4 deduped, 2 files",
     ]

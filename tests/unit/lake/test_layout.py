@@ -17,6 +17,7 @@ from airflow_provider_ktexport.lake import layout
 from airflow_provider_ktexport.lake.layout import (
     BATCH_ID_COLUMN,
     EVENT_DATE_COLUMN,
+    FLUSH_DIR,
     INGESTED_AT_COLUMN,
     MAX_NAME_BYTES,
     PARTITION_KEYS,
@@ -244,7 +245,15 @@ def test_the_lake_modules_spell_no_folder_or_meta_column_of_their_own() -> None:
     """The layout's names live in layout.py alone: another lake module spelling one as a string
     (a path part or a column name) is a second owner that can drift, as the event day and the
     hive paths did."""
-    owned = {SCHEMA_DIR, REJECTED_DIR, QUARANTINE_DIR, PROBE_DIR, *PARTITION_KEYS, EVENT_DATE_COLUMN}
+    owned = {
+        SCHEMA_DIR,
+        REJECTED_DIR,
+        QUARANTINE_DIR,
+        PROBE_DIR,
+        FLUSH_DIR,
+        *PARTITION_KEYS,
+        EVENT_DATE_COLUMN,
+    }
     owned |= {RECORD_KEY_COLUMN, BATCH_ID_COLUMN, SOURCE_COLUMN, INGESTED_AT_COLUMN, RAW_COLUMN}
     prefixes = tuple(f"{k}=" for k in PARTITION_KEYS)
     found = [
