@@ -4,14 +4,13 @@ quarantined and never acknowledged, and its records land after redelivery (docs/
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from airflow_provider_ktexport.exceptions import KtExportBodyTooLargeError
 from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, FIRST_DELIVERY_FAULTS, Emulator
 from tests.integration.test_crash_recovery import audit
-from tests.integration.test_faults import LEASE, client_for, drain, emulator
+from tests.integration.test_faults import LEASE, client_for, drain, emulator, land_the_rest
 from tests.integration.test_poison import guard_acks, parquet_view
 from tests.waiting import wait_until
 
@@ -26,7 +25,7 @@ def test_broken_envelopes_are_quarantined_never_acknowledged_and_their_records_l
         first = drain(emu, lake, until=LEASE + 1.5)
         broken = emu.stats()["broken_envelopes"]
         emu.clear_faults()
-        drain_until_empty(emu, lake)  # the redelivered records
+        land_the_rest(emu, lake)  # the redelivered records
         stats = emu.stats()
         audit(emu, lake, emitted)  # every record in the lake, copies only of real redeliveries
     assert broken > 0 and first.quarantined == broken
@@ -44,22 +43,6 @@ def wait_for_leases_to_end(emu: Emulator, seconds: float = 30.0) -> None:
     wait_until(lambda: not emu.stats()["leased"], seconds, what="the leases' end")
 
 
-def drain_until_empty(emu: Emulator, lake, seconds: float = 300.0) -> None:
-    """Drain again after each round of leases ends, until nothing is queued or leased.
-
-    On a loaded machine a flush can outlast the short test lease, so its acks fail and its
-    batches come back once more: the condition is an empty queue, not a number of runs.
-    """
-    end = time.monotonic() + seconds
-    while True:
-        wait_for_leases_to_end(emu)
-        stats = emu.stats()
-        if stats["queued"] == 0 and stats["leased"] == 0:
-            return
-        assert time.monotonic() < end, f"the queue never emptied: {stats}"
-        drain(emu, lake, until=LEASE + 1.5)
-
-
 def test_first_delivery_faults_are_quarantined_once_each_and_land_after_the_lease(tmp_path):
     """A body read last-key-wins (items twice, items escaped, two ids) must never be acknowledged
     as an empty batch; zero bytes after the gzip end (within max_body_bytes) change nothing."""
@@ -74,7 +57,7 @@ def test_first_delivery_faults_are_quarantined_once_each_and_land_after_the_leas
         first = drain(emu, lake)
         stats = emu.stats()
         broken = stats["broken_envelopes"]
-        drain_until_empty(emu, lake)  # faults stay on: a redelivery is served whole
+        land_the_rest(emu, lake)  # faults stay on: a redelivery is served whole
         final = emu.stats()
         audit(emu, lake, emitted)  # every record in the lake, copies only of real redeliveries
     assert violations == []
