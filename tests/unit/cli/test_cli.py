@@ -28,7 +28,7 @@ from airflow_provider_ktexport.exceptions import (
 )
 from tests.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 KEY = "unit-cli-key-0123456789"
 #: Nothing listens here: a command that reached the network would fail differently (exit 1).
 DEAD_URL = "http://127.0.0.1:9"
