@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,11 @@ from airflow_provider_ktexport.testing import FAULT_NAMES, Emulator
 from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(60),
+    pytest.mark.emulator(lease_seconds=1, long_poll_seconds=0.5, batch_size=10, seed=1),
+]
 
 KEY = "test-key"
 HDR = {"x-access-token": KEY}
@@ -30,9 +33,9 @@ T = 5  # seconds: every request's client-side timeout
 
 
 @pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(lease_seconds=1, long_poll_seconds=0.5, batch_size=10, seed=1) as e:
-        yield e
+def emu(emulator: Emulator) -> Emulator:
+    """The shared ``emulator`` fixture under this module's short name."""
+    return emulator
 
 
 def _get(e: Emulator, session: requests.Session | None = None, **kw) -> requests.Response:

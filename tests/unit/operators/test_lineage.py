@@ -17,6 +17,7 @@ from airflow_provider_ktexport.operators import _lineage
 from airflow_provider_ktexport.testing.emulator import Emulator
 
 pytest.importorskip("airflow.providers.openlineage")
+pytestmark = pytest.mark.emulator(api_key="unit-key-5ecret", long_poll_seconds=1, batch_size=100, seed=5)
 
 
 @pytest.mark.parametrize(
@@ -69,16 +70,16 @@ def test_catalog_uris_without_credentials_keep_their_path(uri):
 
 
 @pytest.fixture
-def emulator(monkeypatch):
-    with Emulator(api_key="unit-key-5ecret", long_poll_seconds=1, batch_size=100, seed=5) as emu:
-        conn = {
-            "conn_type": "ktexport",
-            "host": emu.url,
-            "password": emu.api_key,
-            "extra": {"long_poll_seconds": 1},
-        }
-        monkeypatch.setenv("AIRFLOW_CONN_KTEXPORT_DEFAULT", json.dumps(conn))
-        yield emu
+def emulator(emulator, monkeypatch):
+    """The shared emulator, as the ``ktexport_default`` connection."""
+    conn = {
+        "conn_type": "ktexport",
+        "host": emulator.url,
+        "password": emulator.api_key,
+        "extra": {"long_poll_seconds": 1},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KTEXPORT_DEFAULT", json.dumps(conn))
+    return emulator
 
 
 def source_of(emu: Emulator) -> tuple[str, str]:
