@@ -13,8 +13,6 @@ from airflow_provider_ktexport.exceptions import KtExportProtocolError
 from airflow_provider_ktexport.operators._metrics import AirflowStatsMetrics, airflow_stats
 from tests.unit.drain.support import HOSTILE, FakeClient, batch_of, good_records, make_batch, writer_for
 
-pytest.importorskip("airflow.providers.openlineage")
-
 
 class FakeMetrics:
     def __init__(self, fail: bool = False) -> None:
