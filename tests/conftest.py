@@ -10,9 +10,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from airflow_provider_ktexport.testing.emulator import Emulator
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="ktexport-airflow-home-"))
@@ -95,6 +100,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "airflow: drives Airflow itself (CI runs these on every Airflow it supports)"
     )
+    config.addinivalue_line(
+        "markers", "emulator(**settings): constructor settings of the test's `emulator` fixture"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -102,3 +110,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & _AIRFLOW_FIXTURES or _module_imports_airflow(Path(str(item.path))):
             item.add_marker(pytest.mark.airflow)
+
+
+# ---------------------------------------------------------------- the emulator
+@pytest.fixture
+def emulator_factory() -> Iterator[Callable[..., Emulator]]:
+    """Start emulators with the given settings (``Emulator`` keywords); all stop when the test ends.
+
+    For a test that needs several emulators, or settings it only knows while running."""
+    from tests.emulators import started  # imported late: Airflow's environment is set first
+
+    running: list[Emulator] = []
+
+    def start(**settings: Any) -> Emulator:
+        running.append(started(**settings))
+        return running[-1]
+
+    yield start
+    for emu in running:
+        emu.stop()
+
+
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest, emulator_factory: Callable[..., Emulator]) -> Emulator:
+    """One running emulator, set up by the ``emulator`` marks of the module and the test and by an
+    indirect parameter (see tests/emulators.py)."""
+    from tests.emulators import emulator_settings
+
+    return emulator_factory(**emulator_settings(request))

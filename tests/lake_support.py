@@ -39,3 +39,8 @@ def land(
 def parquet_files(root: Path) -> list[Path]:
     """Every Parquet file under ``root`` (a local lake), sorted."""
     return sorted(root.rglob("*.parquet"))
+
+
+def trips(seqs: range) -> list[dict]:
+    """Trip records ending on one day, numbered by ``seq`` (what the compaction tests land)."""
+    return [{"type": "trip", "dateEnd": "2026-11-25T10:00:00Z", "seq": i} for i in seqs]

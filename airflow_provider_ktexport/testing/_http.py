@@ -2,7 +2,7 @@
 
 :class:`~airflow_provider_ktexport.testing.emulator.Emulator` holds the API's behaviour (queue,
 leases, faults, accounting) and answers with
-:class:`~airflow_provider_ktexport.testing.emulator.Response` values; this module only carries
+:class:`~airflow_provider_ktexport.testing.wire.Response` values; this module only carries
 them over sockets: TLS handshakes, connection tracking so ``stop()`` can drop keep-alive
 connections, RST resets, gzip, the access log with the key masked, and routing each request to
 the emulator method that answers it. Kept apart so the emulator reads as the API it imitates.
@@ -26,10 +26,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from airflow_provider_ktexport.testing.emulator import _error
+from airflow_provider_ktexport.testing.wire import Response, error
 
 if TYPE_CHECKING:
-    from airflow_provider_ktexport.testing.emulator import Emulator, Response
+    from airflow_provider_ktexport.testing.emulator import Emulator
 
 # The emulator's logger, not this module's: the access log has always been emitted under that name.
 log = logging.getLogger("airflow_provider_ktexport.testing.emulator")
@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         if path.startswith("/_emulator/"):
             if not ipaddress.ip_address(self.client_address[0].split("%")[0]).is_loopback:
-                self._send(_error(403, "control plane answers loopback clients only"))
+                self._send(error(403, "control plane answers loopback clients only"))
             else:
                 self._send(emu.control(method, path, body), compress=False)
             return
@@ -164,12 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
         if emu.latency_ms:
             time.sleep(emu.latency_ms / 1000)
         if not path.startswith("/v2/stream"):
-            self._send(_error(404, f"no such resource {path}"))
+            self._send(error(404, f"no such resource {path}"))
             return
         token = parse_qs(parts.query).get("token", [None])[0]
         if not emu.authorised(self.headers.get("x-access-token"), token):
             emu._count("unauthorized")
-            self._send(_error(401, "Unauthorized: missing or invalid access token"))
+            self._send(error(401, "Unauthorized: missing or invalid access token"))
             return
         rest = path[len("/v2/stream") :].strip("/")
         if method == "GET" and not rest:
@@ -178,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(emu.handle_delete(unquote(rest)))
         else:
             status = 404 if method == "GET" else 405
-            self._send(_error(status, f"{method} {path} is not part of the API"))
+            self._send(error(status, f"{method} {path} is not part of the API"))
 
     def _send(self, resp: Response, *, compress: bool = True) -> None:
         if resp.reset:

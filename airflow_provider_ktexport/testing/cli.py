@@ -23,6 +23,31 @@ from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, KEY_TEXT_KI
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ktexport-emulator``: serve the emulator until SIGTERM or SIGINT, then exit 0."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    emu = emulator_from(args)
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    emu.start()
+    if args.records:
+        emu.feed(args.records)
+    if args.port_file:
+        _write_port_file(args.port_file, emu.port)
+    print(f"ktexport-emulator listening on {emu.url}", flush=True)
+    while not done.wait(0.2):
+        pass
+    emu.stop()
+    print("ktexport-emulator stopped", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options: the server, the records it serves, and one per fault."""
     parser = argparse.ArgumentParser(prog="ktexport-emulator", description=emulator.__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8045, help="0 picks a free port (see --port-file)")
@@ -35,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lease-seconds", type=float, default=120.0)
     parser.add_argument("--long-poll-seconds", type=float, default=45.0)
     parser.add_argument("--batch-size", type=int, default=500)
+    _add_record_options(parser)
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
+    _add_fault_options(parser)
+    parser.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def _add_record_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", type=int, default=0, help="records queued at start")
     parser.add_argument("--rate", type=float, default=0.0, help="records per second arriving over time")
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -75,20 +109,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="spread the generated records over this many record types, '<type>_<k>' (default 0: as generated)",
     )
-    parser.add_argument("--certfile")
-    parser.add_argument("--keyfile")
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     for name in FAULT_NAMES:
         parser.add_argument(f"--fault-{name.replace('_', '-')}", type=float, default=0.0, metavar="RATE")
     for name, default in FAULT_SETTINGS.items():
         parser.add_argument(
             f"--fault-{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS"
         )
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
+
+def emulator_from(args: argparse.Namespace) -> Emulator:
+    """An emulator set up as the parsed options say (not started)."""
     faults = {name: getattr(args, f"fault_{name}") for name in (*FAULT_NAMES, *FAULT_SETTINGS)}
-    emu = Emulator(
+    return Emulator(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
@@ -108,24 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         record_types=[t.strip() for t in args.record_types.split(",") if t.strip()] or None,
         type_names=args.type_names,
     )
-    done = threading.Event()
 
-    def _on_signal(signum: int, frame: object) -> None:
-        done.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    emu.start()
-    if args.records:
-        emu.feed(args.records)
-    if args.port_file:
-        tmp = args.port_file + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{emu.port}\n")
-        os.replace(tmp, args.port_file)  # a watcher never reads a half-written file
-    print(f"ktexport-emulator listening on {emu.url}", flush=True)
-    while not done.wait(0.2):
-        pass
-    emu.stop()
-    print("ktexport-emulator stopped", flush=True)
-    return 0
+def _write_port_file(path: str, port: int) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(f"{port}\n")
+    os.replace(tmp, path)  # a watcher never reads a half-written file

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
+from tests.emulators import client_for
 from tests.integration.conftest import S3_KEY, s3_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,7 +104,7 @@ def test_backfill_over_hundreds_of_days_acks_every_batch_in_its_lease(slow_s3, t
     assert min(day_span(records[i : i + BATCH]) for i in range(0, len(records), BATCH)) >= 300
     with Emulator(lease_seconds=LEASE, long_poll_seconds=1.0, batch_size=BATCH) as emu:
         emu.enqueue(records)
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0, pool_size=24) as client:
+        with client_for(emu, long_poll_seconds=1.0, pool_size=24) as client:
             # The settings: flush_records far above the backfill, the other limits default.
             config = DrainConfig(max_runtime=300, lease_seconds=LEASE, flush_seconds=15, flush_records=50_000)
             t0 = time.monotonic()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,29 +17,25 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, Emulator
 from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
-
-pytestmark = pytest.mark.integration
+from tests.emulators import client_for
 
 LONG_POLL = 0.3
 
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.emulator(lease_seconds=30.0, long_poll_seconds=LONG_POLL, batch_size=10, seed=7),
+]
 
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with Emulator(lease_seconds=30.0, long_poll_seconds=LONG_POLL, batch_size=10, seed=7) as emu:
-        yield emu
 
-
-def make_client(emu: Emulator, auth_location: str = "header", **kwargs: object) -> KtExportClient:
-    settings: dict[str, object] = {
-        "auth_location": auth_location,
-        "long_poll_seconds": emu.long_poll_seconds,
+def make_client(emu: Emulator, auth_location: str = "header", **kwargs: Any) -> KtExportClient:
+    """A client retrying fast, so a test of retries takes milliseconds."""
+    fast = {
         "read_timeout": emu.long_poll_seconds + 5,
         "max_retries": 3,
         "backoff_base": 0.01,
         "backoff_max": 0.1,
     }
-    settings.update(kwargs)
-    return KtExportClient(emu.url, emu.api_key, **settings)  # type: ignore[arg-type]
+    return client_for(emu, auth_location=auth_location, **(fast | kwargs))
 
 
 def drain(client: KtExportClient) -> list[Batch]:

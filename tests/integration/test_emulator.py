@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,11 @@ from airflow_provider_ktexport.testing import FAULT_NAMES, Emulator
 from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(60),
+    pytest.mark.emulator(lease_seconds=1, long_poll_seconds=0.5, batch_size=10, seed=1),
+]
 
 KEY = "test-key"
 HDR = {"x-access-token": KEY}
@@ -30,9 +33,9 @@ T = 5  # seconds: every request's client-side timeout
 
 
 @pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(lease_seconds=1, long_poll_seconds=0.5, batch_size=10, seed=1) as e:
-        yield e
+def emu(emulator: Emulator) -> Emulator:
+    """The shared ``emulator`` fixture under this module's short name."""
+    return emulator
 
 
 def _get(e: Emulator, session: requests.Session | None = None, **kw) -> requests.Response:
@@ -624,17 +627,20 @@ def test_distinct_pool_reuses_content_with_unique_seqs() -> None:
 
 
 def test_emulator_imports_nothing_else_from_the_package() -> None:
+    """The emulator shares no code with the client or the engine (a shared bug would pass every
+    test) and loads neither its HTTP layer nor its command line until they are used."""
     code = (
         "import sys, airflow_provider_ktexport.testing.emulator as m; m.Emulator;"
         "print(sorted(n for n in sys.modules if n.startswith(('airflow', 'requests'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert eval(out) == [
-        "airflow_provider_ktexport",
-        "airflow_provider_ktexport.testing",
-        "airflow_provider_ktexport.testing.emulator",
-        "airflow_provider_ktexport.testing.records",
-    ]
+    loaded = eval(out)
+    pkg = "airflow_provider_ktexport.testing"
+    assert loaded[:2] == ["airflow_provider_ktexport", pkg]
+    own = set(loaded[2:])
+    assert all(name.startswith(pkg + ".") for name in own), loaded
+    assert {f"{pkg}.emulator", f"{pkg}.records"} <= own
+    assert not {f"{pkg}._http", f"{pkg}.cli"} & own
 
 
 def test_cli_serves_trips_with_a_gps_track(tmp_path: Path) -> None:

@@ -29,7 +29,12 @@ from airflow_provider_ktexport.testing.emulator import Emulator
 from airflow_provider_ktexport.triggers.ktexport import KtExportEventTrigger
 from tests.integration.conftest import DagRunResult, aws_conn, ktexport_conn, s3_filesystem
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.emulator(
+        api_key="ex-key-5ecret", lease_seconds=30, long_poll_seconds=1, batch_size=200, seed=21
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -45,14 +50,6 @@ def load_module(name: str):
 
 def data_files(lake: Path) -> list[Path]:
     return sorted(p for p in lake.rglob("*.parquet") if not p.name.startswith("."))
-
-
-@pytest.fixture
-def emulator():
-    with Emulator(
-        api_key="ex-key-5ecret", lease_seconds=30, long_poll_seconds=1, batch_size=200, seed=21
-    ) as emu:
-        yield emu
 
 
 def test_event_driven_dag_watches_the_queue_with_the_event_trigger():

@@ -40,6 +40,7 @@ from airflow_provider_ktexport.exceptions import (
 from airflow_provider_ktexport.lake.schema import field_path
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
+from tests import emulators
 from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_client, s3_filesystem
 from tests.integration.crash_worker import command
 from tests.integration.test_crash_recovery import audit, simple_records
@@ -66,13 +67,9 @@ def emulator(**kwargs: Any) -> Emulator:
 
 
 def client_for(emu: Emulator, **kwargs: Any) -> KtExportClient:
-    settings = {
-        "long_poll_seconds": LONG_POLL,
-        "max_retries": 6,
-        "backoff_base": 0.05,
-        "backoff_max": 2.0,
-    }
-    return KtExportClient(emu.url, emu.api_key, **(settings | kwargs))
+    """The shared client builder, with retries enough to outlast this module's fault rates."""
+    settings = {"long_poll_seconds": LONG_POLL, "max_retries": 6, "backoff_base": 0.05, "backoff_max": 2.0}
+    return emulators.client_for(emu, **(settings | kwargs))
 
 
 def drain(

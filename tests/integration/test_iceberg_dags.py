@@ -152,12 +152,12 @@ def test_a_kill_between_writing_and_committing_loses_nothing_and_shows_nothing(t
         assert orphans, "the kill was meant to come after the data files were written"
         assert sum(len(v) for v in table_seqs(props).values()) == 0
         # The leases run out; a run to the end lands every record once.
-        from airflow_provider_ktexport.client import KtExportClient
         from airflow_provider_ktexport.drain import Drain, DrainConfig
         from airflow_provider_ktexport.lake.iceberg import IcebergSink
+        from tests.emulators import client_for
 
         time.sleep(4.5)
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+        with client_for(emu, long_poll_seconds=1.0) as client:
             config = DrainConfig(
                 max_runtime=60, lease_seconds=4, flush_seconds=2, drain_until=time.time() + 5
             )
@@ -170,9 +170,9 @@ def test_a_kill_between_writing_and_committing_loses_nothing_and_shows_nothing(t
 
 def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
     """The warehouse on object storage (moto's S3 server over HTTP), the catalog on SQLite."""
-    from airflow_provider_ktexport.client import KtExportClient
     from airflow_provider_ktexport.drain import Drain, DrainConfig
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from tests.emulators import client_for
     from tests.integration.conftest import S3_KEY, s3_client
 
     props = {
@@ -188,7 +188,7 @@ def test_an_s3_warehouse_on_the_s3_server(s3_endpoint, s3_bucket, tmp_path):
         api_key="iceberg-test-key", lease_seconds=30, long_poll_seconds=1, batch_size=100, seed=2
     ) as emu:
         emu.generate(400)
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+        with client_for(emu, long_poll_seconds=1.0) as client:
             result = Drain(
                 client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(max_runtime=60)
             ).run()
@@ -301,16 +301,16 @@ def test_example_maintenance_dag_compacts_the_drains_tables(run_dag, tmp_path):
     """The daily example DAG through `airflow dags test`: it compacts what a drain of many small
     flushes left, loses no row, and reports per table in XCom and in its OpenLineage COMPLETE
     event (written by the provider's file transport)."""
-    from airflow_provider_ktexport.client import KtExportClient
     from airflow_provider_ktexport.drain import Drain, DrainConfig
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
+    from tests.emulators import client_for
 
     props = catalog_props(tmp_path)
     with Emulator(
         api_key="iceberg-test-key", lease_seconds=60, long_poll_seconds=1, batch_size=25, seed=7
     ) as emu:
         emu.generate(300)
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+        with client_for(emu, long_poll_seconds=1.0) as client:
             Drain(client, IcebergSink(load_catalog("ktexport", props)), DrainConfig(flush_records=25)).run()
     before = table_seqs(props)
     events = tmp_path / "ol"

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from airflow_provider_ktexport.testing.records import FOREIGN_TOKEN_URL, KEY_TEXT_KINDS
+from tests.emulators import client_for
 from tests.integration.test_poison import landed_seqs
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ def test_foreign_tokens_land_exactly_and_the_key_is_in_no_file_of_the_lake(tmp_p
                 raise AssertionError(violations[-1])
 
         emu.on_ack = on_ack
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=1.0) as client:
+        with client_for(emu, long_poll_seconds=1.0) as client:
             config = DrainConfig(max_runtime=60, flush_records=150, include_raw=True)
             result = Drain(client, LakeWriter(LocalFileSystem(), str(lake)), config).run()
         served = emu.hostile_records()

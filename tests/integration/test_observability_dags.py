@@ -12,18 +12,14 @@ from collections import defaultdict
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import ktexport_conn
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def emulator():
-    with Emulator(
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.emulator(
         api_key="ol-key-5ecret", lease_seconds=120, long_poll_seconds=1, batch_size=200, seed=11
-    ) as emu:
-        yield emu
+    ),
+]
 
 
 class StatsdListener:

@@ -14,7 +14,12 @@ from airflow_provider_ktexport.lake.writer import read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
 from tests.integration.conftest import aws_conn, ktexport_conn, s3_filesystem
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.emulator(
+        api_key="it-key-5ecret", lease_seconds=120, long_poll_seconds=1, batch_size=250, seed=3
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 _duck_lock = threading.Lock()
@@ -31,14 +36,6 @@ def lake_seqs(lake: Path) -> list[int]:
             "union_by_name=true)"
         ).fetchall()
     return [r[0] for r in rows]
-
-
-@pytest.fixture
-def emulator():
-    with Emulator(
-        api_key="it-key-5ecret", lease_seconds=120, long_poll_seconds=1, batch_size=250, seed=3
-    ) as emu:
-        yield emu
 
 
 def test_example_dag_lands_every_record_once_and_acks_only_after_the_write(emulator, run_dag, tmp_path):

@@ -24,9 +24,10 @@ from airflow_provider_ktexport.testing.emulator import Emulator
 from airflow_provider_ktexport.triggers.ktexport import AsyncProber, KtExportTrigger
 from tests.integration.forward_proxy import ForwardProxy
 
-pytestmark = pytest.mark.integration
-
 LONG_POLL = 0.3
+
+pytestmark = [pytest.mark.integration, pytest.mark.emulator(long_poll_seconds=LONG_POLL, batch_size=2)]
+
 PROXY_USER = "proxy-user"
 PROXY_PASSWORD = "pr0xy-p@ss:w/rd"  # characters that URL-encode, to catch partial redaction
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -48,10 +49,9 @@ def proxy() -> Iterator[ForwardProxy]:
 
 
 @pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(long_poll_seconds=LONG_POLL, batch_size=2) as e:
-        e.generate(12)  # six batches: each client and the trigger lease their own
-        yield e
+def emu(emulator: Emulator) -> Emulator:
+    emulator.generate(12)  # six batches: each client and the trigger lease their own
+    return emulator
 
 
 def settings(emu: Emulator, **extra: Any) -> dict[str, Any]:

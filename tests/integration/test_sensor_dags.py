@@ -98,9 +98,8 @@ def empty_emulator():
 
 
 @pytest.fixture
-def feed_emulator():
-    with Emulator(lease_seconds=LEASE_SECONDS, long_poll_seconds=1) as emu:
-        yield emu
+def feed_emulator(emulator_factory):
+    return emulator_factory(lease_seconds=LEASE_SECONDS, long_poll_seconds=1)
 
 
 @pytest.fixture

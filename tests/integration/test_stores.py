@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.compact import compact_lake
 from airflow_provider_ktexport.lake.writer import read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
+from tests.emulators import client_for
 from tests.integration.stores import (  # noqa: F401 - the fixtures, found by pytest by name
     Store,
     azure_endpoint_fixture,
@@ -235,7 +235,7 @@ def test_drain_lands_every_record_once_and_acks_only_verified_files(store: Store
         config = DrainConfig(
             lease_seconds=10, flush_seconds=1, flush_records=80, max_in_flight=2, source="stores"
         )
-        with KtExportClient(emu.url, emu.api_key, long_poll_seconds=0.3) as client:
+        with client_for(emu, long_poll_seconds=0.3) as client:
             result = Drain(client, store.writer(), config).run()
         stats = emu.stats()
     assert not violations, violations

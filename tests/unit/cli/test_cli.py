@@ -1,4 +1,6 @@
-"""The ``ktexport`` command's options, errors and exit codes, without a server (docs/cli.md).
+"""The ``ktexport`` command (cli/__init__.py): its errors and exit codes, without a server (docs/cli.md).
+
+Its options are tested in test_options.py, Ctrl-C in test_commands.py.
 
 What needs the emulator or S3 (a whole drain, probe against a wrong key, Ctrl-C) is in
 tests/integration/test_cli.py.
@@ -6,81 +8,31 @@ tests/integration/test_cli.py.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_ktexport.cli import EXIT_CONFIG, EXIT_FAILED, exit_code, main
-from airflow_provider_ktexport.cli.commands import stop_on_signals
-from airflow_provider_ktexport.cli.options import build_parser, client_settings, drain_config, pairs
-from airflow_provider_ktexport.drain import DrainConfig, connections_needed
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
     KtExportConfigError,
     KtExportHTTPError,
     KtExportTransientError,
 )
-from tests.waiting import wait_until
+from tests.unit.cli.conftest import KEY
 
-REPO = Path(__file__).resolve().parents[2]
-KEY = "unit-cli-key-0123456789"
+REPO = Path(__file__).resolve().parents[3]
 #: Nothing listens here: a command that reached the network would fail differently (exit 1).
 DEAD_URL = "http://127.0.0.1:9"
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KTEXPORT_KEY", KEY)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def drain_args(*extra: str):
-    return build_parser().parse_args(["drain", "--url", DEAD_URL, "--dest", "/tmp/lake", *extra])
-
-
-def test_the_pool_holds_every_outstanding_get_and_concurrent_ack():
-    settings = client_settings(drain_args(), max_in_flight=7)
-    assert settings.pool_size == connections_needed(7) > 7
-
-
-def test_options_left_out_keep_the_operators_defaults():
-    assert drain_config(drain_args()) == DrainConfig()
-    config = drain_config(
-        drain_args("--max-runtime", "30", "--keep-polling", "--partition-by", "event_date", "--include-raw")
-    )
-    assert (config.max_runtime, config.stop_when_empty, config.partition_by, config.include_raw) == (
-        30.0,
-        False,
-        ("event_date",),
-        True,
-    )
-    assert drain_config(drain_args("--redelivery-window", "86400")).redelivery_window == 86400.0
-
-
-def test_storage_options_read_json_values_and_keep_text():
-    got = pairs(
-        ["anon=false", 'client_kwargs={"region_name": "eu-west-1"}', "endpoint_url=http://x:9000"],
-        "-o",
-        as_json=True,
-    )
-    assert got == {
-        "anon": False,
-        "client_kwargs": {"region_name": "eu-west-1"},
-        "endpoint_url": "http://x:9000",
-    }
-    with pytest.raises(KtExportConfigError, match="is not KEY=VALUE"):
-        pairs(["region"], "--storage-option")
 
 
 def test_a_missing_key_variable_is_a_configuration_error_naming_it(capsys, monkeypatch):
@@ -163,17 +115,6 @@ def test_exit_codes_by_type_and_status(exc, code):
 def test_the_console_script_is_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["ktexport"] == "airflow_provider_ktexport.cli:main"
-
-
-def test_ctrl_c_stops_leasing_first_and_abandons_at_the_second():
-    stop = threading.Event()
-    with stop_on_signals(stop):
-        os.kill(os.getpid(), signal.SIGINT)
-        wait_until(stop.is_set)  # the handler runs between bytecodes of this thread
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            wait_until(lambda: False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_the_command_imports_no_airflow(tmp_path):

@@ -11,11 +11,7 @@ from airflow_provider_ktexport.exceptions import KtExportConfigError
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.operators.compact import AirflowFailException, KtExportCompactOperator
 from airflow_provider_ktexport.operators.ktexport import KtExportCompactOperator as ReExported
-from tests.lake_support import land
-
-
-def trips(seqs: range) -> list[dict]:
-    return [{"type": "trip", "dateEnd": "2026-11-25T10:00:00Z", "seq": i} for i in seqs]
+from tests.lake_support import land, trips
 
 
 def test_it_is_re_exported_next_to_the_drain_operator():

@@ -17,10 +17,8 @@ import pytest
 from airflow_provider_ktexport import get_provider_info
 from airflow_provider_ktexport.exceptions import KtExportAuthError, KtExportConfigError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
-from airflow_provider_ktexport.hooks.ktexport_async import KtExportAsyncHook
 from airflow_provider_ktexport.transport.sync_client import KtExportClient
-
-GOOD_KEY = "good-key-0123456789"
+from tests.unit.hooks.support import GOOD_KEY, set_conn
 
 
 class KeyCheckingServer:
@@ -71,10 +69,6 @@ def server() -> Iterator[KeyCheckingServer]:
     s = KeyCheckingServer()
     yield s
     s.stop()
-
-
-def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = "ktexport_default", **conn: object) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "ktexport", **conn}))
 
 
 def test_hook_attributes() -> None:
@@ -476,25 +470,6 @@ def test_async_settings_mask_secrets_without_a_blocking_call_on_the_event_loop(
     assert comms.sent == []
     masked = [getattr(m, "value", None) for m in comms.asent]
     assert GOOD_KEY in masked and "pr0xy-secret" in masked
-
-
-def test_the_async_hook_reads_the_same_settings_as_the_sync_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_conn(
-        monkeypatch,
-        "kt_async",
-        host="export.eu1.kt1.io",
-        password=GOOD_KEY,
-        extra={"auth_location": "query", "max_retries": "2"},
-    )
-    settings = asyncio.run(KtExportAsyncHook("kt_async").client_settings())
-    assert settings == KtExportHook("kt_async").client_settings()
-    assert (settings.auth_location, settings.max_retries) == ("query", 2)
-
-
-def test_the_async_hook_names_a_missing_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AIRFLOW_CONN_KT_NOWHERE", raising=False)
-    with pytest.raises(KtExportConfigError, match="'kt_nowhere' is not defined"):
-        asyncio.run(KtExportAsyncHook("kt_nowhere").client_settings())
 
 
 def test_the_hook_probe_never_acknowledges_and_counts_a_bad_body_as_data(
