@@ -275,11 +275,19 @@ def lake_check(lake: Path) -> dict[str, Any]:
     return {"landed_rows": rows, "distinct_seqs": distinct, "files": files}
 
 
-def _case_drain(url: str, lake: Path, profile: Path | None, start_at: float | None = None) -> dict[str, Any]:
+def _case_drain(
+    url: str,
+    lake: Path,
+    profile: Path | None,
+    start_at: float | None = None,
+    flush_records: int | None = None,
+) -> dict[str, Any]:
     """(c) Our drain with default settings, checked for ack-after-write and lease age.
 
     ``start_at``: several drains share the queue and the lake (the scale-out curve); each starts
     at that epoch time, and the lake is checked once by the parent after all of them ended.
+    ``flush_records``: instead of the default (the scale-out flushes many times in each drain, as a
+    drain on a long queue does, instead of holding its whole share until one flush at the end).
     """
     import fsspec
     import pyarrow as pa
@@ -307,7 +315,10 @@ def _case_drain(url: str, lake: Path, profile: Path | None, start_at: float | No
     )
     writer = _CheckedWriter(LakeWriter(fsspec.filesystem("file"), str(lake)), split, client)
     config = drain_mod.DrainConfig(
-        max_runtime=CHILD_TIMEOUT / 2, lease_seconds=LEASE_SECONDS, source="benchmark"
+        max_runtime=CHILD_TIMEOUT / 2,
+        lease_seconds=LEASE_SECONDS,
+        source="benchmark",
+        **({} if flush_records is None else {"flush_records": flush_records}),
     )
     # The drain's own Parquet sink (concurrent writes) over the checked writer.
     drain = drain_mod.Drain(client, ParquetSink(writer, concurrency=config.write_concurrency), config)  # type: ignore[arg-type]
@@ -357,7 +368,13 @@ def _write_profile(profiler: Any, path: Path) -> None:
 
 
 def run_child(
-    case: str, url: str, lake: Path, decoder: str, profile: Path | None, start_at: float | None = None
+    case: str,
+    url: str,
+    lake: Path,
+    decoder: str,
+    profile: Path | None,
+    start_at: float | None = None,
+    flush_records: int | None = None,
 ) -> int:
     """Run one case in this process and print its figures as one JSON line (the parent reads the last)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -370,6 +387,6 @@ def run_child(
 
         out = case_dlt(url, lake, _Clock.start, lake_check)
     else:
-        out = _case_drain(url, lake, profile, start_at)
+        out = _case_drain(url, lake, profile, start_at, flush_records)
     print(json.dumps(out), flush=True)
     return 0

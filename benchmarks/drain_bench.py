@@ -346,6 +346,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decoder", default="msgspec", help=argparse.SUPPRESS)
     p.add_argument("--profile-path", dest="profile_path_", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--flush-records", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is None and args.records < 1:
         p.error("--records must be at least 1")
@@ -359,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
         profile = Path(args.profile_path_) if args.profile_path_ else None
-        return run_child(args.child, args.url, Path(args.lake), args.decoder, profile, args.start_at)
+        return run_child(
+            args.child, args.url, Path(args.lake), args.decoder, profile, args.start_at, args.flush_records
+        )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(message)s")
     n = args.records
     lat_n = args.latency_records or (max(n // 5, min(n, 5000)) if args.quick else n)

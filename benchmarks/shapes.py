@@ -51,6 +51,12 @@ SHAPE_ORDER = ("small", "mix", "trips100", "one_type", "types50")
 SHAPE_SCALE = {"trips100": 0.1}
 DLT_REQUIREMENT = "dlt[parquet,filesystem]==1.31.*"
 SCALE_OUT = (1, 2, 4)
+#: Records of the scale-out queue: every drain of 4 flushes many times (a short queue measured
+#: each drain holding its whole share until one flush at the end, and the curve fell at 4 drains).
+SCALE_RECORDS = 400_000
+#: ``flush_records`` of each scale-out drain: 10 batches, so a drain flushes as it would on a
+#: long queue instead of once at the end.
+SCALE_FLUSH_RECORDS = 5_000
 
 
 def ensure_dlt_venv() -> str | None:
@@ -148,15 +154,19 @@ def run_shapes(
     return rows, dlt_row
 
 
-def _scale_point(drains: int, records: int, latency_ms: float) -> dict[str, Any]:
-    """``drains`` drain processes on one queue and one lake, started together."""
+def _scale_point(drains: int, records: int, latency_ms: float, flush_records: int) -> dict[str, Any]:
+    """``drains`` drain processes on one queue and one lake, started together, each flushing every
+    ``flush_records``."""
     lake = Path(tempfile.mkdtemp(prefix="ktexport-bench-scale-"))
     try:
         with _EmulatorProcess(records, latency_ms, "mix").running() as emu:
             start_at = time.time() + 8.0  # after every child's imports (~2-5 s of CPU each here)
             procs = [
                 subprocess.Popen(
-                    [*child_command("c", emu.url, lake), "--start-at", f"{start_at:.3f}"],
+                    [
+                        *child_command("c", emu.url, lake),
+                        *("--start-at", f"{start_at:.3f}", "--flush-records", str(flush_records)),
+                    ],
                     cwd=REPO,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -190,17 +200,18 @@ def _scale_point(drains: int, records: int, latency_ms: float) -> dict[str, Any]
         "emulator_cores_busy": round(stats["cpu_s"] / wall, 2) if "cpu_s" in stats and wall > 0 else None,
         "early_acks": sum(o["checks"]["early_acks"] for o in outs),
         "per_drain_records": [o["records"] for o in outs],
+        "flushes": sum(o["drain"].get("flushes", 0) for o in outs),
         "cpu_s": round(sum(o["cpu_s"] for o in outs), 3),
         # Cores the drains kept busy: near the machine's count, more drains cannot go faster.
         "cores_busy": round(sum(o["cpu_s"] for o in outs) / wall, 2) if wall > 0 else None,
     }
 
 
-def run_scale_out(records: int, latency_ms: float) -> list[dict[str, Any]]:
+def run_scale_out(records: int, latency_ms: float, flush_records: int) -> list[dict[str, Any]]:
     """The curve: 1, 2 and 4 drains on one queue, each request ``latency_ms`` slower."""
     curve = []
     for drains in SCALE_OUT:
-        point = _scale_point(drains, records, latency_ms)
+        point = _scale_point(drains, records, latency_ms, flush_records)
         log.warning(
             "scale-out: %d drain(s), %s records/s, %d duplicate rows, %s expired leases",
             drains,
@@ -249,14 +260,15 @@ def table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"| drains ({report['settings']['latency_ms']:g} ms per request) | records/s | speed-up "
-            "| cores busy (emulator) | duplicate rows | expired leases | records per drain |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| cores busy (emulator) | duplicate rows | expired leases | flushes | records per drain |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for p in curve:
             lines.append(
                 f"| {p['drains']} | {p['records_per_s']:,} | {p['speedup']} "
                 f"| {p['cores_busy']} ({p['emulator_cores_busy']}) "
-                f"| {p['duplicate_rows']} | {p['expired_leases']} | {', '.join(map(str, p['per_drain_records']))} |"
+                f"| {p['duplicate_rows']} | {p['expired_leases']} | {p['flushes']} "
+                f"| {', '.join(map(str, p['per_drain_records']))} |"
             )
     return "\n".join(lines)
 
@@ -270,7 +282,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dlt", action="store_true", help=f"also dlt on the mix ({DLT_REQUIREMENT}, side venv)")
     p.add_argument("--scale-out", action="store_true", help="also 1, 2 and 4 drains on one queue")
-    p.add_argument("--scale-records", type=int, help="records of each scale-out point (default --records)")
+    p.add_argument(
+        "--scale-records",
+        type=int,
+        default=SCALE_RECORDS,
+        help=f"queue of each scale-out point ({SCALE_RECORDS})",
+    )
+    p.add_argument(
+        "--scale-flush-records",
+        type=int,
+        default=SCALE_FLUSH_RECORDS,
+        help=f"flush_records of each scale-out drain (default {SCALE_FLUSH_RECORDS})",
+    )
     p.add_argument("--latency-ms", type=float, default=50.0, help="latency of the scale-out (default 50)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     p.add_argument("--table", type=Path, help="also write the Markdown table here")
@@ -296,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             "records": args.records,
             "repeat": args.repeat,
             "latency_ms": args.latency_ms,
+            "scale_records": args.scale_records,
+            "scale_flush_records": args.scale_flush_records,
             "records_by_shape": {s: _records_of(s, args.records) for s in args.shape_list},
         },
     }
@@ -306,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dlt:
         report["dlt"] = dlt_row if dlt_note is None else dlt_note
     if args.scale_out:
-        report["scale_out"] = run_scale_out(args.scale_records or args.records, args.latency_ms)
+        report["scale_out"] = run_scale_out(args.scale_records, args.latency_ms, args.scale_flush_records)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["duration_s"] = round(time.monotonic() - started, 1)
     text = json.dumps(report, indent=2)

@@ -16,7 +16,7 @@ from airflow_provider_ktexport.lake.layout import event_date
 from airflow_provider_ktexport.lake.partitions import record_type_of
 from airflow_provider_ktexport.lake.record_limits import too_deep
 
-__all__ = ["Buffer", "HeldBatch", "partitions_of"]
+__all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class _Head(msgspec.Struct):
 
 
 _HEAD = msgspec.json.Decoder(_Head)
+
+
+def record_bytes(raws: Sequence[bytes]) -> int:
+    """Bytes of ``raws`` as received (the JSON text the flush parses)."""
+    return sum(map(len, raws))
 
 
 def partitions_of(raws: Sequence[bytes], partition_by: Sequence[str]) -> frozenset[tuple[str, str]]:
@@ -88,6 +93,8 @@ class Buffer:
         self._partition_by = tuple(partition_by)
         self._partitions: set[tuple[str, str]] = set()
         self.records = 0
+        #: Bytes of the held records as received: the flush's memory scales with them, not the count.
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -99,6 +106,7 @@ class Buffer:
         )
         self._batches.append(held)  # the commit point
         self.records += len(batch.raw_items)
+        self.bytes += record_bytes(batch.raw_items)
         self._partitions |= held.partitions
 
     def take(self) -> list[HeldBatch]:
@@ -106,6 +114,7 @@ class Buffer:
         batches = self._batches
         self._batches = []
         self.records = 0
+        self.bytes = 0
         self._partitions = set()
         return batches
 

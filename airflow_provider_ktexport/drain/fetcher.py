@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportProtocolError
 
-__all__ = ["HANDOFF_BATCHES", "HANDOFF_BYTES", "BatchSource", "Fetcher", "HandoffQueue"]
+__all__ = ["HANDOFF_BATCHES", "HANDOFF_BYTES", "BatchSource", "Fetcher", "HandoffQueue", "handoff_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,27 @@ log = logging.getLogger(__name__)
 #: thread moves them into the buffer (lease clock included) as soon as it is free, so this only
 #: keeps the network busy during a flush.
 HANDOFF_BATCHES = 64
-#: Decoded body bytes (``Batch.body_size``) the hand-off may hold. A count alone bounds nothing
-#: when batches are large: 64 bodies near ``max_body_bytes`` (64 MiB) would be 4 GiB. Past this
-#: budget a fetcher waits before leasing more (and a batch already leased waits for room), so
-#: memory stays near the budget. One batch is always admitted to an empty hand-off, however
-#: large, or a single big batch could never pass.
+#: The most decoded body bytes (``Batch.body_size``) the hand-off may hold, whatever the flush
+#: settings. A count alone bounds nothing when batches are large: 64 bodies near
+#: ``max_body_bytes`` (64 MiB) would be 4 GiB. Past the budget (:func:`handoff_bytes`) a fetcher
+#: waits before leasing more (and a batch already leased waits for room), so memory stays near
+#: the budget. One batch is always admitted to an empty hand-off, however large, or a single big
+#: batch could never pass.
 HANDOFF_BYTES = 256 * 1024 * 1024
 #: How often a waiting fetcher looks at stop/abandon/deadline even if nobody wakes it.
 _WAIT_STEP = 0.2
+
+
+def handoff_bytes(flush_bytes: int) -> int:
+    """The hand-off's byte budget for a drain whose flushes hold at most ``flush_bytes``: a quarter flush.
+
+    The hand-off only keeps the network busy while the main thread lands a flush; what it holds
+    then joins the next flush. Every byte it holds adds to the peak, on top of the flush being
+    built and the bytes the fetchers are decoding, so it holds little: half a flush measured
+    13 MB more peak RSS on the mix than a quarter (306 against 293 MB at 100k records), at the
+    same CPU (docs/performance.md, memory).
+    """
+    return max(1, min(HANDOFF_BYTES, flush_bytes // 4))
 
 
 def _size(item: tuple[str, Any]) -> int:
@@ -124,20 +137,28 @@ class Fetcher:
     """Keeps up to ``n`` GETs outstanding and hands results to the main thread.
 
     Results are ``("batch", Batch)``, ``("empty", None)``, ``("error", exc)``.
-    The hand-off queue is bounded by count (``HANDOFF_BATCHES``) and by body bytes
-    (``HANDOFF_BYTES``) so fetchers cannot run far ahead of the writer: memory stays set by the
-    flush size and the hand-off, not by the queue length or the size of its batches.
+    The hand-off queue is bounded by count (``HANDOFF_BATCHES``) and by body bytes (``max_bytes``,
+    the drain passes :func:`handoff_bytes` of its flush cap; at most ``HANDOFF_BYTES``) so fetchers
+    cannot run far ahead of the writer: memory stays set by the flush size and the hand-off, not
+    by the queue length or the size of its batches.
     """
 
     def __init__(
-        self, client: BatchSource, n: int, run_deadline: float, keep_polling: Callable[[], bool]
+        self,
+        client: BatchSource,
+        n: int,
+        run_deadline: float,
+        keep_polling: Callable[[], bool],
+        *,
+        max_bytes: int | None = None,
     ) -> None:
         self._client = client
         self._deadline = run_deadline
         self._keep_polling = keep_polling
         self._stop = threading.Event()
         self._abandon = threading.Event()
-        self.results = HandoffQueue(maxsize=max(n, HANDOFF_BATCHES), max_bytes=HANDOFF_BYTES)
+        budget = HANDOFF_BYTES if max_bytes is None else max_bytes
+        self.results = HandoffQueue(maxsize=max(n, HANDOFF_BATCHES), max_bytes=budget)
         self._threads = [
             threading.Thread(target=self._loop, name=f"ktexport-fetch-{i}", daemon=True) for i in range(n)
         ]

@@ -50,7 +50,7 @@ from airflow_provider_ktexport.api.redact import redact
 from airflow_provider_ktexport.drain.acks import Acknowledger
 from airflow_provider_ktexport.drain.buffer import Buffer
 from airflow_provider_ktexport.drain.config import DrainConfig
-from airflow_provider_ktexport.drain.fetcher import BatchSource, Fetcher, HandoffQueue
+from airflow_provider_ktexport.drain.fetcher import BatchSource, Fetcher, HandoffQueue, handoff_bytes
 from airflow_provider_ktexport.drain.flush import Flusher
 from airflow_provider_ktexport.drain.metrics import Metrics, MetricsReporter, NoMetrics
 from airflow_provider_ktexport.drain.pace import FlushPace
@@ -58,6 +58,7 @@ from airflow_provider_ktexport.drain.progress import Progress
 from airflow_provider_ktexport.drain.quarantine import Quarantine
 from airflow_provider_ktexport.drain.result import DrainResult
 from airflow_provider_ktexport.exceptions import KtExportProtocolError, KtExportTransientError
+from airflow_provider_ktexport.lake.memory import cap_heap_retention
 from airflow_provider_ktexport.lake.sinks import ParquetSink, Sink
 from airflow_provider_ktexport.lake.writer import LakeWriter
 
@@ -148,11 +149,18 @@ class Drain:
     def run(self) -> DrainResult:
         """Lease, land and acknowledge until the queue is empty, the time is up or the run is stopped."""
         started = time.monotonic()
+        cap_heap_retention()  # freed bodies go back to the kernel (lake.memory)
         self.progress.start()
         run_deadline = started + self.config.max_runtime
         keep_polling = self._keep_polling_rule(started)
         self._prove_destination()
-        fetcher = Fetcher(self.client, self.config.max_in_flight, run_deadline, keep_polling)
+        fetcher = Fetcher(
+            self.client,
+            self.config.max_in_flight,
+            run_deadline,
+            keep_polling,
+            max_bytes=handoff_bytes(self.pace.flush_bytes),
+        )
         self._handoff = fetcher.results
         self._pace_fetchers()
         fetcher.start()
@@ -323,9 +331,11 @@ class Drain:
         return bool(self.buffer) and now >= self.buffer.oldest_lease() + self.config.flush_seconds
 
     def _due_by_records(self) -> bool:
-        """``flush_records`` are held (halved after leases ran out): memory is set by the flush
-        size, not by the queue."""
-        return self.buffer.records >= self.pace.flush_records
+        """``flush_records`` are held (halved after leases ran out), or records of
+        ``pace.flush_bytes``: memory is set by the flush size, not by the queue, and by bytes
+        too, as building a flush's tables takes several times its records' bytes
+        (:data:`.pace.FLUSH_BYTES`)."""
+        return self.buffer.records >= self.pace.flush_records or self.buffer.bytes >= self.pace.flush_bytes
 
     def _due_by_partitions(self) -> bool:
         """A flush of what is held would write ``max_flush_partitions`` files (a backfill over many

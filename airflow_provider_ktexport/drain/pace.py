@@ -26,12 +26,18 @@ from dataclasses import dataclass
 
 from airflow_provider_ktexport.drain.buffer import HeldBatch
 
-__all__ = ["FIRST_LEASE_AHEAD", "SAFETY", "FlushPace"]
+__all__ = ["FIRST_LEASE_AHEAD", "FLUSH_BYTES", "SAFETY", "FlushPace"]
 
 #: Share of the time left that a flush plans to use: the rest absorbs a store slower than measured.
 SAFETY = 0.5
 #: Batches the fetchers lease ahead of the writer before its pace is known.
 FIRST_LEASE_AHEAD = 4
+#: Record bytes (as received, decoded JSON) a flush holds at most, whatever ``flush_records`` says.
+#: Building and writing a flush's tables takes about four times its records' bytes, so records of
+#: 10 KB (100-point trips) would need 2 GB at the default 50,000 records. At 16 MiB a mix flush
+#: holds about 20,000 records and a drain peaks near 300 MB whatever the record shape or the
+#: queue's length (docs/performance.md, memory); 8 MiB measured 30 MB less and twice the files.
+FLUSH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -41,11 +47,13 @@ class FlushPace:
     :param flush_records: records a flush holds at most (starts as the setting)
     :param max_partitions: partition files a flush writes at most (starts as the setting)
     :param lease_seconds: the lease a flush must fit in
+    :param flush_bytes: record bytes a flush holds at most (:data:`FLUSH_BYTES`)
     """
 
     flush_records: int
     max_partitions: int
     lease_seconds: float
+    flush_bytes: int = FLUSH_BYTES
     #: Wall seconds a file cost in the last flush (landing time over files); None before one.
     file_seconds: float | None = None
     #: Wall seconds a batch cost in the last flush (landing and acknowledging); None before one.
@@ -97,7 +105,9 @@ class FlushPace:
 
     def shrink(self, records: int, partitions: int) -> None:
         """A flush of ``records`` records writing ``partitions`` files outlived its leases: the
-        next must be smaller, so both limits become half of it (or of the limit, if lower)."""
+        next must be smaller, so both limits become half of it (or of the limit, if lower), and
+        the byte cap halves with them."""
         self.flush_records = max(1, min(self.flush_records, records) // 2)
+        self.flush_bytes = max(1, self.flush_bytes // 2)
         self.max_partitions = max(1, min(self.max_partitions, partitions) // 2)
         self.shrinks += 1

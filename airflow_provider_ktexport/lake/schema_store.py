@@ -149,6 +149,9 @@ class SchemaStore:
         self._column_cache: dict[str, _Entry] = {}
         # The lake's published schema per record type as last read (it only ever gains columns).
         self.published: dict[str, pa.Schema] = {}
+        # Per record type, a table schema already found settled against the published schema
+        # object it was checked with: see _already_settled.
+        self._settled: dict[str, tuple[pa.Schema, pa.Schema]] = {}
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -261,6 +264,22 @@ class SchemaStore:
                 uri = self.lake.uri_of(path)
                 raise KtExportWriteError(f"Writing schema file {uri} failed: {exc}", destination=uri) from exc
 
+    def _already_settled(self, record_type: str, schema: pa.Schema) -> bool:
+        """Whether a table of ``schema`` needs nothing from the store: the last table of this record
+        type that did had the same schema, and the published schema is still the object it was
+        checked against (:meth:`load` makes a new one whenever it reads the store).
+
+        Most flushes of a record type build the same schema, so the store is touched only when a
+        schema changes: checking every column's name and type (:func:`needs_fit`) cost about
+        0.5 ms of CPU per file, a tenth of a file's cost with 50 record types.
+        """
+        seen = self._settled.get(record_type)
+        return (
+            seen is not None
+            and self.published.get(record_type) is seen[1]
+            and schema.equals(seen[0], check_metadata=True)
+        )
+
     def settle(self, record_type: str, table: pa.Table) -> pa.Table:
         """``table`` at the lake's published names and types, its new columns published before any file has them.
 
@@ -269,6 +288,9 @@ class SchemaStore:
         column another writer published first with another type gets this table's misfits as
         variants (:func:`fit_table`), a case twin its twin name, and those are published in turn.
         """
+        given = table.schema
+        if self._already_settled(record_type, given):
+            return table
         published = self.published.get(record_type) or self.load(record_type)
         for _ in range(_SETTLE_ROUNDS):
             types = {} if published is None else dict(zip(published.names, published.types, strict=True))
@@ -276,6 +298,8 @@ class SchemaStore:
                 table = fit_table(table, types)
             new = [f for f in table.schema if f.name not in types]
             if not new:
+                if published is not None and table.schema.equals(given, check_metadata=True):
+                    self._settled[record_type] = (given, published)
                 return table
             self.publish(record_type, new, types)
             published = self.load(record_type)

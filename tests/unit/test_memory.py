@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -32,3 +33,14 @@ def test_a_pool_the_user_chose_is_left_alone(fresh_pool: None, monkeypatch: pyte
     monkeypatch.setenv(memory.ENV_VAR, "mimalloc")
     memory.use_engine_memory_pool()
     assert pa.default_memory_pool().backend_name == "mimalloc"
+
+
+def test_the_heap_threshold_is_fixed_once_unless_the_user_set_glibcs_own(monkeypatch):
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    monkeypatch.setattr(memory, "_capped", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert memory.cap_heap_retention() is False  # the user's choice stands
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert memory.cap_heap_retention() is True
+    assert memory.cap_heap_retention() is True  # once per process: nothing more to do

@@ -103,3 +103,13 @@ def test_buffer_counts_partitions_and_skips_undecodable_records():
     assert buf.partitions == 3
     buf.take()
     assert buf.partitions == 0 and buf.records == 0
+
+
+def test_buffer_counts_the_bytes_it_holds_and_take_resets_them():
+    buffer = Buffer(("record_type",))
+    first, second = good_records(3), good_records(2, start=3)
+    buffer.add(batch_of("a", first))
+    buffer.add(batch_of("b", second))
+    assert buffer.bytes == sum(map(len, first + second))
+    buffer.take()
+    assert buffer.bytes == 0 and buffer.records == 0

@@ -114,3 +114,17 @@ def test_the_count_bound_still_holds() -> None:
     q.put(("empty", None), timeout=0.1)
     with pytest.raises(queue.Full):
         q.put(("empty", None), timeout=0.1)
+
+
+def test_the_hand_off_holds_a_quarter_flush_and_never_more_than_its_ceiling():
+    assert fetcher_module.handoff_bytes(32 * 2**20) == 8 * 2**20
+    assert fetcher_module.handoff_bytes(10 * fetcher_module.HANDOFF_BYTES) == fetcher_module.HANDOFF_BYTES
+    assert fetcher_module.handoff_bytes(1) == 1  # a budget of 0 would still admit one batch only
+
+
+def test_a_fetcher_takes_the_budget_it_is_given() -> None:
+    f = Fetcher(EndlessSource(size=1), 2, time.monotonic() + 30, keep_polling=lambda: True, max_bytes=1234)
+    assert f.results.max_bytes == 1234
+    assert Fetcher(EndlessSource(size=1), 2, 0.0, keep_polling=lambda: True).results.max_bytes == (
+        fetcher_module.HANDOFF_BYTES
+    )

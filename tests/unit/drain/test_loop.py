@@ -179,3 +179,25 @@ def test_should_stop_stops_leasing_at_once(tmp_path):
     assert client.gets < 1000
     # What was held was young enough to land: every held batch acked.
     assert len(client.acks) == drain.result.batches
+
+
+def test_a_flush_holds_no_more_record_bytes_than_the_pace_allows(tmp_path):
+    """Records of 10 KB at the default 50,000 a flush would hold 500 MB: bytes bound it too."""
+    lake = tmp_path / "lake"
+    batches = [make_batch(f"b{i}", range(i * 4, i * 4 + 4)) for i in range(6)]
+    batch_bytes = max(sum(map(len, b.raw_items)) for b in batches)
+    client = FakeClient(batches, lake=lake)
+    drain = Drain(client, writer_for(lake), DrainConfig(max_runtime=20, lease_seconds=8, flush_seconds=3))
+    drain.pace.flush_bytes = 2 * batch_bytes
+    held_bytes: list[int] = []
+    real_flush = drain.flusher.flush
+
+    def flush(batches, reason):
+        held_bytes.append(sum(len(raw) for b in batches for raw in b.raw_items))
+        real_flush(batches, reason)
+
+    drain.flusher.flush = flush
+    drain.run()
+    assert sorted(lake_seqs(lake)) == list(range(24))
+    # A flush starts once the cap is reached: it holds the cap plus at most the batch that passed it.
+    assert len(held_bytes) >= 2 and max(held_bytes) <= 2 * batch_bytes + batch_bytes

@@ -17,7 +17,7 @@ import pytest
 from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Drain, DrainConfig, acks, flush, loop
 from airflow_provider_ktexport.drain.buffer import HeldBatch
-from airflow_provider_ktexport.drain.pace import FlushPace
+from airflow_provider_ktexport.drain.pace import FLUSH_BYTES, FlushPace
 from airflow_provider_ktexport.exceptions import KtExportError
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from tests.unit.drain.support import FakeClient, writer_for
@@ -29,6 +29,12 @@ def held(batch_id: str, leased_at: float, days: range) -> HeldBatch:
 
 
 class TestFlushPace:
+    def test_the_byte_cap_starts_at_its_default_and_halves_with_the_other_limits(self):
+        pace = FlushPace(flush_records=100, max_partitions=50, lease_seconds=30)
+        assert pace.flush_bytes == FLUSH_BYTES
+        pace.shrink(records=100, partitions=50)
+        assert (pace.flush_records, pace.max_partitions, pace.flush_bytes) == (50, 25, FLUSH_BYTES // 2)
+
     def test_before_a_measured_flush_the_settings_rule_and_the_fetchers_wait(self):
         pace = FlushPace(flush_records=100, max_partitions=50, lease_seconds=30)
         assert pace.partition_limit(1.0) == 50

@@ -103,3 +103,23 @@ def test_a_column_file_is_named_by_its_lower_cased_name() -> None:
     """Case twins share one file, so of two published at once exactly one takes the name."""
     assert column_file("Speed") == column_file("speed") != column_file("speed2")
     assert column_file("speed").endswith(".json") and len(column_file("speed")) == 45
+
+
+def test_a_schema_already_settled_is_not_checked_again_until_the_store_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_ktexport.lake import schema_store
+
+    w = LakeWriter(LocalFileSystem(), str(tmp_path), writer_id="w")
+    table = pa.table({"a": [1], "b": ["x"]})
+    w.write(table, {"record_type": "t"})  # publishes a and b
+    checks: list[pa.Schema] = []
+    real = schema_store.needs_fit
+    monkeypatch.setattr(schema_store, "needs_fit", lambda s, p: checks.append(s) or real(s, p))
+    w.write(table, {"record_type": "t"})
+    w.write(table, {"record_type": "t"})
+    assert len(checks) <= 1  # the first settled write may check once; the next ones never
+    w.write(pa.table({"a": [2], "b": ["y"], "c": [True]}), {"record_type": "t"})  # a new column
+    w.write(table, {"record_type": "t"})  # the store was read again: checked against it once more
+    assert len(checks) >= 3
+    assert read_lake(str(tmp_path))["t"].num_rows == 5
