@@ -39,38 +39,33 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 
-from airflow_provider_ktexport.api.envelope import sighting_digest
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.iceberg_catalog import (
     load_catalog,
     write_version_hint,
 )
 from airflow_provider_ktexport.lake.iceberg_ledger import (
-    SETTLED_PROPERTY,
     IcebergLedger,
     find_flush,
     maybe_committed_errors,
-    merged_settles,
+    record_settles,
     without_rebase,
 )
+from airflow_provider_ktexport.lake.iceberg_quarantine import QUARANTINE_TABLE, IcebergQuarantine
 from airflow_provider_ktexport.lake.iceberg_tables import (
     DEFAULT_TABLE_PROPERTIES,
-    IcebergTables,
     plain_arrow,
 )
 from airflow_provider_ktexport.lake.layout import (
     BATCH_ID_COLUMN,
     EVENT_DATE_COLUMN,
     EVENT_DATE_KEY,
-    QUARANTINE_DIR,
     RECORD_TYPE_KEY,
     REJECTED_DIR,
-    TIMESTAMP,
     event_day_value,
     folder_table,
     record_type_of_folder,
@@ -93,20 +88,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REJECTS_TABLE = REJECTED_DIR
-QUARANTINE_TABLE = QUARANTINE_DIR
 #: Longest snapshot property value kept (batch ids of a very large flush are cut, and say so).
 _MAX_PROPERTY = 16_000
-
-
-_QUARANTINE_SCHEMA = pa.schema(
-    [
-        pa.field("sha256", pa.string()),
-        pa.field("body", pa.binary()),
-        pa.field("reason", pa.string()),
-        pa.field("batch_id", pa.string()),
-        pa.field("seen_at", TIMESTAMP),
-    ]
-)
 
 
 #: The table of a record type as the engine keys it (its folder, :mod:`.layout`).
@@ -130,8 +113,8 @@ class _Tried:
     dropped: int = 0
 
 
-class IcebergSink(IcebergTables):
-    """Lands flushes as Iceberg commits in ``namespace`` of ``catalog`` (its tables: :class:`IcebergTables`).
+class IcebergSink(IcebergQuarantine):
+    """Lands flushes as Iceberg commits in ``namespace`` of ``catalog`` (its tables: :class:`IcebergTables`, its quarantine: :class:`IcebergQuarantine`).
 
     :param catalog: a pyiceberg catalog (see :func:`load_catalog`)
     :param namespace: where the tables live (created if missing)
@@ -272,6 +255,19 @@ class IcebergSink(IcebergTables):
         info.tally.add(tried.dropped)  # what the committed (or last) attempt dropped
         if outcome is None:
             return None
+        return self._committed(table, outcome, info, tried, record_type=record_type, rejected=rejected)
+
+    def _committed(
+        self,
+        table: str,
+        outcome: tuple[Any, Any],
+        info: FlushInfo,
+        tried: _Tried,
+        *,
+        record_type: str,
+        rejected: bool,
+    ) -> Landed:
+        """A commit made: verified visible and noted in the ledger, as a landed piece of the flush."""
         handle, snapshot = outcome
         self._verify_visible(table, snapshot.snapshot_id)
         if info.flush_id:
@@ -411,81 +407,12 @@ class IcebergSink(IcebergTables):
         if self._version_hints:
             write_version_hint(fresh)
 
-    # -- quarantine --------------------------------------------------------------------------------
-
-    def quarantine(self, body: bytes, *, reason: str, batch_id: str | None) -> str:
-        """One row per sighting in ``<namespace>._quarantine``; the body itself only the first time.
-
-        Rows are keyed by :func:`~airflow_provider_ktexport.api.envelope.sighting_digest` (the body's
-        SHA-256 with its envelope id blanked), so redeliveries under new ids count as sightings
-        of one body (its column still named ``sha256``).
-        """
-        digest = sighting_digest(body)
-        first = self._sightings(digest) == 0
-        row = pa.table(
-            {
-                "sha256": [digest],
-                "body": [bytes(body) if first else None],
-                "reason": [reason],
-                "batch_id": [batch_id],
-                "seen_at": [datetime.now(UTC)],
-            },
-            schema=_QUARANTINE_SCHEMA,
-        )
-        handle = self._open(QUARANTINE_TABLE, _QUARANTINE_SCHEMA, partition_by=None)
-        handle.append(row)
-        return f"{self.uri(QUARANTINE_TABLE)}#sha256={digest}"
-
-    def quarantine_sightings(self, body: bytes) -> int:
-        return self._sightings(sighting_digest(body))
-
-    def quarantine_kept(self, body: bytes) -> bool:
-        """Whether the table, read afresh, holds this body (its id aside) in a row of its digest."""
-        digest = sighting_digest(body)
-        stored = self._quarantine_rows(digest, ("sha256", "body"))
-        return any(b is not None and sighting_digest(b) == digest for b in stored.column("body").to_pylist())
-
-    def _sightings(self, digest: str) -> int:
-        return self._quarantine_rows(digest, ("sha256",)).num_rows
-
-    def _quarantine_rows(self, digest: str, fields: tuple[str, ...]) -> pa.Table:
-        handle = self._load(QUARANTINE_TABLE)
-        if handle is None:
-            return pa.table({name: pa.array([], _QUARANTINE_SCHEMA.field(name).type) for name in fields})
-        return handle.scan(
-            row_filter=self._ice.expressions.EqualTo("sha256", digest), selected_fields=fields
-        ).to_arrow()
-
     # -- the flush ledger --------------------------------------------------------------------------
 
     def settle(self, info: FlushInfo, *, acked_all: bool) -> None:
         if info.flush_id:
             self.ledger.settle(info.flush_id, acked_all=acked_all)
 
-    def _record_settles(self) -> None:
-        """Settles no commit carried (the run's last flushes) go into a table property, so later
-        runs need not read those flushes' keys; a failure only leaves them in doubt (a cost, not
-        a duplicate)."""
-        for table, settled in self.ledger.unrecorded().items():
-            for _ in range(3):
-                handle = self._load(table)
-                if handle is None:
-                    break
-                try:
-                    with handle.transaction() as tx:
-                        tx.set_properties(
-                            {SETTLED_PROPERTY: merged_settles(handle, settled, window=self._window)}
-                        )
-                    self.ledger.recorded(table)
-                    if self._version_hints:
-                        write_version_hint(self.catalog.load_table(self.identifier(table)))
-                    break
-                except self._ice.exceptions.CommitFailedException:
-                    continue  # another writer committed: merge again on fresh metadata
-                except Exception as exc:  # noqa: BLE001 - a settle is an optimisation; the flushes stay in doubt
-                    log.warning("Could not record settled flushes on %s: %s", self.identifier(table), exc)
-                    break
-
     def close(self) -> None:
         """Record the run's last settles; the catalog itself is the caller's."""
-        self._record_settles()
+        record_settles(self, self.ledger, window=self._window)

@@ -20,13 +20,29 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from airflow_provider_ktexport.lake.iceberg_catalog import (
+    pyiceberg_modules,
+    wants_version_hint,
+    write_version_hint,
+)
 from airflow_provider_ktexport.lake.ledger import DEFAULT_REDELIVERY_WINDOW, read_keys, unique_keys
 
-__all__ = ["FLUSH_ID", "SETTLED", "SETTLED_PROPERTY", "WRITER_ID", "IcebergLedger", "kept_for_redelivery"]
+if TYPE_CHECKING:
+    from airflow_provider_ktexport.lake.iceberg_tables import IcebergTables
+
+__all__ = [
+    "FLUSH_ID",
+    "SETTLED",
+    "SETTLED_PROPERTY",
+    "WRITER_ID",
+    "IcebergLedger",
+    "kept_for_redelivery",
+    "record_settles",
+]
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +245,35 @@ def merged_settles(table: Any, new: dict[str, float], *, window: float) -> str:
     merged = {f: t for f, t in settled_in_property(table).items() if t >= since}
     merged.update(new)
     return json.dumps(merged, separators=(",", ":"), sort_keys=True)
+
+
+def record_settles(tables: IcebergTables, ledger: IcebergLedger, *, window: float) -> None:
+    """Settles no commit carried (the run's last flushes) go into a table property, so later
+    runs need not read those flushes' keys; a failure only leaves them in doubt (a cost, not
+    a duplicate)."""
+    for table, settled in ledger.unrecorded().items():
+        if _record_on(tables, tables.identifier(table), settled, window=window):
+            ledger.recorded(table)
+
+
+def _record_on(tables: IcebergTables, identifier: str, settled: dict[str, float], *, window: float) -> bool:
+    """Merge ``settled`` into one table's :data:`SETTLED_PROPERTY`, on fresh metadata after a lost
+    race (three tries); whether it was recorded."""
+    exceptions = pyiceberg_modules().exceptions
+    for _ in range(3):
+        try:
+            handle = tables.catalog.load_table(identifier)
+        except exceptions.NoSuchTableError:
+            return False
+        try:
+            with handle.transaction() as tx:
+                tx.set_properties({SETTLED_PROPERTY: merged_settles(handle, settled, window=window)})
+        except exceptions.CommitFailedException:
+            continue  # another writer committed: merge again on fresh metadata
+        except Exception as exc:  # noqa: BLE001 - a settle is an optimisation; the flushes stay in doubt
+            log.warning("Could not record settled flushes on %s: %s", identifier, exc)
+            return False
+        if wants_version_hint(tables.catalog):
+            write_version_hint(tables.catalog.load_table(identifier))
+        return True
+    return False

@@ -18,8 +18,9 @@ key and answers loopback clients only.
 
 This module holds the API's behaviour (leases, long polls, acks), answered as :class:`Response`
 values; beside it: ``stock`` (queue, leases, poison mode), ``faults`` (faults and scripts),
-``ledger`` (accounting), ``control`` (the control plane), ``wire`` (the answers' bytes),
-``serving`` and ``_http`` (threads, sockets, TLS, gzip) and ``cli`` (the command line).
+``ledger`` (accounting), ``control`` (the control plane and the knobs it turns: poison, faults,
+scripts), ``wire`` (the answers' bytes), ``serving`` and ``_http`` (threads, sockets, TLS, gzip)
+and ``cli`` (the command line).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow_provider_ktexport.testing.control import serve_control
+from airflow_provider_ktexport.testing.control import Steering, serve_control
 from airflow_provider_ktexport.testing.faults import (
     ENVELOPE_FAULTS,
     FAULT_NAMES,
@@ -42,7 +43,6 @@ from airflow_provider_ktexport.testing.faults import (
     PRE_LEASE,
     FaultPlan,
     Script,
-    script_headers,
 )
 from airflow_provider_ktexport.testing.ledger import Ledger
 from airflow_provider_ktexport.testing.records import RecordGenerator
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 _error = error
 
 
-class Emulator:
+class Emulator(Steering):
     """In-process export API server with leases, long poll, faults and accounting.
 
     :param host: interface to bind.
@@ -103,6 +103,9 @@ class Emulator:
     :param type_names: spread the generated records over this many record types (``<type>_<k>``;
         0: the types as they are)
     """
+
+    #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
+    on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
 
     def __init__(
         self,
@@ -141,8 +144,6 @@ class Emulator:
         self.keyfile = keyfile
         self.rate = rate
         self.distinct = distinct
-        #: Called as ``on_ack(batch_id, records)`` before an ack is applied; raising vetoes it (500).
-        self.on_ack: Callable[[str, list[dict[str, Any]]], None] | None = None
         self.generator = RecordGenerator(
             seed,
             drift_after=drift_after,
@@ -150,14 +151,19 @@ class Emulator:
             record_types=record_types,
             type_names=type_names,
         )
+        self._build_parts(seed, distinct)
+        self.set_poison(poison, poison_kinds)
+        if faults:
+            self.set_faults(**faults)
+
+    def _build_parts(self, seed: int, distinct: int) -> None:
+        """The parts the API's behaviour runs on, each in its own module: the queue, the faults,
+        the accounting and the server, under one lock."""
         self._stock = Stock(self.generator, seed=seed, distinct=distinct)
         self._faults = FaultPlan(seed)
         self._cond = threading.Condition(threading.Lock())
         self._ledger = Ledger()
         self._serving = Serving()
-        self.set_poison(poison, poison_kinds)
-        if faults:
-            self.set_faults(**faults)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -221,57 +227,6 @@ class Emulator:
         # Caller holds the lock: count what arrived and wake the long polls waiting for it.
         self._ledger.counts["emitted"] += n
         self._cond.notify_all()
-
-    # -- poison mode ----------------------------------------------------------
-
-    def set_poison(self, rate: float, kinds: Sequence[str] | None = None) -> None:
-        """Make a share ``rate`` (0..1) of records generated from now on hostile, of ``kinds``."""
-        with self._cond:
-            self._stock.set_poison(rate, kinds)
-
-    def hostile_records(self) -> dict[int, tuple[str, bytes]]:
-        """Every record made hostile so far: ``emulator_seq`` -> (kind, the exact bytes served)."""
-        with self._cond:
-            return dict(self._stock.hostile)
-
-    # -- faults and scripts ---------------------------------------------------
-
-    def set_faults(self, **rates: float) -> dict[str, float]:
-        """Set fault rates (0..1) and settings by name; others keep their value. Returns all of them."""
-        self._faults.check_names(list(rates), "latency_ms")
-        with self._cond:
-            for name, value in rates.items():
-                if name == "latency_ms":
-                    self.latency_ms = float(value)
-                else:
-                    self._faults.set(name, value)
-            return dict(self._faults.values)
-
-    def clear_faults(self) -> None:
-        """Set every fault rate to zero and forget scripted responses."""
-        with self._cond:
-            self._faults.clear()
-
-    def script(
-        self,
-        status: int,
-        body: bytes | str = b"",
-        headers: dict[str, str] | None = None,
-        *,
-        times: int = 1,
-        lease: bool = False,
-        method: str = "GET",
-    ) -> None:
-        """Answer the next ``times`` API requests of ``method`` with this hand-made response.
-
-        With ``lease=True`` (GET) a batch is leased as a normal GET would, and ``$ID`` in the body
-        is replaced by its id (or a fresh id when the queue is empty). No fault is rolled for them.
-        """
-        raw = body.encode() if isinstance(body, str) else body
-        with self._cond:
-            self._faults.scripts.append(
-                Script(status, raw, script_headers(headers), times, lease, method.upper())
-            )
 
     # -- the API --------------------------------------------------------------
 
