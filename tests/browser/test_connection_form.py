@@ -37,14 +37,14 @@ for conn_id in sys.argv[1:]:
     hook = KtExportHook(conn_id)
     conn = hook.get_connection(conn_id)
     settings = hook.client_settings()
-    client = hook.client
+    client = hook.client  # what the client uses: the settings it keeps
     names = ("base_url", "auth_location", "verify", "long_poll_seconds", "connect_timeout",
              "read_timeout", "max_retries", "max_body_bytes")
     out[conn_id] = {
         "extra": conn.extra_dejson,
         "port": conn.port,
         "api_key_ok": settings.api_key == key,  # compared here: the key is never printed
-        "client": {name: getattr(client, name) for name in names},
+        "client": {name: getattr(client.settings, name) for name in names},
     }
 print(json.dumps(out))
 """
