@@ -242,9 +242,21 @@ def four_drains(emu: Emulator, lake: Path, *extra: str) -> list[dict]:
     summaries = []
     for p in procs:
         out, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err[-3000:]
-        summaries.append(json.loads(out.strip().splitlines()[-1]))
+        last = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        if p.returncode != 0 and lost_commit_races(last):
+            continue  # nothing acknowledged: its batches come back to the others or to finish()
+        assert p.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+        summaries.append(last)
     return summaries
+
+
+def lost_commit_races(outcome: dict) -> bool:
+    """Whether a worker gave up as designed: its Iceberg commits lost so many races with the other
+    writers that retrying would outlive its batches' 3 s leases (more likely on a loaded machine).
+    It acknowledged nothing from that flush, so the batches are delivered again."""
+    return outcome.get("error") == "KtExportWriteError" and "races with other writers" in outcome.get(
+        "message", ""
+    )
 
 
 def refuse_some_acks(emu: Emulator, every: int = 6) -> list[str]:
