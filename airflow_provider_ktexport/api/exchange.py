@@ -28,6 +28,7 @@ from airflow_provider_ktexport.api.envelope import classify_body, is_ackable_id,
 from airflow_provider_ktexport.api.errors import (
     auth_error,
     body_excerpt,
+    body_too_large_error,
     gave_up_error,
     http_error,
     out_of_time_error,
@@ -35,7 +36,12 @@ from airflow_provider_ktexport.api.errors import (
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_ktexport.exceptions import KtExportError, KtExportTransientError
+    from airflow_provider_ktexport.api.inflate import BodyTooLarge
+    from airflow_provider_ktexport.exceptions import (
+        KtExportBodyTooLargeError,
+        KtExportError,
+        KtExportTransientError,
+    )
 
 __all__ = [
     "AUTH_HEADER",
@@ -160,6 +166,17 @@ class Call:
     where: str
     #: Redacts a text for humans (the key, ``token=`` values, proxy credentials).
     redact: Callable[[str], str] = field(repr=False, default=str)
+
+    def too_large(self, exc: BodyTooLarge) -> KtExportBodyTooLargeError:
+        """The error both transports raise for this call's body past ``max_body_bytes``."""
+        return body_too_large_error(
+            self.method,
+            self.safe_url,
+            limit=exc.limit,
+            received=exc.received,
+            wire_bytes=exc.wire_bytes,
+            where=self.where,
+        )
 
 
 @dataclass(frozen=True)

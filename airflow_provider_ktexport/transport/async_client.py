@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from airflow_provider_ktexport.api import exchange
-from airflow_provider_ktexport.api.errors import body_too_large_error, has_cause, transport_error
+from airflow_provider_ktexport.api.errors import has_cause, transport_error
 from airflow_provider_ktexport.api.exchange import (
     DEFAULT_LEASE_SECONDS,
     MIN_EMPTY_CYCLE,
@@ -272,7 +272,6 @@ class AsyncProber:
 
         :raises KtExportBodyTooLargeError: the decoded body passed ``max_body_bytes``
         """
-        too_large: BodyTooLarge | None = None
         try:
             async with self._client.stream(call.method, call.url, params=self._params) as response:
                 received_at = time.monotonic()
@@ -286,15 +285,7 @@ class AsyncProber:
                     received_at,
                 )
         except BodyTooLarge as exc:
-            too_large = exc
-        raise body_too_large_error(
-            call.method,
-            call.safe_url,
-            limit=too_large.limit,
-            received=too_large.received,
-            wire_bytes=too_large.wire_bytes,
-            where=call.where,
-        )
+            raise call.too_large(exc) from None  # the decoder's signal is no cause worth showing
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         """The body with its gzip undone, stopped past ``max_body_bytes`` (raises BodyTooLarge)."""

@@ -27,7 +27,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_ktexport.api import exchange
-from airflow_provider_ktexport.api.errors import body_too_large_error, has_cause, transport_error
+from airflow_provider_ktexport.api.errors import has_cause, transport_error
 from airflow_provider_ktexport.api.exchange import STREAM_PATH, Answer, Call, Retrying, auth_parts
 from airflow_provider_ktexport.api.inflate import BodyTooLarge
 from airflow_provider_ktexport.api.keymask import key_mask
@@ -303,22 +303,12 @@ class KtExportClient:
             proxies=self._proxies,
         )
         received_at = time.monotonic()
-        too_large: BodyTooLarge | None = None
         try:
             body = read_body(response, self.settings.max_body_bytes)
         except BodyTooLarge as exc:
-            too_large = exc
+            raise call.too_large(exc) from None  # the decoder's signal is no cause worth showing
         finally:
             response.close()
-        if too_large is not None:
-            raise body_too_large_error(
-                call.method,
-                call.safe_url,
-                limit=too_large.limit,
-                received=too_large.received,
-                wire_bytes=too_large.wire_bytes,
-                where=call.where,
-            )
         headers = response.headers
         return Answer(
             response.status_code, body, headers.get("retry-after"), headers.get("location"), received_at
