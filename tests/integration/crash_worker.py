@@ -293,10 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    from airflow_provider_ktexport.client import KtExportClient
     from airflow_provider_ktexport.drain import Drain, DrainConfig
     from airflow_provider_ktexport.exceptions import KtExportError
     from airflow_provider_ktexport.lake.writer import LakeWriter
+    from airflow_provider_ktexport.transport.sync_client import KtExportClient
 
     fs, root = make_filesystem(args.lake, args.s3_endpoint)
     client = KtExportClient(

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ktexport.client import Batch, KtExportClient
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
     KtExportBodyTooLargeError,
@@ -17,6 +16,7 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, Emulator
 from airflow_provider_ktexport.testing.records import HOSTILE_KINDS
+from airflow_provider_ktexport.transport.sync_client import Batch, KtExportClient
 from tests.emulators import client_for
 
 LONG_POLL = 0.3

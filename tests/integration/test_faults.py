@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig, DrainResult
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
@@ -40,6 +39,7 @@ from airflow_provider_ktexport.exceptions import (
 from airflow_provider_ktexport.lake.schema import field_path
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
 from airflow_provider_ktexport.testing.emulator import Emulator
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 from tests import emulators
 from tests.integration.conftest import S3_KEY, aws_conn, ktexport_conn, s3_client, s3_filesystem
 from tests.integration.crash_worker import command

@@ -101,7 +101,7 @@ def test_example_iceberg_dag_commits_every_record_once_before_any_ack(run_dag, t
 KILL_BEFORE_COMMIT = textwrap.dedent(
     """
     import os, signal, sys
-    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.transport.sync_client import KtExportClient
     from airflow_provider_ktexport.drain import Drain, DrainConfig
     from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
 
@@ -244,7 +244,7 @@ def test_bad_catalog_properties_fail_before_any_lease_naming_the_cause(run_dag, 
 TWO_AT_ONCE = textwrap.dedent(
     """
     import sys, time
-    from airflow_provider_ktexport.client import KtExportClient
+    from airflow_provider_ktexport.transport.sync_client import KtExportClient
     from airflow_provider_ktexport.drain import Drain, DrainConfig
     from airflow_provider_ktexport.lake.iceberg import IcebergSink, load_catalog
 

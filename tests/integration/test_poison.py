@@ -18,13 +18,13 @@ from typing import Any
 import duckdb
 import pytest
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.rejects import read_rejects
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.emulator import Emulator
 from airflow_provider_ktexport.testing.records import HOSTILE_KINDS, HOSTILE_ROW_KINDS, KEY_TEXT_KINDS
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 from tests.integration.conftest import ktexport_conn
 
 pytestmark = pytest.mark.integration

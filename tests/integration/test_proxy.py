@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.exceptions import KtExportHTTPError
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.testing.emulator import Emulator
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 from airflow_provider_ktexport.triggers.ktexport import AsyncProber, KtExportTrigger
 from tests.integration.forward_proxy import ForwardProxy
 

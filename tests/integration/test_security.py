@@ -24,7 +24,6 @@ from urllib.parse import quote, quote_plus
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from airflow_provider_ktexport.client import KtExportClient
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
@@ -36,6 +35,7 @@ from airflow_provider_ktexport.exceptions import (
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.lake.writer import LakeWriter
 from airflow_provider_ktexport.testing.emulator import Emulator
+from airflow_provider_ktexport.transport.sync_client import KtExportClient
 from airflow_provider_ktexport.triggers.ktexport import (
     AsyncProber,
     KtExportEventTrigger,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_ktexport.exceptions import KtExportBodyTooLargeError
-from airflow_provider_ktexport.settings import _ssl_context
 from airflow_provider_ktexport.testing.emulator import ENVELOPE_FAULTS, Emulator
+from airflow_provider_ktexport.transport.environment import _ssl_context
 from airflow_provider_ktexport.triggers.ktexport import AsyncProber, KtExportEventTrigger, KtExportTrigger
 
 pytestmark = pytest.mark.integration

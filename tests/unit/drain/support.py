@@ -10,10 +10,10 @@ from pathlib import Path
 
 import fsspec
 
-from airflow_provider_ktexport.client import Batch
+from airflow_provider_ktexport.api.keymask import key_mask
 from airflow_provider_ktexport.drain import Drain, DrainConfig
-from airflow_provider_ktexport.keymask import key_mask
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
+from airflow_provider_ktexport.transport.sync_client import Batch
 
 EMPTY = object()
 

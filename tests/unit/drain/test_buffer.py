@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain.buffer import Buffer, partitions_of
 from airflow_provider_ktexport.lake.schema import build_tables
+from airflow_provider_ktexport.transport.sync_client import Batch
 from tests.unit.drain.support import HOSTILE, batch_of, good_records
 
 

@@ -9,7 +9,6 @@ import time
 import fsspec
 import pytest
 
-from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Drain, DrainConfig
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
@@ -18,6 +17,7 @@ from airflow_provider_ktexport.exceptions import (
     KtExportWriteError,
 )
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.transport.sync_client import Batch
 from tests.unit.drain.support import (
     EMPTY,
     FakeClient,

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.drain import Drain, DrainConfig, acks, flush, loop
 from airflow_provider_ktexport.drain.buffer import HeldBatch
 from airflow_provider_ktexport.drain.pace import FLUSH_BYTES, FlushPace
 from airflow_provider_ktexport.exceptions import KtExportError
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake_table
+from airflow_provider_ktexport.transport.sync_client import Batch
 from tests.unit.drain.support import FakeClient, writer_for
 from tests.waiting import wait_until
 

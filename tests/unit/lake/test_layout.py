@@ -197,7 +197,7 @@ def test_a_dataset_is_the_record_type_folder_or_the_root() -> None:
 )
 def test_the_event_day_is_the_utc_day_for_parquet_the_buffer_and_iceberg(time: str, day: str) -> None:
     """One rule for the ``event_date`` folder, the buffer's count of files and Iceberg's column."""
-    from airflow_provider_ktexport.buffer import partitions_of
+    from airflow_provider_ktexport.drain.buffer import partitions_of
     from airflow_provider_ktexport.lake.schema import build_tables
 
     raw = json.dumps({"type": "t", "date": time}).encode()

@@ -8,7 +8,6 @@ from datetime import datetime
 import pytest
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_ktexport.client import Batch
 from airflow_provider_ktexport.exceptions import (
     KtExportAuthError,
     KtExportConfigError,
@@ -18,6 +17,7 @@ from airflow_provider_ktexport.exceptions import (
 )
 from airflow_provider_ktexport.hooks.ktexport import KtExportHook
 from airflow_provider_ktexport.sensors.ktexport import KtExportSensor
+from airflow_provider_ktexport.transport.sync_client import Batch
 from airflow_provider_ktexport.triggers.ktexport import KtExportTrigger
 
 try:
