@@ -64,8 +64,10 @@ class TestFlushPace:
         assert (pace.flush_records, pace.max_partitions, pace.shrinks) == (1, 1, 2)
 
 
-LEASE = 4.0
-FILE_SECONDS = 0.1  # what each file costs on the fake clock
+# Ten times the seconds a test needs, so the real time a loaded machine adds to the fake clock
+# (seconds, with four CPU-bound processes beside the suite) stays small beside the lease.
+LEASE = 40.0
+FILE_SECONDS = 1.0  # what each file costs on the fake clock
 
 
 class SlowStore:
@@ -123,12 +125,12 @@ def slow_store(tmp_path, monkeypatch):
 
 
 def config(**kwargs: Any) -> DrainConfig:
-    kwargs.setdefault("max_runtime", 120)
+    kwargs.setdefault("max_runtime", 1200)
     return DrainConfig(lease_seconds=LEASE, flush_seconds=2, max_in_flight=1, write_concurrency=1, **kwargs)
 
 
 def test_a_drain_that_saw_leases_expire_shrinks_its_next_flushes(slow_store, tmp_path, caplog):
-    """Ten 5-day batches in one 50-record flush cost 5 s of a 4 s lease: none can be acknowledged.
+    """Ten 5-day batches in one 50-record flush cost 50 s of a 40 s lease: none can be acknowledged.
     The drain then halves its limits (and budgets by the measured pace), so the next ten land in
     steps that are each acknowledged in time instead of failing the same way."""
     first = [day_batch(f"a{i}", i * 5, 5) for i in range(10)]
@@ -159,7 +161,7 @@ def test_a_drain_that_saw_leases_expire_shrinks_its_next_flushes(slow_store, tmp
 def test_a_batch_too_wide_for_its_lease_is_never_acked_and_a_second_stops_the_run(
     slow_store, tmp_path, caplog
 ):
-    """60 partition files at 0.1 s each outlive a 4 s lease even alone: the batch is written,
+    """60 partition files at 1 s each outlive a 40 s lease even alone: the batch is written,
     not acknowledged, counted and warned about; a second such batch stops the run with advice
     instead of writing such batches for as long as it runs."""
     client = FakeClient([slow_store.leased(day_batch("w1", 0, 60))])
