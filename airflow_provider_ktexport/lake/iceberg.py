@@ -39,6 +39,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -116,25 +117,17 @@ class _Tried:
 class IcebergSink(IcebergQuarantine):
     """Lands flushes as Iceberg commits in ``namespace`` of ``catalog`` (its tables: :class:`IcebergTables`, its quarantine: :class:`IcebergQuarantine`).
 
-    :param catalog: a pyiceberg catalog (see :func:`load_catalog`)
-    :param namespace: where the tables live (created if missing)
-    :param catalog_name: the catalog's name, for URIs in results and Asset events
-    :param table_properties: table properties over :data:`DEFAULT_TABLE_PROPERTIES`, given to new
-        tables and to existing ones that lack them
+    Takes :class:`IcebergTables`' arguments (the catalog, the namespace, the catalog's name and
+    table properties).
     """
 
-    def __init__(
-        self,
-        catalog: Any,
-        namespace: str = "ktexport",
-        *,
-        catalog_name: str = "ktexport",
-        table_properties: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(catalog, namespace, catalog_name=catalog_name, table_properties=table_properties)
-        #: Flush ids in snapshot summaries: what makes a redelivery land once (:mod:`.iceberg_ledger`).
-        self.ledger = IcebergLedger()
-        self._window = DEFAULT_REDELIVERY_WINDOW
+    #: The redelivery window of the last flush landed, for the settles recorded at close.
+    _window: float = DEFAULT_REDELIVERY_WINDOW
+
+    @cached_property
+    def ledger(self) -> IcebergLedger:
+        """Flush ids in snapshot summaries: what makes a redelivery land once (:mod:`.iceberg_ledger`)."""
+        return IcebergLedger()
 
     def prove_writable(self) -> None:
         """Nothing more to do: opening the sink already proved the catalog (its namespace) and the

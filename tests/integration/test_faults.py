@@ -49,21 +49,18 @@ from tests.waiting import wait_until
 #: The Airflow version the tests run against (CI runs 3.3 and the declared floor, 3.1.8).
 _AIRFLOW = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 LEASE = 3.0
 LONG_POLL = 0.5
+#: The ``emulator`` fixture's settings here (a test's own ``emulator`` mark adds to them).
+FAULT_EMULATOR = {"api_key": "fault-key", "lease_seconds": LEASE, "long_poll_seconds": LONG_POLL, "seed": 7}
+
+pytestmark = [pytest.mark.integration, pytest.mark.emulator(**FAULT_EMULATOR)]
 _JSON = {"Content-Type": "application/json"}
 _META = {"_record_key", "_batch_id", "_ingested_at", "_source", "_raw", "record_type", "event_date"}
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def emulator(**kwargs: Any) -> Emulator:
-    settings = {"api_key": "fault-key", "lease_seconds": LEASE, "long_poll_seconds": LONG_POLL, "seed": 7}
-    return Emulator(**(settings | kwargs))
 
 
 def client_for(emu: Emulator, **kwargs: Any) -> KtExportClient:
@@ -114,42 +111,44 @@ def files_outside(root: Path, lake: Path) -> list[Path]:
 # -- server faults ---------------------------------------------------------------------------------
 
 
-def test_429_retry_after_is_honoured_and_everything_lands(tmp_path, caplog):
+@pytest.mark.emulator(batch_size=40)
+def test_429_retry_after_is_honoured_and_everything_lands(emulator, tmp_path, caplog):
     lake = tmp_path / "lake"
-    with emulator(batch_size=40) as emu:
-        emitted = emu.generate(200)
-        emu.script(429, '{"error":"slow down"}', {**_JSON, "Retry-After": "1"}, times=2)
-        caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
-        result = drain(emu, lake)
-        land_the_rest(emu, lake)
-        audit(emu, lake, emitted)
+    emitted = emulator.generate(200)
+    emulator.script(429, '{"error":"slow down"}', {**_JSON, "Retry-After": "1"}, times=2)
+    caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
+    result = drain(emulator, lake)
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, emitted)
     retries = [r.getMessage() for r in caplog.records if "429" in r.getMessage()]
     assert len(retries) == 2 and all("in 1.0 s" in m for m in retries), retries  # waited as told
     assert result.records == 200 and result.ack_failed == 0
 
 
-def test_gateway_errors_and_html_error_pages_are_retried_without_loss(tmp_path):
+GATEWAY_FAULTS = {"status_502": 0.12, "status_503": 0.12, "status_504": 0.12, "html_error": 0.12}
+
+
+@pytest.mark.emulator(batch_size=25, faults=GATEWAY_FAULTS, seed=3)
+def test_gateway_errors_and_html_error_pages_are_retried_without_loss(emulator, tmp_path):
     lake = tmp_path / "lake"
-    faults = {"status_502": 0.12, "status_503": 0.12, "status_504": 0.12, "html_error": 0.12}
-    with emulator(batch_size=25, faults=faults, seed=3) as emu:
-        emitted = emu.generate(400)
-        result = drain(emu, lake, client=client_for(emu, max_retries=12), until=1.0)
-        injected = emu.stats()["faults"]
-        land_the_rest(emu, lake)
-        in_lake = audit(emu, lake, emitted)
-    assert all(injected[name] > 0 for name in faults), injected
+    emitted = emulator.generate(400)
+    result = drain(emulator, lake, client=client_for(emulator, max_retries=12), until=1.0)
+    injected = emulator.stats()["faults"]
+    land_the_rest(emulator, lake)
+    in_lake = audit(emulator, lake, emitted)
+    assert all(injected[name] > 0 for name in GATEWAY_FAULTS), injected
     # These answers come before any lease: no batch was lost or delivered twice.
     assert max(in_lake.values()) == 1 and result.ack_failed == 0
 
 
-def test_connection_resets_before_answers_and_after_acks(tmp_path):
+@pytest.mark.emulator(batch_size=25, faults={"reset": 0.15, "reset_after_ack": 0.25}, seed=4)
+def test_connection_resets_before_answers_and_after_acks(emulator, tmp_path):
     lake = tmp_path / "lake"
-    with emulator(batch_size=25, faults={"reset": 0.15, "reset_after_ack": 0.25}, seed=4) as emu:
-        emitted = emu.generate(400)
-        result = drain(emu, lake, client=client_for(emu, max_retries=12), until=1.0)
-        stats = emu.stats()
-        land_the_rest(emu, lake)
-        in_lake = audit(emu, lake, emitted)
+    emitted = emulator.generate(400)
+    result = drain(emulator, lake, client=client_for(emulator, max_retries=12), until=1.0)
+    stats = emulator.stats()
+    land_the_rest(emulator, lake)
+    in_lake = audit(emulator, lake, emitted)
     assert stats["faults"]["reset"] > 0 and stats["faults"]["reset_after_ack"] > 0
     # An ack whose answer was lost was applied: the retry finds the id gone and reports a failed
     # ack, yet nothing comes back and nothing lands twice.
@@ -157,31 +156,31 @@ def test_connection_resets_before_answers_and_after_acks(tmp_path):
     assert max(in_lake.values()) == 1
 
 
-def test_read_timeout_abandons_the_lease_and_the_batch_comes_back(tmp_path):
+@pytest.mark.emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 1.5}, seed=5)
+def test_read_timeout_abandons_the_lease_and_the_batch_comes_back(emulator, tmp_path):
     lake = tmp_path / "lake"
-    with emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 1.5}, seed=5) as emu:
-        emitted = emu.generate(300)
-        threading.Timer(1.5, emu.clear_faults).start()  # the first GETs time out, later ones do not
-        client = client_for(emu, read_timeout=1.0, max_retries=10)
-        drain(emu, lake, client=client, until=LEASE + 1.0)
-        stats = emu.stats()
-        land_the_rest(emu, lake)
-        in_lake = audit(emu, lake, emitted)
+    emitted = emulator.generate(300)
+    threading.Timer(1.5, emulator.clear_faults).start()  # the first GETs time out, later ones do not
+    client = client_for(emulator, read_timeout=1.0, max_retries=10)
+    drain(emulator, lake, client=client, until=LEASE + 1.0)
+    stats = emulator.stats()
+    land_the_rest(emulator, lake)
+    in_lake = audit(emulator, lake, emitted)
     assert stats["faults"]["slow"] > 0 and stats["redelivered"] > 0
     assert max(in_lake.values()) == 1  # the timed-out copies never reached the lake
 
 
-def test_slow_answer_close_to_the_lease_end_comes_back_and_lands_once(tmp_path, caplog):
+@pytest.mark.emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 2.6}, seed=6)
+def test_slow_answer_close_to_the_lease_end_comes_back_and_lands_once(emulator, tmp_path, caplog):
     """An answer that arrives 2.6 s into a 3 s lease: the ack comes too late, the batch returns."""
     lake = tmp_path / "lake"
-    with emulator(batch_size=50, faults={"slow": 1.0, "slow_seconds": 2.6}, seed=6) as emu:
-        emitted = emu.generate(100)
-        threading.Timer(2.0, emu.clear_faults).start()  # later deliveries are quick
-        caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
-        result = drain(emu, lake, client=client_for(emu, read_timeout=5.0), until=LEASE + 3.0)
-        stats = emu.stats()
-        land_the_rest(emu, lake)
-        in_lake = audit(emu, lake, emitted)
+    emitted = emulator.generate(100)
+    threading.Timer(2.0, emulator.clear_faults).start()  # later deliveries are quick
+    caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
+    result = drain(emulator, lake, client=client_for(emulator, read_timeout=5.0), until=LEASE + 3.0)
+    stats = emulator.stats()
+    land_the_rest(emulator, lake)
+    in_lake = audit(emulator, lake, emitted)
     # The late batches came back: acknowledged too late (unknown id), or, on a loaded machine, their
     # lease ran out on the drain's clock first (not acknowledged, maybe not even written).
     assert stats["redelivered"] > 0 and stats["ack_unknown"] + result.lease_expired >= 1
@@ -193,71 +192,71 @@ def test_slow_answer_close_to_the_lease_end_comes_back_and_lands_once(tmp_path, 
     assert any("again" in r.getMessage() for r in caplog.records)
 
 
-def test_slow_acknowledgements_do_not_make_already_fetched_batches_expire(tmp_path):
+@pytest.mark.emulator(batch_size=50, lease_seconds=5.0, seed=8)
+def test_slow_acknowledgements_do_not_make_already_fetched_batches_expire(emulator, tmp_path):
     """DELETEs that take 1.2 s each: the drain must still ack every batch inside its 5 s lease."""
     lake = tmp_path / "lake"
-    with emulator(batch_size=50, lease_seconds=5.0, seed=8) as emu:
-        records = simple_records(800)
-        emu.enqueue(records)
-        emu.on_ack = lambda batch_id, recs: time.sleep(1.2)  # a slow server, not an error
-        result = drain(emu, lake, flush_seconds=2.0, flush_records=200, max_in_flight=4, until=1.0)
-        stats = emu.stats()
-        # Fetchers keep leasing while a flush waits for its acks; those batches must go into the
-        # next flush together, not one flush (and one slow ack round) each while their leases end.
-        assert stats["ack_unknown"] == 0 and stats["expired"] == 0, stats
-        assert result.ack_failed == 0
-        land_the_rest(emu, lake)
-        in_lake = audit(emu, lake, records)
+    records = simple_records(800)
+    emulator.enqueue(records)
+    emulator.on_ack = lambda batch_id, recs: time.sleep(1.2)  # a slow server, not an error
+    result = drain(emulator, lake, flush_seconds=2.0, flush_records=200, max_in_flight=4, until=1.0)
+    stats = emulator.stats()
+    # Fetchers keep leasing while a flush waits for its acks; those batches must go into the
+    # next flush together, not one flush (and one slow ack round) each while their leases end.
+    assert stats["ack_unknown"] == 0 and stats["expired"] == 0, stats
+    assert result.ack_failed == 0
+    land_the_rest(emulator, lake)
+    in_lake = audit(emulator, lake, records)
     assert max(in_lake.values()) == 1
 
 
-def test_exhausted_retries_fail_with_a_clear_error_and_ack_nothing(tmp_path):
+@pytest.mark.emulator(faults={"status_503": 1.0})
+def test_exhausted_retries_fail_with_a_clear_error_and_ack_nothing(emulator, tmp_path):
     lake = tmp_path / "lake"
-    with emulator(faults={"status_503": 1.0}) as emu:
-        emu.generate(50)
-        with pytest.raises(KtExportTransientError, match=r"HTTP 503 .*gave up after 3 attempts"):
-            drain(emu, lake, client=client_for(emu, max_retries=2), max_in_flight=1)
-        stats = emu.stats()
+    emulator.generate(50)
+    with pytest.raises(KtExportTransientError, match=r"HTTP 503 .*gave up after 3 attempts"):
+        drain(emulator, lake, client=client_for(emulator, max_retries=2), max_in_flight=1)
+    stats = emulator.stats()
     assert stats["served"] == 0 and stats["acked"] == 0 and stats["requests"] == 3
     assert not list(lake.rglob("*.parquet"))
 
 
-def test_failures_in_the_last_seconds_of_a_run_end_it_without_failing_the_task(tmp_path, caplog):
+@pytest.mark.emulator(batch_size=40)
+def test_failures_in_the_last_seconds_of_a_run_end_it_without_failing_the_task(emulator, tmp_path, caplog):
     # Everything lands in the first second; then every GET answers 503 + Retry-After, whose wait
     # (capped at backoff_max 2 s) would pass max_runtime: the run ends as if its time were up.
     lake = tmp_path / "lake"
-    with emulator(batch_size=40) as emu:
-        emitted = emu.generate(200)
-        storm = threading.Timer(2.5, emu.script, (503, "busy", {"Retry-After": "30"}), {"times": 1000})
-        storm.start()
-        caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
-        try:
-            result = drain(emu, lake, until=60, max_runtime=4.0, client=client_for(emu, backoff_max=2.0))
-        finally:
-            storm.cancel()
-        land_the_rest(emu, lake)
-        audit(emu, lake, emitted)
-        stats = emu.stats()
+    emitted = emulator.generate(200)
+    storm = threading.Timer(2.5, emulator.script, (503, "busy", {"Retry-After": "30"}), {"times": 1000})
+    storm.start()
+    caplog.set_level(logging.WARNING, logger="airflow_provider_ktexport")
+    try:
+        result = drain(
+            emulator, lake, until=60, max_runtime=4.0, client=client_for(emulator, backoff_max=2.0)
+        )
+    finally:
+        storm.cancel()
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, emitted)
+    stats = emulator.stats()
     assert result.records == 200 and result.stopped == "max_runtime"
     assert stats["acked_records"] == 200
     assert any("time ran out while the export API was failing" in r.getMessage() for r in caplog.records)
 
 
-def test_wrong_key_fails_at_once_without_retrying(tmp_path):
-    with emulator() as emu:
-        emu.generate(10)
-        client = KtExportClient(emu.url, "not-the-key", long_poll_seconds=LONG_POLL, max_retries=5)
-        with pytest.raises(KtExportAuthError, match="refused the API key"):
-            drain(emu, tmp_path / "lake", client=client)
-        stats = emu.stats()
+def test_wrong_key_fails_at_once_without_retrying(emulator, tmp_path):
+    emulator.generate(10)
+    client = KtExportClient(emulator.url, "not-the-key", long_poll_seconds=LONG_POLL, max_retries=5)
+    with pytest.raises(KtExportAuthError, match="refused the API key"):
+        drain(emulator, tmp_path / "lake", client=client)
+    stats = emulator.stats()
     assert stats["unauthorized"] <= 2 and stats["served"] == 0  # one GET per fetcher, no retry loop
 
 
-def test_wrong_base_url_fails_naming_the_url(tmp_path):
-    with emulator() as emu:
-        client = KtExportClient(emu.url + "/api", emu.api_key, long_poll_seconds=LONG_POLL)
-        with pytest.raises(KtExportHTTPError, match=r"HTTP 404: check the base URL"):
-            drain(emu, tmp_path / "lake", client=client)
+def test_wrong_base_url_fails_naming_the_url(emulator, tmp_path):
+    client = KtExportClient(emulator.url + "/api", emulator.api_key, long_poll_seconds=LONG_POLL)
+    with pytest.raises(KtExportHTTPError, match=r"HTTP 404: check the base URL"):
+        drain(emulator, tmp_path / "lake", client=client)
 
 
 # -- undecodable bodies ------------------------------------------------------------------------------
@@ -274,16 +273,16 @@ BAD_BODIES = [
 ]
 
 
-def test_undecodable_bodies_are_quarantined_raw_and_their_records_land_after_redelivery(tmp_path):
+@pytest.mark.emulator(batch_size=30)
+def test_undecodable_bodies_are_quarantined_raw_and_their_records_land_after_redelivery(emulator, tmp_path):
     lake = tmp_path / "lake"
-    with emulator(batch_size=30) as emu:
-        emitted = emu.generate(300)
-        for body, _ in BAD_BODIES:
-            emu.script(200, body, _JSON, lease=True)
-        result = drain(emu, lake, until=LEASE + 1.5)
-        stats = emu.stats()
-        land_the_rest(emu, lake)
-        in_lake = audit(emu, lake, emitted)
+    emitted = emulator.generate(300)
+    for body, _ in BAD_BODIES:
+        emulator.script(200, body, _JSON, lease=True)
+    result = drain(emulator, lake, until=LEASE + 1.5)
+    stats = emulator.stats()
+    land_the_rest(emulator, lake)
+    in_lake = audit(emulator, lake, emitted)
     assert result.quarantined == len(BAD_BODIES)
     assert stats["ack_unknown"] == 0 and stats["redelivered"] >= len(BAD_BODIES)
     assert max(in_lake.values()) == 1  # a quarantined body never put a record in the lake
@@ -312,19 +311,19 @@ def _same(stored: bytes, template: bytes) -> bool:
 # -- hard input ------------------------------------------------------------------------------------
 
 
-def test_a_50_mb_batch_lands_whole(tmp_path):
+@pytest.mark.emulator(batch_size=1000, lease_seconds=60)
+def test_a_50_mb_batch_lands_whole(emulator, tmp_path):
     lake = tmp_path / "lake"
     blob = "0123456789abcdef" * 6250  # 100 kB per record
     records = [
         {"type": "blob", "date": "2026-11-25T10:00:00Z", "emulator_seq": i, "payload": blob, "n": i}
         for i in range(1, 501)
     ]
-    with emulator(batch_size=1000, lease_seconds=60) as emu:
-        emu.enqueue(records)
-        result = drain(emu, lake, flush_seconds=30)
-        stats = emu.stats()
-        land_the_rest(emu, lake)
-        audit(emu, lake, records)
+    emulator.enqueue(records)
+    result = drain(emulator, lake, flush_seconds=30)
+    stats = emulator.stats()
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, records)
     assert stats["served"] == 1 and result.batches == 1  # one batch of 50 MB
     assert result.records == 500
     with duckdb.connect() as con:
@@ -348,7 +347,7 @@ def _rebuild(row: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
     return out
 
 
-def test_deep_nesting_and_hostile_keys_round_trip_without_collisions(tmp_path):
+def test_deep_nesting_and_hostile_keys_round_trip_without_collisions(emulator, tmp_path):
     lake = tmp_path / "lake"
     deep: dict[str, Any] = {"leaf": 50}
     for level in reversed(range(50)):
@@ -379,11 +378,10 @@ def test_deep_nesting_and_hostile_keys_round_trip_without_collisions(tmp_path):
             "tab\tkey": "control character",
         },
     ]
-    with emulator() as emu:
-        emu.enqueue(records)
-        drain(emu, lake)
-        land_the_rest(emu, lake)
-        audit(emu, lake, records)
+    emulator.enqueue(records)
+    drain(emulator, lake)
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, records)
     table = read_lake_table(lake.as_uri())
     rows = {r["emulator_seq"]: r for r in table.to_pylist()}
     for record in records:
@@ -400,22 +398,22 @@ def test_deep_nesting_and_hostile_keys_round_trip_without_collisions(tmp_path):
         assert con.sql(f"SELECT DISTINCT record_type FROM ({rel.sql_query()})").fetchall() == [("odd",)]
 
 
-def test_one_field_as_int_float_bool_string_object_list_across_records_and_flushes(tmp_path):
+@pytest.mark.emulator(batch_size=1)
+def test_one_field_as_int_float_bool_string_object_list_across_records_and_flushes(emulator, tmp_path):
     lake = tmp_path / "lake"
     values: list[Any] = [1, 2.5, True, "text", {"k": 1}, [1, "a"], None, 2**60, {}, -0.0]
     records = [
         {"type": "mixed", "date": "2026-11-25T10:00:00Z", "emulator_seq": i, "v": v}
         for i, v in enumerate(values, 1)
     ]
-    with emulator(batch_size=1) as emu:
-        # First a flush in which v is only ever an int (the lake's schema says int64) ...
-        emu.enqueue(records[:1])
-        drain(emu, lake)
-        # ... then every other kind, in one batch each: v stays int64, the others go to variants.
-        emu.enqueue(records[1:])
-        drain(emu, lake)
-        land_the_rest(emu, lake)
-        audit(emu, lake, records)
+    # First a flush in which v is only ever an int (the lake's schema says int64) ...
+    emulator.enqueue(records[:1])
+    drain(emulator, lake)
+    # ... then every other kind, in one batch each: v stays int64, the others go to variants.
+    emulator.enqueue(records[1:])
+    drain(emulator, lake)
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, records)
     files = list((lake / "record_type=mixed").rglob("*.parquet"))
     assert {str(pq.read_schema(f).field("v").type) for f in files} == {"int64"}  # never widened in place
     # Folded back into one column as JSON text, every value is there, nothing dropped.
@@ -447,7 +445,7 @@ def test_one_field_as_int_float_bool_string_object_list_across_records_and_flush
     assert {s: got[s] for s in expected_v if s != 10} == {s: v for s, v in expected_v.items() if s != 10}
 
 
-def test_record_type_cannot_steer_a_write_outside_the_lake(tmp_path):
+def test_record_type_cannot_steer_a_write_outside_the_lake(emulator, tmp_path):
     lake = tmp_path / "area" / "lake"
     types = [
         "../../etc",
@@ -465,11 +463,10 @@ def test_record_type_cannot_steer_a_write_outside_the_lake(tmp_path):
         {"type": t, "date": "../../../tmp/x", "received": "2026-11-25T10:00:00Z", "emulator_seq": i}
         for i, t in enumerate(types, 1)
     ]
-    with emulator() as emu:
-        emu.enqueue(records)
-        drain(emu, lake)
-        land_the_rest(emu, lake)
-        audit(emu, lake, records)
+    emulator.enqueue(records)
+    drain(emulator, lake)
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, records)
     assert files_outside(tmp_path, lake) == []
     data = sorted(p.relative_to(lake) for p in lake.rglob("*.parquet"))
     assert len({p.parts[0] for p in data}) == len(types)  # one partition per distinct type
@@ -494,52 +491,50 @@ def _no_dac_override() -> list[str]:
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 
 
-def test_unwritable_local_lake_fails_before_any_lease_and_the_next_run_lands_everything(tmp_path):
+@pytest.mark.emulator(batch_size=40)
+def test_unwritable_local_lake_fails_before_any_lease_and_the_next_run_lands_everything(emulator, tmp_path):
     lake = tmp_path / "lake"
     lake.mkdir()
     lake.chmod(0o555)
     records = simple_records(120)
-    with emulator(batch_size=40) as emu:
-        emu.enqueue(records)
-        cmd = [*_no_dac_override(), *command(emu.url, emu.api_key, str(lake), LEASE, LONG_POLL)]
-        failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert failed.returncode == 1, failed.stderr[-3000:]
-        error = json.loads(failed.stdout.strip().splitlines()[-1])
-        assert error["error"] == "KtExportConfigError"  # a retry cannot fix a folder it may not write
-        assert str(lake) in error["message"] and "Permission denied" in error["message"], error
-        assert emu.stats()["served"] == 0 and emu.delivered_seqs() == []  # the probe failed first
-        lake.chmod(0o755)
-        drain(emu, lake, until=LEASE + 1.0)
-        land_the_rest(emu, lake)
-        audit(emu, lake, records)
+    emulator.enqueue(records)
+    cmd = [*_no_dac_override(), *command(emulator.url, emulator.api_key, str(lake), LEASE, LONG_POLL)]
+    failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    error = json.loads(failed.stdout.strip().splitlines()[-1])
+    assert error["error"] == "KtExportConfigError"  # a retry cannot fix a folder it may not write
+    assert str(lake) in error["message"] and "Permission denied" in error["message"], error
+    assert emulator.stats()["served"] == 0 and emulator.delivered_seqs() == []  # the probe failed first
+    lake.chmod(0o755)
+    drain(emulator, lake, until=LEASE + 1.0)
+    land_the_rest(emulator, lake)
+    audit(emulator, lake, records)
 
 
-def test_missing_bucket_fails_before_any_lease_and_the_next_run_lands_everything(tmp_path, s3_endpoint):
+@pytest.mark.emulator(batch_size=40)
+def test_missing_bucket_fails_before_any_lease_and_the_next_run_lands_everything(
+    emulator, tmp_path, s3_endpoint
+):
 
     bucket = f"it-faults-created-late-{uuid.uuid4().hex[:8]}"  # unique: the S3 server may be shared
     records = simple_records(120)
     fs = s3_filesystem(s3_endpoint)
-    with emulator(batch_size=40) as emu:
-        emu.enqueue(records)
-        with client_for(emu) as client:
-            writer = LakeWriter(fs, f"{bucket}/lake", uri_prefix=f"s3://{bucket}/lake")
-            with pytest.raises(KtExportConfigError) as err:
-                Drain(
-                    client, writer, DrainConfig(lease_seconds=LEASE, flush_seconds=1, max_in_flight=2)
-                ).run()
-        assert f"s3://{bucket}/lake" in str(err.value) and "bucket does not exist" in str(err.value), (
-            err.value
+    emulator.enqueue(records)
+    with client_for(emulator) as client:
+        writer = LakeWriter(fs, f"{bucket}/lake", uri_prefix=f"s3://{bucket}/lake")
+        with pytest.raises(KtExportConfigError) as err:
+            Drain(client, writer, DrainConfig(lease_seconds=LEASE, flush_seconds=1, max_in_flight=2)).run()
+    assert f"s3://{bucket}/lake" in str(err.value) and "bucket does not exist" in str(err.value), err.value
+    assert emulator.stats()["served"] == 0 and emulator.delivered_seqs() == []
+    assert not [p for p in s3_client(s3_endpoint).list_buckets()["Buckets"] if p["Name"] == bucket]
+    s3 = s3_client(s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    with client_for(emulator) as client:
+        config = DrainConfig(
+            lease_seconds=LEASE, flush_seconds=1, max_in_flight=2, drain_until=time.time() + LEASE + 1.0
         )
-        assert emu.stats()["served"] == 0 and emu.delivered_seqs() == []
-        assert not [p for p in s3_client(s3_endpoint).list_buckets()["Buckets"] if p["Name"] == bucket]
-        s3 = s3_client(s3_endpoint)
-        s3.create_bucket(Bucket=bucket)
-        with client_for(emu) as client:
-            config = DrainConfig(
-                lease_seconds=LEASE, flush_seconds=1, max_in_flight=2, drain_until=time.time() + LEASE + 1.0
-            )
-            rerun = Drain(client, LakeWriter(fs, f"{bucket}/lake"), config).run()
-        stats = emu.stats()
+        rerun = Drain(client, LakeWriter(fs, f"{bucket}/lake"), config).run()
+    stats = emulator.stats()
     assert stats["queued"] == 0 and stats["leased"] == 0
     seqs = Counter(read_lake_table(fs, f"{bucket}/lake").column("emulator_seq").to_pylist())
     assert set(seqs) == {r["emulator_seq"] for r in records}
@@ -549,7 +544,8 @@ def test_missing_bucket_fails_before_any_lease_and_the_next_run_lands_everything
     assert not [p for p in fs.find(bucket) if ".tmp" in p]
 
 
-def test_s3_server_down_fails_with_a_write_error_naming_the_lake(tmp_path):
+@pytest.mark.emulator(batch_size=40)
+def test_s3_server_down_fails_with_a_write_error_naming_the_lake(emulator, tmp_path):
     import s3fs
 
     fs = s3fs.S3FileSystem(
@@ -559,12 +555,11 @@ def test_s3_server_down_fails_with_a_write_error_naming_the_lake(tmp_path):
         client_kwargs={"region_name": "us-east-1"},
         config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 1},
     )
-    with emulator(batch_size=40) as emu:
-        emu.enqueue(simple_records(40))
-        writer = LakeWriter(fs, "lake-bucket/lake", uri_prefix="s3://lake-bucket/lake")
-        with client_for(emu) as client, pytest.raises(KtExportWriteError) as err:
-            Drain(client, writer, DrainConfig(lease_seconds=LEASE, flush_seconds=1, max_in_flight=1)).run()
-        assert emu.stats()["served"] == 0  # found by the probe, before any lease
+    emulator.enqueue(simple_records(40))
+    writer = LakeWriter(fs, "lake-bucket/lake", uri_prefix="s3://lake-bucket/lake")
+    with client_for(emulator) as client, pytest.raises(KtExportWriteError) as err:
+        Drain(client, writer, DrainConfig(lease_seconds=LEASE, flush_seconds=1, max_in_flight=1)).run()
+    assert emulator.stats()["served"] == 0  # found by the probe, before any lease
     # An outage, not a setting: the error stays retryable (Airflow retries the task).
     assert not isinstance(err.value, KtExportConfigError)
     assert "s3://lake-bucket/lake" in str(err.value) and "Could not connect" in str(err.value)
@@ -629,7 +624,10 @@ def test_broken_destinations_fail_the_task_naming_them_and_the_next_run_lands_ev
     run = uuid.uuid4().hex[:8]
     bucket = f"it-storage-late-bucket-{run}"
     down_bucket = f"it-storage-down-server-{run}"
-    emus = {name: emulator(batch_size=40, seed=i) for i, name in enumerate(("local", "nobucket", "down"))}
+    emus = {
+        name: Emulator(**(FAULT_EMULATOR | {"batch_size": 40, "seed": i}))
+        for i, name in enumerate(("local", "nobucket", "down"))
+    }
     records = {name: simple_records(120) for name in emus}
     destinations = {
         "local": local.as_uri(),
@@ -762,7 +760,10 @@ def test_a_misconfigured_destination_fails_without_retry_or_lease_with_or_withou
         "file_data": ((tmp_path / "a-file" / "lake-data").as_uri(), True),
         "file_empty": ((tmp_path / "a-file" / "lake-empty").as_uri(), False),
     }
-    emus = {name: emulator(batch_size=40, lease_seconds=60.0, seed=i) for i, name in enumerate(cases)}
+    emus = {
+        name: Emulator(**(FAULT_EMULATOR | {"batch_size": 40, "lease_seconds": 60.0, "seed": i}))
+        for i, name in enumerate(cases)
+    }
     try:
         for name, emu in emus.items():
             emu.start()
