@@ -53,8 +53,8 @@ class Built:
 class Flusher:
     """Lands and acknowledges held batches for one drain run.
 
-    :param on_pending: told, after each step, how many taken batches still wait to land (the
-        drain paces its fetchers by it)
+    :param on_pending: told, before and after each step, which taken batches are landing or still
+        wait to land (the drain paces its fetchers by them: a batch leased now waits for them)
     :param mask_records: masks the API key inside the records before anything is built
     """
 
@@ -70,7 +70,7 @@ class Flusher:
         log: Any,
         *,
         mask_records: Callable[[list[bytes]], list[bytes]],
-        on_pending: Callable[[int], None],
+        on_pending: Callable[[Sequence[HeldBatch]], None],
     ) -> None:
         self.sink = sink
         self.config = config
@@ -95,10 +95,11 @@ class Flusher:
         step = late = 0
         while pending:
             n = self.pace.next_step(pending, self.acks.time_left(pending[0].leased_at))
+            self._on_pending(pending)
             batches, pending = pending[:n], pending[n:]
             step += 1
             late += self.land_step(batches, reason if step == 1 and not pending else f"{reason}, step {step}")
-            self._on_pending(len(pending))
+            self._on_pending(pending)
         if late:
             self._slow_down(*held)
 
