@@ -198,23 +198,37 @@ class Flusher:
     # -- what a step learns and reports -------------------------------------------------------------
 
     def _unexpired(self, batches: list[HeldBatch]) -> tuple[list[HeldBatch], int]:
-        """The batches whose lease has not run out before their write starts, and how many had.
+        """The batches that can still land in their leases when their write starts, and how many cannot.
 
         A batch past its lease may already be redelivered to another drain (or this one): writing
-        it would race that copy, and it could not be acknowledged anyway. It is left to the server.
+        it would race that copy, and it could not be acknowledged anyway. So may one whose lease
+        ends before its own files can land at this run's pace: writing it only writes a copy. Both
+        are left to the server, which delivers them again with a fresh lease.
         """
-        live = [b for b in batches if self.acks.time_left(b.leased_at) > 0]
+        live = [b for b in batches if self._can_land(b)]
         late = len(batches) - len(live)
         if late:
             self.result.lease_expired += late
             self.metrics.incr("leases_expired", late)
             self.log.warning(
-                "%d batches' %g s leases ran out before their write started: not written (the server "
-                "delivers them again).",
+                "%d batches' %g s leases ran out, or would before their files could land at this run's pace, "
+                "before their write started: not written (the server delivers them again).",
                 late,
                 self.config.lease_seconds,
             )
         return live, late
+
+    def _can_land(self, batch: HeldBatch) -> bool:
+        """Whether ``batch`` alone can land in what is left of its lease at the measured pace.
+
+        A batch that could not land even in a fresh lease is written all the same: only its
+        landing shows it is too wide (:meth:`_too_wide`), and the run must say so.
+        """
+        left = self.acks.time_left(batch.leased_at)
+        needs = self.pace.landing_seconds(len(batch.partitions))
+        if left <= 0 or needs is None or needs >= self.config.lease_seconds - self._margin():
+            return left > 0
+        return left > needs
 
     def _count_deduped(self, rows: int) -> None:
         """Rows a flush did not write because a flush in doubt had landed them (redeliveries)."""

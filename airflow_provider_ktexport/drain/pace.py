@@ -96,6 +96,11 @@ class FlushPace:
             return FIRST_FILE_SECONDS
         return self.file_seconds
 
+    def landing_seconds(self, files: int) -> float | None:
+        """Wall seconds ``files`` files take to land at the measured pace; None before a flush
+        measured what a file costs."""
+        return None if self.file_seconds is None else files * self.file_seconds
+
     def partition_limit(self, seconds_left: float) -> int:
         """Partitions a flush of what is held may write, given the time left on its oldest lease."""
         fit = self.files_within(seconds_left)

@@ -241,3 +241,23 @@ def test_a_backfill_is_acknowledged_in_its_leases_from_the_first_flush_on(tmp_pa
     assert result.max_ack_lease_age_s is not None and result.max_ack_lease_age_s < LEASE
     seqs = read_lake_table(str(tmp_path / "lake")).column("seq").to_pylist()
     assert sorted(seqs) == list(range(400))  # each record once
+
+
+def test_a_batch_whose_lease_ends_before_its_files_can_land_is_left_to_the_server(slow_store, tmp_path):
+    """Once the pace is measured (0.1 s a file), a 20-file batch needs 2 s; one whose answer
+    reached the writer with 0.8 s of its lease left is not written (it could only land late, as a
+    copy) and comes back fresh; the batches that can land are written and acknowledged."""
+    client = FakeClient([slow_store.leased(day_batch("a", 0, 5))])
+    drain = Drain(client, slow_store.writer, config())
+    stale = day_batch("stale", 10, 20)
+
+    def served_late() -> Batch:
+        wait_until(lambda: drain.result.flushes >= 1)  # after a flush measured the pace
+        stale.leased_at = slow_store.monotonic() - 3.0  # 0.8 s left of its 4 s lease
+        return stale
+
+    client.answers.extend([served_late, slow_store.leased(day_batch("b", 40, 5))])
+    result = drain.run()
+    assert client.acks == ["a", "b"] and result.lease_expired == 1
+    seqs = read_lake_table(str(tmp_path / "lake")).column("seq").to_pylist()
+    assert sorted(seqs) == [*range(5), *range(40, 45)]  # nothing of the stale batch written
