@@ -97,6 +97,11 @@ class HandoffQueue(queue.Queue[tuple[str, Any]]):
     def _get(self) -> tuple[str, Any]:
         item = super()._get()
         self.bytes -= _size(item)
+        if item[0] == "batch" and self.lease_ahead:
+            # The batch leaves the hand-off for the drain's buffer, still leased: it keeps its
+            # slot until the drain counts it as held (set_lease_ahead), or a fetcher would lease
+            # one more in between.
+            self.lease_ahead -= 1
         # Room by bytes may let several waiting fetchers on (Queue.get wakes only one).
         self.not_full.notify_all()
         return item

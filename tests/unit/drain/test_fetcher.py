@@ -169,3 +169,22 @@ def test_gets_under_way_count_against_how_far_the_fetchers_may_lease_ahead() -> 
     while f.alive() and time.monotonic() < end:
         time.sleep(0.02)
     assert not f.alive() and f.results.in_flight == 0
+
+
+def test_a_batch_the_drain_takes_keeps_its_slot_until_the_drain_counts_it() -> None:
+    """Taking a batch frees no room to lease ahead: the drain holds it, still leased, and says so
+    with its next set_lease_ahead; a fetcher that leased in between would lease one too many."""
+    q = HandoffQueue(maxsize=8, max_bytes=10**9)
+    q.set_lease_ahead(2)
+    assert q.reserve() and q.reserve() and not q.reserve()
+    q.put(("batch", FakeBatch("a", 1)))
+    q.release()
+    q.get_nowait()  # into the drain's buffer: two batches are still leased
+    assert not q.reserve()
+    q.set_lease_ahead(2 - 1)  # the drain holds one: one more may be leased beside the GET under way
+    assert not q.reserve()
+    q.put(("batch", FakeBatch("b", 1)))
+    q.release()
+    q.get_nowait()
+    q.set_lease_ahead(2)  # the writer landed both
+    assert q.reserve()
