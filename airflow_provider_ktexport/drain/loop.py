@@ -31,8 +31,8 @@ How the time rules are kept (docs/architecture.md section 3):
   (:mod:`airflow_provider_ktexport.lake.sinks`). A flush that would not fit lands in several
   steps, each acknowledged in time; the fetchers lease no further ahead than the writer lands
   within half a lease, counting the batches a landing holds and their own GETs, and what is held
-  lands at once when they may lease no more; and when leases ran out anyway, the flush limits halve for the rest of the run
-  (:mod:`.pace`).
+  lands at once when they may lease no more; and when leases ran out anyway, the flush limits
+  halve for the rest of the run (:mod:`.pace`).
 * A single batch that cannot land within its lease even alone is written but never acknowledged
   late: it is counted (``wide_batches``) and redelivered; a second one in a run stops the run with
   an error saying what to change, rather than keep writing copies.

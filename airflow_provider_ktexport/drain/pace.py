@@ -40,7 +40,7 @@ SAFETY = 0.5
 FIRST_LEASE_AHEAD = 4
 #: Wall seconds a file is assumed to cost before a flush was measured: a file that takes two
 #: requests from a store answering 40 a second. S3 at 40 ms with 64 connections measured 2.5 ms
-#: a file, a moto server on the loaded 2-core test machine 11-37 ms (docs/performance.md), a
+#: a file, a moto server on the loaded 2-core test machine 10-37 ms (docs/performance.md), a
 #: local disk well under 1 ms. A first flush of a backfill bounded by the settings alone wrote
 #: 2,000 files in 22-29 s of a 30 s lease, and the batches leased meanwhile could not land in
 #: theirs; at this cost it writes at most 290 files (or one batch) in a 30 s lease, and later
