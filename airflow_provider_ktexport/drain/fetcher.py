@@ -61,9 +61,12 @@ class HandoffQueue(queue.Queue[tuple[str, Any]]):
     def __init__(self, maxsize: int, max_bytes: int) -> None:
         super().__init__(maxsize)
         self.max_bytes = max_bytes
-        #: Batches the fetchers may hold leased ahead of the writer (None: only the bounds above).
-        #: The drain sets it from the pace it measured, so no batch waits here past its lease.
+        #: Batches the fetchers may hold leased ahead of the writer, here and in GETs still
+        #: outstanding (None: only the bounds above). The drain sets it (:meth:`set_lease_ahead`)
+        #: from the pace it measured, so no batch waits here past its lease.
         self.lease_ahead: int | None = None
+        #: GETs a fetcher has started (:meth:`reserve`) and not handed over yet (:meth:`release`).
+        self.in_flight = 0
         #: Body bytes of the batches held now (read without the lock for logs and tests only).
         self.bytes = 0
         self._wakes = 0
@@ -94,20 +97,47 @@ class HandoffQueue(queue.Queue[tuple[str, Any]]):
     def _get(self) -> tuple[str, Any]:
         item = super()._get()
         self.bytes -= _size(item)
+        if item[0] == "batch" and self.lease_ahead:
+            # The batch leaves the hand-off for the drain's buffer, still leased: it keeps its
+            # slot until the drain counts it as held (set_lease_ahead), or a fetcher would lease
+            # one more in between.
+            self.lease_ahead -= 1
         # Room by bytes may let several waiting fetchers on (Queue.get wakes only one).
         self.not_full.notify_all()
         return item
 
+    def set_lease_ahead(self, batches: int | None) -> None:
+        """Let the fetchers hold ``batches`` leased ahead of the writer; wakes the waiting ones."""
+        with self.not_full:
+            self.lease_ahead = batches
+            self.not_full.notify_all()
+
     def budget_spent(self) -> bool:
-        """True while the held bytes fill the byte budget, or the batches held reach
-        ``lease_ahead``: a fetcher should not lease more yet."""
+        """True while the held bytes fill the byte budget, or the batches held and being leased
+        reach ``lease_ahead``: a fetcher should not lease more yet."""
         with self.mutex:
             return self._spent()
 
     def _spent(self) -> bool:
-        # Caller holds the mutex.
+        # Caller holds the mutex. A GET under way counts: its batch is leased when it answers, and
+        # four fetchers that each saw room would otherwise lease four batches for one slot.
         ahead = self.lease_ahead
-        return self.bytes >= self.max_bytes or (ahead is not None and self._qsize() >= ahead)
+        return self.bytes >= self.max_bytes or (ahead is not None and self._qsize() + self.in_flight >= ahead)
+
+    def reserve(self) -> bool:
+        """Take a slot for one GET when the budget allows it (then :meth:`release` it once its
+        answer is handed over); False, taking nothing, while the budget is spent."""
+        with self.mutex:
+            if self._spent():
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        """A GET's answer was handed over (or dropped): its slot is free."""
+        with self.not_full:
+            self.in_flight -= 1
+            self.not_full.notify_all()
 
     def wait_for_room(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for a ``get`` (or :meth:`wake`)."""
@@ -194,12 +224,15 @@ class Fetcher:
         self.results.wake()
 
     def _wait_for_budget(self) -> bool:
-        """Wait, leasing nothing, while the hand-off's budget is spent; False once the run stops."""
-        while self.results.budget_spent():
-            if self._stop.is_set() or time.monotonic() >= self._deadline:
+        """Wait, leasing nothing, until the hand-off's budget gives this fetcher a slot for one GET
+        (:meth:`HandoffQueue.reserve`); False, with no slot, once the run stops."""
+        while not self._stop.is_set():
+            if time.monotonic() >= self._deadline:
                 return False
+            if self.results.reserve():
+                return True
             self.results.wait_for_room(_WAIT_STEP)
-        return not self._stop.is_set()
+        return False
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -208,21 +241,29 @@ class Fetcher:
             if not self._wait_for_budget():
                 return
             try:
-                batch = self._client.get_batch(deadline=self._deadline)
-            except KtExportError as exc:
-                self._put(("error", exc))
-                if not isinstance(exc, KtExportProtocolError):
-                    return
-                continue
-            except Exception as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
-                self._put(("error", exc))
+                go_on = self._lease_one()
+            finally:
+                self.results.release()
+            if not go_on:
                 return
-            if batch is None:
-                if time.monotonic() >= self._deadline:
-                    return  # the deadline cut the long poll short: not an empty answer
-                self._put(("empty", None))
-                if not self._keep_polling():
-                    self._stop.set()  # the run ends on this answer: lease nothing more
-                    return
-                continue
-            self._put(("batch", batch))
+
+    def _lease_one(self) -> bool:
+        """One GET, its answer handed over; whether this fetcher goes on."""
+        try:
+            batch = self._client.get_batch(deadline=self._deadline)
+        except KtExportError as exc:
+            self._put(("error", exc))
+            return isinstance(exc, KtExportProtocolError)
+        except Exception as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            self._put(("error", exc))
+            return False
+        if batch is None:
+            if time.monotonic() >= self._deadline:
+                return False  # the deadline cut the long poll short: not an empty answer
+            self._put(("empty", None))
+            if not self._keep_polling():
+                self._stop.set()  # the run ends on this answer: lease nothing more
+                return False
+            return True
+        self._put(("batch", batch))
+        return True

@@ -53,8 +53,8 @@ class Built:
 class Flusher:
     """Lands and acknowledges held batches for one drain run.
 
-    :param on_pending: told, after each step, how many taken batches still wait to land (the
-        drain paces its fetchers by it)
+    :param on_pending: told, before and after each step, which taken batches are landing or still
+        wait to land (the drain paces its fetchers by them: a batch leased now waits for them)
     :param mask_records: masks the API key inside the records before anything is built
     """
 
@@ -70,7 +70,7 @@ class Flusher:
         log: Any,
         *,
         mask_records: Callable[[list[bytes]], list[bytes]],
-        on_pending: Callable[[int], None],
+        on_pending: Callable[[Sequence[HeldBatch]], None],
     ) -> None:
         self.sink = sink
         self.config = config
@@ -95,10 +95,11 @@ class Flusher:
         step = late = 0
         while pending:
             n = self.pace.next_step(pending, self.acks.time_left(pending[0].leased_at))
+            self._on_pending(pending)
             batches, pending = pending[:n], pending[n:]
             step += 1
             late += self.land_step(batches, reason if step == 1 and not pending else f"{reason}, step {step}")
-            self._on_pending(len(pending))
+            self._on_pending(pending)
         if late:
             self._slow_down(*held)
 
@@ -197,23 +198,37 @@ class Flusher:
     # -- what a step learns and reports -------------------------------------------------------------
 
     def _unexpired(self, batches: list[HeldBatch]) -> tuple[list[HeldBatch], int]:
-        """The batches whose lease has not run out before their write starts, and how many had.
+        """The batches that can still land in their leases when their write starts, and how many cannot.
 
         A batch past its lease may already be redelivered to another drain (or this one): writing
-        it would race that copy, and it could not be acknowledged anyway. It is left to the server.
+        it would race that copy, and it could not be acknowledged anyway. So may one whose lease
+        ends before its own files can land at this run's pace: writing it only writes a copy. Both
+        are left to the server, which delivers them again with a fresh lease.
         """
-        live = [b for b in batches if self.acks.time_left(b.leased_at) > 0]
+        live = [b for b in batches if self._can_land(b)]
         late = len(batches) - len(live)
         if late:
             self.result.lease_expired += late
             self.metrics.incr("leases_expired", late)
             self.log.warning(
-                "%d batches' %g s leases ran out before their write started: not written (the server "
-                "delivers them again).",
+                "%d batches' %g s leases ran out, or would before their files could land at this run's pace, "
+                "before their write started: not written (the server delivers them again).",
                 late,
                 self.config.lease_seconds,
             )
         return live, late
+
+    def _can_land(self, batch: HeldBatch) -> bool:
+        """Whether ``batch`` alone can land in what is left of its lease at the measured pace.
+
+        A batch that could not land even in a fresh lease is written all the same: only its
+        landing shows it is too wide (:meth:`_too_wide`), and the run must say so.
+        """
+        left = self.acks.time_left(batch.leased_at)
+        needs = self.pace.landing_seconds(len(batch.partitions))
+        if left <= 0 or needs is None or needs >= self.config.lease_seconds - self._margin():
+            return left > 0
+        return left > needs
 
     def _count_deduped(self, rows: int) -> None:
         """Rows a flush did not write because a flush in doubt had landed them (redeliveries)."""

@@ -30,8 +30,9 @@ How the time rules are kept (docs/architecture.md section 3):
   oldest lease leaves time for at the pace this run measured, and writes its files concurrently
   (:mod:`airflow_provider_ktexport.lake.sinks`). A flush that would not fit lands in several
   steps, each acknowledged in time; the fetchers lease no further ahead than the writer lands
-  within a lease; and when leases ran out anyway, the flush limits halve for the rest of the run
-  (:mod:`.pace`).
+  within half a lease, counting the batches a landing holds and their own GETs, and what is held
+  lands at once when they may lease no more; and when leases ran out anyway, the flush limits
+  halve for the rest of the run (:mod:`.pace`).
 * A single batch that cannot land within its lease even alone is written but never acknowledged
   late: it is counted (``wide_batches``) and redelivered; a second one in a run stops the run with
   an error saying what to change, rather than keep writing copies.
@@ -43,12 +44,12 @@ import logging
 import queue
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow_provider_ktexport.api.redact import redact
 from airflow_provider_ktexport.drain.acks import Acknowledger
-from airflow_provider_ktexport.drain.buffer import Buffer
+from airflow_provider_ktexport.drain.buffer import Buffer, HeldBatch
 from airflow_provider_ktexport.drain.config import DrainConfig
 from airflow_provider_ktexport.drain.fetcher import BatchSource, Fetcher, HandoffQueue, handoff_bytes
 from airflow_provider_ktexport.drain.flush import Flusher
@@ -250,6 +251,8 @@ class Drain:
             self._flush("flush_records")
         elif self._due_by_partitions():
             self._flush("max_flush_partitions")
+        elif self._due_by_pace():
+            self._flush("lease ahead")
 
     def _on_error(self, exc: BaseException) -> None:
         """A fetcher's failure: quarantine an undecodable body, end quietly at the deadline, or raise."""
@@ -320,11 +323,16 @@ class Drain:
         self.result.batches += 1
         self._pace_fetchers()
 
-    def _pace_fetchers(self, landing: int = 0) -> None:
+    def _pace_fetchers(self, landing: Sequence[HeldBatch] = ()) -> None:
         """Tell the fetchers how many more batches to lease ahead of the writer, given the held
-        ones and the ``landing`` ones a flush has taken but not landed yet."""
+        ones and the ``landing`` ones a flush has taken but not landed yet (a batch leased now
+        waits for all of them)."""
         if self._handoff is not None:
-            self._handoff.lease_ahead = self.pace.lease_ahead(len(self.buffer) + landing)
+            self._handoff.set_lease_ahead(self._lease_ahead(landing))
+
+    def _lease_ahead(self, landing: Sequence[HeldBatch] = ()) -> int:
+        files = self.buffer.partitions + len(frozenset().union(*(b.partitions for b in landing)))
+        return self.pace.lease_ahead(len(self.buffer) + len(landing), files)
 
     def _due_by_lease(self, now: float) -> bool:
         """The oldest held lease is ``flush_seconds`` old: land it while the lease leaves time to ack."""
@@ -336,6 +344,12 @@ class Drain:
         too, as building a flush's tables takes several times its records' bytes
         (:data:`.pace.FLUSH_BYTES`)."""
         return self.buffer.records >= self.pace.flush_records or self.buffer.bytes >= self.pace.flush_bytes
+
+    def _due_by_pace(self) -> bool:
+        """The fetchers lease nothing more until what is held lands (it fills half a lease at this
+        run's pace, :meth:`.pace.FlushPace.lease_ahead`): waiting for ``flush_seconds`` would only
+        spend the held leases."""
+        return bool(self.buffer) and self._lease_ahead() == 0
 
     def _due_by_partitions(self) -> bool:
         """A flush of what is held would write ``max_flush_partitions`` files (a backfill over many
@@ -352,7 +366,7 @@ class Drain:
         Their leases started when they were fetched: they go into the next flush together
         instead of one flush (and one round of acknowledgements) each while their leases run.
         """
-        while not (self._due_by_records() or self._due_by_partitions()):
+        while not (self._due_by_records() or self._due_by_partitions() or self._due_by_pace()):
             try:
                 kind, item = fetcher.results.get_nowait()
             except queue.Empty:

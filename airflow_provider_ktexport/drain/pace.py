@@ -13,10 +13,16 @@ pace uses what this run measured:
 * acknowledgements skipped for leases that ran out: the limits halve for the rest of the run
   (:meth:`FlushPace.shrink`) instead of repeating the same failure.
 
-Before the first flush nothing is measured: that flush is bounded by the settings alone (in a
-backfill, one flush of many batches writes far fewer files than one flush per batch, as their
-days overlap), and while it runs the fetchers lease at most :data:`FIRST_LEASE_AHEAD` batches
-ahead of it.
+Before the first flush nothing is measured: a file is assumed to cost :data:`FIRST_FILE_SECONDS`
+(a conservative guess, many times what S3 measured) until one flush has landed. The fetchers
+lease one batch first (its records tell how many files a batch writes), then at most
+:data:`FIRST_LEASE_AHEAD` ahead of the writer, fewer when what is held would already take half a
+lease at that assumed cost.
+
+A batch leased while the writer is busy waits for it: its lease runs while the batches ahead of
+it land. So the fetchers count every batch the writer has taken and not landed (held, and in the
+landing under way) and every GET still outstanding, and lease none while those fill half a lease
+(:meth:`FlushPace.lease_ahead` may answer 0; the drain then flushes what it holds at once).
 """
 
 from __future__ import annotations
@@ -26,12 +32,20 @@ from dataclasses import dataclass
 
 from airflow_provider_ktexport.drain.buffer import HeldBatch
 
-__all__ = ["FIRST_LEASE_AHEAD", "FLUSH_BYTES", "SAFETY", "FlushPace"]
+__all__ = ["FIRST_FILE_SECONDS", "FIRST_LEASE_AHEAD", "FLUSH_BYTES", "SAFETY", "FlushPace"]
 
 #: Share of the time left that a flush plans to use: the rest absorbs a store slower than measured.
 SAFETY = 0.5
-#: Batches the fetchers lease ahead of the writer before its pace is known.
+#: Batches the fetchers lease ahead of the writer before its pace is known (at most).
 FIRST_LEASE_AHEAD = 4
+#: Wall seconds a file is assumed to cost before a flush was measured: a file that takes two
+#: requests from a store answering 40 a second. S3 at 40 ms with 64 connections measured 2.5 ms
+#: a file, a moto server on the loaded 2-core test machine 10-37 ms (docs/performance.md), a
+#: local disk well under 1 ms. A first flush of a backfill bounded by the settings alone wrote
+#: 2,000 files in 22-29 s of a 30 s lease, and the batches leased meanwhile could not land in
+#: theirs; at this cost it writes at most 290 files (or one batch) in a 30 s lease, and later
+#: flushes go by what it measured.
+FIRST_FILE_SECONDS = 0.05
 #: Record bytes (as received, decoded JSON) a flush holds at most, whatever ``flush_records`` says.
 #: Building and writing a flush's tables takes about four times its records' bytes, so records of
 #: 10 KB (100-point trips) would need 2 GB at the default 50,000 records. At 16 MiB a mix flush
@@ -69,10 +83,23 @@ class FlushPace:
             self.batch_seconds = total_seconds / batches
 
     def files_within(self, seconds_left: float) -> int | None:
-        """Files a flush can plan to write in ``seconds_left``; None while no flush was measured."""
-        if self.file_seconds is None:
+        """Files a flush can plan to write in ``seconds_left``; None when nothing bounds them by
+        time (a table sink, whose landings teach no cost per file)."""
+        per_file = self._file_cost()
+        if per_file is None:
             return None
-        return max(0, int(seconds_left * SAFETY / max(self.file_seconds, 1e-6)))
+        return max(0, int(seconds_left * SAFETY / max(per_file, 1e-6)))
+
+    def _file_cost(self) -> float | None:
+        """The measured cost of a file, or :data:`FIRST_FILE_SECONDS` before any flush was measured."""
+        if self.file_seconds is None and self.batch_seconds is None:
+            return FIRST_FILE_SECONDS
+        return self.file_seconds
+
+    def landing_seconds(self, files: int) -> float | None:
+        """Wall seconds ``files`` files take to land at the measured pace; None before a flush
+        measured what a file costs."""
+        return None if self.file_seconds is None else files * self.file_seconds
 
     def partition_limit(self, seconds_left: float) -> int:
         """Partitions a flush of what is held may write, given the time left on its oldest lease."""
@@ -94,14 +121,32 @@ class FlushPace:
             files, taken = grown, taken + 1
         return taken
 
-    def lease_ahead(self, held: int = 0) -> int:
-        """Batches the fetchers may hand over beyond the ``held`` ones leased and not yet landed:
-        together, what the writer lands within half a lease at the measured pace (always one
-        more, so the flush rules see new batches). Before a flush was measured,
-        :data:`FIRST_LEASE_AHEAD`, whatever is held: a flush may need many batches to fill."""
+    def lease_ahead(self, held: int = 0, files: int = 0) -> int:
+        """Batches the fetchers may lease beyond the ``held`` ones the writer has taken and not
+        landed yet (``files``: the partition files those write).
+
+        Together, what the writer lands within half a lease at the measured pace (at the assumed
+        :data:`FIRST_FILE_SECONDS` a file before a flush was measured, and then at most
+        :data:`FIRST_LEASE_AHEAD`; one while nothing is held or measured). It is 0 while the held
+        batches fill that: a batch leased then would wait for them with its lease running. With
+        nothing held it is at least one.
+        """
+        seconds = self._batch_cost(held, files)
+        if seconds is None:
+            return 1  # nothing known: one batch, whose records tell how wide the queue's batches are
+        fit = int(self.lease_seconds * SAFETY / max(seconds, 1e-6))
         if self.batch_seconds is None:
-            return FIRST_LEASE_AHEAD
-        return max(1, int(self.lease_seconds * SAFETY / max(self.batch_seconds, 1e-6)) - held)
+            fit = min(fit, FIRST_LEASE_AHEAD + held)
+        return max(0 if held else 1, fit - held)
+
+    def _batch_cost(self, held: int, files: int) -> float | None:
+        """Wall seconds a batch costs: measured, else what the held ones would take at the assumed
+        cost per file (None when nothing is held or measured)."""
+        if self.batch_seconds is not None:
+            return self.batch_seconds
+        if not held:
+            return None
+        return files * FIRST_FILE_SECONDS / held
 
     def shrink(self, records: int, partitions: int) -> None:
         """A flush of ``records`` records writing ``partitions`` files outlived its leases: the

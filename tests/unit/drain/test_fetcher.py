@@ -128,3 +128,63 @@ def test_a_fetcher_takes_the_budget_it_is_given() -> None:
     assert Fetcher(EndlessSource(size=1), 2, 0.0, keep_polling=lambda: True).results.max_bytes == (
         fetcher_module.HANDOFF_BYTES
     )
+
+
+class SlowSource(EndlessSource):
+    """An endless queue whose GETs take ``seconds`` to answer; counts the GETs under way at once."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(size=1)
+        self.seconds = seconds
+        self.under_way = 0
+        self.most_under_way = 0
+
+    def get_batch(self, *, deadline: float | None = None) -> FakeBatch:
+        with self.lock:
+            self.under_way += 1
+            self.most_under_way = max(self.most_under_way, self.under_way)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.under_way -= 1
+        return super().get_batch(deadline=deadline)
+
+
+def test_gets_under_way_count_against_how_far_the_fetchers_may_lease_ahead() -> None:
+    """With room for one batch ahead of the writer, four fetchers lease one batch, not one each:
+    every batch leased beyond what the writer can take waits for it with its lease running."""
+    source = SlowSource(seconds=0.3)
+    f = Fetcher(source, 4, time.monotonic() + 30, keep_polling=lambda: True)
+    f.results.set_lease_ahead(1)
+    f.start()
+    try:
+        assert _settle(source) == 1 and source.most_under_way == 1
+        f.results.set_lease_ahead(3)  # the writer landed what it held: two more may come
+        assert _settle(source) == 3 and f.results.qsize() == 3
+        f.results.set_lease_ahead(0)  # what is held fills the lease: nobody leases
+        f.results.get_nowait()
+        assert _settle(source) == 3
+    finally:
+        f.abandon()
+    end = time.monotonic() + 2
+    while f.alive() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not f.alive() and f.results.in_flight == 0
+
+
+def test_a_batch_the_drain_takes_keeps_its_slot_until_the_drain_counts_it() -> None:
+    """Taking a batch frees no room to lease ahead: the drain holds it, still leased, and says so
+    with its next set_lease_ahead; a fetcher that leased in between would lease one too many."""
+    q = HandoffQueue(maxsize=8, max_bytes=10**9)
+    q.set_lease_ahead(2)
+    assert q.reserve() and q.reserve() and not q.reserve()
+    q.put(("batch", FakeBatch("a", 1)))
+    q.release()
+    q.get_nowait()  # into the drain's buffer: two batches are still leased
+    assert not q.reserve()
+    q.set_lease_ahead(2 - 1)  # the drain holds one: one more may be leased beside the GET under way
+    assert not q.reserve()
+    q.put(("batch", FakeBatch("b", 1)))
+    q.release()
+    q.get_nowait()
+    q.set_lease_ahead(2)  # the writer landed both
+    assert q.reserve()
