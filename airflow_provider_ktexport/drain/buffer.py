@@ -6,7 +6,7 @@ joins in one step, with its records.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,20 +14,24 @@ import msgspec
 
 from airflow_provider_ktexport.lake.layout import event_date
 from airflow_provider_ktexport.lake.partitions import record_type_of
-from airflow_provider_ktexport.lake.record_limits import too_deep
+from airflow_provider_ktexport.lake.record_limits import too_deep_positions
 
-__all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes"]
+__all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "too_deep_in"]
 
 
 @dataclass(frozen=True)
 class HeldBatch:
-    """A leased batch in the buffer: its id, when its lease started (monotonic), its records and
-    the partitions its records land in (record type and event day, as the flush will write them)."""
+    """A leased batch in the buffer: its id, when its lease started (monotonic), its records, the
+    partitions its records land in (record type and event day, as the flush will write them) and
+    which of its records nest too deep to be rows (decided once, as it joins)."""
 
     id: str
     leased_at: float
     raw_items: Sequence[bytes]
     partitions: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False, repr=False)
+    #: Positions in ``raw_items`` of the records nested deeper than the limit (rejects, screened
+    #: by :func:`.record_limits.too_deep_positions`); None: not screened yet.
+    too_deep: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
 
 class _Head(msgspec.Struct):
@@ -48,19 +52,24 @@ def record_bytes(raws: Sequence[bytes]) -> int:
     return sum(map(len, raws))
 
 
-def partitions_of(raws: Sequence[bytes], partition_by: Sequence[str]) -> frozenset[tuple[str, str]]:
+def partitions_of(
+    raws: Sequence[bytes], partition_by: Sequence[str], too_deep: Collection[int] | None = None
+) -> frozenset[tuple[str, str]]:
     """The data files a flush writes for these records, as (record type, event day) pairs.
 
     Every record counts: a backfill's batch can spread over hundreds of days, and no sample can
     stand in for the whole. Each record's head is decoded alone (a few microseconds) and given
     the values the built tables get (:mod:`airflow_provider_ktexport.lake.partitions`): one file
     per record type, and per event day when ``event_date`` is a partition key (``ingest_date`` is
-    one day per flush, so it adds no files). A record that does not decode is a reject (in ``_rejected/``), not a data file.
+    one day per flush, so it adds no files). A record that does not decode is a reject (in
+    ``_rejected/``), not a data file, and so is one nested too deep (``too_deep``: their positions,
+    screened here when None), whatever recursion limit the process runs with.
     """
     by_day = "event_date" in partition_by
+    deep = frozenset(too_deep_positions(raws) if too_deep is None else too_deep)
     out: set[tuple[str, str]] = set()
-    for raw in raws:
-        if too_deep(raw):  # a reject, whatever recursion limit the process runs with
+    for j, raw in enumerate(raws):
+        if j in deep:
             continue
         try:
             head = _HEAD.decode(raw)
@@ -68,6 +77,20 @@ def partitions_of(raws: Sequence[bytes], partition_by: Sequence[str]) -> frozens
             continue
         out.add((record_type_of({"type": head.type}), _event_day(head) if by_day else ""))
     return frozenset(out)
+
+
+def too_deep_in(batches: Sequence[HeldBatch]) -> list[int] | None:
+    """Positions of the too-deep records in the flush's record list (``batches``' records in
+    order), from what each batch carries; None when a batch was not screened (then the flush
+    screens every record)."""
+    out: list[int] = []
+    offset = 0
+    for b in batches:
+        if b.too_deep is None:
+            return None
+        out.extend(offset + j for j in b.too_deep)
+        offset += len(b.raw_items)
+    return out
 
 
 def _event_day(head: _Head) -> str:
@@ -101,8 +124,13 @@ class Buffer:
 
     def add(self, batch: Any) -> None:
         """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
+        deep = too_deep_positions(batch.raw_items)
         held = HeldBatch(
-            batch.id, batch.leased_at, batch.raw_items, partitions_of(batch.raw_items, self._partition_by)
+            batch.id,
+            batch.leased_at,
+            batch.raw_items,
+            partitions_of(batch.raw_items, self._partition_by, deep),
+            deep,
         )
         self._batches.append(held)  # the commit point
         self.records += len(batch.raw_items)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_ktexport.drain.acks import Acknowledger, ack_margin
-from airflow_provider_ktexport.drain.buffer import HeldBatch
+from airflow_provider_ktexport.drain.buffer import HeldBatch, too_deep_in
 from airflow_provider_ktexport.drain.config import DrainConfig
 from airflow_provider_ktexport.drain.metrics import MetricsReporter
 from airflow_provider_ktexport.drain.pace import FlushPace
@@ -138,12 +138,15 @@ class Flusher:
         """Build the batches' records into tables and rejects, and check they all add up."""
         # Masked before anything is built, so rows, _raw, rejects and _record_key all come from the
         # same text and the key is recoverable from none of them (not even by hashing guesses).
+        # Masking rewrites text inside JSON strings only, so the nesting each batch was screened
+        # for as it joined the buffer (too_deep_in) is the masked record's too.
         records = self._mask_records([raw for b in batches for raw in b.raw_items])
         batch_ids = [b.id for b in batches for _ in b.raw_items]
         ingested_at = datetime.now(UTC)
         landing = land_records(
             records,
             batch_ids,
+            too_deep=too_deep_in(batches),
             source=self.config.source,
             ingested_at=ingested_at,
             partition_by=self.config.partition_by,

@@ -13,6 +13,7 @@ the destination probe all go through :class:`AtomicStore`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
@@ -124,24 +125,38 @@ class AtomicStore:
             raise
         _fsync_dir(directory)  # make the rename itself durable
 
-    def create(self, path: str, data: bytes) -> None:
+    def create(self, path: str, data: bytes, *, sync_folder: bool = True) -> None:
         """Make ``data`` visible at ``path`` whole, only if nothing is there (FileExistsError if so).
 
         Local folders: a complete temporary file hard-linked to the name (``link`` fails when the
         name exists). Object stores: one conditional PUT (``mode="create"``: S3 and Azure
         ``If-None-Match: *``, GCS ``ifGenerationMatch=0``).
+
+        :param sync_folder: fsync the local folder, so the new name survives a crash; False for a
+            caller that creates several files in one folder and calls :meth:`sync_folder` once
         """
         if not self.local:
             _refuse_zonal_gcs_bucket(self.fs, path, self._gcs_buckets_checked)
             self.fs.pipe_file(path, data, mode="create")
             return
+        # The temporary name needs no rename or folder fsync of its own (it was a put() once): only
+        # the link is made durable. A new record type publishes ~40 column files this way.
+        directory = posixpath.dirname(path)
+        os.makedirs(directory, exist_ok=True)
         tmp = _tmp_name(path)
-        self.put(tmp, data)
         try:
+            _write_fsynced(tmp, data)
             os.link(tmp, path)
         finally:
-            os.unlink(tmp)
-        _fsync_dir(posixpath.dirname(path))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if sync_folder:
+            _fsync_dir(directory)
+
+    def sync_folder(self, directory: str) -> None:
+        """Make the names created in a local ``directory`` durable (nothing to do on an object store)."""
+        if self.local:
+            _fsync_dir(directory)
 
     def remove_quietly(self, path: str) -> None:
         """Remove ``path`` if it is there; a failure is logged, never raised (cleanup after an error

@@ -38,6 +38,7 @@ __all__ = [
     "PATH_METADATA_KEY",
     "TAG_SEP",
     "VARIANT_TAGS",
+    "NameAssigner",
     "assign_name",
     "base_name",
     "case_tagged",
@@ -148,20 +149,45 @@ def assign_name(path: tuple[str, ...], published: Iterable[str]) -> str:
     same answer from the same published names; the schema store makes the first published
     spelling the one every writer sees (docs/schema-mapping.md).
     """
-    taken = set()
-    for name in published:
+    return NameAssigner(published).assign(path)
+
+
+class NameAssigner:
+    """:func:`assign_name` for many paths over a growing list of published names.
+
+    Naming a new record type's columns one after the other with :func:`assign_name` decoded every
+    name so far for each column (quadratic: 1 of the 3.5 s of CPU publishing 50 new types of 47
+    columns took). This reads each name once, as it is added.
+
+    :param published: the names published so far, in publication order
+    """
+
+    def __init__(self, published: Iterable[str] = ()) -> None:
+        # The first published base column of each key path, and every data name lower-cased.
+        self._by_path: dict[tuple[str, ...], str] = {}
+        self._taken: set[str] = set()
+        for name in published:
+            self.add(name)
+
+    def add(self, name: str) -> None:
+        """Count ``name`` as published (after those already added)."""
         if is_meta_column(name):  # metadata columns: no key path
-            continue
-        if variant_tag(name) is None and column_path(name) == path:
-            return name
-        taken.add(name.lower())
-    plain = column_name(path)
-    n = 0
-    name = plain
-    while name.lower() in taken:
-        n += 1
-        name = twin_name(path, n)
-    return name
+            return
+        if variant_tag(name) is None:
+            self._by_path.setdefault(column_path(name), name)
+        self._taken.add(name.lower())
+
+    def assign(self, path: tuple[str, ...]) -> str:
+        """The name of key path ``path`` (:func:`assign_name`); it is not added."""
+        found = self._by_path.get(path)
+        if found is not None:
+            return found
+        n = 0
+        name = column_name(path)
+        while name.lower() in self._taken:
+            n += 1
+            name = twin_name(path, n)
+        return name
 
 
 _PCT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")

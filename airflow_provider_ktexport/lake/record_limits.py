@@ -8,11 +8,12 @@ an error of :data:`DATA_ERRORS` is the record's fault, and a record nested deepe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import msgspec
 import pyarrow as pa
 
-__all__ = ["DATA_ERRORS", "MAX_DEPTH", "nests_deeper_than", "too_deep"]
+__all__ = ["DATA_ERRORS", "MAX_DEPTH", "nests_deeper_than", "too_deep", "too_deep_positions"]
 
 #: What building a record's row can raise because of the record's content (not of our code's
 #: state): these route the record to the rejects table; anything else still fails the flush.
@@ -29,6 +30,10 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Deepest nesting of objects and lists a record may have to become a row.
 MAX_DEPTH = 64
+#: Records up to this many bytes are screened by counting brackets before the exact check; a
+#: longer one goes straight to it (its first step counts the brackets it keeps anyway): counting
+#: a 10 KB trip's brackets first made the screen half as dear again (2.2 against 1.5 s per 100k).
+_SHORT = 4096
 #: What :func:`nests_deeper_than` keeps of a record: quotes and brackets, one kind of bracket.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"{}[]')
 _ONE_BRACKET_KIND = bytes.maketrans(b"[]", b"{}")
@@ -66,6 +71,19 @@ def too_deep(raw: bytes) -> bool:
     """Whether a record nests deeper than :data:`MAX_DEPTH` (so it is a reject, never a row).
 
     Decided on the text, not by a parser's RecursionError: a process whose recursion limit a
-    library raised would otherwise parse it. Records with fewer brackets than levels cost two counts.
+    library raised would otherwise parse it. A short record with fewer brackets than levels costs
+    two counts.
     """
-    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and nests_deeper_than(raw, MAX_DEPTH)
+    if len(raw) <= _SHORT and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+        return False
+    return nests_deeper_than(raw, MAX_DEPTH)
+
+
+def too_deep_positions(raws: Sequence[bytes]) -> tuple[int, ...]:
+    """Positions of the records of ``raws`` that nest deeper than :data:`MAX_DEPTH` (:func:`too_deep`).
+
+    The screen every record meets once: the drain decides as a batch joins its buffer and the
+    flush carries the decision to :func:`.rejects.land_records` (it used to screen each record
+    again, 0.09 s per 100k mix records and 1.5 s per 100k 100-point trips).
+    """
+    return tuple(j for j, raw in enumerate(raws) if too_deep(raw))

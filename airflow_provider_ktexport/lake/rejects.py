@@ -16,7 +16,7 @@ isolated too.
 """
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,12 @@ from airflow_provider_ktexport.lake.layout import (
     RESERVED_PREFIX,
     TIMESTAMP,
 )
-from airflow_provider_ktexport.lake.record_limits import DATA_ERRORS, MAX_DEPTH, nests_deeper_than
+from airflow_provider_ktexport.lake.record_limits import (
+    DATA_ERRORS,
+    MAX_DEPTH,
+    nests_deeper_than,
+    too_deep_positions,
+)
 from airflow_provider_ktexport.lake.rejects_table import (
     REJECTS_SCHEMA,
     Reject,
@@ -57,9 +62,6 @@ __all__ = [
     "rejects_table",
 ]
 
-#: Records up to this many bytes are screened by counting brackets before the exact check.
-_SHORT = 4096
-
 #: Longest error message kept per reject (the exact record text is kept whole).
 _MAX_MESSAGE = 2000
 
@@ -78,14 +80,20 @@ class Landing:
 def land_records(
     raw_records: Sequence[bytes],
     batch_ids: Sequence[str],
+    *,
+    too_deep: Collection[int] | None = None,
     **build_options: Any,
 ) -> Landing:
     """:func:`build_tables` with per-record isolation: the records at fault come back as rejects.
 
+    :param too_deep: positions of the records nested deeper than :data:`MAX_DEPTH`, when the
+        caller has screened them already (:func:`.record_limits.too_deep_positions`); None: they
+        are screened here
     :param build_options: passed to :func:`build_tables` (``source``, ``ingested_at``, ...)
     """
     rejects: list[Reject] = []
-    keep = _within_depth(raw_records, batch_ids, rejects)
+    deep = too_deep_positions(raw_records) if too_deep is None else too_deep
+    keep = _within_depth(raw_records, batch_ids, deep, rejects)
     tables = _try_build(raw_records, batch_ids, keep, build_options)
     if tables is None:
         keep = _screen(raw_records, batch_ids, keep, rejects)
@@ -130,34 +138,31 @@ def _reject_out_of_range(
     return keep, tables
 
 
-def _within_depth(raws: Sequence[bytes], batch_ids: Sequence[str], rejects: list[Reject]) -> list[int]:
-    """Positions of records nested at most :data:`MAX_DEPTH` deep; deeper ones become rejects.
+def _within_depth(
+    raws: Sequence[bytes], batch_ids: Sequence[str], too_deep: Collection[int], rejects: list[Reject]
+) -> list[int]:
+    """Positions of the records not in ``too_deep``; those become rejects.
 
     A fixed limit, not the interpreter's recursion limit (which a library may raise), decides,
-    so the same record is a reject in every process. It runs before anything parses a record:
-    pyarrow's JSON reader overflows the C stack on nesting some 30,000 deep whatever Python's
-    recursion limit (measured: a segfault, which would stop the queue at every run), and msgspec
-    does once a library raises that limit far enough. The check runs in C
-    (:func:`nests_deeper_than`); a short record is first screened by counting its brackets, which
-    is cheaper still and rules out nearly all of them (a long one goes straight to the check,
-    whose first step counts its brackets anyway).
+    so the same record is a reject in every process. It is decided before anything parses a
+    record: pyarrow's JSON reader overflows the C stack on nesting some 30,000 deep whatever
+    Python's recursion limit (measured: a segfault, which would stop the queue at every run), and
+    msgspec does once a library raises that limit far enough (:func:`.record_limits.too_deep`).
     """
-    keep = []
-    for j, raw in enumerate(raws):
-        few = len(raw) <= _SHORT and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
-        if not few and nests_deeper_than(raw, MAX_DEPTH):
-            rejects.append(
-                _reject(
-                    raw,
-                    batch_ids[j],
-                    "NestingTooDeep",
-                    f"the record nests objects or lists more than {MAX_DEPTH} levels deep; columns are "
-                    "flattened key paths, and no engine reads a path that long",
-                )
+    if not too_deep:
+        return list(range(len(raws)))
+    deep = set(too_deep)
+    for j in sorted(deep):
+        rejects.append(
+            _reject(
+                raws[j],
+                batch_ids[j],
+                "NestingTooDeep",
+                f"the record nests objects or lists more than {MAX_DEPTH} levels deep; columns are "
+                "flattened key paths, and no engine reads a path that long",
             )
-        else:
-            keep.append(j)
-    return keep
+        )
+    return [j for j in range(len(raws)) if j not in deep]
 
 
 def _build(

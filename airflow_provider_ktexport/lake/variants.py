@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from airflow_provider_ktexport.lake.naming import (
     TAG_SEP,
     VARIANT_TAGS,
-    assign_name,
+    NameAssigner,
     base_name,
     column_name,
     field_path,
@@ -73,14 +73,14 @@ def name_new_columns(table: pa.Table, published: Sequence[str]) -> pa.Table:
     For a sink whose published names are read and extended in one optimistic commit (Iceberg):
     a new case twin gets its twin name before the commit that publishes it.
     """
-    names = list(published)
+    names = NameAssigner(published)
     known = set(published)
     renamed = []
     for f in table.schema:
         name = f.name
         if not (is_meta_column(name) or name in known or variant_tag(name) is not None):
-            name = assign_name(field_path(f), names)
-            names.append(name)
+            name = names.assign(field_path(f))
+            names.add(name)
         renamed.append(name)
     return table if renamed == table.column_names else table.rename_columns(renamed)
 

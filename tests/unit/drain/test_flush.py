@@ -4,6 +4,7 @@ queue (it is kept as a reject with its exact text)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import fsspec
@@ -23,6 +24,7 @@ from airflow_provider_ktexport.lake.rejects import (
     read_rejects,
 )
 from airflow_provider_ktexport.lake.writer import LakeWriter, read_lake, read_lake_table
+from airflow_provider_ktexport.testing.records import RecordGenerator
 from tests.unit.drain.support import (
     BAD_TYPES,
     HOSTILE,
@@ -271,3 +273,32 @@ def test_record_types_that_make_bad_names_all_land(tmp_path):
     names = [p.name for p in lake.rglob("*")]
     assert max(len(n.encode("utf-8")) for n in names) <= 200 + len("record_type=")
     assert not (lake / "record_type=_rejected").exists() and not (lake / "_schema" / "_rejected").exists()
+
+
+def test_each_record_is_screened_for_nesting_once(tmp_path, monkeypatch):
+    """The buffer decides which records nest too deep as a batch joins; the flush carries that
+    decision instead of screening every record again (1.5 s per 100k 100-point trips)."""
+    from airflow_provider_ktexport.lake import record_limits
+    from airflow_provider_ktexport.lake import rejects as rejects_module
+
+    screened: Counter[bytes] = Counter()
+    real = record_limits.nests_deeper_than
+
+    def counting(raw: bytes, limit: int) -> bool:
+        screened[bytes(raw)] += 1
+        return real(raw, limit)
+
+    for module in (record_limits, rejects_module):
+        monkeypatch.setattr(module, "nests_deeper_than", counting, raising=False)
+    trips = [
+        json.dumps(r).encode()
+        for r in RecordGenerator(2, record_types=("trip",), track_points=100).records(1, 6)
+    ]
+    lake = tmp_path / "lake"
+    client = FakeClient(
+        [batch_of("b1", trips[:3] + [HOSTILE["object_1000_deep"]]), batch_of("b2", trips[3:])]
+    )
+    run(client, lake)
+    assert sorted(client.acks) == ["b1", "b2"]
+    assert {raw: screened[raw] for raw in trips} == {raw: 1 for raw in trips}
+    assert read_lake_table(lake.as_uri()).num_rows == 6 and len(read_rejects(str(lake))) == 1

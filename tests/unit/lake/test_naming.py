@@ -11,7 +11,16 @@ from fsspec.implementations.local import LocalFileSystem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_ktexport.lake.naming import assign_name, base_name, twin_tag, variant_tag, variant_type
+from airflow_provider_ktexport.lake.naming import (
+    NameAssigner,
+    assign_name,
+    base_name,
+    is_meta_column,
+    twin_name,
+    twin_tag,
+    variant_tag,
+    variant_type,
+)
 from airflow_provider_ktexport.lake.schema import (
     META_COLUMNS,
     TIMESTAMP,
@@ -55,6 +64,43 @@ def test_paths_published_in_turn_never_share_a_name_even_lower_cased(paths: list
     assert [assign_name(p, names) for p in paths] == names
     # Nor does a variant of one ever equal (case-insensitively) another's name.
     assert not {variant_name(n, pa.string()).lower() for n in names} & {n.lower() for n in names}
+
+
+def _assign_name_as_it_was(path: tuple[str, ...], published: list[str]) -> str:
+    """assign_name before NameAssigner (the oracle): every published name decoded per call."""
+    taken = set()
+    for name in published:
+        if is_meta_column(name):
+            continue
+        if variant_tag(name) is None and column_path(name) == path:
+            return name
+        taken.add(name.lower())
+    n, name = 0, column_name(path)
+    while name.lower() in taken:
+        n += 1
+        name = twin_name(path, n)
+    return name
+
+
+_NAMES = st.lists(_KEYS, min_size=1, max_size=3).map(tuple).map(column_name) | st.sampled_from(
+    ["_source", "_record_key", "record_type", "a___string", "A___t1", "a___t1___double", "Speed___c20"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(_NAMES, max_size=6),
+    st.lists(st.lists(_KEYS, min_size=1, max_size=3).map(tuple), min_size=1, max_size=6),
+)
+def test_name_assigner_names_as_assign_name_did(published: list[str], paths: list[tuple[str, ...]]) -> None:
+    """Differential: naming columns one after the other (a publish) gives the names the per-call
+    loop gave, over any published names (twins, variants, metadata, legacy case tags)."""
+    names, expected = NameAssigner(published), list(published)
+    for path in paths:
+        name = names.assign(path)
+        assert name == _assign_name_as_it_was(path, expected)
+        names.add(name)
+        expected.append(name)
 
 
 def test_naming_examples() -> None:

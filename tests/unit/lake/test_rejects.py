@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_ktexport.lake.record_limits import too_deep_positions
 from airflow_provider_ktexport.lake.rejects import (
     MAX_DEPTH,
     land_records,
@@ -205,3 +206,17 @@ def test_a_too_deep_reject_is_stored_the_same_whatever_the_recursion_limit():
     assert list(stored[0]) == list(stored[1]) == ["telemetry"]
     assert stored[0]["telemetry"].equals(stored[1]["telemetry"])
     assert stored[0]["telemetry"].column("_record_key").to_pylist() == [None]
+
+
+def test_land_records_given_the_depth_screen_lands_what_it_lands_screening_itself():
+    """Differential: the drain's buffer screens nesting as a batch joins and the flush hands the
+    positions over; the tables, keys and rejects are those of land_records screening itself."""
+    raws = [*good_records(6), *HOSTILE.values(), *good_records(4, start=6), HOSTILE["object_1000_deep"]]
+    batch_ids = [f"b{j % 3}" for j in range(len(raws))]
+    now = datetime.now(UTC)
+    deep = too_deep_positions(raws)
+    assert deep  # the corpus holds records nested too deep, long and short
+    given = land_records(raws, batch_ids, too_deep=deep, source="s", ingested_at=now)
+    itself = land_records(raws, batch_ids, source="s", ingested_at=now)
+    assert given.rejects == itself.rejects
+    assert [(p.partition, p.table) for p in given.tables] == [(p.partition, p.table) for p in itself.tables]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,10 +12,12 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
+from airflow_provider_ktexport.lake import atomic
 from airflow_provider_ktexport.lake.layout import LakeRoot
 from airflow_provider_ktexport.lake.reader import read_lake
 from airflow_provider_ktexport.lake.schema_store import SchemaStore, column_file
 from airflow_provider_ktexport.lake.writer import LakeWriter
+from airflow_provider_ktexport.testing.records import RecordGenerator
 from tests.lake_support import land, parquet_files
 
 
@@ -123,3 +127,31 @@ def test_a_schema_already_settled_is_not_checked_again_until_the_store_changes(
     w.write(table, {"record_type": "t"})  # the store was read again: checked against it once more
     assert len(checks) >= 3
     assert read_lake(str(tmp_path))["t"].num_rows == 5
+
+
+def test_a_new_record_type_is_published_with_one_folder_fsync_and_not_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new record type's ~40 column files cost one folder fsync, not two each, and the writer
+    keeps what it wrote instead of reading them back; what it keeps is what a fresh reader reads,
+    and the files are the indented JSON they always were."""
+    fs = LocalFileSystem()
+    w = LakeWriter(fs, str(tmp_path), writer_id="w")
+    synced: list[str] = []
+    real_fsync_dir = atomic._fsync_dir
+    monkeypatch.setattr(atomic, "_fsync_dir", lambda d: synced.append(d) or real_fsync_dir(d))
+    read: list[Any] = []
+    real_cat = fs.cat
+    monkeypatch.setattr(fs, "cat", lambda paths, **kw: read.append(paths) or real_cat(paths, **kw))
+    (written,) = land(w, RecordGenerator(5, record_types=("telemetry",)).records(1, 50)[:1])
+
+    columns = tmp_path / "_schema" / "telemetry" / "columns"
+    files = sorted(columns.iterdir())
+    assert len(files) > 30
+    assert [d for d in synced if Path(d) == columns] == [str(columns)]
+    assert read == []
+    fresh = SchemaStore(LakeRoot(fs, str(tmp_path))).load("telemetry")
+    assert fresh is not None and fresh.equals(w.load_schema("telemetry"), check_metadata=True)
+    assert pq.read_schema(written.path).names == [n for n in fresh.names if n in written.schema.names]
+    for f in files:
+        assert f.read_bytes() == json.dumps(json.loads(f.read_bytes()), indent=1, ensure_ascii=False).encode()

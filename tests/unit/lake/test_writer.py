@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_ktexport.exceptions import KtExportWriteError
 from airflow_provider_ktexport.lake.reader import read_lake, read_lake_table
-from airflow_provider_ktexport.lake.writer import LakeWriter
-from tests.lake_support import land, parquet_files
+from airflow_provider_ktexport.lake.schema import build_tables
+from airflow_provider_ktexport.lake.writer import DICTIONARY_MIN_ROWS, LakeWriter
+from airflow_provider_ktexport.testing.records import RecordGenerator
+from tests.lake_support import INGESTED_AT, land, parquet_files
 
 
 def test_write_lays_out_hive_partitions_and_verifies(writer: LakeWriter, tmp_path: Path) -> None:
@@ -180,3 +183,40 @@ def test_hostile_record_type_lands_inside_the_root(writer: LakeWriter, tmp_path:
     path = written.path
     assert Path(path).resolve().is_relative_to(tmp_path.resolve())
     assert read_lake_table(str(tmp_path)).column("record_type").to_pylist() == ["../../etc"]
+
+
+def _has_dictionary_pages(path: str) -> bool:
+    meta = pq.ParquetFile(path).metadata
+    return any(
+        meta.row_group(g).column(c).has_dictionary_page
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+    )
+
+
+@pytest.mark.parametrize("records", [130, DICTIONARY_MIN_ROWS + 200])
+def test_small_files_skip_dictionary_pages_and_read_back_the_same(
+    writer: LakeWriter, tmp_path: Path, records: int
+) -> None:
+    """Differential: a 50-type flush's small files lose only their dictionary pages (a fixed cost
+    per file): the same rows, schema and keys read back, with pyarrow and DuckDB, as from the file
+    pyarrow's defaults (the writer's before) make of the same table; large files keep them."""
+    generator = RecordGenerator(3, record_types=("telemetry",))
+    (part,) = build_tables(
+        [json.dumps(r).encode() for r in generator.records(1, records)],
+        ["b"] * records,
+        source="conn",
+        ingested_at=INGESTED_AT,
+        partition_by=("record_type",),
+    )
+    written = writer.write(part.table, part.partition)
+    before = tmp_path / "before.parquet"
+    pq.write_table(part.table, before, compression="zstd", row_group_size=128 * 1024)
+
+    assert _has_dictionary_pages(written.path) is (records >= DICTIONARY_MIN_ROWS)
+    assert _has_dictionary_pages(str(before))
+    assert pq.read_table(written.path).equals(pq.read_table(before), check_metadata=True)
+    assert pq.read_table(written.path).equals(part.table, check_metadata=True)
+    con = duckdb.connect()
+    query = "select * from read_parquet('{}', hive_partitioning = false) order by _record_key"
+    assert con.sql(query.format(written.path)).fetchall() == con.sql(query.format(before)).fetchall()
