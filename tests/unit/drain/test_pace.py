@@ -151,11 +151,13 @@ def config(**kwargs: Any) -> DrainConfig:
     return DrainConfig(lease_seconds=LEASE, flush_seconds=2, write_concurrency=1, **kwargs)
 
 
-def test_a_drain_that_saw_leases_expire_shrinks_its_next_flushes(slow_store, tmp_path, caplog):
-    """Ten 4-day batches in one flush cost 4 s of a 4 s lease (the store's 0.1 s a file is twice
-    what a first flush assumes, FIRST_FILE_SECONDS): none can be acknowledged.
+def test_a_drain_that_saw_leases_expire_shrinks_its_next_flushes(tmp_path, monkeypatch, caplog):
+    """Ten 4-day batches in one flush cost 4.8 s of a 4 s lease (the store's 0.12 s a file is 2.4
+    times what a first flush assumes, FIRST_FILE_SECONDS): none can be acknowledged. (At 0.1 s a
+    file the flush cost exactly the lease, and only a loaded machine's real time made it late.)
     The drain then halves its limits (and budgets by the measured pace), so the next ten land in
     steps that are each acknowledged in time instead of failing the same way."""
+    slow_store = on_the_store_clock(SlowStore(tmp_path / "lake", file_seconds=0.12), monkeypatch)
     first = [day_batch(f"a{i}", i * 4, 4) for i in range(10)]
     later = [day_batch(f"b{i}", 100 + i * 4, 4) for i in range(10)]
     client = FakeClient([])
