@@ -127,7 +127,7 @@ def run_dag(airflow_home: Path):
         variables: dict[str, str] | None = None,
         options: dict | None = None,
         dags_folder: Path | None = None,
-        timeout: float = 300,
+        timeout: float = 600,
         env: dict[str, str] | None = None,
         conf: dict | None = None,
     ) -> DagRunResult:

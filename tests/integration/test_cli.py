@@ -212,7 +212,7 @@ def test_ctrl_c_stops_cleanly_and_acknowledges_nothing_unlanded(tmp_path):
         try:
             wait_until(lambda: emu.stats()["acked"] >= 3, seconds=90)  # a few flushes acknowledged
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=120)
+            out, err = proc.communicate(timeout=600)
         finally:
             proc.kill()
         acked = set(emu.acked_seqs())

@@ -60,7 +60,7 @@ QUALIFY row_number() OVER (PARTITION BY _record_key ORDER BY _ingested_at) = 1
 
 
 def run_worker(
-    emu: Emulator, lake: Path, *args: str, timeout: float = 90
+    emu: Emulator, lake: Path, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """One drain in a child process (``crash_worker``) against ``emu``, landing in ``lake``."""
     cmd = [*command(emu.url, emu.api_key, str(lake), LEASE_SECONDS, LONG_POLL_SECONDS), *args]

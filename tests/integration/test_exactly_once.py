@@ -241,7 +241,7 @@ def four_drains(emu: Emulator, lake: Path, *extra: str) -> list[dict]:
     ]
     summaries = []
     for p in procs:
-        out, err = p.communicate(timeout=180)
+        out, err = p.communicate(timeout=600)
         last = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
         if p.returncode != 0 and lost_commit_races(last):
             continue  # nothing acknowledged: its batches come back to the others or to finish()

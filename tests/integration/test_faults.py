@@ -515,7 +515,7 @@ def test_unwritable_local_lake_fails_before_any_lease_and_the_next_run_lands_eve
     records = simple_records(120)
     emulator.enqueue(records)
     cmd = [*_no_dac_override(), *command(emulator.url, emulator.api_key, str(lake), LEASE, LONG_POLL)]
-    failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1, failed.stderr[-3000:]
     error = json.loads(failed.stdout.strip().splitlines()[-1])
     assert error["error"] == "KtExportConfigError"  # a retry cannot fix a folder it may not write

@@ -143,7 +143,7 @@ def test_a_kill_between_writing_and_committing_loses_nothing_and_shows_nothing(t
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
         )
         assert proc.returncode == -9 and "KILL before_commit" in proc.stdout, proc.stderr[-3000:]
         assert emu.stats()["acked"] == 0
@@ -288,7 +288,7 @@ def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp
             )
             for _ in range(2)
         ]
-        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
         stats = emu.stats()
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0 and "DRAINED" in output, output[-4000:]

@@ -86,7 +86,7 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:
         env=env,
         check=True,
         capture_output=True,
-        timeout=180,
+        timeout=600,
     )
     return env
 
@@ -104,7 +104,7 @@ def feed_emulator(emulator_factory):
 
 @pytest.fixture
 def run_dag(airflow_env, empty_emulator, feed_emulator):
-    def run(dag_var: str, timeout: float = 120) -> dict:
+    def run(dag_var: str, timeout: float = 600) -> dict:
         env = {
             **airflow_env,
             "AIRFLOW_CONN_KTEXPORT_SENSOR_FEED": conn_json(feed_emulator.url, feed_emulator.api_key),
