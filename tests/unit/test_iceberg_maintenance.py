@@ -23,7 +23,9 @@ def small_flushes(tmp_path: Path, n: int = 12):
     """``n`` one-record flushes over three event days: n small files in three partitions."""
     catalog = catalog_for(tmp_path)
     batches = [batch_of(f"b{i}", records([i], day=f"2026-11-2{i % 3}")) for i in range(n)]
-    drain_into(IcebergSink(catalog), batches, flush_records=1, max_runtime=120)
+    # Every lease starts now, as the batches are built: 120 s outlasts n commits on a loaded machine
+    # (with 8 s the last batches' leases ran out first, so they were rightly not written).
+    drain_into(IcebergSink(catalog), batches, flush_records=1, max_runtime=240, lease_seconds=120)
     return catalog
 
 
