@@ -130,3 +130,42 @@ def test_the_scale_out_curve_lands_everything_once(shapes_report: dict) -> None:
         assert point["records"] == 2000 and point["landed_rows"] == 2000, point
         assert point["duplicate_rows"] == 0 and point["early_acks"] == 0, point
         assert point["records_per_s"] > 0, point
+
+
+@pytest.fixture(scope="module")
+def versus_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("versus") / "versus.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "benchmarks.versus", "--ref", "HEAD", "--shape", "small", "--shape", "trips100"),
+            *("--records", "1000", "--repeat", "2", "--out", str(out)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| small |" in proc.stderr and "| trips100 |" in proc.stderr  # the printed table
+    printed = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == printed, "the printed JSON and the written file differ"
+    return printed
+
+
+def test_versus_runs_the_exported_commit_against_the_tree_interleaved(versus_report: dict) -> None:
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert versus_report["old"]["commit"] == head and versus_report["new"]["commit"] == head
+    assert versus_report["new"]["code"].startswith("working tree")
+    rows = versus_report["shapes"]
+    assert list(rows) == ["small", "trips100"]
+    for name, row in rows.items():
+        assert row["records"] == versus_report["settings"]["records_by_shape"][name], name
+        assert row["landed_once"] == {"old": True, "new": True}, name
+        assert len(row["old_samples"]) == len(row["new_samples"]) == 2, name
+        assert row["old_cpu_s_per_100k"] in row["old_samples"], name
+        assert len(row["new_over_old_per_repeat"]) == 2 and row["new_over_old"] > 0, name
+        assert row["old_peak_rss_mb"] > 0 and row["new_peak_rss_mb"] > 0, name
+        assert row["old_adapted"] == [], name  # HEAD's own layout: nothing to adapt
