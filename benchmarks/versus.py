@@ -26,6 +26,7 @@ The document goes to stdout and ``benchmarks/results/versus.json``, the Markdown
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -60,10 +61,16 @@ class Side:
     root: Path  # the folder holding the package (first on the child's PYTHONPATH)
     commit: str
     describe: str
+    #: Set for this side's children only (``--new-env``), on top of the inherited environment.
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     def env(self) -> dict[str, str]:
         """The child's environment: this side's package first, then the repository for ``benchmarks``."""
-        return {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root), str(REPO)])}
+        return {
+            **os.environ,
+            **dict(self.extra_env),
+            "PYTHONPATH": os.pathsep.join([str(self.root), str(REPO)]),
+        }
 
     def check_package(self, package_dir: str) -> None:
         """Refuse a run whose package was not imported from this side's folder."""
@@ -98,8 +105,11 @@ def export(commit: str, dest: Path) -> None:
 
 
 @contextmanager
-def sides(ref: str, against: str | None) -> Iterator[tuple[Side, Side]]:
-    """The old side (``ref``, exported) and the new one (``against`` exported, else this working tree)."""
+def sides(
+    ref: str, against: str | None, new_env: tuple[tuple[str, str], ...] = ()
+) -> Iterator[tuple[Side, Side]]:
+    """The old side (``ref``, exported) and the new one (``against`` exported, else this working tree),
+    the new one's children with ``new_env`` set."""
     tmp = Path(tempfile.mkdtemp(prefix="ktexport-versus-"))
     try:
         built = []
@@ -121,7 +131,7 @@ def sides(ref: str, against: str | None) -> Iterator[tuple[Side, Side]]:
                     f"{commit[:10]} ({_git('log', '-1', '--format=%s', commit)[:70]})",
                 )
             )
-        yield built[0], built[1]
+        yield built[0], dataclasses.replace(built[1], extra_env=new_env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -315,6 +325,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="flush_records of both sides instead of each side's default (when the old cannot keep its leases)",
     )
+    p.add_argument(
+        "--new-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set for the new side's drains only (e.g. ARROW_DEFAULT_MEMORY_POOL=jemalloc, as "
+        "docs/configuration.md asks of workers); repeat it",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     p.add_argument("--table", type=Path, help="also write the Markdown table here")
     # Internal: one drain in this (child) process.
@@ -331,6 +349,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.flush_records is not None and args.flush_records < 1:
         p.error("--flush-records must be at least 1")
     args.shapes = list(dict.fromkeys(args.shape or DEFAULT_SHAPES))
+    bad = [pair for pair in args.new_env if "=" not in pair or pair.startswith("=")]
+    if bad:
+        p.error(f"--new-env takes NAME=VALUE, got {', '.join(bad)}")
+    args.new_env = tuple(tuple(pair.split("=", 1)) for pair in args.new_env)
     return args
 
 
@@ -353,9 +375,9 @@ def main(argv: list[str] | None = None) -> int:
             "arrow_default_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "unset"),
         },
     }
-    with sides(args.ref, args.against) as (old, new):
+    with sides(args.ref, args.against, args.new_env) as (old, new):
         report["old"] = {"commit": old.commit, "code": old.describe}
-        report["new"] = {"commit": new.commit, "code": new.describe}
+        report["new"] = {"commit": new.commit, "code": new.describe, "env": dict(new.extra_env)}
         report["shapes"] = run_versus(old, new, args.shapes, args.records, args.repeat, args.flush_records)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["duration_s"] = round(time.monotonic() - started, 1)
