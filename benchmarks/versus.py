@@ -226,6 +226,9 @@ def _row(shape: str, old_runs: list[dict[str, Any]], new_runs: list[dict[str, An
         "old_adapted": old.get("adapted"),
         "old_arrow_pool": old.get("arrow_pool"),
         "new_arrow_pool": new.get("arrow_pool"),
+        # Flushes and files of the median runs: the flush rule differs between versions.
+        "flushes": {"old": old["drain"].get("flushes"), "new": new["drain"].get("flushes")},
+        "files": {"old": old["drain"]["files"], "new": new["drain"]["files"]},
         "expired_leases": {
             "old": [r["emulator"]["expired"] for r in old_runs],
             "new": [r["emulator"]["expired"] for r in new_runs],
