@@ -44,7 +44,7 @@ from typing import Any
 
 from benchmarks._common import SHAPES
 from benchmarks.drain_bench import REPO, _EmulatorProcess, _machine, run_child_process
-from benchmarks.shapes import _mean_bytes, _median_run, _records_of
+from benchmarks.shapes import _mean_bytes, _median_run, _records_of, publish
 
 log = logging.getLogger("benchmarks.versus")
 
@@ -382,16 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         report["old"] = {"commit": old.commit, "code": old.describe}
         report["new"] = {"commit": new.commit, "code": new.describe, "env": dict(new.extra_env)}
         report["shapes"] = run_versus(old, new, args.shapes, args.records, args.repeat, args.flush_records)
-    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["duration_s"] = round(time.monotonic() - started, 1)
-    text = json.dumps(report, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    rendered = table(report)
-    if args.table is not None:
-        args.table.write_text(rendered + "\n")
-    print(rendered, file=sys.stderr)
-    print(text)
+    publish(report, started, args.out, table(report), args.table)
     return 0
 
 
