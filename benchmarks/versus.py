@@ -91,7 +91,17 @@ def _git(*args: str) -> str:
 
 def resolve(ref: str) -> str:
     """The full hash of ``ref``'s commit; exits naming the ref when git does not know it."""
-    return _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    proc = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"{ref!r} is no commit of {REPO}: pass a hash, tag or branch that `git log` shows "
+            "(a shallow clone may lack old commits: git fetch --unshallow)"
+        )
+    return proc.stdout.strip()
 
 
 def export(commit: str, dest: Path) -> None:
