@@ -323,10 +323,12 @@ def _case_drain(
     # The drain's own Parquet sink (concurrent writes) over the checked writer.
     drain = drain_mod.Drain(client, ParquetSink(writer, concurrency=config.write_concurrency), config)  # type: ignore[arg-type]
     # The flush ledger's normal-case cost (exactly once as landed: a listing, a manifest put before
-    # the files, its removal after the acks) gets its own line in the CPU split.
-    ledger = drain.sink.ledger  # type: ignore[attr-defined]
-    ledger.prepare = split.wrap("flush_ledger", ledger.prepare)
-    ledger.settle = split.wrap("flush_ledger", ledger.settle)
+    # the files, its removal after the acks) gets its own line in the CPU split. Code before issue 21
+    # (benchmarks.versus runs older commits) has no ledger.
+    ledger = getattr(drain.sink, "ledger", None)
+    if ledger is not None:
+        ledger.prepare = split.wrap("flush_ledger", ledger.prepare)
+        ledger.settle = split.wrap("flush_ledger", ledger.settle)
     profiler = None
     if profile is not None:
         import cProfile

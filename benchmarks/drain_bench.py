@@ -181,9 +181,15 @@ def child_command(case: str, url: str, lake: Path) -> list[str]:
     return [python, *("-m", "benchmarks.drain_bench", "--child", case, "--url", url, "--lake", str(lake))]
 
 
-def run_child_process(cmd: list[str], case: str) -> dict[str, Any]:
-    """Run a child's command and return the figures it printed (its last stdout line)."""
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+def run_child_process(
+    cmd: list[str], case: str, *, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a child's command and return the figures it printed (its last stdout line).
+
+    ``cwd`` and ``env``: where and with which ``PYTHONPATH`` it runs (``benchmarks.versus`` runs
+    an older commit's package from an exported folder).
+    """
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"case {case} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -332,17 +332,24 @@ def main(argv: list[str] | None = None) -> int:
         report["dlt"] = dlt_row if dlt_note is None else dlt_note
     if args.scale_out:
         report["scale_out"] = run_scale_out(args.scale_records, args.latency_ms, args.scale_flush_records)
+    publish(report, started, args.out, table(report), args.table)
+    return 0
+
+
+def publish(
+    report: dict[str, Any], started: float, out: Path, rendered: str, table_path: Path | None
+) -> None:
+    """Close ``report`` (load at the end, duration), write its JSON to ``out`` and stdout, and its
+    Markdown table to stderr (and ``table_path``)."""
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["duration_s"] = round(time.monotonic() - started, 1)
     text = json.dumps(report, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    rendered = table(report)
-    if args.table is not None:
-        args.table.write_text(rendered + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    if table_path is not None:
+        table_path.write_text(rendered + "\n")
     print(rendered, file=sys.stderr)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

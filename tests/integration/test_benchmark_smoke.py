@@ -19,22 +19,23 @@ REPO = Path(__file__).resolve().parents[2]
 RECORDS = 3000
 
 
+def run_benchmark(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <args>`` from the repository root; fails the test with its stderr unless it exits 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=540
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "latest.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "benchmarks.drain_bench", "--records", str(RECORDS), "--skip-1m"),
-            *("--latency-ms", "20", "--latency-records", str(RECORDS), "--micro-records", "2000"),
-            *("--repeat", "2", "--out", str(out)),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=540,
+    proc = run_benchmark(
+        *("benchmarks.drain_bench", "--records", str(RECORDS), "--skip-1m"),
+        *("--latency-ms", "20", "--latency-records", str(RECORDS), "--micro-records", "2000"),
+        *("--repeat", "2", "--out", str(out)),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == printed, "the printed JSON and the written file differ"
     return printed
@@ -95,19 +96,11 @@ def test_the_drain_landed_every_record_once_and_acked_after_writing(report: dict
 @pytest.fixture(scope="module")
 def shapes_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("shapes") / "shapes.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "benchmarks.shapes", "--records", "1000", "--repeat", "1"),
-            *("--shapes", "small,trips100,types50", "--scale-out", "--scale-records", "2000"),
-            *("--latency-ms", "20", "--out", str(out)),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=540,
+    proc = run_benchmark(
+        *("benchmarks.shapes", "--records", "1000", "--repeat", "1"),
+        *("--shapes", "small,trips100,types50", "--scale-out", "--scale-records", "2000"),
+        *("--latency-ms", "20", "--out", str(out)),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| small |" in proc.stderr and "| 4 |" in proc.stderr  # the printed table
     return json.loads(proc.stdout)
 
@@ -130,3 +123,34 @@ def test_the_scale_out_curve_lands_everything_once(shapes_report: dict) -> None:
         assert point["records"] == 2000 and point["landed_rows"] == 2000, point
         assert point["duplicate_rows"] == 0 and point["early_acks"] == 0, point
         assert point["records_per_s"] > 0, point
+
+
+@pytest.fixture(scope="module")
+def versus_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("versus") / "versus.json"
+    proc = run_benchmark(
+        *("benchmarks.versus", "--ref", "HEAD", "--shape", "small", "--shape", "trips100"),
+        *("--records", "1000", "--repeat", "2", "--out", str(out)),
+    )
+    assert "| small |" in proc.stderr and "| trips100 |" in proc.stderr  # the printed table
+    printed = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == printed, "the printed JSON and the written file differ"
+    return printed
+
+
+def test_versus_runs_the_exported_commit_against_the_tree_interleaved(versus_report: dict) -> None:
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert versus_report["old"]["commit"] == head and versus_report["new"]["commit"] == head
+    assert versus_report["new"]["code"].startswith("working tree")
+    rows = versus_report["shapes"]
+    assert list(rows) == ["small", "trips100"]
+    for name, row in rows.items():
+        assert row["records"] == versus_report["settings"]["records_by_shape"][name], name
+        assert row["landed_once"] == {"old": True, "new": True}, name
+        assert len(row["old_samples"]) == len(row["new_samples"]) == 2, name
+        assert row["old_cpu_s_per_100k"] in row["old_samples"], name
+        assert len(row["new_over_old_per_repeat"]) == 2 and row["new_over_old"] > 0, name
+        assert row["old_peak_rss_mb"] > 0 and row["new_peak_rss_mb"] > 0, name
+        assert row["old_adapted"] == [], name  # HEAD's own layout: nothing to adapt
