@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_provider_ktexport._arrow_env import ask_for_jemalloc
+
 __version__ = "0.1.0"
+
+ask_for_jemalloc()  # before anything loads pyarrow: _arrow_env.py says why
 
 _HOOK = "airflow_provider_ktexport.hooks.ktexport.KtExportHook"
 

@@ -33,6 +33,8 @@ import threading
 
 import pyarrow as pa
 
+from airflow_provider_ktexport._arrow_env import set_by_provider
+
 __all__ = ["ENV_VAR", "MMAP_THRESHOLD", "cap_heap_retention", "use_engine_memory_pool"]
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,8 @@ def use_engine_memory_pool() -> None:
         if _done:
             return
         _done = True
-        if os.environ.get(ENV_VAR):
-            return
+        if os.environ.get(ENV_VAR) and not set_by_provider():
+            return  # the user's choice stands
         pool = _engine_pool()
         if pa.default_memory_pool().backend_name != pool.backend_name:
             log.debug(

@@ -44,3 +44,37 @@ def test_the_heap_threshold_is_fixed_once_unless_the_user_set_glibcs_own(monkeyp
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     assert memory.cap_heap_retention() is True
     assert memory.cap_heap_retention() is True  # once per process: nothing more to do
+
+
+def _pool_in_a_fresh_process(code: str, **env: str) -> str:
+    """What ``code`` prints in a new interpreter with ``env`` (and no Arrow pool setting of ours)."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k != memory.ENV_VAR}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True, timeout=120
+    )
+    return out.stdout.strip()
+
+
+_IMPORT_THEN_ARROW = (
+    "import airflow_provider_ktexport, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+)
+
+
+@pytest.mark.skipif(
+    not (platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")),
+    reason="the package asks for jemalloc on x86-64 Linux only",
+)
+def test_importing_the_package_first_gives_arrows_c_plus_plus_paths_jemalloc() -> None:
+    """The Parquet writer allocates from the pool Arrow chose when it loaded: only the variable,
+    set before pyarrow loads, reaches it (pa.set_memory_pool does not)."""
+    assert _pool_in_a_fresh_process(_IMPORT_THEN_ARROW) == "jemalloc"
+
+
+def test_the_users_arrow_pool_setting_stands_and_a_late_import_sets_nothing() -> None:
+    assert _pool_in_a_fresh_process(_IMPORT_THEN_ARROW, ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"
+    late = "import os, pyarrow, airflow_provider_ktexport; print(os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))"
+    assert _pool_in_a_fresh_process(late) == "None"  # pyarrow loaded first: lake.memory switches instead
