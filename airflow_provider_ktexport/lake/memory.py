@@ -12,8 +12,9 @@ Arrow's own ``ARROW_DEFAULT_MEMORY_POOL`` environment variable, which is then le
 
 What this cannot reach: allocations inside Arrow's C++ that do not take pyarrow's pool, the
 Parquet writer's above all, stay on the pool Arrow chose at start-up, which only that environment
-variable sets (before pyarrow is imported). Setting ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` in
-the workers' environment gives the whole gain (docs/configuration.md).
+variable sets (before pyarrow is imported). So the package's ``__init__`` sets it to jemalloc
+when pyarrow has not loaded yet (:mod:`airflow_provider_ktexport._arrow_env`); this switch is for
+a process that loaded pyarrow first (docs/configuration.md, "Arrow's memory allocator").
 
 The drain's other large buffers (response bodies of megabytes, their records, Parquet bytes)
 come from glibc's malloc, whose mmap threshold rises to the largest block freed (up to 32 MiB):
