@@ -13,6 +13,7 @@ from ``getrusage(RUSAGE_SELF)`` and peak RSS from ``VmHWM``: both belong to this
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import resource
@@ -289,6 +290,9 @@ def _case_drain(
     ``flush_records``: instead of the default (the scale-out flushes many times in each drain, as a
     drain on a long queue does, instead of holding its whole share until one flush at the end).
     """
+    # The package first, as a task's DAG file imports it: it may choose Arrow's pool before
+    # pyarrow loads (airflow_provider_ktexport/_arrow_env.py).
+    importlib.import_module("airflow_provider_ktexport")
     import fsspec
     import pyarrow as pa
     import pyarrow.compute  # noqa: F401 - imported by the drain at first use: a one-time cost

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -53,6 +54,20 @@ PACKAGE = "airflow_provider_ktexport"
 DEFAULT_SHAPES = ("trips100", "mix")
 
 
+#: Arrow's start-up pool setting (the provider sets it on import: airflow_provider_ktexport/_arrow_env.py).
+ARROW_POOL_VAR = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def _pool_chosen_here() -> bool:
+    """Whether this process's import of the package set ``ARROW_POOL_VAR`` (not the user).
+
+    Imported here, not at the top: the old side's child runs this module against a tree that may
+    not have ``_arrow_env``."""
+    from airflow_provider_ktexport._arrow_env import set_by_provider
+
+    return set_by_provider()
+
+
 @dataclass(frozen=True)
 class Side:
     """One code under test: where its package is imported from, and which commit it is."""
@@ -65,9 +80,15 @@ class Side:
     extra_env: tuple[tuple[str, str], ...] = ()
 
     def env(self) -> dict[str, str]:
-        """The child's environment: this side's package first, then the repository for ``benchmarks``."""
+        """The child's environment: this side's package first, then the repository for ``benchmarks``.
+
+        Without the Arrow pool this process's import of the package chose (``_arrow_env``): each
+        side's own package decides in its child, as shipped (a value the user set is kept)."""
+        inherited = dict(os.environ)
+        if _pool_chosen_here():
+            inherited.pop(ARROW_POOL_VAR, None)
         return {
-            **os.environ,
+            **inherited,
             **dict(self.extra_env),
             "PYTHONPATH": os.pathsep.join([str(self.root), str(REPO)]),
         }
@@ -305,9 +326,11 @@ def _adapt_to_older_trees() -> list[str]:
 
 def run_child(url: str, lake: Path, flush_records: int | None) -> int:
     """The drain case (c) of ``benchmarks.cases`` in this process; one JSON line on stdout."""
+    # The package first, as a task's DAG file imports it: it may choose Arrow's pool before
+    # pyarrow loads (airflow_provider_ktexport/_arrow_env.py, in trees that have it).
+    package = importlib.import_module("airflow_provider_ktexport")
     import pyarrow as pa
 
-    import airflow_provider_ktexport as package
     from benchmarks.cases import _case_drain
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -385,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             "flush_records": args.flush_records or "each side's default",
             "order": "for each repeat, for each shape: old, then new",
             # Arrow's start-up pool (mimalloc unless set): the Parquet writer allocates from it.
-            "arrow_default_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "unset"),
+            "arrow_default_memory_pool": "each side's own choice"
+            if _pool_chosen_here()
+            else os.environ.get(ARROW_POOL_VAR, "unset"),
         },
     }
     with sides(args.ref, args.against, args.new_env) as (old, new):
