@@ -6,7 +6,7 @@ joins in one step, with its records.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +22,9 @@ __all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "too_deep_in"
 @dataclass(frozen=True)
 class HeldBatch:
     """A leased batch in the buffer: its id, when its lease started (monotonic), its records, the
-    partitions its records land in (record type and event day, as the flush will write them) and
-    which of its records nest too deep to be rows (decided once, as it joins)."""
+    partitions its records land in (record type and event day, as the flush will write them), the
+    bytes of its records per record type, and which of its records nest too deep to be rows
+    (decided once, as it joins)."""
 
     id: str
     leased_at: float
@@ -32,6 +33,8 @@ class HeldBatch:
     #: Positions in ``raw_items`` of the records nested deeper than the limit (rejects, screened
     #: by :func:`.record_limits.too_deep_positions`); None: not screened yet.
     too_deep: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    #: Bytes of its records (as received) per record type folder; rejects are not counted.
+    type_bytes: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 class _Head(msgspec.Struct):
@@ -65,9 +68,17 @@ def partitions_of(
     ``_rejected/``), not a data file, and so is one nested too deep (``too_deep``: their positions,
     screened here when None), whatever recursion limit the process runs with.
     """
+    return _heads(raws, partition_by, too_deep)[0]
+
+
+def _heads(
+    raws: Sequence[bytes], partition_by: Sequence[str], too_deep: Collection[int] | None
+) -> tuple[frozenset[tuple[str, str]], dict[str, int]]:
+    """:func:`partitions_of`, and the bytes of the records of each record type, in one pass."""
     by_day = "event_date" in partition_by
     deep = frozenset(too_deep_positions(raws) if too_deep is None else too_deep)
     out: set[tuple[str, str]] = set()
+    type_bytes: dict[str, int] = {}
     for j, raw in enumerate(raws):
         if j in deep:
             continue
@@ -75,8 +86,10 @@ def partitions_of(
             head = _HEAD.decode(raw)
         except (msgspec.MsgspecError, RecursionError):
             continue
-        out.add((record_type_of({"type": head.type}), _event_day(head) if by_day else ""))
-    return frozenset(out)
+        rtype = record_type_of({"type": head.type})
+        out.add((rtype, _event_day(head) if by_day else ""))
+        type_bytes[rtype] = type_bytes.get(rtype, 0) + len(raw)
+    return frozenset(out), type_bytes
 
 
 def too_deep_in(batches: Sequence[HeldBatch]) -> list[int] | None:
@@ -108,7 +121,9 @@ class Buffer:
 
     It also counts the partitions (files) a flush of it would write, exactly: each batch's set
     is computed as it joins (:func:`partitions_of`), so a flush that would write too many files
-    on a slow object store starts early however widely a backfill's batches spread.
+    on a slow object store starts early however widely a backfill's batches spread. And it counts
+    the bytes held per record type: a flush builds one record type's table at a time, so the
+    largest type's bytes set what building costs in memory (:data:`.pace.FLUSH_BYTES`).
     """
 
     def __init__(self, partition_by: Sequence[str]) -> None:
@@ -118,6 +133,7 @@ class Buffer:
         self.records = 0
         #: Bytes of the held records as received: the flush's memory scales with them, not the count.
         self.bytes = 0
+        self._type_bytes: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -125,17 +141,14 @@ class Buffer:
     def add(self, batch: Any) -> None:
         """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
         deep = too_deep_positions(batch.raw_items)
-        held = HeldBatch(
-            batch.id,
-            batch.leased_at,
-            batch.raw_items,
-            partitions_of(batch.raw_items, self._partition_by, deep),
-            deep,
-        )
+        partitions, type_bytes = _heads(batch.raw_items, self._partition_by, deep)
+        held = HeldBatch(batch.id, batch.leased_at, batch.raw_items, partitions, deep, type_bytes)
         self._batches.append(held)  # the commit point
         self.records += len(batch.raw_items)
         self.bytes += record_bytes(batch.raw_items)
         self._partitions |= held.partitions
+        for rtype, size in type_bytes.items():
+            self._type_bytes[rtype] = self._type_bytes.get(rtype, 0) + size
 
     def take(self) -> list[HeldBatch]:
         """Every held batch, oldest first; the buffer is empty afterwards."""
@@ -144,6 +157,7 @@ class Buffer:
         self.records = 0
         self.bytes = 0
         self._partitions = set()
+        self._type_bytes = {}
         return batches
 
     def oldest_lease(self) -> float:
@@ -154,3 +168,8 @@ class Buffer:
     def partitions(self) -> int:
         """Partitions (data files) a flush of the buffer would write."""
         return len(self._partitions)
+
+    @property
+    def largest_type_bytes(self) -> int:
+        """Bytes held of the record type with the most (0 when nothing is held)."""
+        return max(self._type_bytes.values(), default=0)

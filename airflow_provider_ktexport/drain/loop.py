@@ -340,10 +340,16 @@ class Drain:
 
     def _due_by_records(self) -> bool:
         """``flush_records`` are held (halved after leases ran out), or records of
-        ``pace.flush_bytes``: memory is set by the flush size, not by the queue, and by bytes
-        too, as building a flush's tables takes several times its records' bytes
-        (:data:`.pace.FLUSH_BYTES`)."""
-        return self.buffer.records >= self.pace.flush_records or self.buffer.bytes >= self.pace.flush_bytes
+        ``pace.flush_bytes`` of one record type, or of ``pace.flush_total_bytes`` in all: memory
+        is set by the flush size, not by the queue, and by bytes too, as building a record
+        type's table takes several times its records' bytes (:data:`.pace.FLUSH_BYTES`)."""
+        held = self.buffer
+        pace = self.pace
+        return (
+            held.records >= pace.flush_records
+            or held.bytes >= pace.flush_total_bytes
+            or held.largest_type_bytes >= pace.flush_bytes
+        )
 
     def _due_by_pace(self) -> bool:
         """The fetchers lease nothing more until what is held lands (it fills half a lease at this

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 
 from airflow_provider_ktexport.drain.buffer import HeldBatch
 
-__all__ = ["FIRST_FILE_SECONDS", "FIRST_LEASE_AHEAD", "FLUSH_BYTES", "SAFETY", "FlushPace"]
+__all__ = [
+    "FIRST_FILE_SECONDS",
+    "FIRST_LEASE_AHEAD",
+    "FLUSH_BYTES",
+    "FLUSH_TOTAL_BYTES",
+    "SAFETY",
+    "FlushPace",
+]
 
 #: Share of the time left that a flush plans to use: the rest absorbs a store slower than measured.
 SAFETY = 0.5
@@ -46,12 +53,18 @@ FIRST_LEASE_AHEAD = 4
 #: theirs; at this cost it writes at most 290 files (or one batch) in a 30 s lease, and later
 #: flushes go by what it measured.
 FIRST_FILE_SECONDS = 0.05
-#: Record bytes (as received, decoded JSON) a flush holds at most, whatever ``flush_records`` says.
-#: Building and writing a flush's tables takes about four times its records' bytes, so records of
-#: 10 KB (100-point trips) would need 2 GB at the default 50,000 records. At 16 MiB a mix flush
-#: holds about 20,000 records and a drain peaks near 300 MB whatever the record shape or the
+#: Record bytes (as received, decoded JSON) of one record type a flush holds at most, whatever
+#: ``flush_records`` says. A flush builds one record type's table at a time, and building takes
+#: several times its records' bytes, so records of 10 KB (100-point trips) would need 2 GB at the
+#: default 50,000 records. At 16 MiB a drain peaks near 300 MB whatever the record shape or the
 #: queue's length (docs/performance.md, memory); 8 MiB measured 30 MB less and twice the files.
 FLUSH_BYTES = 16 * 1024 * 1024
+#: Record bytes of all record types a flush holds at most. Held records and built tables stay
+#: until the flush lands, but only the largest type's building costs more, so many record types
+#: share a larger flush instead of writing a file per type for every 16 MiB.
+#: Measured at 32 MiB: 50 record types 450 files per 100,000 records instead of 900, peak RSS
+#: below the one-type drain's at 16 MiB (docs/performance.md, "Many record types").
+FLUSH_TOTAL_BYTES = 2 * FLUSH_BYTES
 
 
 @dataclass
@@ -61,13 +74,15 @@ class FlushPace:
     :param flush_records: records a flush holds at most (starts as the setting)
     :param max_partitions: partition files a flush writes at most (starts as the setting)
     :param lease_seconds: the lease a flush must fit in
-    :param flush_bytes: record bytes a flush holds at most (:data:`FLUSH_BYTES`)
+    :param flush_bytes: record bytes of one record type a flush holds at most (:data:`FLUSH_BYTES`)
+    :param flush_total_bytes: record bytes a flush holds at most (:data:`FLUSH_TOTAL_BYTES`)
     """
 
     flush_records: int
     max_partitions: int
     lease_seconds: float
     flush_bytes: int = FLUSH_BYTES
+    flush_total_bytes: int = FLUSH_TOTAL_BYTES
     #: Wall seconds a file cost in the last flush (landing time over files); None before one.
     file_seconds: float | None = None
     #: Wall seconds a batch cost in the last flush (landing and acknowledging); None before one.
@@ -151,8 +166,9 @@ class FlushPace:
     def shrink(self, records: int, partitions: int) -> None:
         """A flush of ``records`` records writing ``partitions`` files outlived its leases: the
         next must be smaller, so both limits become half of it (or of the limit, if lower), and
-        the byte cap halves with them."""
+        the byte caps halve with them."""
         self.flush_records = max(1, min(self.flush_records, records) // 2)
         self.flush_bytes = max(1, self.flush_bytes // 2)
+        self.flush_total_bytes = max(1, self.flush_total_bytes // 2)
         self.max_partitions = max(1, min(self.max_partitions, partitions) // 2)
         self.shrinks += 1

@@ -113,3 +113,20 @@ def test_buffer_counts_the_bytes_it_holds_and_take_resets_them():
     assert buffer.bytes == sum(map(len, first + second))
     buffer.take()
     assert buffer.bytes == 0 and buffer.records == 0
+
+
+def test_buffer_counts_bytes_per_record_type_for_the_flush_cap():
+    """The largest record type's bytes bound what building a flush costs (pace.FLUSH_BYTES);
+    a record that is a reject (undecodable, too deep) counts in the total only."""
+    buf = Buffer(("record_type", "event_date"))
+    small = [json.dumps({"type": "a", "date": "2026-01-01T00:00:00Z", "i": i}).encode() for i in range(3)]
+    large = [json.dumps({"type": "b", "i": i, "pad": "x" * 100}).encode() for i in range(2)]
+    buf.add(batch_of("one", small + large))
+    assert buf.largest_type_bytes == sum(map(len, large))
+    buf.add(batch_of("two", small * 20 + [b"{not json", HOSTILE["object_1000_deep"]]))
+    assert buf.largest_type_bytes == 21 * sum(map(len, small))
+    assert buf.bytes == 21 * sum(map(len, small)) + sum(map(len, large)) + 9 + len(
+        HOSTILE["object_1000_deep"]
+    )
+    buf.take()
+    assert buf.largest_type_bytes == 0

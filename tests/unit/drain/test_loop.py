@@ -3,6 +3,7 @@ flushes, stops and fails."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -201,3 +202,35 @@ def test_a_flush_holds_no_more_record_bytes_than_the_pace_allows(tmp_path):
     assert sorted(lake_seqs(lake)) == list(range(24))
     # A flush starts once the cap is reached: it holds the cap plus at most the batch that passed it.
     assert len(held_bytes) >= 2 and max(held_bytes) <= 2 * batch_bytes + batch_bytes
+
+
+def test_many_record_types_share_a_larger_flush_than_one_type_gets(tmp_path):
+    """Building lands one record type at a time, so the byte cap holds per type (pace.flush_bytes);
+    all types together stop at pace.flush_total_bytes. Four types of equal size fill a flush
+    four times the per-type cap would allow alone."""
+    lake = tmp_path / "lake"
+
+    def mixed(batch_id: str, seqs: range) -> Batch:
+        raws = [
+            json.dumps({"type": f"t{s % 4}", "date": "2026-11-25T10:00:00Z", "seq": s}).encode() for s in seqs
+        ]
+        return Batch(id=batch_id, raw_items=raws, leased_at=time.monotonic(), body_size=sum(map(len, raws)))
+
+    batches = [mixed(f"b{i}", range(i * 8, i * 8 + 8)) for i in range(12)]
+    batch_bytes = max(sum(map(len, b.raw_items)) for b in batches)
+    client = FakeClient(batches, lake=lake)
+    drain = Drain(client, writer_for(lake), DrainConfig(max_runtime=20, lease_seconds=8, flush_seconds=3))
+    drain.pace.flush_bytes = batch_bytes  # a quarter of each batch is one type's
+    drain.pace.flush_total_bytes = 5 * batch_bytes // 2
+    held: list[tuple[int, int]] = []
+    real_flush = drain.flusher.flush
+
+    def flush(taken, reason):
+        held.append((len(taken), sum(len(raw) for b in taken for raw in b.raw_items)))
+        real_flush(taken, reason)
+
+    drain.flusher.flush = flush
+    drain.run()
+    assert sorted(lake_seqs(lake)) == list(range(96))
+    # Past flush_bytes in all (the old cap), up to the total: 3 batches a flush, not 1.
+    assert max(n for n, _ in held) == 3 and max(b for _, b in held) <= 3 * batch_bytes
