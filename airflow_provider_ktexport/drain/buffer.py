@@ -12,8 +12,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_provider_ktexport.lake.layout import event_date
-from airflow_provider_ktexport.lake.partitions import record_type_of
+from airflow_provider_ktexport.lake.layout import UNKNOWN_DAY, record_type_folder, utc_day
 from airflow_provider_ktexport.lake.record_limits import too_deep_positions
 
 __all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "too_deep_in"]
@@ -86,7 +85,7 @@ def _heads(
             head = _HEAD.decode(raw)
         except (msgspec.MsgspecError, RecursionError):
             continue
-        rtype = record_type_of({"type": head.type})
+        rtype = record_type_folder(head.type)
         out.add((rtype, _event_day(head) if by_day else ""))
         type_bytes[rtype] = type_bytes.get(rtype, 0) + len(raw)
     return frozenset(out), type_bytes
@@ -107,9 +106,11 @@ def too_deep_in(batches: Sequence[HeldBatch]) -> list[int] | None:
 
 
 def _event_day(head: _Head) -> str:
-    return event_date(
-        {"date": head.date, "eventDate": head.eventDate, "dateEnd": head.dateEnd, "received": head.received}
-    )
+    """:func:`.layout.event_date` of the record the head was read from (its fields in that order)."""
+    for value in (head.date, head.eventDate, head.dateEnd, head.received):
+        if value is not None and (day := utc_day(value)) is not None:
+            return day
+    return UNKNOWN_DAY
 
 
 class Buffer:

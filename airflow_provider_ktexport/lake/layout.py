@@ -279,8 +279,29 @@ def parse_time(value: object) -> datetime | None:
         return None
 
 
+#: A UTC time text whose day is its first ten characters once they are a real date: the shape the
+#: API sends (``2026-11-25T10:00:00Z``, ``.123Z``). Every text it matches passes ``_ISO_LOOSE`` and
+#: ``fromisoformat`` when its date is real (the time's fields are in range here), and a ``Z``
+#: needs no conversion, so :func:`utc_day` takes the day without building a datetime.
+_UTC_Z = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?Z"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_day(text: str) -> bool:
+    """Whether ``YYYY-MM-DD`` is a real date from year 1000 on (remembered: a flush has a few days;
+    the bound keeps a hostile spread of dates from growing the cache)."""
+    try:
+        return date.fromisoformat(text).year >= 1000
+    except ValueError:
+        return False
+
+
 def utc_day(value: object) -> str | None:
     """The UTC day ``YYYY-MM-DD`` of a time text (its offset applied), None when it does not parse."""
+    if type(value) is str and (m := _UTC_Z.fullmatch(value)) is not None and _real_day(day := m[1]):
+        return day  # the buffer asks this of every record it holds: 0.3 us instead of 2 us
     parsed = parse_time(value)
     if parsed is None:
         return None

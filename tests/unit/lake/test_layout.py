@@ -222,6 +222,57 @@ def test_the_event_day_is_written_as_strftime_writes_it(when: datetime, zone: st
     assert layout.utc_day(text) == parsed.strftime("%Y-%m-%d")
 
 
+def _day_by_datetime(text: str) -> str | None:
+    """``utc_day`` as every version computed it: through a parsed datetime."""
+    parsed = layout.parse_time(text)
+    if parsed is None:
+        return None
+    return parsed.date().isoformat() if parsed.year >= 1000 else parsed.strftime("%Y-%m-%d")
+
+
+# Times of the API's UTC shape with each field anywhere in its digits' range (impossible dates,
+# hours, minutes and seconds), fractions of 0-9 digits, either separator, and a trailing newline
+# (which ``$`` in the loose pattern lets through).
+_NEAR_UTC_TIMES = st.builds(
+    "{:04d}-{:02d}-{:02d}{}{:02d}:{:02d}{}{}Z{}".format,
+    st.integers(0, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.sampled_from(["T", " ", "t"]),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.one_of(st.just(""), st.integers(0, 61).map(":{:02d}".format)),
+    st.one_of(st.just(""), st.text("0123456789", max_size=9).map(lambda f: "." + f)),
+    st.sampled_from(["", "", "", "\n"]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_NEAR_UTC_TIMES)
+def test_the_utc_day_of_a_z_time_is_read_from_its_text_as_a_datetime_would_give_it(text: str) -> None:
+    """``utc_day`` takes a ``...Z`` time's day from its first ten characters (no datetime): the same
+    answer as parsing it, for real and impossible dates and times alike."""
+    assert layout.utc_day(text) == _day_by_datetime(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-29T10:00:00Z",  # not a leap year
+        "2024-02-29T10:00:00Z",
+        "0999-12-31T23:59:59Z",  # below year 1000: strftime's unpadded year
+        "0000-01-01T00:00:00Z",
+        "2026-11-25T24:00:00Z",
+        "2026-11-25T23:59:60Z",
+        "2026-11-25T10:00Z",
+        "2026-11-25 10:00:00.1234567Z",
+        "2026-11-25T10:00:00Z\n",
+    ],
+)
+def test_the_utc_day_of_edge_times_matches_the_datetime_rule(text: str) -> None:
+    assert layout.utc_day(text) == _day_by_datetime(text)
+
+
 def test_a_record_types_folder_is_remembered_only_for_text() -> None:
     assert layout.record_type_folder("a/b") == layout.record_type_folder("a/b") == "a%2Fb"
     assert layout.record_type_folder(["unhashable"]) == layout.UNKNOWN_TYPE
