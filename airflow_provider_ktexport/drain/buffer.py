@@ -15,7 +15,7 @@ import msgspec
 from airflow_provider_ktexport.lake.layout import UNKNOWN_DAY, record_type_folder, utc_day
 from airflow_provider_ktexport.lake.record_limits import too_deep_positions
 
-__all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "too_deep_in"]
+__all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "record_types_in", "too_deep_in"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class HeldBatch:
     too_deep: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
     #: Bytes of its records (as received) per record type folder; rejects are not counted.
     type_bytes: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: Each record's type folder as read when it joined (None: not read, or not readable), so
+    #: the flush need not read it again (``build_tables(record_types=)``); empty: none read.
+    record_types: Sequence[str | None] = field(default=(), compare=False, repr=False)
 
 
 class _Head(msgspec.Struct):
@@ -72,12 +75,14 @@ def partitions_of(
 
 def _heads(
     raws: Sequence[bytes], partition_by: Sequence[str], too_deep: Collection[int] | None
-) -> tuple[frozenset[tuple[str, str]], dict[str, int]]:
-    """:func:`partitions_of`, and the bytes of the records of each record type, in one pass."""
+) -> tuple[frozenset[tuple[str, str]], dict[str, int], list[str | None]]:
+    """:func:`partitions_of`, the bytes of the records of each record type, and each record's
+    type folder (None for a reject), in one pass."""
     by_day = "event_date" in partition_by
     deep = frozenset(too_deep_positions(raws) if too_deep is None else too_deep)
     out: set[tuple[str, str]] = set()
     type_bytes: dict[str, int] = {}
+    types: list[str | None] = [None] * len(raws)
     for j, raw in enumerate(raws):
         if j in deep:
             continue
@@ -85,10 +90,23 @@ def _heads(
             head = _HEAD.decode(raw)
         except (msgspec.MsgspecError, RecursionError):
             continue
-        rtype = record_type_folder(head.type)
+        types[j] = rtype = record_type_folder(head.type)
         out.add((rtype, _event_day(head) if by_day else ""))
         type_bytes[rtype] = type_bytes.get(rtype, 0) + len(raw)
-    return frozenset(out), type_bytes
+    return frozenset(out), type_bytes, types
+
+
+def record_types_in(batches: Sequence[HeldBatch], records: Sequence[bytes]) -> list[str | None] | None:
+    """Each record's type folder as its batch read it, for the flush's ``records`` (``batches``'
+    records in order, as the flush will build them); None where a record differs from the one
+    read (the API key masked in it) and when a batch read none."""
+    types: list[str | None] = []
+    for b in batches:
+        if len(b.record_types) != len(b.raw_items):
+            return None
+        types.extend(b.record_types)
+    originals = (raw for b in batches for raw in b.raw_items)
+    return [t if raw is orig else None for t, raw, orig in zip(types, records, originals, strict=True)]
 
 
 def too_deep_in(batches: Sequence[HeldBatch]) -> list[int] | None:
@@ -142,8 +160,8 @@ class Buffer:
     def add(self, batch: Any) -> None:
         """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
         deep = too_deep_positions(batch.raw_items)
-        partitions, type_bytes = _heads(batch.raw_items, self._partition_by, deep)
-        held = HeldBatch(batch.id, batch.leased_at, batch.raw_items, partitions, deep, type_bytes)
+        partitions, type_bytes, types = _heads(batch.raw_items, self._partition_by, deep)
+        held = HeldBatch(batch.id, batch.leased_at, batch.raw_items, partitions, deep, type_bytes, types)
         self._batches.append(held)  # the commit point
         self.records += len(batch.raw_items)
         self.bytes += record_bytes(batch.raw_items)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_ktexport.drain.acks import Acknowledger, ack_margin
-from airflow_provider_ktexport.drain.buffer import HeldBatch, too_deep_in
+from airflow_provider_ktexport.drain.buffer import HeldBatch, record_types_in, too_deep_in
 from airflow_provider_ktexport.drain.config import DrainConfig
 from airflow_provider_ktexport.drain.metrics import MetricsReporter
 from airflow_provider_ktexport.drain.pace import FlushPace
@@ -152,6 +152,7 @@ class Flusher:
             partition_by=self.config.partition_by,
             include_raw=self.config.include_raw,
             known_schema=self._known_schema,
+            record_types=record_types_in(batches, records),
         )
         for part in landing.tables:
             # Later flushes build at these types; the sink publishes them (schema store, table

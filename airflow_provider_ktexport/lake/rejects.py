@@ -170,6 +170,9 @@ def _build(
 ) -> list[PartitionTable]:
     if len(keep) == len(raws):
         return build_tables(raws, batch_ids, **options)
+    types = options.get("record_types")
+    if types is not None:
+        options = {**options, "record_types": [types[j] for j in keep]}
     return build_tables([raws[j] for j in keep], [batch_ids[j] for j in keep], **options)
 
 

@@ -148,6 +148,7 @@ def build_tables(
     partition_by: Sequence[str] = (RECORD_TYPE_KEY, EVENT_DATE_KEY),
     include_raw: bool = False,
     known_schema: Callable[[str], pa.Schema | None] = lambda t: None,
+    record_types: Sequence[str | None] | None = None,
 ) -> list[PartitionTable]:
     """Decode, flatten and type records into one Arrow table per partition.
 
@@ -159,6 +160,9 @@ def build_tables(
     :param include_raw: add ``_raw``, each record's original JSON text
     :param known_schema: the lake's published schema of a record type (or None); its columns keep
         their types, values that do not fit go to variant columns (docs/schema-mapping.md)
+    :param record_types: each record's type folder (:func:`.layout.record_type_folder` of its
+        ``type``) where the caller read it already (the drain's buffer does), None where not: a
+        record's ``type`` is then read here (for a 10 KB record, a scan of all of it)
     :raises ValueError: a record is not a JSON object
     """
     # Arrow's default pool (mimalloc) faults every flush's memory in anew: lake/memory.py.
@@ -176,6 +180,7 @@ def build_tables(
             partition_by=partition_by,
             include_raw=include_raw,
             known_schema=known_schema,
+            record_types=record_types,
         )
     finally:
         if was_enabled:
@@ -191,9 +196,12 @@ def _build_tables(
     partition_by: Sequence[str],
     include_raw: bool,
     known_schema: Callable[[str], pa.Schema | None],
+    record_types: Sequence[str | None] | None,
 ) -> list[PartitionTable]:
     if len(raw_records) != len(batch_ids):
         raise ValueError("raw_records and batch_ids differ in length")
+    if record_types is not None and len(record_types) != len(raw_records):
+        raise ValueError("raw_records and record_types differ in length")
     for key in partition_by:
         if key not in PARTITION_KEYS:
             raise ValueError(f"unknown partition key {key!r}; use some of {PARTITION_KEYS}")
@@ -201,8 +209,10 @@ def _build_tables(
         ingested_at = ingested_at.replace(tzinfo=UTC)
     ingest_day = ingested_at.astimezone(UTC).strftime("%Y-%m-%d")
     by_type: dict[str, list[int]] = {}
-    for i, raw in enumerate(raw_records):
-        by_type.setdefault(_type_of(raw), []).append(i)
+    if record_types is None:
+        record_types = [None] * len(raw_records)
+    for i, (raw, known_type) in enumerate(zip(raw_records, record_types, strict=True)):
+        by_type.setdefault(_type_of(raw) if known_type is None else known_type, []).append(i)
 
     result: list[PartitionTable] = []
     for rtype, idx in by_type.items():

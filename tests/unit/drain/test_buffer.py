@@ -130,3 +130,16 @@ def test_buffer_counts_bytes_per_record_type_for_the_flush_cap():
     )
     buf.take()
     assert buf.largest_type_bytes == 0
+
+
+def test_the_flush_reuses_the_types_the_buffer_read_unless_a_record_changed():
+    from airflow_provider_ktexport.drain.buffer import record_types_in
+
+    buf = Buffer(("record_type", "event_date"))
+    raws = [b'{"type":"a/b"}', b"{not json", b'{"type":7}', b'{"x":1}']
+    buf.add(batch_of("one", raws))
+    (held,) = buf.take()
+    assert list(held.record_types) == ["a%2Fb", None, "unknown", "unknown"]
+    assert record_types_in([held], list(raws)) == ["a%2Fb", None, "unknown", "unknown"]
+    masked = [bytes(bytearray(raws[0])), *raws[1:]]  # another object: the key mask rewrote it
+    assert record_types_in([held], masked) == [None, None, "unknown", "unknown"]

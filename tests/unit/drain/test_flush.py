@@ -154,6 +154,21 @@ def test_a_valid_record_echoing_the_key_lands_masked_and_foreign_tokens_land_exa
     assert key.encode() not in stored
 
 
+def test_a_record_type_echoing_the_key_gets_the_masked_types_folder(tmp_path):
+    """The buffer reads each record's type as it joins and the flush reuses it, except for a record
+    whose text the key mask changed: its folder comes from the masked text, never the key's."""
+    lake = tmp_path / "lake"
+    key = MaskingClient.key
+    echo = b'{"type":"t-' + key.encode() + b'","seq":1}'
+    plain = b'{"type":"plain","seq":2}'
+    client = MaskingClient([batch_of("b1", [echo, plain])])
+    run(client, lake)
+    assert client.acks == ["b1"]
+    folders = sorted(p.name for p in lake.glob("record_type=*"))
+    assert folders == ["record_type=plain", "record_type=t-%2A%2A%2A"]  # the folder escape of "*"
+    assert all(key not in str(p) for p in lake.rglob("*"))
+
+
 def test_max_reject_share_fails_the_task_after_keeping_and_acking(tmp_path):
     lake = tmp_path / "lake"
     raws = good_records(2) + [HOSTILE["number_out_of_range"]] * 2
@@ -168,8 +183,9 @@ def test_rows_that_do_not_add_up_acknowledge_nothing(tmp_path, monkeypatch):
     """The commit point: written + rejected rows per batch must equal the batch's records."""
     real = flush_module.land_records
 
-    def loses_one(records, batch_ids, **kw):
-        return real(records[:-1], batch_ids[:-1], **kw)
+    def loses_one(records, batch_ids, record_types=None, **kw):
+        types = None if record_types is None else record_types[:-1]
+        return real(records[:-1], batch_ids[:-1], record_types=types, **kw)
 
     monkeypatch.setattr(flush_module, "land_records", loses_one)
     lake = tmp_path / "lake"

@@ -227,3 +227,28 @@ def test_a_null_typed_column_in_a_known_schema_is_not_written() -> None:
     old = pa.schema([("spare", pa.null()), ("a", pa.int64())])  # as earlier versions published
     table = one_table([{"type": "t", "a": 1}], known={"t": old})
     assert "spare" not in table.column_names and table.column("a").to_pylist() == [1]
+
+
+def test_record_types_read_by_the_caller_group_the_records_as_reading_them_here_would() -> None:
+    """``build_tables(record_types=)`` (the drain's buffer read each type already) gives the same
+    tables; a None stands for a record whose type is read here."""
+    raws = [
+        b'{"type":"a","v":1}',
+        b'{"type":"b/c","v":2}',
+        b'{"v":3}',
+        b'{"type":5,"v":4}',
+        b'{"type":"a","v":5}',
+    ]
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    plain = build_tables(raws, ["b"] * 5, source="s", ingested_at=when)
+    given = build_tables(
+        raws, ["b"] * 5, source="s", ingested_at=when, record_types=["a", "b%2Fc", "unknown", None, "a"]
+    )
+    assert [(p.record_type, p.table.to_pylist()) for p in given] == [
+        (p.record_type, p.table.to_pylist()) for p in plain
+    ]
+    # The given folder is the one used (it is not read again).
+    moved = build_tables(raws, ["b"] * 5, source="s", ingested_at=when, record_types=["x"] * 5)
+    assert [p.record_type for p in moved] == ["x"]
+    with pytest.raises(ValueError, match="record_types differ in length"):
+        build_tables(raws, ["b"] * 5, source="s", ingested_at=when, record_types=["a"])
