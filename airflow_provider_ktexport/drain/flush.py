@@ -32,7 +32,7 @@ from airflow_provider_ktexport.drain.result import DrainResult
 from airflow_provider_ktexport.exceptions import KtExportError, KtExportRejectsError
 from airflow_provider_ktexport.lake.layout import REJECTED_DIR
 from airflow_provider_ktexport.lake.ledger import drop_repeats, new_flush_id
-from airflow_provider_ktexport.lake.partitions import EVENT_TIME_COLUMNS
+from airflow_provider_ktexport.lake.partitions import oldest_event_us
 from airflow_provider_ktexport.lake.rejects import Landing, Reject, land_records, rejects_table
 from airflow_provider_ktexport.lake.schema import PartitionTable
 from airflow_provider_ktexport.lake.sinks import FlushInfo, Landed, ParquetSink, Sink
@@ -367,7 +367,7 @@ class Flusher:
         """The age of the oldest event time landed (None when unknown); a metric, so it can never
         fail a flush."""
         try:
-            oldest = _oldest_event_us(tables)
+            oldest = oldest_event_us(part.table for part in tables)
         except Exception:  # noqa: BLE001 - a metric must not cost the flush its acknowledgements
             self.log.debug("Could not compute the landed records' age", exc_info=True)
             return None
@@ -401,21 +401,3 @@ def check_complete(batches: Sequence[HeldBatch], landing: Landing) -> None:
             f"held for batch(es) {', '.join(wrong[:5])}. Nothing was acknowledged; the batches will be "
             "delivered again. This is a bug: please report it with the task log."
         )
-
-
-def _oldest_event_us(tables: Sequence[PartitionTable]) -> int | None:
-    """The earliest event time of the tables in microseconds since the epoch, in Arrow only
-    (a Python datetime cannot hold every instant a timestamp column can)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    oldest: int | None = None
-    for part in tables:
-        for name in EVENT_TIME_COLUMNS:
-            if name in part.table.column_names and pa.types.is_timestamp(part.table.schema.field(name).type):
-                col = part.table.column(name).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-                value = pc.min(col).as_py()
-                if value is not None and (oldest is None or value < oldest):
-                    oldest = value
-                break
-    return oldest

@@ -34,14 +34,12 @@ import threading
 
 import pyarrow as pa
 
-from airflow_provider_ktexport._arrow_env import set_by_provider
+from airflow_provider_ktexport._arrow_env import ENV_VAR, set_by_provider
 
 __all__ = ["ENV_VAR", "MMAP_THRESHOLD", "cap_heap_retention", "use_engine_memory_pool"]
 
 log = logging.getLogger(__name__)
 
-#: Arrow's own setting: when set, its choice stands.
-ENV_VAR = "ARROW_DEFAULT_MEMORY_POOL"
 _lock = threading.Lock()
 _done = False
 #: Blocks at least this large are mapped apart and unmapped when freed (glibc's default start).

@@ -8,6 +8,7 @@ built table (vectorised where the column is a timestamp) and must agree with it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,14 @@ from airflow_provider_ktexport.lake.layout import (
 )
 from airflow_provider_ktexport.lake.naming import column_name
 
-__all__ = ["EVENT_TIME_COLUMNS", "EVENT_TIME_FIELDS", "event_date", "event_dates", "record_type_of"]
+__all__ = [
+    "EVENT_TIME_COLUMNS",
+    "EVENT_TIME_FIELDS",
+    "event_date",
+    "event_dates",
+    "oldest_event_us",
+    "record_type_of",
+]
 
 #: Their column names (plain: a key keeps its spelling).
 EVENT_TIME_COLUMNS = tuple(column_name((f,)) for f in EVENT_TIME_FIELDS)
@@ -85,3 +93,18 @@ def _days_of(arr: pa.Array, days: pa.Array) -> pa.Array:
                     out[j] = day
             days = pa.array(out, pa.string())
     return days
+
+
+def oldest_event_us(tables: Iterable[pa.Table]) -> int | None:
+    """The earliest event time of built tables in microseconds since the epoch, in Arrow only
+    (a Python datetime cannot hold every instant a timestamp column can)."""
+    oldest: int | None = None
+    for table in tables:
+        for name in EVENT_TIME_COLUMNS:
+            if name in table.column_names and pa.types.is_timestamp(table.schema.field(name).type):
+                col = table.column(name).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+                value = pc.min(col).as_py()
+                if value is not None and (oldest is None or value < oldest):
+                    oldest = value
+                break
+    return oldest

@@ -262,7 +262,7 @@ TWO_AT_ONCE = textwrap.dedent(
 def test_two_drains_starting_together_on_a_fresh_sqlite_catalog_both_succeed(tmp_path):
     """Both create the catalog's tables on first use; the loser used to crash with 'table
     iceberg_namespace_properties already exists' (unit-tested deterministically in
-    tests/unit/test_iceberg_catalog.py; here with real processes)."""
+    tests/unit/lake/test_iceberg_catalog.py; here with real processes)."""
     props = catalog_props(tmp_path)
     with Emulator(
         api_key="iceberg-test-key", lease_seconds=60, long_poll_seconds=1, batch_size=50, seed=6

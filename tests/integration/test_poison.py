@@ -105,7 +105,11 @@ def guard_acks(emu: Emulator, view: View, violations: list[str]) -> None:
     hostile = must_reject(emu)
 
     def on_ack(batch_id: str, records: list[dict]) -> None:
-        landed, kept = view()
+        try:
+            landed, kept = view()
+        except Exception as exc:  # a lake no reader can read is a failure, not just a vetoed DELETE
+            violations.append(f"{batch_id}: the lake could not be read at DELETE time: {exc!r}")
+            raise
         rows, rejects = set(landed), set(kept)
         for r in records:
             seq = r["emulator_seq"]
@@ -145,7 +149,7 @@ def destination(tmp_path: Path, kind: str) -> tuple[Any, View, Callable[[Emulato
         return _writer(lake), parquet_view(lake), lambda emu: assert_row_kinds_keep_their_type(emu, lake)
     pytest.importorskip("pyiceberg")
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
-    from tests.unit.test_iceberg import catalog_for
+    from tests.unit.lake.test_iceberg import catalog_for
 
     catalog = catalog_for(tmp_path)
     return (

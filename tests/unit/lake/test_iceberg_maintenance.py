@@ -16,7 +16,7 @@ from airflow_provider_ktexport.lake.iceberg import IcebergSink  # noqa: E402
 from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_table  # noqa: E402
 from airflow_provider_ktexport.operators.iceberg import KtExportIcebergMaintenanceOperator  # noqa: E402
 from tests.unit.drain.support import batch_of  # noqa: E402
-from tests.unit.test_iceberg import catalog_for, drain_into, records  # noqa: E402
+from tests.unit.lake.test_iceberg import catalog_for, drain_into, records  # noqa: E402
 
 
 def small_flushes(tmp_path: Path, n: int = 12):

@@ -149,7 +149,7 @@ def test_iceberg_a_redelivery_under_new_ids_lands_once(tmp_path):
     pytest.importorskip("pyiceberg")
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
     from airflow_provider_ktexport.lake.iceberg_ledger import DEDUPED, FLUSH_ID, in_doubt_snapshots
-    from tests.unit.test_iceberg import catalog_for
+    from tests.unit.lake.test_iceberg import catalog_for
 
     catalog = catalog_for(tmp_path)
     first = drain(IcebergSink(catalog), [batch_of("b1", good_records(10))], ack_result=False)
@@ -169,7 +169,7 @@ def test_iceberg_settled_flushes_are_not_in_doubt(tmp_path):
     pytest.importorskip("pyiceberg")
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
     from airflow_provider_ktexport.lake.iceberg_ledger import SETTLED, in_doubt_snapshots
-    from tests.unit.test_iceberg import catalog_for
+    from tests.unit.lake.test_iceberg import catalog_for
 
     catalog = catalog_for(tmp_path)
     answers = [batch_of("b1", good_records(3)), batch_of("b2", good_records(3, 3))]
@@ -189,7 +189,7 @@ def test_iceberg_snapshot_expiry_keeps_an_in_doubt_flush_findable(tmp_path):
 
     from airflow_provider_ktexport.lake.iceberg import IcebergSink
     from airflow_provider_ktexport.lake.iceberg_maintenance import maintain_namespace
-    from tests.unit.test_iceberg import catalog_for
+    from tests.unit.lake.test_iceberg import catalog_for
 
     catalog = catalog_for(tmp_path)
     drain(IcebergSink(catalog), [batch_of("b1", good_records(4))], ack_result=False)  # in doubt
