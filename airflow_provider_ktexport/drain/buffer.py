@@ -153,6 +153,8 @@ class Buffer:
         #: Bytes of the held records as received: the flush's memory scales with them, not the count.
         self.bytes = 0
         self._type_bytes: dict[str, int] = {}
+        #: Bytes held of the record type with the most (they only grow until :meth:`take`).
+        self.largest_type_bytes = 0
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -167,7 +169,8 @@ class Buffer:
         self.bytes += record_bytes(batch.raw_items)
         self._partitions |= held.partitions
         for rtype, size in type_bytes.items():
-            self._type_bytes[rtype] = self._type_bytes.get(rtype, 0) + size
+            held_bytes = self._type_bytes[rtype] = self._type_bytes.get(rtype, 0) + size
+            self.largest_type_bytes = max(self.largest_type_bytes, held_bytes)
 
     def take(self) -> list[HeldBatch]:
         """Every held batch, oldest first; the buffer is empty afterwards."""
@@ -177,6 +180,7 @@ class Buffer:
         self.bytes = 0
         self._partitions = set()
         self._type_bytes = {}
+        self.largest_type_bytes = 0
         return batches
 
     def oldest_lease(self) -> float:
@@ -187,8 +191,3 @@ class Buffer:
     def partitions(self) -> int:
         """Partitions (data files) a flush of the buffer would write."""
         return len(self._partitions)
-
-    @property
-    def largest_type_bytes(self) -> int:
-        """Bytes held of the record type with the most (0 when nothing is held)."""
-        return max(self._type_bytes.values(), default=0)
