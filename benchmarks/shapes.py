@@ -244,6 +244,16 @@ def table(report: dict[str, Any]) -> str:
             f"| {row['drain_cpu_s_per_100k']:.2f} | **{row['drain_over_floor']:.2f}** ({per}) "
             f"| {row['drain_peak_rss_mb']:.0f} MB | {row['floor_peak_rss_mb']:.0f} MB |"
         )
+    many, one = report["shapes"].get("types50"), report["shapes"].get("one_type")
+    if many and one:
+        # Issue 24's per-file target: CPU per record with 50 record types against one type.
+        per = ", ".join(
+            f"{m / o:.2f}"
+            for m, o in zip(many["drain_samples"], one["drain_samples"], strict=True)
+            if m and o
+        )
+        ratio = many["drain_cpu_s_per_100k"] / one["drain_cpu_s_per_100k"]
+        lines += ["", f"types50 / one_type, drain CPU per record: **{ratio:.2f}** ({per})"]
     dlt = report.get("dlt")
     if isinstance(dlt, dict):
         lines += [

@@ -98,16 +98,17 @@ def shapes_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("shapes") / "shapes.json"
     proc = run_benchmark(
         *("benchmarks.shapes", "--records", "1000", "--repeat", "1"),
-        *("--shapes", "small,trips100,types50", "--scale-out", "--scale-records", "2000"),
+        *("--shapes", "small,trips100,one_type,types50", "--scale-out", "--scale-records", "2000"),
         *("--latency-ms", "20", "--out", str(out)),
     )
     assert "| small |" in proc.stderr and "| 4 |" in proc.stderr  # the printed table
+    assert "types50 / one_type, drain CPU per record: **" in proc.stderr  # issue 24's per-file figure
     return json.loads(proc.stdout)
 
 
 def test_every_shape_is_drained_whole_and_compared_with_its_floor(shapes_report: dict) -> None:
     rows = shapes_report["shapes"]
-    assert list(rows) == ["small", "trips100", "types50"]
+    assert list(rows) == ["small", "trips100", "one_type", "types50"]
     for name, row in rows.items():
         assert row["records"] == shapes_report["settings"]["records_by_shape"][name], name
         assert row["semantics_ok"] is True, name
