@@ -206,8 +206,8 @@ def test_a_flush_holds_no_more_record_bytes_than_the_pace_allows(tmp_path):
 
 def test_many_record_types_share_a_larger_flush_than_one_type_gets(tmp_path):
     """Building lands one record type at a time, so the byte cap holds per type (pace.flush_bytes);
-    all types together stop at pace.flush_total_bytes. Four types of equal size fill a flush
-    four times the per-type cap would allow alone."""
+    all types together stop at pace.flush_total_bytes. Batches of four types of equal size pass
+    flush_bytes in all long before any one type reaches it."""
     lake = tmp_path / "lake"
 
     def mixed(batch_id: str, seqs: range) -> Batch:
