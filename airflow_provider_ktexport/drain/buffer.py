@@ -6,13 +6,13 @@ joins in one step, with its records.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from airflow_provider_ktexport.lake.layout import UNKNOWN_DAY, record_type_folder, utc_day
+from airflow_provider_ktexport.lake.layout import first_day, record_type_folder
 from airflow_provider_ktexport.lake.record_limits import too_deep_positions
 
 __all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "record_types_in", "too_deep_in"]
@@ -21,9 +21,9 @@ __all__ = ["Buffer", "HeldBatch", "partitions_of", "record_bytes", "record_types
 @dataclass(frozen=True)
 class HeldBatch:
     """A leased batch in the buffer: its id, when its lease started (monotonic), its records, the
-    partitions its records land in (record type and event day, as the flush will write them), the
-    bytes of its records per record type, and which of its records nest too deep to be rows
-    (decided once, as it joins)."""
+    partitions its records land in (record type and event day, as the flush will write them),
+    which of its records nest too deep to be rows (decided once, as it joins) and each record's
+    type as read then."""
 
     id: str
     leased_at: float
@@ -32,8 +32,6 @@ class HeldBatch:
     #: Positions in ``raw_items`` of the records nested deeper than the limit (rejects, screened
     #: by :func:`.record_limits.too_deep_positions`); None: not screened yet.
     too_deep: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
-    #: Bytes of its records (as received) per record type folder; rejects are not counted.
-    type_bytes: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     #: Each record's type folder as read when it joined (None: not read, or not readable), so
     #: the flush need not read it again (``build_tables(record_types=)``); empty: none read.
     record_types: Sequence[str | None] = field(default=(), compare=False, repr=False)
@@ -124,11 +122,8 @@ def too_deep_in(batches: Sequence[HeldBatch]) -> list[int] | None:
 
 
 def _event_day(head: _Head) -> str:
-    """:func:`.layout.event_date` of the record the head was read from (its fields in that order)."""
-    for value in (head.date, head.eventDate, head.dateEnd, head.received):
-        if value is not None and (day := utc_day(value)) is not None:
-            return day
-    return UNKNOWN_DAY
+    """:func:`.layout.event_date` of the record the head was read from."""
+    return first_day((head.date, head.eventDate, head.dateEnd, head.received))  # EVENT_TIME_FIELDS' order
 
 
 class Buffer:
@@ -163,7 +158,7 @@ class Buffer:
         """Hold a leased batch (anything with ``id``, ``leased_at``, ``raw_items``)."""
         deep = too_deep_positions(batch.raw_items)
         partitions, type_bytes, types = _heads(batch.raw_items, self._partition_by, deep)
-        held = HeldBatch(batch.id, batch.leased_at, batch.raw_items, partitions, deep, type_bytes, types)
+        held = HeldBatch(batch.id, batch.leased_at, batch.raw_items, partitions, deep, types)
         self._batches.append(held)  # the commit point
         self.records += len(batch.raw_items)
         self.bytes += record_bytes(batch.raw_items)

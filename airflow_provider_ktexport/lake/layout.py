@@ -30,7 +30,7 @@ import functools
 import hashlib
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -67,6 +67,7 @@ __all__ = [
     "UnsafePartitionError",
     "dataset_dir",
     "event_date",
+    "first_day",
     "event_day_value",
     "hive_path",
     "is_partition_segment",
@@ -317,8 +318,14 @@ def event_date(record: Mapping[str, Any]) -> str:
     Never the ingestion day: a redelivered copy lands in the same partition as the first. The one
     rule for the ``event_date`` folder, the buffer's file count and Iceberg's ``_event_date``.
     """
-    for name in EVENT_TIME_FIELDS:
-        day = utc_day(record.get(name))
+    return first_day(record.get(name) for name in EVENT_TIME_FIELDS)
+
+
+def first_day(times: Iterable[object]) -> str:
+    """:func:`utc_day` of the first of ``times`` that parses (the values of :data:`EVENT_TIME_FIELDS`,
+    in that order), else ``unknown``: :func:`event_date` of a record read field by field."""
+    for value in times:
+        day = utc_day(value)
         if day is not None:
             return day
     return UNKNOWN_DAY
